@@ -1,0 +1,89 @@
+"""Backends, one module per framework, imported lazily through this registry."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from modelyard.backends.base import Backend, LoadedModel
+from modelyard.config.schema import Platform
+from modelyard.errors import BackendMissing, InvalidArgument
+
+# platform -> (artifact file in a version folder, module, class, pip extra)
+_REGISTRY: dict[Platform, tuple[str, str, str, str]] = {
+    Platform.TORCH_EXPORT: (
+        "model.pt2",
+        "modelyard.backends.torch_export",
+        "TorchExportBackend",
+        "torch",
+    ),
+    Platform.TORCHSCRIPT: (
+        "model.pt",
+        "modelyard.backends.torchscript",
+        "TorchScriptBackend",
+        "torch",
+    ),
+    Platform.ONNX: ("model.onnx", "modelyard.backends.onnx", "OnnxBackend", "onnx"),
+    Platform.TENSORFLOW: (
+        "saved_model.pb",
+        "modelyard.backends.tensorflow",
+        "SavedModelBackend",
+        "tensorflow",
+    ),
+}
+
+# Names that Triton and KServe clients know these formats by (model metadata "platform").
+PROTOCOL_PLATFORM: dict[Platform, str] = {
+    Platform.TORCH_EXPORT: "pytorch_export",
+    Platform.TORCHSCRIPT: "pytorch_libtorch",
+    Platform.ONNX: "onnxruntime_onnx",
+    Platform.TENSORFLOW: "tensorflow_savedmodel",
+}
+
+
+def artifact_name(platform: Platform) -> str:
+    return _REGISTRY[platform][0]
+
+
+def detect_platform(version_dir: Path, configured: Platform = Platform.AUTO) -> Platform:
+    """The platform of a version folder: the configured one, else the one whose file is there."""
+    if configured is not Platform.AUTO:
+        artifact = _REGISTRY[configured][0]
+        if not (version_dir / artifact).exists():
+            raise InvalidArgument(
+                f"{version_dir} has no {artifact}, which platform {configured.value} needs"
+            )
+        return configured
+    found = [p for p, (artifact, *_) in _REGISTRY.items() if (version_dir / artifact).exists()]
+    if len(found) != 1:
+        expected = ", ".join(f"{a} ({p.value})" for p, (a, *_) in _REGISTRY.items())
+        what = "no model file" if not found else "more than one model file"
+        raise InvalidArgument(
+            f"{version_dir} holds {what}; expected exactly one of {expected}, "
+            "or set platform: in the config"
+        )
+    return found[0]
+
+
+def get_backend(platform: Platform) -> Backend:
+    """The backend for ``platform``; BackendMissing names the extra to install."""
+    _, module_name, class_name, extra = _REGISTRY[platform]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise BackendMissing(
+            f"{platform.value} models need the '{extra}' extra ({exc.name} is not installed); "
+            f"install it with: pip install 'modelyard[{extra}]'"
+        ) from exc
+    backend: Backend = getattr(module, class_name)()
+    return backend
+
+
+__all__ = [
+    "PROTOCOL_PLATFORM",
+    "Backend",
+    "LoadedModel",
+    "artifact_name",
+    "detect_platform",
+    "get_backend",
+]

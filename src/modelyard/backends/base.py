@@ -1,0 +1,54 @@
+"""The seam between the server and ML frameworks: ``Backend`` loads, ``LoadedModel`` predicts.
+
+A backend module imports its framework only inside ``load`` (never at import time), so a server
+without torch can still serve ONNX models and ``modelyard plan`` imports no framework at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from modelyard.config.schema import Platform
+from modelyard.tensors import Signature
+
+
+@runtime_checkable
+class LoadedModel(Protocol):
+    """A model version loaded on one device.
+
+    ``predict`` is blocking and thread-safe: the server calls it from worker threads, possibly
+    concurrently. Inputs have already been checked against ``signature`` (names, dtypes, shapes);
+    outputs are returned as host numpy arrays keyed by the signature's output names.
+    ``unload`` releases the framework's memory for this model; it is called exactly once, and
+    ``predict`` is never called after it.
+    """
+
+    @property
+    def signature(self) -> Signature: ...
+
+    def predict(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def unload(self) -> None: ...
+
+
+class Backend(Protocol):
+    """Loads one model format. Stateless: one instance serves every model of its platform."""
+
+    platform: Platform
+    artifact: str
+    """The file a version folder holds for this format, e.g. ``model.onnx``."""
+
+    def load(self, version_dir: Path, device: str, declared: Signature | None) -> LoadedModel:
+        """Load the artifact in ``version_dir`` onto ``device`` (``cpu`` or ``cuda:N``).
+
+        ``declared`` is the signature from config. Formats that carry a signature (ONNX,
+        torch.export) use the artifact's and check ``declared`` against it when given (names
+        from config may rename positional inputs/outputs); formats without one (TorchScript)
+        require it. Raises ``InvalidArgument`` for a corrupt or mismatched artifact and
+        ``BackendMissing`` when the framework is not installed.
+        """
+        ...

@@ -1,0 +1,132 @@
+"""Read a config file into a ``ServerConfig``, with errors that name the key and the file line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, get_args
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from modelyard.config.schema import ServerConfig
+from modelyard.errors import ConfigError
+
+
+def load_config(path: Path) -> ServerConfig:
+    """Parse and validate ``path``; relative ``base_path``s are taken from the file's folder.
+
+    Raises ConfigError with ``file:line: key: problem`` for every problem pydantic finds.
+    """
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from exc
+    return parse_config(text, source=str(path), base_dir=path.parent)
+
+
+def parse_config(
+    text: str, *, source: str = "<config>", base_dir: Path | None = None
+) -> ServerConfig:
+    if looks_like_tf_serving_config(text):
+        raise ConfigError(
+            f"{source} is a TensorFlow Serving models.config (text protobuf); "
+            "this build reads modelyard YAML only"
+        )
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping with a 'models' key")
+    try:
+        config = ServerConfig.model_validate(data)
+    except ValidationError as exc:
+        lines = [_describe(err, root, source) for err in exc.errors()]
+        raise ConfigError("invalid config:\n  " + "\n  ".join(lines)) from None
+    if base_dir is not None:
+        config = _resolve_paths(config, base_dir)
+    return config
+
+
+def looks_like_tf_serving_config(text: str) -> bool:
+    """True for a TF Serving text-protobuf config (it opens with ``model_config_list``)."""
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped and not stripped.startswith("#"):
+            return stripped.startswith("model_config_list")
+    return False
+
+
+def _resolve_paths(config: ServerConfig, base_dir: Path) -> ServerConfig:
+    models = tuple(
+        m
+        if m.base_path.is_absolute()
+        else m.model_copy(update={"base_path": base_dir / m.base_path})
+        for m in config.models
+    )
+    return config.model_copy(update={"models": models})
+
+
+def _describe(err: Any, root: yaml.Node | None, source: str) -> str:
+    loc: tuple[int | str, ...] = tuple(err["loc"])
+    # pydantic puts the tag of a union member in loc ("tuple[...]"); it is noise to users.
+    loc = tuple(p for p in loc if not (isinstance(p, str) and ("[" in p or p == "literal")))
+    node, last_key = _find_node(root, loc)
+    line = f":{node.start_mark.line + 1}" if node is not None else ""
+    path = ".".join(str(p) for p in loc) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        allowed = _allowed_keys(loc)
+        hint = f"; allowed keys: {', '.join(allowed)}" if allowed else ""
+        return f"{source}{line}: unknown key {last_key!r} at {path}{hint}"
+    message = str(err["msg"]).removeprefix("Value error, ")
+    return f"{source}{line}: {path}: {message}"
+
+
+def _find_node(root: yaml.Node | None, loc: tuple[int | str, ...]) -> tuple[yaml.Node | None, str]:
+    """The YAML node at ``loc`` (or the deepest one found), and the last key on the way."""
+    node = root
+    last_key = ""
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                if key_node.value == part:
+                    node, last_key = (key_node if part == loc[-1] else value_node), str(part)
+                    break
+            else:
+                return node, str(part)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            if part >= len(node.value):
+                return node, last_key
+            node = node.value[part]
+        else:
+            return node, str(part)
+    return node, last_key
+
+
+def _allowed_keys(loc: tuple[int | str, ...]) -> list[str]:
+    """The keys the config model at ``loc[:-1]`` accepts (walks nested pydantic models)."""
+    model: type[BaseModel] | None = ServerConfig
+    for part in loc[:-1]:
+        if model is None:
+            return []
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        model = _model_in(field.annotation) if field is not None else None
+    if model is None:
+        return []
+    return sorted(f.alias or name for name, f in model.model_fields.items())
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside an annotation like ``tuple[X, ...] | None``."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None

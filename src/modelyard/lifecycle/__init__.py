@@ -1,0 +1,1 @@
+"""Lifecycle: model version states, the registry of what is loaded, and the controller."""

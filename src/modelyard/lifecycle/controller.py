@@ -1,0 +1,173 @@
+"""The controller: turns the config's desired state into loaded, registered model versions.
+
+It is the only writer of the ``ModelRegistry``. Where a version loads is the ``Placer``'s
+answer (the planner's plan); how it loads is the ``Loader``'s (in this process, or in a
+per-device worker). Loads of different versions run concurrently; a version that fails to load
+is marked FAILED with the reason and never blocks or replaces the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from modelyard.backends import detect_platform, get_backend
+from modelyard.config.schema import ModelConfig, Platform, ServerConfig
+from modelyard.errors import ModelyardError
+from modelyard.ids import VersionKey
+from modelyard.lifecycle.registry import ModelRegistry, Replica, VersionEntry
+from modelyard.lifecycle.servable import LocalServable, Servable
+from modelyard.lifecycle.states import ModelState
+from modelyard.repository import aspired_versions, check_labels, scan_versions
+from modelyard.tensors import Signature
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class LoadRequest:
+    """Everything a loader needs to load one replica of one version on one device."""
+
+    key: VersionKey
+    version_dir: Path
+    platform: Platform
+    device: str
+    declared: Signature | None
+    config: ModelConfig
+
+
+class Loader(Protocol):
+    """Loads a model version somewhere and hands back a ``Servable`` for it."""
+
+    async def load(self, request: LoadRequest) -> Servable: ...
+
+
+ServableWrapper = Callable[[Servable, ModelConfig], Servable]
+"""Wraps a loaded servable, e.g. in a dynamic batcher; identity when not configured."""
+
+
+class InProcessLoader:
+    """Loads models into this process: one thread pool for loads, one for inference."""
+
+    def __init__(self, inference_threads: int = 4) -> None:
+        self._load_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="load")
+        self._infer_pool = ThreadPoolExecutor(
+            max_workers=inference_threads, thread_name_prefix="infer"
+        )
+
+    async def load(self, request: LoadRequest) -> Servable:
+        backend = get_backend(request.platform)
+        loop = asyncio.get_running_loop()
+        model = await loop.run_in_executor(
+            self._load_pool, backend.load, request.version_dir, request.device, request.declared
+        )
+        return LocalServable(model, self._infer_pool)
+
+    def shutdown(self) -> None:
+        self._load_pool.shutdown(wait=False, cancel_futures=True)
+        self._infer_pool.shutdown(wait=True)
+
+
+def declared_signature(config: ModelConfig) -> Signature | None:
+    if config.inputs is None or config.outputs is None:
+        return None
+    return Signature(
+        inputs=tuple(t.spec() for t in config.inputs),
+        outputs=tuple(t.spec() for t in config.outputs),
+    )
+
+
+class Controller:
+    """Loads the desired versions of every configured model and unloads them at stop.
+
+    ``placement`` maps each version to the device strings its replicas load on (``cpu``,
+    ``cuda:0``); versions it does not name load on ``default_device``.
+    """
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        registry: ModelRegistry,
+        loader: Loader,
+        *,
+        placement: Mapping[VersionKey, tuple[str, ...]] | None = None,
+        default_device: str = "cpu",
+        wrap: ServableWrapper | None = None,
+    ) -> None:
+        self._config = config
+        self._registry = registry
+        self._loader = loader
+        self._placement = dict(placement or {})
+        self._default_device = default_device
+        self._wrap = wrap
+
+    def desired(self) -> list[tuple[ModelConfig, int]]:
+        """(model, version) pairs the config aspires to, checked (labels, base paths)."""
+        pairs: list[tuple[ModelConfig, int]] = []
+        for model in self._config.models:
+            versions = aspired_versions(scan_versions(model.base_path), model.version_policy)
+            check_labels(model.name, model.version_labels, versions)
+            pairs.extend((model, v) for v in versions)
+        return pairs
+
+    async def start(self) -> None:
+        """Register every desired version and load them all concurrently."""
+        desired = self.desired()
+        for model in self._config.models:
+            # A model with no version folder yet is still known, so requests get a clear answer.
+            self._registry.ensure_model(model.name)
+        entries = []
+        for model, version in desired:
+            entry = VersionEntry(VersionKey(model.name, version), model.platform)
+            self._registry.add(entry)
+            entries.append((model, entry))
+        for model in self._config.models:
+            self._registry.set_labels(model.name, dict(model.version_labels))
+        await asyncio.gather(*(self._load(model, entry) for model, entry in entries))
+
+    async def _load(self, model: ModelConfig, entry: VersionEntry) -> None:
+        entry.transition(ModelState.LOADING)
+        version_dir = model.base_path / str(entry.key.version)
+        devices = self._placement.get(entry.key, (self._default_device,))
+        try:
+            entry.platform = detect_platform(version_dir, model.platform)
+            declared = declared_signature(model)
+            replicas = []
+            for device in devices:
+                request = LoadRequest(
+                    entry.key, version_dir, entry.platform, device, declared, model
+                )
+                servable = await self._loader.load(request)
+                if self._wrap is not None:
+                    servable = self._wrap(servable, model)
+                replicas.append(Replica(servable, device))
+        except ModelyardError as exc:
+            entry.transition(ModelState.FAILED, exc.message)
+            log.error("model %s failed to load: %s", entry.key, exc.message)
+            return
+        except Exception as exc:  # a backend failing in a way it did not foresee
+            entry.transition(ModelState.FAILED, f"{type(exc).__name__}: {exc}")
+            log.exception("model %s failed to load", entry.key)
+            return
+        entry.signature = replicas[0].servable.signature
+        entry.replicas = replicas
+        entry.transition(ModelState.AVAILABLE)
+        log.info("model %s AVAILABLE on %s", entry.key, ", ".join(devices))
+
+    async def stop(self) -> None:
+        """Unload every version; each replica's ``close`` is awaited."""
+        for entry in list(self._registry.entries()):
+            if entry.state is ModelState.AVAILABLE:
+                entry.transition(ModelState.UNLOADING)
+                for replica in entry.replicas:
+                    try:
+                        await replica.servable.close()
+                    except Exception:
+                        log.exception("unloading %s failed", entry.key)
+                entry.replicas = []
+                entry.transition(ModelState.END)

@@ -1,0 +1,1 @@
+"""The front end: a protocol-neutral data plane under thin REST and gRPC adapters."""

@@ -1,0 +1,164 @@
+"""The protocol-neutral data plane: every REST and gRPC adapter is a thin layer over this.
+
+Adapters decode their wire format into numpy arrays keyed by input name, call ``infer``, and
+encode the result. All checks that do not depend on a wire format live here: which model and
+version a request names, whether the inputs match the signature, which outputs to return. So
+every protocol rejects the same bad input with the same message.
+
+Async safety: one instance per event loop; methods are called from that loop only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from modelyard import __version__
+from modelyard.backends import PROTOCOL_PLATFORM
+from modelyard.config.schema import Platform
+from modelyard.errors import Internal, InvalidArgument, Unavailable
+from modelyard.lifecycle.registry import ModelRegistry, VersionEntry
+from modelyard.lifecycle.states import ModelState
+from modelyard.tensors import Signature
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRef:
+    """What a request names: a model, and at most one of a version or a label."""
+
+    name: str
+    version: int | None = None
+    label: str | None = None
+
+    @staticmethod
+    def parse_version(text: str) -> int:
+        """A version from a URL or RPC field; InvalidArgument when it is not a positive integer."""
+        if not text.isdigit() or int(text) <= 0:
+            raise InvalidArgument(f"version {text!r} is not a positive integer")
+        return int(text)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelMetadata:
+    name: str
+    version: int
+    versions: tuple[int, ...]
+    platform: str
+    signature: Signature
+
+
+@dataclass(frozen=True, slots=True)
+class VersionStatus:
+    version: int
+    state: ModelState
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class InferResult:
+    model: str
+    version: int
+    outputs: dict[str, np.ndarray]
+
+
+class DataPlane:
+    """Health, metadata and inference over a ``ModelRegistry``."""
+
+    def __init__(self, registry: ModelRegistry, *, server_name: str = "modelyard") -> None:
+        self._registry = registry
+        self.server_name = server_name
+        self.version = __version__
+        self.started = False
+        self.stopping = False
+        self.extensions: tuple[str, ...] = ("binary_tensor_data", "model_repository")
+
+    # -- health --------------------------------------------------------------------------
+
+    def live(self) -> bool:
+        return True
+
+    def ready(self) -> bool:
+        """Ready once start-up has loaded what it could, until shutdown begins."""
+        return self.started and not self.stopping
+
+    def model_ready(self, ref: ModelRef) -> bool:
+        entry = self._registry.resolve(ref.name, ref.version, ref.label)
+        return entry.state is ModelState.AVAILABLE and not self.stopping
+
+    # -- metadata ------------------------------------------------------------------------
+
+    def model_names(self) -> list[str]:
+        return self._registry.model_names()
+
+    def status(self, ref: ModelRef) -> list[VersionStatus]:
+        """Every version's state, or only the named version's (by number or label)."""
+        if ref.version is None and ref.label is None:
+            entries = self._registry.versions(ref.name)
+        else:
+            entries = [self._registry.resolve(ref.name, ref.version, ref.label)]
+        return [VersionStatus(e.key.version, e.state, e.error) for e in entries]
+
+    def metadata(self, ref: ModelRef) -> ModelMetadata:
+        entry = self._available(ref)
+        signature = entry.signature
+        if signature is None:  # AVAILABLE entries always carry one
+            raise Internal(f"{entry.key} is AVAILABLE without a signature")
+        versions = tuple(
+            e.key.version
+            for e in self._registry.versions(ref.name)
+            if e.state is ModelState.AVAILABLE
+        )
+        return ModelMetadata(
+            name=entry.key.model,
+            version=entry.key.version,
+            versions=versions,
+            platform=PROTOCOL_PLATFORM.get(entry.platform, entry.platform.value)
+            if entry.platform is not Platform.AUTO
+            else "",
+            signature=signature,
+        )
+
+    def signature(self, ref: ModelRef) -> Signature:
+        """The signature requests to ``ref`` are checked against (adapters decode with it)."""
+        return self.metadata(ref).signature
+
+    # -- inference -----------------------------------------------------------------------
+
+    async def infer(
+        self,
+        ref: ModelRef,
+        inputs: Mapping[str, np.ndarray],
+        outputs: Sequence[str] | None = None,
+    ) -> InferResult:
+        """Run one request. Inputs are checked against the signature before the model runs.
+
+        ``outputs`` names the outputs to return, in that order; None returns all of them in
+        signature order. Raises InvalidArgument for bad input, NotFound for unknown names,
+        Unavailable when no replica can serve.
+        """
+        entry = self._available(ref)
+        replica = entry.pick_replica()
+        signature = replica.servable.signature
+        signature.validate_inputs(inputs)
+        wanted = [signature.output(name).name for name in outputs] if outputs else None
+        replica.in_flight += 1
+        try:
+            produced = await replica.servable.infer(inputs)
+        finally:
+            replica.in_flight -= 1
+        names = wanted if wanted is not None else [s.name for s in signature.outputs]
+        try:
+            result = {name: produced[name] for name in names}
+        except KeyError as exc:
+            raise Internal(f"model {entry.key} did not return output {exc.args[0]!r}") from None
+        return InferResult(entry.key.model, entry.key.version, result)
+
+    def _available(self, ref: ModelRef) -> VersionEntry:
+        if self.stopping:
+            raise Unavailable("the server is shutting down")
+        entry = self._registry.resolve(ref.name, ref.version, ref.label)
+        if entry.state is not ModelState.AVAILABLE:
+            raise Unavailable(entry.unavailable_reason())
+        return entry

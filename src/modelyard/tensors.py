@@ -1,0 +1,188 @@
+"""Tensor datatypes, tensor specs and model signatures, shared by every backend and protocol.
+
+A ``Signature`` is the contract of one model version: the named inputs it takes and the named
+outputs it returns, each with a datatype and a shape in which ``-1`` means "any size". The data
+plane checks every request against it before a backend sees the tensors, so a backend never runs
+on input of the wrong name, dtype or shape.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from modelyard.errors import InvalidArgument
+
+
+class DataType(enum.Enum):
+    """Tensor element types, named as in the KServe v2 protocol."""
+
+    BOOL = "BOOL"
+    UINT8 = "UINT8"
+    UINT16 = "UINT16"
+    UINT32 = "UINT32"
+    UINT64 = "UINT64"
+    INT8 = "INT8"
+    INT16 = "INT16"
+    INT32 = "INT32"
+    INT64 = "INT64"
+    FP16 = "FP16"
+    FP32 = "FP32"
+    FP64 = "FP64"
+    BYTES = "BYTES"
+
+    @property
+    def numpy(self) -> np.dtype[np.generic]:
+        """The numpy dtype that holds this type (``object`` for BYTES)."""
+        return _TO_NUMPY[self]
+
+    @property
+    def tf_name(self) -> str:
+        """TensorFlow's enum name, as TF Serving's metadata shows it (``DT_FLOAT``)."""
+        return _TO_TF[self]
+
+    @property
+    def itemsize(self) -> int:
+        """Bytes per element in the raw little-endian layout (0 for BYTES, which is variable)."""
+        return 0 if self is DataType.BYTES else self.numpy.itemsize
+
+    @classmethod
+    def parse(cls, name: str) -> DataType:
+        """Parse a KServe name (``FP32``) or a TF name (``DT_FLOAT``); InvalidArgument otherwise."""
+        try:
+            return cls(name)
+        except ValueError:
+            pass
+        for dtype, tf_name in _TO_TF.items():
+            if tf_name == name:
+                return dtype
+        known = ", ".join(d.value for d in cls)
+        raise InvalidArgument(f"unknown datatype {name!r}; expected one of {known}")
+
+    @classmethod
+    def from_numpy(cls, dtype: np.dtype[np.generic]) -> DataType:
+        """The DataType of a numpy dtype; strings and objects map to BYTES."""
+        if dtype.kind in ("O", "S", "U"):
+            return cls.BYTES
+        for data_type, np_dtype in _TO_NUMPY.items():
+            if np_dtype == dtype and data_type is not cls.BYTES:
+                return data_type
+        raise InvalidArgument(f"numpy dtype {dtype} has no protocol datatype")
+
+
+_TO_NUMPY: dict[DataType, np.dtype[np.generic]] = {
+    DataType.BOOL: np.dtype(np.bool_),
+    DataType.UINT8: np.dtype(np.uint8),
+    DataType.UINT16: np.dtype(np.uint16),
+    DataType.UINT32: np.dtype(np.uint32),
+    DataType.UINT64: np.dtype(np.uint64),
+    DataType.INT8: np.dtype(np.int8),
+    DataType.INT16: np.dtype(np.int16),
+    DataType.INT32: np.dtype(np.int32),
+    DataType.INT64: np.dtype(np.int64),
+    DataType.FP16: np.dtype(np.float16),
+    DataType.FP32: np.dtype(np.float32),
+    DataType.FP64: np.dtype(np.float64),
+    DataType.BYTES: np.dtype(np.object_),
+}
+
+_TO_TF: dict[DataType, str] = {
+    DataType.BOOL: "DT_BOOL",
+    DataType.UINT8: "DT_UINT8",
+    DataType.UINT16: "DT_UINT16",
+    DataType.UINT32: "DT_UINT32",
+    DataType.UINT64: "DT_UINT64",
+    DataType.INT8: "DT_INT8",
+    DataType.INT16: "DT_INT16",
+    DataType.INT32: "DT_INT32",
+    DataType.INT64: "DT_INT64",
+    DataType.FP16: "DT_HALF",
+    DataType.FP32: "DT_FLOAT",
+    DataType.FP64: "DT_DOUBLE",
+    DataType.BYTES: "DT_STRING",
+}
+
+
+def format_shape(shape: Sequence[int]) -> str:
+    """``[-1, 4]`` -> ``[?, 4]``: how shapes appear in error messages."""
+    return "[" + ", ".join("?" if d < 0 else str(d) for d in shape) + "]"
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """A named tensor of a signature. ``shape`` uses -1 for a dimension of any size."""
+
+    name: str
+    datatype: DataType
+    shape: tuple[int, ...]
+
+    def accepts_shape(self, shape: Sequence[int]) -> bool:
+        """True when ``shape`` has this rank and matches every fixed dimension."""
+        return len(shape) == len(self.shape) and all(
+            want < 0 or want == got for want, got in zip(self.shape, shape, strict=True)
+        )
+
+    def describe(self) -> str:
+        """``x: FP32 [?, 4]``: how a spec appears in error messages."""
+        return f"{self.name}: {self.datatype.value} {format_shape(self.shape)}"
+
+
+@dataclass(frozen=True, slots=True)
+class Signature:
+    """Inputs and outputs of one model version, in the order the model takes and returns them."""
+
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    def input(self, name: str) -> TensorSpec:
+        for spec in self.inputs:
+            if spec.name == name:
+                return spec
+        raise InvalidArgument(f"unknown input {name!r}; the model expects {self.describe_inputs()}")
+
+    def output(self, name: str) -> TensorSpec:
+        for spec in self.outputs:
+            if spec.name == name:
+                return spec
+        raise InvalidArgument(
+            f"unknown output {name!r}; the model returns "
+            + ", ".join(s.describe() for s in self.outputs)
+        )
+
+    def describe_inputs(self) -> str:
+        return ", ".join(s.describe() for s in self.inputs)
+
+    def validate_inputs(self, inputs: Mapping[str, np.ndarray]) -> None:
+        """Check names, dtypes and shapes of a request; raise InvalidArgument naming what is wrong.
+
+        The message always says what the signature expects, so a client can fix its request
+        without reading the model's metadata first.
+        """
+        expected = {s.name for s in self.inputs}
+        unknown = sorted(set(inputs) - expected)
+        if unknown:
+            raise InvalidArgument(
+                f"unknown input {', '.join(map(repr, unknown))}; "
+                f"the model expects {self.describe_inputs()}"
+            )
+        missing = [s.name for s in self.inputs if s.name not in inputs]
+        if missing:
+            raise InvalidArgument(
+                f"missing input {', '.join(map(repr, missing))}; "
+                f"the model expects {self.describe_inputs()}"
+            )
+        for spec in self.inputs:
+            array = inputs[spec.name]
+            got = DataType.from_numpy(array.dtype)
+            if got is not spec.datatype:
+                raise InvalidArgument(
+                    f"input {spec.name!r} has datatype {got.value}; expected {spec.describe()}"
+                )
+            if not spec.accepts_shape(array.shape):
+                raise InvalidArgument(
+                    f"input {spec.name!r} has shape {format_shape(array.shape)}; "
+                    f"expected {spec.describe()}"
+                )
