@@ -1,0 +1,246 @@
+"""KServe v2 ``inference.GRPCInferenceService`` over the data plane.
+
+A thin adapter: it decodes protobuf messages into numpy arrays exactly as the client described
+them (name, datatype, shape), lets the ``DataPlane`` check them against the model's signature and
+run the model, and encodes the outputs as ``raw_output_contents``, which is what Triton sends and
+what ``tritonclient`` reads. Checks that need the wire format live here: unknown datatype names,
+raw byte counts, typed-contents element counts, mixing raw and typed contents.
+
+Errors: a ``ModelyardError`` aborts the RPC with the status of ``GRPC_STATUS`` and its message;
+any other exception is logged and aborts with INTERNAL. A request never crashes the server.
+
+Async safety: one servicer per server and event loop; handlers run on that loop only.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import grpc
+import numpy as np
+
+from modelyard.errors import (
+    Code,
+    Internal,
+    InvalidArgument,
+    ModelyardError,
+    Unimplemented,
+)
+from modelyard.server.dataplane import DataPlane, ModelRef
+from modelyard.server.grpc.codec import decode_raw, element_count, encode_raw
+from modelyard.server.grpc.generated import grpc_service_pb2 as pb
+from modelyard.server.grpc.generated import grpc_service_pb2_grpc as pb_grpc
+from modelyard.tensors import DataType, TensorSpec
+
+log = logging.getLogger(__name__)
+
+GRPC_STATUS: dict[Code, grpc.StatusCode] = {
+    Code.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
+    Code.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    Code.ALREADY_EXISTS: grpc.StatusCode.ALREADY_EXISTS,
+    Code.FAILED_PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
+    Code.RESOURCE_EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Code.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    Code.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
+    Code.PERMISSION_DENIED: grpc.StatusCode.PERMISSION_DENIED,
+    Code.UNIMPLEMENTED: grpc.StatusCode.UNIMPLEMENTED,
+    Code.INTERNAL: grpc.StatusCode.INTERNAL,
+}
+"""The gRPC status for each neutral code (the codes are named after gRPC's, so 1:1)."""
+
+# InferTensorContents field for each datatype, and the numpy dtype protobuf hands it back as.
+# 8- and 16-bit integers travel widened to 32 bits (the spec says so); FP16 has no typed field.
+_CONTENTS_FIELD: dict[DataType, tuple[str, np.dtype[Any]]] = {
+    DataType.BOOL: ("bool_contents", np.dtype(np.bool_)),
+    DataType.INT8: ("int_contents", np.dtype(np.int32)),
+    DataType.INT16: ("int_contents", np.dtype(np.int32)),
+    DataType.INT32: ("int_contents", np.dtype(np.int32)),
+    DataType.INT64: ("int64_contents", np.dtype(np.int64)),
+    DataType.UINT8: ("uint_contents", np.dtype(np.uint32)),
+    DataType.UINT16: ("uint_contents", np.dtype(np.uint32)),
+    DataType.UINT32: ("uint_contents", np.dtype(np.uint32)),
+    DataType.UINT64: ("uint64_contents", np.dtype(np.uint64)),
+    DataType.FP32: ("fp32_contents", np.dtype(np.float32)),
+    DataType.FP64: ("fp64_contents", np.dtype(np.float64)),
+    DataType.BYTES: ("bytes_contents", np.dtype(object)),
+}
+
+# Triton extensions that change what a tensor means; answering without them would be wrong.
+_UNSUPPORTED_INPUT_PARAMETERS = ("shared_memory_region",)
+_UNSUPPORTED_OUTPUT_PARAMETERS = ("shared_memory_region", "classification")
+
+
+def parse_datatype(name: str, tensor: str) -> DataType:
+    """A KServe datatype name (``FP32``); InvalidArgument naming the tensor otherwise."""
+    try:
+        return DataType(name)
+    except ValueError:
+        known = ", ".join(d.value for d in DataType)
+        raise InvalidArgument(
+            f"input {tensor!r} has unknown datatype {name!r}; expected one of {known}"
+        ) from None
+
+
+def model_ref(name: str, version: str) -> ModelRef:
+    """The model a request names; an empty version means the default version."""
+    return ModelRef(name, ModelRef.parse_version(version) if version else None)
+
+
+def decode_inputs(request: Any) -> dict[str, np.ndarray]:
+    """The inputs of a ``ModelInferRequest`` as arrays, decoded as the request describes them.
+
+    Raw contents, when present, carry every input in order and no input may also carry typed
+    contents. Does not check the model's signature: the data plane does that.
+    """
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise InvalidArgument(
+            f"the request has {len(request.inputs)} inputs but {len(raw)} raw_input_contents; "
+            "when raw_input_contents is used it must hold the data of every input, in order"
+        )
+    inputs: dict[str, np.ndarray] = {}
+    for index, tensor in enumerate(request.inputs):
+        name = tensor.name
+        if name in inputs:
+            raise InvalidArgument(f"input {name!r} appears more than once in the request")
+        _reject_parameters(tensor.parameters, _UNSUPPORTED_INPUT_PARAMETERS, f"input {name!r}")
+        datatype = parse_datatype(tensor.datatype, name)
+        shape = tuple(tensor.shape)
+        if raw:
+            if tensor.HasField("contents"):
+                raise InvalidArgument(
+                    f"input {name!r} has typed contents but the request uses "
+                    "raw_input_contents; use one or the other for all inputs"
+                )
+            inputs[name] = decode_raw(raw[index], datatype, shape, name)
+        else:
+            inputs[name] = _decode_contents(tensor.contents, datatype, shape, name)
+    return inputs
+
+
+def _decode_contents(
+    contents: Any, datatype: DataType, shape: tuple[int, ...], name: str
+) -> np.ndarray:
+    count = element_count(shape, name)
+    if datatype not in _CONTENTS_FIELD:
+        raise InvalidArgument(
+            f"input {name!r} is {datatype.value}, which has no typed contents field; "
+            "send it in raw_input_contents"
+        )
+    field, wire_dtype = _CONTENTS_FIELD[datatype]
+    values = getattr(contents, field)
+    if len(values) != count:
+        raise InvalidArgument(
+            f"input {name!r} has {len(values)} elements in contents.{field}; expected {count} "
+            f"for shape {list(shape)}"
+        )
+    if datatype is DataType.BYTES:
+        array = np.empty(count, dtype=object)
+        array[:] = list(values)
+        return array.reshape(shape)
+    wide = np.array(values, dtype=wire_dtype)
+    array = wide.astype(datatype.numpy, copy=False)
+    # INT8/INT16/UINT8/UINT16 arrive widened; a value that does not survive narrowing would
+    # silently wrap around, so it is an error instead.
+    if array.dtype != wide.dtype and not np.array_equal(array, wide):
+        raise InvalidArgument(f"input {name!r} has values outside the range of {datatype.value}")
+    return array.reshape(shape)
+
+
+def _reject_parameters(
+    parameters: Mapping[str, Any], unsupported: tuple[str, ...], where: str
+) -> None:
+    for key in unsupported:
+        if key in parameters:
+            raise Unimplemented(f"{where}: parameter {key!r} is not supported by modelyard")
+
+
+def _tensor_metadata(spec: TensorSpec) -> Any:
+    return pb.ModelMetadataResponse.TensorMetadata(
+        name=spec.name, datatype=spec.datatype.value, shape=list(spec.shape)
+    )
+
+
+_Handler = Callable[["KServeServicer", Any, grpc.aio.ServicerContext], Awaitable[Any]]
+
+
+def _rpc(handler: _Handler) -> _Handler:
+    """Turn what ``handler`` raises into the RPC's status: see the module docstring."""
+
+    @functools.wraps(handler)
+    async def wrapper(self: KServeServicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await handler(self, request, context)
+        except ModelyardError as exc:
+            error: ModelyardError = exc
+        except Exception as exc:
+            log.exception("unexpected error in KServe gRPC %s", handler.__name__)
+            error = Internal(f"internal error ({type(exc).__name__}); see the server log")
+        # Outside the except blocks: abort raises, and that must not be caught above.
+        await context.abort(GRPC_STATUS[error.code], error.message)
+
+    return wrapper
+
+
+class KServeServicer:
+    """Handlers of ``inference.GRPCInferenceService``; register with ``add_to_server``."""
+
+    def __init__(self, dataplane: DataPlane) -> None:
+        self._dataplane = dataplane
+
+    def add_to_server(self, server: grpc.aio.Server) -> None:
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(self, server)
+
+    @_rpc
+    async def ServerLive(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return pb.ServerLiveResponse(live=self._dataplane.live())
+
+    @_rpc
+    async def ServerReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return pb.ServerReadyResponse(ready=self._dataplane.ready())
+
+    @_rpc
+    async def ModelReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        ref = model_ref(request.name, request.version)
+        return pb.ModelReadyResponse(ready=self._dataplane.model_ready(ref))
+
+    @_rpc
+    async def ServerMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        plane = self._dataplane
+        return pb.ServerMetadataResponse(
+            name=plane.server_name, version=plane.version, extensions=list(plane.extensions)
+        )
+
+    @_rpc
+    async def ModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        meta = self._dataplane.metadata(model_ref(request.name, request.version))
+        return pb.ModelMetadataResponse(
+            name=meta.name,
+            versions=[str(v) for v in meta.versions],
+            platform=meta.platform,
+            inputs=[_tensor_metadata(s) for s in meta.signature.inputs],
+            outputs=[_tensor_metadata(s) for s in meta.signature.outputs],
+        )
+
+    @_rpc
+    async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        ref = model_ref(request.model_name, request.model_version)
+        inputs = decode_inputs(request)
+        for output in request.outputs:
+            _reject_parameters(
+                output.parameters, _UNSUPPORTED_OUTPUT_PARAMETERS, f"output {output.name!r}"
+            )
+        wanted = [output.name for output in request.outputs] or None
+        result = await self._dataplane.infer(ref, inputs, wanted)
+        response = pb.ModelInferResponse(
+            model_name=result.model, model_version=str(result.version), id=request.id
+        )
+        # Outputs in the order the client asked for them (all, in signature order, if none).
+        for name, array in result.outputs.items():
+            datatype = DataType.from_numpy(array.dtype)
+            response.outputs.add(name=name, datatype=datatype.value, shape=array.shape)
+            response.raw_output_contents.append(encode_raw(array, datatype))
+        return response
