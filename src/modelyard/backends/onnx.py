@@ -1,0 +1,213 @@
+"""ONNX models (``model.onnx``), run by ONNX Runtime.
+
+The artifact carries its signature: the session's inputs and outputs with their element types
+and shapes (a symbolic or unknown dimension is served as ``-1``). onnxruntime is imported inside
+``load`` only.
+
+``MODELYARD_INTRA_OP_THREADS`` sets each session's intra-op thread count; unset, ONNX Runtime
+picks one (a thread per physical core), which suits one worker per device.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from modelyard.backends.base import LoadedModel
+from modelyard.backends.device import Device
+from modelyard.backends.signatures import check_unique_names, reconcile, reject_bytes
+from modelyard.config.schema import Platform
+from modelyard.errors import (
+    BackendMissing,
+    FailedPrecondition,
+    InvalidArgument,
+    ResourceExhausted,
+    Unavailable,
+)
+from modelyard.tensors import DataType, Signature, TensorSpec
+
+THREADS_ENV = "MODELYARD_INTRA_OP_THREADS"
+
+_ORT_TYPES: dict[str, DataType] = {
+    "tensor(bool)": DataType.BOOL,
+    "tensor(uint8)": DataType.UINT8,
+    "tensor(uint16)": DataType.UINT16,
+    "tensor(uint32)": DataType.UINT32,
+    "tensor(uint64)": DataType.UINT64,
+    "tensor(int8)": DataType.INT8,
+    "tensor(int16)": DataType.INT16,
+    "tensor(int32)": DataType.INT32,
+    "tensor(int64)": DataType.INT64,
+    "tensor(float16)": DataType.FP16,
+    "tensor(float)": DataType.FP32,
+    "tensor(double)": DataType.FP64,
+    "tensor(string)": DataType.BYTES,
+}
+
+
+class OnnxBackend:
+    """Loads ``model.onnx`` into an ONNX Runtime session on ``cpu`` or ``cuda:N``. Stateless."""
+
+    platform = Platform.ONNX
+    artifact = "model.onnx"
+
+    def load(self, version_dir: Path, device: str, declared: Signature | None) -> LoadedModel:
+        """Create the session and return an ``OnnxModel``.
+
+        On ``cuda:N`` the session uses CUDAExecutionProvider on device N and fails with
+        FailedPrecondition when this onnxruntime has no CUDA support or cannot start it, rather
+        than silently running on the CPU. Raises InvalidArgument for a missing or corrupt file,
+        an unsupported tensor type, or a declared signature that disagrees with the model's;
+        BackendMissing without onnxruntime.
+        """
+        path = version_dir / self.artifact
+        target = Device.parse(device)
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise BackendMissing(
+                f"ONNX models need onnxruntime ({exc.name} is not installed); "
+                "install it with: pip install 'modelyard[onnx]' "
+                "(or onnxruntime-gpu for CUDA devices)"
+            ) from exc
+        if not path.is_file():
+            raise InvalidArgument(f"{path} does not exist or is not a file")
+        providers: list[Any]
+        if target.is_cuda:
+            available = ort.get_available_providers()
+            if "CUDAExecutionProvider" not in available:
+                raise FailedPrecondition(
+                    f"device {target} was requested but onnxruntime {ort.__version__} has no "
+                    f"CUDA support (providers: {', '.join(available)}); "
+                    "install onnxruntime-gpu instead of onnxruntime"
+                )
+            providers = [
+                ("CUDAExecutionProvider", {"device_id": target.index}),
+                "CPUExecutionProvider",
+            ]
+        else:
+            providers = ["CPUExecutionProvider"]
+        options = ort.SessionOptions()
+        threads = _intra_op_threads()
+        if threads is not None:
+            options.intra_op_num_threads = threads
+        # Warnings (unassigned nodes, unused initializers) would repeat for every load; errors
+        # still reach the log and every failure reaches the caller as an exception.
+        options.log_severity_level = 3
+        try:
+            session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        except Exception as exc:
+            raise InvalidArgument(
+                f"{path} cannot be loaded by onnxruntime {ort.__version__} (truncated, corrupt or "
+                f"not an ONNX model?): {type(exc).__name__}: {exc}"
+            ) from exc
+        if target.is_cuda and session.get_providers()[0] != "CUDAExecutionProvider":
+            # onnxruntime falls back to the CPU when the CUDA libraries fail to load; a model
+            # planned onto a GPU must not quietly run elsewhere.
+            raise FailedPrecondition(
+                f"onnxruntime could not start CUDA on {target} for {path} (missing CUDA or cuDNN "
+                "libraries?); it would have run on the CPU"
+            )
+        artifact = Signature(
+            tuple(_spec(arg, "input", path) for arg in session.get_inputs()),
+            tuple(_spec(arg, "output", path) for arg in session.get_outputs()),
+        )
+        signature = reconcile(artifact, declared, path)
+        check_unique_names(signature, path)
+        reject_bytes(signature, path, "ONNX")
+        return OnnxModel(session, signature, artifact, target, path)
+
+
+class OnnxModel:
+    """An ONNX Runtime session. ``predict`` is thread-safe (``InferenceSession.run`` is)."""
+
+    def __init__(
+        self,
+        session: Any,
+        signature: Signature,
+        artifact: Signature,
+        device: Device,
+        source: Path,
+    ) -> None:
+        self._session: Any = session
+        self._signature = signature
+        # The session is fed and read by the artifact's names; the signature may rename them.
+        self._input_names = {
+            served.name: own.name
+            for served, own in zip(signature.inputs, artifact.inputs, strict=True)
+        }
+        self._output_names = [s.name for s in artifact.outputs]
+        self._device = device
+        self._source = source
+
+    @property
+    def signature(self) -> Signature:
+        return self._signature
+
+    @property
+    def device(self) -> Device:
+        return self._device
+
+    @property
+    def providers(self) -> list[str]:
+        """The execution providers the session uses, preferred first."""
+        return list(self._session.get_providers()) if self._session is not None else []
+
+    def predict(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        session = self._session
+        if session is None:
+            raise Unavailable(f"{self._source} has been unloaded")
+        feed = {
+            self._input_names[spec.name]: np.ascontiguousarray(inputs[spec.name])
+            for spec in self._signature.inputs
+        }
+        try:
+            results = session.run(self._output_names, feed)
+        except Exception as exc:
+            message = f"{type(exc).__name__}: {exc}"
+            if "Failed to allocate memory" in message or "out of memory" in message:
+                raise ResourceExhausted(f"{self._source}: out of memory on {self._device}") from exc
+            # Inputs have been checked against the signature already; what fails here is a
+            # constraint it cannot express (related dimensions, values out of range).
+            raise InvalidArgument(f"the model rejected this input: {message}") from exc
+        return {
+            spec.name: np.asarray(value)
+            for spec, value in zip(self._signature.outputs, results, strict=True)
+        }
+
+    def unload(self) -> None:
+        """Drop the session; ONNX Runtime frees its memory (GPU arena included) with it."""
+        self._session = None
+
+
+def _intra_op_threads() -> int | None:
+    raw = os.environ.get(THREADS_ENV, "").strip()
+    if not raw:
+        return None
+    try:
+        threads = int(raw)
+    except ValueError:
+        threads = -1
+    if threads < 0:
+        raise InvalidArgument(
+            f"{THREADS_ENV}={raw!r} must be a whole number of threads (0 lets onnxruntime pick)"
+        )
+    return threads
+
+
+def _spec(arg: Any, side: str, path: Path) -> TensorSpec:
+    """A TensorSpec from an onnxruntime NodeArg (``name``, ``type``, ``shape``)."""
+    datatype = _ORT_TYPES.get(arg.type)
+    if datatype is None:
+        raise InvalidArgument(
+            f"{path}: {side} {arg.name!r} has type {arg.type}, which modelyard cannot serve; "
+            "supported: " + ", ".join(_ORT_TYPES)
+        )
+    shape = arg.shape if arg.shape is not None else []
+    # Symbolic dimensions arrive as strings ("batch"), unknown ones as None.
+    dims = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in shape)
+    return TensorSpec(arg.name, datatype, dims)

@@ -1,0 +1,1 @@
+"""Support for modelyard's tests and for users testing their own deployments."""
