@@ -223,6 +223,7 @@ def _to_plan(problem: Problem, sol: Solution, strategy: Strategy, headroom: floa
             bytes=problem.sizes[i],
             devices=tuple(problem.devices[d].name for d in sorted(sol.assigned[i])),
             wanted=problem.replicas[i],
+            source=problem.demands[i].source,
         )
         for i in sorted(range(problem.n), key=lambda i: display_order(problem.keys[i]))
     )

@@ -96,6 +96,7 @@ class Assignment:
     bytes: int
     devices: tuple[str, ...]
     wanted: int
+    source: FootprintSource = FootprintSource.CONFIG
 
     @property
     def complete(self) -> bool:

@@ -1,0 +1,139 @@
+"""``modelyard plan CONFIG [--json]``: where each model would go; loads nothing.
+
+Exit status: 0 when every replica fits, 2 when not (the explanation goes to stderr, and into
+the JSON as ``explanation``), 1 when the config cannot be read or sized. Artifacts are not needed
+for models that give ``memory:`` (see ``modelyard.planner.demands``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from modelyard.config import load_config
+from modelyard.config.schema import DeviceKind
+from modelyard.config.sizes import format_size
+from modelyard.errors import ModelyardError
+from modelyard.planner.demands import plan_for_config
+from modelyard.planner.plan import DeviceUsage, Plan
+
+EXIT_FITS = 0
+EXIT_ERROR = 1
+EXIT_DOES_NOT_FIT = 2
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", type=Path, help="modelyard YAML config")
+    parser.add_argument("--json", action="store_true", help="print the plan as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+        plan = plan_for_config(config)
+    except ModelyardError as exc:
+        print(f"modelyard plan: {exc.message}", file=sys.stderr)
+        return EXIT_ERROR
+    if args.json:
+        print(json.dumps(plan_to_json(plan), indent=2))
+    else:
+        print(render_table(plan))
+    if not plan.feasible:
+        print(f"\nNo plan: not every model fits.\n{plan.explanation}", file=sys.stderr)
+        return EXIT_DOES_NOT_FIT
+    return EXIT_FITS
+
+
+def render_table(plan: Plan) -> str:
+    """A section per device: a heading with used / capacity and % used, then its models with
+    their bytes and where the bytes came from (config, measured, estimated)."""
+    by_key = {a.key: a for a in plan.assignments}
+    width = max((len(str(k)) for k in by_key), default=0)
+    lines = [
+        f"{len(plan.assignments)} model version(s) on {len(plan.devices)} device(s), "
+        f"headroom {plan.headroom_fraction:.0%}, planned by {plan.strategy.value}: "
+        + ("fits" if plan.feasible else "DOES NOT FIT"),
+    ]
+    for usage in plan.devices:
+        lines.append("")
+        lines.append(_device_heading(usage))
+        if not usage.models:
+            lines.append("  (empty)")
+            continue
+        lines.extend(
+            f"  {k!s:<{width}}  {format_size(by_key[k].bytes):>10}  {by_key[k].source.value}"
+            for k in usage.models
+        )
+    short = plan.short
+    if short:
+        lines.append("")
+        lines.append("not placed:")
+        for a in short:
+            missing = a.wanted - len(a.devices)
+            lines.append(
+                f"  {a.key!s:<{width}}  {format_size(a.bytes):>10}  "
+                f"{missing} of {a.wanted} replica(s)"
+            )
+    for note in plan.notes:
+        lines.append(f"note: {note}")
+    return "\n".join(lines)
+
+
+def _device_heading(u: DeviceUsage) -> str:
+    d = u.device
+    where = f"cuda:{d.index}" if d.kind is DeviceKind.CUDA else "cpu"
+    absent = ", not on this machine" if not d.present else ""
+    return (
+        f"{d.name} ({where}{absent}): {format_size(u.used_bytes)} of "
+        f"{format_size(d.capacity_bytes)} used ({u.utilisation:.1%}), "
+        f"{format_size(u.budget_bytes)} plannable"
+    )
+
+
+def plan_to_json(plan: Plan) -> dict[str, Any]:
+    """The plan as plain JSON values (the ``--json`` output)."""
+    by_key = {a.key: a for a in plan.assignments}
+    return {
+        "feasible": plan.feasible,
+        "strategy": plan.strategy.value,
+        "headroom_fraction": plan.headroom_fraction,
+        "moves": plan.moves,
+        "devices": [
+            {
+                "name": u.device.name,
+                "kind": u.device.kind.value,
+                "index": u.device.index,
+                "present": u.device.present,
+                "capacity_bytes": u.device.capacity_bytes,
+                "free_bytes": u.device.free_bytes,
+                "budget_bytes": u.budget_bytes,
+                "used_bytes": u.used_bytes,
+                "used_fraction": round(u.utilisation, 6),
+                "models": [
+                    {
+                        "model": k.model,
+                        "version": k.version,
+                        "bytes": by_key[k].bytes,
+                        "source": by_key[k].source.value,
+                    }
+                    for k in u.models
+                ],
+            }
+            for u in plan.devices
+        ],
+        "not_placed": [
+            {
+                "model": a.key.model,
+                "version": a.key.version,
+                "bytes": a.bytes,
+                "replicas_wanted": a.wanted,
+                "replicas_placed": len(a.devices),
+            }
+            for a in plan.short
+        ],
+        "explanation": plan.explanation,
+        "notes": list(plan.notes),
+    }

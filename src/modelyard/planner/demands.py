@@ -1,0 +1,133 @@
+"""From a ServerConfig to the planner's demands, and ``plan_for_config``: what serve and plan call.
+
+A version's bytes come from, in order: ``memory:`` in config, a footprint measured after an
+earlier load of the same artifact (``footprints``), an estimate from the artifact (``estimate``).
+
+Artifacts are not needed when ``memory:`` is given: ``modelyard plan`` is an offline tool, and a
+model whose ``base_path`` is missing or holds no version yet is planned as a placeholder that
+reserves ``memory:`` for one version, shown as version 0 (``m1:0``), or for each version of a
+``specific`` policy. Without ``memory:``, a missing ``base_path`` is a ConfigError and an empty
+one is left out with a note (there is nothing to load yet).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from modelyard.config.schema import ModelConfig, ServerConfig
+from modelyard.errors import ConfigError, ModelyardError
+from modelyard.ids import VersionKey
+from modelyard.planner.estimate import estimate_footprint
+from modelyard.planner.footprints import FootprintCache
+from modelyard.planner.inventory import GpuProbe, HostProbe, build_inventory, probe_gpus, probe_host
+from modelyard.planner.place import PlacerOptions, place
+from modelyard.planner.plan import FootprintSource, ModelDemand, Plan
+from modelyard.repository import aspired_versions, scan_versions
+
+PLACEHOLDER_VERSION = 0
+"""Version number of a placeholder demand: a model with ``memory:`` but no version on disk."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Demands:
+    """The demands of a config, and notes about models that were left out or made up."""
+
+    demands: tuple[ModelDemand, ...]
+    notes: tuple[str, ...]
+
+
+def demands_for_config(config: ServerConfig, *, cache: FootprintCache | None = None) -> Demands:
+    """One demand per aspired version of every model (see the module doc for the rules).
+
+    Raises ConfigError when a model has neither files to estimate from nor ``memory:``.
+    """
+    demands: list[ModelDemand] = []
+    notes: list[str] = []
+    placeholders_for: list[str] = []
+    for model in config.models:
+        versions = _aspired(model)
+        if not versions:
+            if model.memory_bytes is None:
+                if not model.base_path.is_dir():
+                    raise ConfigError(
+                        f"model {model.name!r}: base_path {model.base_path} does not exist and "
+                        "memory: is not given; plan needs one of them"
+                    )
+                notes.append(f"{model.name}: no versions under {model.base_path} yet; not placed")
+                continue
+            placeholders_for.append(model.name)
+            versions = list(model.version_policy.specific or (PLACEHOLDER_VERSION,))
+        for version in versions:
+            size, source = _footprint(model, model.base_path / str(version), cache)
+            demands.append(
+                ModelDemand(
+                    key=VersionKey(model.name, version),
+                    bytes=size,
+                    pins=model.devices,
+                    replicas=model.replicas,
+                    source=source,
+                )
+            )
+    if placeholders_for:
+        notes.append(
+            f"no versions on disk for {len(placeholders_for)} model(s) "
+            f"({', '.join(placeholders_for)}): planned with their memory: "
+            f"(version {PLACEHOLDER_VERSION} stands for the version to come)"
+        )
+    return Demands(tuple(demands), tuple(notes))
+
+
+def plan_for_config(
+    config: ServerConfig,
+    *,
+    current: Mapping[VersionKey, Sequence[str]] | None = None,
+    gpus: GpuProbe = probe_gpus,
+    host: HostProbe = probe_host,
+    cache: FootprintCache | None = None,
+    options: PlacerOptions | None = None,
+) -> Plan:
+    """Inventory the devices, build demands, and place them; what ``serve`` runs before loading.
+
+    Returns the Plan even when infeasible: ``plan.feasible`` says whether every replica fits,
+    ``plan.explanation`` why not, and ``plan.raise_if_infeasible()`` raises ResourceExhausted
+    with it. ``serve --serve-what-fits`` loads ``plan.placement()`` (the versions that fit).
+    Raises ConfigError for devices or models the planner cannot size.
+    """
+    devices = build_inventory(config.devices, gpus=gpus, host=host)
+    found = demands_for_config(config, cache=cache if cache is not None else FootprintCache())
+    plan = place(
+        found.demands,
+        devices,
+        current,
+        headroom_fraction=config.headroom_fraction,
+        options=options,
+    )
+    return dataclasses.replace(plan, notes=plan.notes + found.notes)
+
+
+def _aspired(model: ModelConfig) -> list[int]:
+    if not model.base_path.is_dir():
+        return []
+    return aspired_versions(scan_versions(model.base_path), model.version_policy)
+
+
+def _footprint(
+    model: ModelConfig, version_dir: Path, cache: FootprintCache | None
+) -> tuple[int, FootprintSource]:
+    if model.memory_bytes is not None:
+        return model.memory_bytes, FootprintSource.CONFIG
+    if cache is not None:
+        measured = cache.lookup(version_dir)
+        if measured is not None:
+            return measured, FootprintSource.MEASURED
+    try:
+        estimate = estimate_footprint(
+            version_dir, model.platform, batching=model.batching is not None
+        )
+    except ModelyardError as exc:
+        raise ConfigError(f"model {model.name!r}: {exc.message}") from exc
+    except OSError as exc:
+        raise ConfigError(f"model {model.name!r}: cannot read {version_dir}: {exc}") from exc
+    return estimate.total_bytes, FootprintSource.ESTIMATED
