@@ -67,11 +67,17 @@ class VersionPolicy(_Frozen):
     all: bool | None = Field(None, description="Serve every version found.")
     specific: tuple[int, ...] | None = Field(None, min_length=1, description="Serve these.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_latest_one(cls, data: object) -> object:
+        # No key at all means TF Serving's default policy: the latest version only.
+        if isinstance(data, dict) and not {"latest", "all", "specific"} & set(data):
+            return {**data, "latest": 1}
+        return data
+
     @model_validator(mode="after")
     def _exactly_one(self) -> VersionPolicy:
         given = [k for k in ("latest", "all", "specific") if getattr(self, k) is not None]
-        if len(given) == 0:
-            return self.model_copy(update={"latest": 1})
         if len(given) > 1:
             raise ValueError(
                 f"version_policy sets {' and '.join(given)}; give exactly one of "

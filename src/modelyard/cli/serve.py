@@ -1,0 +1,139 @@
+"""``modelyard serve``: load the config (or the demo), start REST + gRPC, stop on SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from modelyard.config import ModelConfig, ServerConfig, load_config, parse_size
+from modelyard.errors import ModelyardError
+from modelyard.server.http.common import DEFAULT_MAX_REQUEST_BYTES
+from modelyard.server.runtime import DEFAULT_GRPC_PORT, DEFAULT_REST_PORT, Server
+
+log = logging.getLogger("modelyard")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "config",
+        nargs="?",
+        type=Path,
+        help="modelyard YAML config (default: the bundled demo repository)",
+    )
+    tf = parser.add_argument_group("TensorFlow Serving flags (accepted unchanged)")
+    tf.add_argument("--port", type=int, default=DEFAULT_GRPC_PORT, help="gRPC port (8500)")
+    tf.add_argument(
+        "--rest_api_port",
+        "--rest-api-port",
+        type=int,
+        default=DEFAULT_REST_PORT,
+        help="REST port (8501)",
+    )
+    tf.add_argument("--model_config_file", "--model-config-file", type=Path, help="config file")
+    tf.add_argument("--model_name", "--model-name", help="serve one model under this name")
+    tf.add_argument(
+        "--model_base_path", "--model-base-path", type=Path, help="base path of that one model"
+    )
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1: this machine only)",
+    )
+    parser.add_argument(
+        "--max-request-bytes",
+        type=parse_size,
+        default=DEFAULT_MAX_REQUEST_BYTES,
+        help="largest request body accepted, e.g. 64MiB (default 64MiB)",
+    )
+    parser.add_argument(
+        "--ports-file",
+        type=Path,
+        help="write the bound ports here as JSON once listening (for port 0)",
+    )
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+
+
+def resolve_config(args: argparse.Namespace) -> tuple[ServerConfig, bool]:
+    """The config the flags ask for, and whether it is the bundled demo."""
+    given = [p for p in (args.config, args.model_config_file) if p is not None]
+    if len(given) == 2:
+        raise ModelyardError("give a CONFIG or --model_config_file, not both")
+    if args.model_base_path is not None or args.model_name is not None:
+        if given:
+            raise ModelyardError("--model_name/--model_base_path cannot be combined with a config")
+        if args.model_base_path is None:
+            raise ModelyardError("--model_name needs --model_base_path")
+        name = args.model_name or "default"  # TF Serving's default model name
+        model = ModelConfig(name=name, base_path=args.model_base_path.resolve())
+        return ServerConfig(models=(model,)), False
+    if given:
+        return load_config(given[0]), False
+    from modelyard.demo import build_demo_repository
+
+    return load_config(build_demo_repository()), True
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        config, is_demo = resolve_config(args)
+        return asyncio.run(_serve(config, args, is_demo))
+    except ModelyardError as exc:
+        print(f"modelyard: {exc.message}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"modelyard: {exc}", file=sys.stderr)
+        return 1
+
+
+async def _serve(config: ServerConfig, args: argparse.Namespace, is_demo: bool) -> int:
+    server = Server(
+        config,
+        host=args.host,
+        rest_port=args.rest_api_port,
+        grpc_port=args.port,
+        max_request_bytes=args.max_request_bytes,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    starting = asyncio.create_task(server.start())
+    done, _ = await asyncio.wait(
+        {starting, asyncio.create_task(stop.wait())}, return_when=asyncio.FIRST_COMPLETED
+    )
+    if starting not in done:  # signalled while loading
+        starting.cancel()
+        await server.stop(grace_seconds=0)
+        return 0
+    starting.result()
+    if args.ports_file is not None:
+        _write_ports(args.ports_file, server)
+    print(_banner(server, is_demo), flush=True)
+    await stop.wait()
+    log.info("stopping: readiness is now false; finishing in-flight requests")
+    await server.stop()
+    log.info("stopped")
+    return 0
+
+
+def _write_ports(path: Path, server: Server) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps({"rest": server.rest_port, "grpc": server.grpc_port}))
+    os.replace(tmp, path)  # readers never see a half-written file
+
+
+def _banner(server: Server, is_demo: bool) -> str:
+    from modelyard.cli.banner import banner
+
+    return banner(server, is_demo)

@@ -1,0 +1,39 @@
+"""The ASGI application: TF Serving and KServe v2 REST routes over one data plane."""
+
+from __future__ import annotations
+
+import logging
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+
+from modelyard.errors import Internal, ModelyardError
+from modelyard.server.dataplane import DataPlane
+from modelyard.server.http import kserve, tfserving
+from modelyard.server.http.common import error_response
+
+log = logging.getLogger(__name__)
+
+
+async def _on_modelyard_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ModelyardError)
+    return error_response(exc)
+
+
+async def _on_unexpected(request: Request, exc: Exception) -> Response:
+    # A bug, never the client's fault: log it with the traceback and answer 500 in the
+    # protocol's error shape instead of Starlette's plain-text page.
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return error_response(Internal(f"internal error: {type(exc).__name__}: {exc}"))
+
+
+def build_app(dataplane: DataPlane, *, max_request_bytes: int) -> Starlette:
+    routes = [
+        *tfserving.routes(dataplane, max_request_bytes=max_request_bytes),
+        *kserve.routes(dataplane, max_request_bytes=max_request_bytes),
+    ]
+    return Starlette(
+        routes=routes,
+        exception_handlers={ModelyardError: _on_modelyard_error, Exception: _on_unexpected},
+    )

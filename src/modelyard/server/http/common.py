@@ -1,0 +1,76 @@
+"""What both REST adapters share: bounded body reading, fast JSON, and error responses.
+
+Error bodies are ``{"error": "<message>"}`` in both TF Serving's and KServe v2's REST APIs, with
+the HTTP status from ``modelyard.errors.HTTP_STATUS``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from modelyard.config.sizes import format_size
+from modelyard.errors import HTTP_STATUS, InvalidArgument, ModelyardError, ResourceExhausted
+
+DEFAULT_MAX_REQUEST_BYTES = 64 * 2**20
+
+
+class JSONResponse(Response):
+    """A JSON response serialised with orjson (numpy arrays allowed)."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def error_response(exc: ModelyardError) -> JSONResponse:
+    return JSONResponse({"error": exc.message}, status_code=status_for(exc))
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing more than ``limit`` bytes before reading them all.
+
+    A declared Content-Length over the limit is refused without reading; a chunked body is
+    counted as it streams and refused as soon as it passes the limit.
+    """
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(int(declared), limit)
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(size, limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_json(body: bytes) -> Any:
+    """The JSON document in ``body``; InvalidArgument with the parser's reason otherwise."""
+    if not body:
+        raise InvalidArgument("the request body is empty; expected a JSON object")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidArgument(f"the request body is not valid JSON: {exc}") from None
+
+
+def _too_large(size: int, limit: int) -> ResourceExhausted:
+    # 413 is the status users expect here; ResourceExhausted alone would map to 503.
+    return BodyTooLarge(
+        f"request body of {format_size(size)} ({size} bytes) is larger than the limit of "
+        f"{format_size(limit)} ({limit} bytes); raise it with --max-request-bytes"
+    )
+
+
+class BodyTooLarge(ResourceExhausted):
+    """A request body over the configured limit (HTTP 413)."""
+
+
+def status_for(exc: ModelyardError) -> int:
+    return 413 if isinstance(exc, BodyTooLarge) else HTTP_STATUS[exc.code]

@@ -1,0 +1,324 @@
+"""TensorFlow Serving's REST API over the data plane.
+
+    GET  /v1/models/{m}[/versions/{v}|/labels/{l}]             model status
+    GET  /v1/models/{m}[/versions/{v}|/labels/{l}]/metadata    signature_def
+    POST /v1/models/{m}[/versions/{v}|/labels/{l}]:predict     row or columnar predict
+
+Request and response bodies are shaped exactly as TF Serving shapes them, so existing clients
+work unchanged: ``instances`` (row format) answers ``predictions``; ``inputs`` (columnar)
+answers ``outputs``; errors are ``{"error": "..."}``. JSON values are converted to the
+signature's dtype strictly: numbers for numeric inputs, booleans for BOOL, strings or
+``{"b64": ...}`` for string inputs; anything else is a 400 that names the input.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from modelyard.errors import InvalidArgument, NotFound
+from modelyard.lifecycle.states import ModelState
+from modelyard.server.dataplane import DataPlane, InferResult, ModelRef
+from modelyard.server.http.common import JSONResponse, parse_json, read_body
+from modelyard.tensors import DataType, Signature, TensorSpec, format_shape
+
+DEFAULT_SIGNATURE = "serving_default"
+PREDICT_METHOD = "tensorflow/serving/predict"
+
+# Which JSON value kinds (numpy's dtype.kind after np.asarray) each datatype accepts. TF Serving
+# accepts integers for float inputs but not floats for integer inputs, and never strings for
+# numbers; we keep to that so a request never silently means something else.
+_ACCEPTED_KINDS: dict[str, frozenset[str]] = {
+    "f": frozenset("fiu"),
+    "i": frozenset("iu"),
+    "u": frozenset("iu"),
+    "b": frozenset("b"),
+}
+
+
+def routes(dataplane: DataPlane, *, max_request_bytes: int) -> list[BaseRoute]:
+    api = _TFServingAPI(dataplane, max_request_bytes)
+    return [
+        Route("/v1/models/{path:path}", api.get, methods=["GET"]),
+        Route("/v1/models/{path:path}", api.post, methods=["POST"]),
+    ]
+
+
+def parse_path(path: str) -> tuple[ModelRef, str]:
+    """``m/versions/2/metadata`` -> (ModelRef(m, 2), "metadata"); ``m:predict`` -> (.., ":predict").
+
+    The last part is "" for the status URL, "metadata", or ":<verb>".
+    """
+    verb = ""
+    parts = path.split("/")
+    if ":" in parts[-1]:
+        parts[-1], verb = parts[-1].split(":", 1)
+        verb = ":" + verb
+    elif parts[-1] == "metadata" and len(parts) > 1:
+        verb = parts.pop()
+    if not parts or not parts[0]:
+        raise NotFound("no model name in the URL; expected /v1/models/<name>")
+    name = parts[0]
+    rest = parts[1:]
+    if not rest:
+        return ModelRef(name), verb
+    if len(rest) == 2 and rest[0] == "versions":
+        return ModelRef(name, version=ModelRef.parse_version(rest[1])), verb
+    if len(rest) == 2 and rest[0] == "labels" and rest[1]:
+        return ModelRef(name, label=rest[1]), verb
+    raise NotFound(
+        f"unknown path /v1/models/{path}; expected /v1/models/<name>[/versions/<n>|"
+        "/labels/<label>][/metadata|:predict]"
+    )
+
+
+class _TFServingAPI:
+    def __init__(self, dataplane: DataPlane, max_request_bytes: int) -> None:
+        self._dataplane = dataplane
+        self._limit = max_request_bytes
+
+    async def get(self, request: Request) -> Response:
+        ref, verb = parse_path(request.path_params["path"])
+        if verb == "metadata":
+            return JSONResponse(self._metadata(ref))
+        if verb:
+            raise NotFound(f"GET does not take {verb}; use POST for {verb}")
+        return JSONResponse(self._status(ref))
+
+    async def post(self, request: Request) -> Response:
+        ref, verb = parse_path(request.path_params["path"])
+        if verb != ":predict":
+            raise NotFound(f"unsupported verb {verb or '(none)'!r}; POST /v1/models/<name>:predict")
+        body = parse_json(await read_body(request, self._limit))
+        if not isinstance(body, dict):
+            raise InvalidArgument("the request body must be a JSON object")
+        signature_name = body.get("signature_name", DEFAULT_SIGNATURE) or DEFAULT_SIGNATURE
+        if signature_name != DEFAULT_SIGNATURE:
+            raise InvalidArgument(
+                f"serving signature {signature_name!r} not found; this model has "
+                f"{DEFAULT_SIGNATURE!r}"
+            )
+        signature = self._dataplane.signature(ref)
+        if "instances" in body and "inputs" in body:
+            raise InvalidArgument(
+                "give either 'instances' (row format) or 'inputs' (columnar), not both"
+            )
+        if "instances" in body:
+            inputs = decode_instances(body["instances"], signature)
+            result = await self._dataplane.infer(ref, inputs)
+            return JSONResponse({"predictions": encode_predictions(result, signature)})
+        if "inputs" in body:
+            inputs = decode_columnar(body["inputs"], signature)
+            result = await self._dataplane.infer(ref, inputs)
+            return JSONResponse({"outputs": encode_outputs(result)})
+        raise InvalidArgument(
+            "the request has neither 'instances' nor 'inputs'; send "
+            '{"instances": [...]} (row format) or {"inputs": ...} (columnar)'
+        )
+
+    def _status(self, ref: ModelRef) -> dict[str, Any]:
+        return {
+            "model_version_status": [
+                {
+                    "version": str(s.version),
+                    "state": "END" if s.state is ModelState.FAILED else s.state.value,
+                    "status": {
+                        "error_code": "UNKNOWN" if s.state is ModelState.FAILED else "OK",
+                        "error_message": s.error,
+                    },
+                }
+                for s in self._dataplane.status(ref)
+            ]
+        }
+
+    def _metadata(self, ref: ModelRef) -> dict[str, Any]:
+        meta = self._dataplane.metadata(ref)
+        return {
+            "model_spec": {"name": meta.name, "signature_name": "", "version": str(meta.version)},
+            "metadata": {
+                "signature_def": {
+                    "signature_def": {
+                        DEFAULT_SIGNATURE: {
+                            "inputs": {s.name: _tensor_info(s) for s in meta.signature.inputs},
+                            "outputs": {s.name: _tensor_info(s) for s in meta.signature.outputs},
+                            "method_name": PREDICT_METHOD,
+                        }
+                    }
+                }
+            },
+        }
+
+
+def _tensor_info(spec: TensorSpec) -> dict[str, Any]:
+    return {
+        "dtype": spec.datatype.tf_name,
+        "tensor_shape": {
+            "dim": [{"size": str(d), "name": ""} for d in spec.shape],
+            "unknown_rank": False,
+        },
+        "name": spec.name,
+    }
+
+
+# -- decoding ----------------------------------------------------------------------------
+
+
+def to_array(value: Any, spec: TensorSpec, where: str) -> np.ndarray:
+    """A JSON value as an array of ``spec``'s dtype; InvalidArgument naming ``where`` otherwise."""
+    if spec.datatype is DataType.BYTES:
+        return _to_bytes_array(value, where)
+    try:
+        array = np.asarray(value)
+    except ValueError:
+        raise InvalidArgument(
+            f"{where} is a ragged list: every row must have the same length; "
+            f"expected {spec.describe()}"
+        ) from None
+    want = spec.datatype.numpy
+    if array.size and array.dtype.kind not in _ACCEPTED_KINDS[want.kind]:
+        raise InvalidArgument(
+            f"{where} holds {_kind_name(array)} values; expected {spec.datatype.value} "
+            f"numbers for {spec.describe()}"
+        )
+    if want.kind in "iu" and array.size and array.dtype.kind in "iu":
+        info = np.iinfo(want.type)  # type: ignore[type-var]
+        low, high = array.min(), array.max()
+        if low < info.min or high > info.max:
+            raise InvalidArgument(
+                f"{where} holds {low if low < info.min else high}, outside the range of "
+                f"{spec.datatype.value} [{info.min}, {info.max}]"
+            )
+    return array.astype(want, copy=False)
+
+
+def _kind_name(array: np.ndarray) -> str:
+    return {"U": "string", "S": "string", "O": "mixed or object", "b": "boolean", "f": "float"}.get(
+        array.dtype.kind, str(array.dtype)
+    )
+
+
+def _to_bytes_array(value: Any, where: str) -> np.ndarray:
+    def convert(item: Any) -> Any:
+        if isinstance(item, list):
+            return [convert(x) for x in item]
+        if isinstance(item, dict) and set(item) == {"b64"}:
+            try:
+                return base64.b64decode(item["b64"], validate=True)
+            except (binascii.Error, TypeError):
+                raise InvalidArgument(f"{where} has a b64 value that is not valid base64") from None
+        if isinstance(item, str):
+            return item.encode()
+        raise InvalidArgument(
+            f"{where} holds {type(item).__name__}; expected strings or {{'b64': ...}}"
+        )
+
+    converted = convert(value)
+    try:
+        array = np.array(converted, dtype=object)
+    except ValueError:
+        raise InvalidArgument(f"{where} is a ragged list") from None
+    return array
+
+
+def decode_instances(instances: Any, signature: Signature) -> dict[str, np.ndarray]:
+    """Row format: a list with one entry per row, stacked along a new batch dimension.
+
+    With one input an entry is that input's value (or an object naming it); with several it
+    must be an object holding every input.
+    """
+    if not isinstance(instances, list) or not instances:
+        raise InvalidArgument("'instances' must be a non-empty list with one entry per row")
+    names = [s.name for s in signature.inputs]
+    if len(names) == 1 and not (isinstance(instances[0], dict) and set(instances[0]) == {names[0]}):
+        spec = signature.inputs[0]
+        return {spec.name: to_array(instances, spec, f"input {spec.name!r}")}
+    columns: dict[str, list[Any]] = {name: [] for name in names}
+    for row, instance in enumerate(instances):
+        if not isinstance(instance, dict):
+            raise InvalidArgument(
+                f"instances[{row}] is not an object; with several inputs each instance must "
+                f"name every input: {signature.describe_inputs()}"
+            )
+        unknown = sorted(set(instance) - set(names))
+        if unknown:
+            raise InvalidArgument(
+                f"instances[{row}] has unknown input {', '.join(map(repr, unknown))}; "
+                f"the model expects {signature.describe_inputs()}"
+            )
+        for name in names:
+            if name not in instance:
+                raise InvalidArgument(
+                    f"instances[{row}] is missing input {name!r}; "
+                    f"the model expects {signature.describe_inputs()}"
+                )
+            columns[name].append(instance[name])
+    return {
+        spec.name: to_array(columns[spec.name], spec, f"input {spec.name!r}")
+        for spec in signature.inputs
+    }
+
+
+def decode_columnar(inputs: Any, signature: Signature) -> dict[str, np.ndarray]:
+    """Columnar format: one value per input (a bare value when the model has one input)."""
+    if isinstance(inputs, dict) and set(inputs) != {"b64"}:
+        return {
+            name: to_array(value, signature.input(name), f"input {name!r}")
+            for name, value in inputs.items()
+        }
+    if len(signature.inputs) != 1:
+        raise InvalidArgument(
+            "'inputs' must be an object naming every input for a model with several inputs: "
+            + signature.describe_inputs()
+        )
+    spec = signature.inputs[0]
+    return {spec.name: to_array(inputs, spec, f"input {spec.name!r}")}
+
+
+# -- encoding ----------------------------------------------------------------------------
+
+
+def _jsonable(array: np.ndarray) -> Any:
+    if array.dtype == object:
+        return [_jsonable(a) if isinstance(a, np.ndarray) else _bytes_value(a) for a in array]
+    # orjson serialises C-contiguous numpy arrays natively, without a Python-object detour.
+    return np.ascontiguousarray(array)
+
+
+def _bytes_value(value: Any) -> Any:
+    if isinstance(value, bytes):
+        try:
+            return value.decode()
+        except UnicodeDecodeError:
+            return {"b64": base64.b64encode(value).decode()}
+    return value
+
+
+def encode_predictions(result: InferResult, signature: Signature) -> Any:
+    """Row format answer: one entry per row; an object per row when there are several outputs."""
+    outputs = result.outputs
+    if len(outputs) == 1:
+        return _jsonable(next(iter(outputs.values())))
+    batch = {a.shape[0] if a.ndim else -1 for a in outputs.values()}
+    if len(batch) != 1 or -1 in batch:
+        shapes = ", ".join(f"{n}: {format_shape(a.shape)}" for n, a in outputs.items())
+        raise InvalidArgument(
+            "the outputs do not share a batch dimension, so they cannot be returned as rows "
+            f"({shapes}); send 'inputs' (columnar) instead of 'instances'"
+        )
+    arrays = {name: _jsonable(a) for name, a in outputs.items()}
+    return [{name: a[i] for name, a in arrays.items()} for i in range(batch.pop())]
+
+
+def encode_outputs(result: InferResult) -> Any:
+    """Columnar answer: the bare value for one output, else an object of all outputs."""
+    outputs: Mapping[str, np.ndarray] = result.outputs
+    if len(outputs) == 1:
+        return _jsonable(next(iter(outputs.values())))
+    return {name: _jsonable(a) for name, a in outputs.items()}

@@ -1,0 +1,142 @@
+"""The running server: binds the REST and gRPC ports, loads the models, and stops cleanly.
+
+Start-up order matters to users: ports are bound first, so ``/v2/health/live`` answers while
+models load and ``/v2/health/ready`` turns true only once loading is done. Stop is the reverse:
+readiness turns false at once, in-flight requests finish, then models unload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Generator, Mapping
+
+import uvicorn
+
+from modelyard.config.schema import ServerConfig
+from modelyard.ids import VersionKey
+from modelyard.lifecycle.controller import Controller, InProcessLoader, Loader
+from modelyard.lifecycle.registry import ModelRegistry
+from modelyard.server.dataplane import DataPlane
+from modelyard.server.grpc.server import GrpcServer, start_grpc_server
+from modelyard.server.http.app import build_app
+from modelyard.server.http.common import DEFAULT_MAX_REQUEST_BYTES
+
+log = logging.getLogger(__name__)
+
+DEFAULT_GRPC_PORT = 8500
+DEFAULT_REST_PORT = 8501
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn without its own signal handling: the CLI owns SIGTERM/SIGINT, so that models
+    are unloaded and in-flight requests finish before the process exits."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+class Server:
+    """REST + gRPC front ends, the controller, and the models, as one start/stop unit.
+
+    Not thread-safe: ``start`` and ``stop`` are awaited on the loop that serves.
+    """
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        *,
+        host: str = "127.0.0.1",
+        rest_port: int = DEFAULT_REST_PORT,
+        grpc_port: int = DEFAULT_GRPC_PORT,
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+        loader: Loader | None = None,
+        placement: Mapping[VersionKey, tuple[str, ...]] | None = None,
+        access_log: bool = False,
+    ) -> None:
+        self.config = config
+        self.host = host
+        self.rest_port = rest_port
+        self.grpc_port = grpc_port
+        self.max_request_bytes = max_request_bytes
+        self.registry = ModelRegistry()
+        self.dataplane = DataPlane(self.registry)
+        self._owns_loader = loader is None
+        self._loader: Loader = loader if loader is not None else InProcessLoader()
+        self.controller = Controller(config, self.registry, self._loader, placement=placement)
+        self._access_log = access_log
+        self._http: _Uvicorn | None = None
+        self._http_task: asyncio.Task[None] | None = None
+        self._grpc: GrpcServer | None = None
+
+    async def start(self) -> None:
+        """Bind both ports (port 0 picks a free one), then load every model."""
+        self.controller.desired()  # config errors (missing base paths, labels) before binding
+        sock = _bind(self.host, self.rest_port)
+        self.rest_port = sock.getsockname()[1]
+        app = build_app(self.dataplane, max_request_bytes=self.max_request_bytes)
+        config = uvicorn.Config(
+            app,
+            lifespan="off",
+            access_log=self._access_log,
+            log_level="warning",
+            timeout_graceful_shutdown=30,
+        )
+        self._http = _Uvicorn(config)
+        self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]))
+        self._grpc = await start_grpc_server(
+            self.dataplane,
+            self.host,
+            self.grpc_port,
+            max_message_bytes=self.max_request_bytes,
+        )
+        self.grpc_port = self._grpc.port
+        while not self._http.started:
+            if self._http_task.done():
+                await self._http_task  # raises what stopped it
+            await asyncio.sleep(0.01)
+        await self.controller.start()
+        self.dataplane.started = True
+
+    async def stop(self, grace_seconds: float = 30.0) -> None:
+        """Readiness false now; let in-flight requests finish; unload every model."""
+        self.dataplane.stopping = True
+        if self._grpc is not None:
+            await self._grpc.stop(grace_seconds)
+        if self._http is not None and self._http_task is not None:
+            self._http.should_exit = True
+            await self._http_task
+        await self.controller.stop()
+        if self._owns_loader and isinstance(self._loader, InProcessLoader):
+            self._loader.shutdown()
+
+    @property
+    def rest_url(self) -> str:
+        return f"http://{_url_host(self.host)}:{self.rest_port}"
+
+    @property
+    def grpc_target(self) -> str:
+        return f"{_url_host(self.host)}:{self.grpc_port}"
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(f"cannot listen on {host}:{port} for REST: {exc.strerror}") from exc
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+def _url_host(host: str) -> str:
+    if host in ("0.0.0.0", "::", ""):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
