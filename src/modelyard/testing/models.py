@@ -332,8 +332,18 @@ def model_config(name: str, versions: Mapping[int, BuiltModel], **extra: Any) ->
 
 def write_config(path: Path, models: Sequence[Mapping[str, Any]], **top: Any) -> Path:
     """Write a modelyard YAML config with these ``models:`` entries (and top-level keys)."""
-    path.write_text(yaml.safe_dump({**top, "models": list(models)}, sort_keys=False))
+    text = yaml.dump(
+        {**top, "models": list(models)}, Dumper=_ConfigDumper, sort_keys=False, width=100
+    )
+    path.write_text(text)
     return path
+
+
+class _ConfigDumper(yaml.SafeDumper):
+    """Writes each value out in full: people read these configs, and anchors confuse them."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
 
 
 def build_test_repository(
