@@ -1,0 +1,68 @@
+"""The committed gRPC stubs are current, and they speak the wire format of tritonclient."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from modelyard.server.grpc import gen
+from modelyard.server.grpc.generated import grpc_service_pb2 as pb
+
+pytest.importorskip("grpc_tools")
+
+
+def test_committed_stubs_are_current(tmp_path: Path) -> None:
+    written = gen.generate(tmp_path)
+    names = sorted(p.name for p in written)
+    committed = sorted(p.name for p in gen.GENERATED_DIR.glob("*.py"))
+    assert names == committed, "run: python -m modelyard.server.grpc.gen"
+    for path in written:
+        assert path.read_text() == (gen.GENERATED_DIR / path.name).read_text(), (
+            f"{path.name} is stale; run: python -m modelyard.server.grpc.gen"
+        )
+
+
+def _fields(message: Any) -> dict[str, tuple[Any, ...]]:
+    return {
+        f.name: (
+            f.number,
+            f.type,
+            f.is_repeated,
+            f.message_type.full_name if f.message_type else None,
+            f.containing_oneof.name if f.containing_oneof else None,
+        )
+        for f in message.fields
+    }
+
+
+def _assert_same_message(ours: Any, theirs: Any) -> None:
+    assert ours.full_name == theirs.full_name
+    assert _fields(ours) == _fields(theirs), ours.full_name
+    for nested in ours.nested_types:
+        _assert_same_message(nested, theirs.nested_types_by_name[nested.name])
+
+
+def test_messages_and_service_match_tritonclient() -> None:
+    """Every message and RPC we declare has the names and numbers tritonclient puts on the wire."""
+    triton = pytest.importorskip("tritonclient.grpc.service_pb2")
+    ours = pb.DESCRIPTOR
+    assert ours.package == "inference"
+    for name, message in ours.message_types_by_name.items():
+        _assert_same_message(message, triton.DESCRIPTOR.message_types_by_name[name])
+    service = ours.services_by_name["GRPCInferenceService"]
+    their_service = triton.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    assert service.full_name == their_service.full_name
+    for method in service.methods:
+        theirs = their_service.methods_by_name[method.name]
+        assert method.input_type.full_name == theirs.input_type.full_name
+        assert method.output_type.full_name == theirs.output_type.full_name
+    assert {m.name for m in service.methods} >= {
+        "ServerLive",
+        "ServerReady",
+        "ModelReady",
+        "ServerMetadata",
+        "ModelMetadata",
+        "ModelInfer",
+    }
