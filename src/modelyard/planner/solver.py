@@ -5,9 +5,10 @@ One boolean per (version, allowed device). Constraints: at most ``replicas`` dev
 objective is lexicographic through weights: replicas left out, then moves away from ``current``,
 then peak utilisation in basis points.
 
-Bytes are scaled to a unit chosen so budgets stay below ~10^7: sizes round *up* and budgets
-round *down*, so a solver answer always fits in exact bytes too. (On instances with small byte
-counts, such as the property tests', the unit is 1 and the model is exact.)
+Bytes are counted in a unit: the greatest common divisor of the sizes, which is exact (every
+device's load is a multiple of it, so flooring budgets to it loses nothing) and small enough
+for CP-SAT's int64 arithmetic on any real input. Only if the totals would still overflow does
+the unit grow; then sizes round *up* and budgets *down*, so an answer always fits in bytes.
 
 Determinism: one search worker, a fixed seed and a deterministic time limit, so a given input
 gives the same answer on any machine; the wall-clock limit is a backstop only.
@@ -22,6 +23,15 @@ from typing import Any
 from modelyard.planner.problem import Problem, Solution
 
 _BASIS = 10_000  # utilisation resolution: 0.01 %
+
+
+def _unit(problem: Problem) -> int:
+    unit = math.gcd(*problem.sizes) or 1
+    total = sum(s * r for s, r in zip(problem.sizes, problem.replicas, strict=True))
+    limit = 2**62 // (_BASIS * 4)  # room for _BASIS * load and peak * capacity in int64
+    while total // unit > limit or max(problem.caps, default=0) // unit > limit:
+        unit *= 2
+    return unit
 
 
 def available() -> bool:
@@ -47,10 +57,18 @@ def solve(
     """
     cp_model: Any = importlib.import_module("ortools.sat.python.cp_model")
     model = cp_model.CpModel()
-    unit = max(1, max(problem.budgets, default=1) // 10**7)
+    unit = _unit(problem)
     sizes = [math.ceil(s / unit) for s in problem.sizes]
     budgets = [b // unit for b in problem.budgets]
-    caps = [max(1, c // unit) for c in problem.caps]
+    # Utilisation is compared in bytes when int64 allows, so devices of different sizes are
+    # balanced exactly; otherwise in units (capacities rounded down).
+    in_bytes = (
+        _BASIS
+        * (sum(problem.sizes) * max(problem.replicas, default=1) + max(problem.caps, default=0))
+        < 2**62
+    )
+    scale = unit if in_bytes else 1
+    caps = list(problem.caps) if in_bytes else [max(1, c // unit) for c in problem.caps]
 
     x: dict[tuple[int, int], Any] = {}
     for i in range(problem.n):
@@ -71,7 +89,7 @@ def solve(
             continue
         load = sum(s * v for s, v in per_device[d])
         model.Add(load <= budgets[d])
-        model.Add(_BASIS * load <= peak * caps[d])
+        model.Add(_BASIS * scale * load <= peak * caps[d])
 
     placed = sum(x.values())
     kept = [
