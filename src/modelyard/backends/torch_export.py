@@ -8,6 +8,7 @@ the config renames them. torch is imported inside ``load`` only.
 
 from __future__ import annotations
 
+import threading
 import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -65,6 +66,9 @@ class TorchExportBackend:
         return _torch.TorchModel(module, signature, torch_device, path)
 
 
+_LOAD_LOCK = threading.Lock()
+
+
 def _read_program(path: Path) -> ExportedProgram:
     import torch
 
@@ -78,7 +82,10 @@ def _read_program(path: Path) -> ExportedProgram:
             "write it with torch.export.save"
         )
     try:
-        return torch.export.load(path)
+        # torch.export.load keeps its deserializer in module-global state and asserts when two
+        # threads load at once, so loads of different versions must take turns.
+        with _LOAD_LOCK:
+            return torch.export.load(path)
     except Exception as exc:
         raise InvalidArgument(
             f"{path} cannot be loaded as a torch.export program by torch {torch.__version__}: "

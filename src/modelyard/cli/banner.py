@@ -20,13 +20,16 @@ def example_value(spec: TensorSpec, batch: int = 1) -> np.ndarray:
     """A small deterministic input for ``spec``: any-size dims become ``batch`` (first) or 1."""
     shape = tuple((batch if i == 0 else 1) if d < 0 else d for i, d in enumerate(spec.shape))
     count = int(np.prod(shape)) if shape else 1
+    values: np.ndarray
     if spec.datatype is DataType.BYTES:
-        return np.array([b"hello"] * count, dtype=object).reshape(shape)
+        values = np.array([b"hello"] * count, dtype=object)
+        return values.reshape(shape)
     if spec.datatype is DataType.BOOL:
-        return (np.arange(count) % 2 == 0).reshape(shape)
+        values = np.arange(count) % 2 == 0
+        return values.reshape(shape)
     values = np.arange(1, count + 1) % 10
     if spec.datatype.numpy.kind == "f":
-        return (values / 10).astype(spec.datatype.numpy).reshape(shape)
+        values = values / 10
     return values.astype(spec.datatype.numpy).reshape(shape)
 
 

@@ -11,8 +11,11 @@ import signal
 import sys
 from pathlib import Path
 
+from modelyard.cli.plan import render_table
 from modelyard.config import ModelConfig, ServerConfig, load_config, parse_size
 from modelyard.errors import ModelyardError
+from modelyard.planner import Plan
+from modelyard.planner.demands import plan_for_config
 from modelyard.server.http.common import DEFAULT_MAX_REQUEST_BYTES
 from modelyard.server.runtime import DEFAULT_GRPC_PORT, DEFAULT_REST_PORT, Server
 
@@ -56,6 +59,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="write the bound ports here as JSON once listening (for port 0)",
     )
+    parser.add_argument(
+        "--serve-what-fits",
+        action="store_true",
+        help="when the plan cannot place every model, serve those that fit instead of refusing",
+    )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
 
 
@@ -87,7 +95,18 @@ def run(args: argparse.Namespace) -> int:
     )
     try:
         config, is_demo = resolve_config(args)
-        return asyncio.run(_serve(config, args, is_demo))
+        plan = plan_for_config(config)
+        print(render_table(plan), flush=True)
+        if not plan.feasible:
+            if not args.serve_what_fits:
+                print(
+                    f"modelyard: refusing to load a set that does not fit:\n{plan.explanation}"
+                    "\n(--serve-what-fits serves the models that fit)",
+                    file=sys.stderr,
+                )
+                return 2
+            log.warning("serving only what fits: %s", plan.explanation)
+        return asyncio.run(_serve(config, plan, args, is_demo))
     except ModelyardError as exc:
         print(f"modelyard: {exc.message}", file=sys.stderr)
         return 2
@@ -96,9 +115,10 @@ def run(args: argparse.Namespace) -> int:
         return 1
 
 
-async def _serve(config: ServerConfig, args: argparse.Namespace, is_demo: bool) -> int:
+async def _serve(config: ServerConfig, plan: Plan, args: argparse.Namespace, is_demo: bool) -> int:
     server = Server(
         config,
+        plan=plan,
         host=args.host,
         rest_port=args.rest_api_port,
         grpc_port=args.port,

@@ -85,8 +85,11 @@ def declared_signature(config: ModelConfig) -> Signature | None:
 class Controller:
     """Loads the desired versions of every configured model and unloads them at stop.
 
-    ``placement`` maps each version to the device strings its replicas load on (``cpu``,
-    ``cuda:0``); versions it does not name load on ``default_device``.
+    ``placement`` maps each version to the names of the devices its replicas load on (the
+    plan's device names: ``gpu0``, ``sim1``, ``cpu``); ``device_targets`` maps a device name
+    to what a backend loads onto (``cuda:0``, ``cpu``). Without a placement every version loads
+    on ``default_device``. With one, a version it leaves out is not loaded: it is marked FAILED
+    with ``unplaced_reason`` (the planner's explanation).
     """
 
     def __init__(
@@ -96,14 +99,18 @@ class Controller:
         loader: Loader,
         *,
         placement: Mapping[VersionKey, tuple[str, ...]] | None = None,
+        device_targets: Mapping[str, str] | None = None,
         default_device: str = "cpu",
+        unplaced_reason: str = "",
         wrap: ServableWrapper | None = None,
     ) -> None:
         self._config = config
         self._registry = registry
         self._loader = loader
-        self._placement = dict(placement or {})
+        self._placement = dict(placement) if placement is not None else None
+        self._targets = dict(device_targets or {})
         self._default_device = default_device
+        self._unplaced_reason = unplaced_reason
         self._wrap = wrap
 
     def desired(self) -> list[tuple[ModelConfig, int]]:
@@ -133,14 +140,22 @@ class Controller:
     async def _load(self, model: ModelConfig, entry: VersionEntry) -> None:
         entry.transition(ModelState.LOADING)
         version_dir = model.base_path / str(entry.key.version)
-        devices = self._placement.get(entry.key, (self._default_device,))
+        if self._placement is None:
+            devices: tuple[str, ...] = (self._default_device,)
+        else:
+            devices = self._placement.get(entry.key, ())
+            if not devices:
+                reason = self._unplaced_reason or "the plan has no device for it"
+                entry.transition(ModelState.FAILED, f"not loaded: {reason}")
+                return
         try:
             entry.platform = detect_platform(version_dir, model.platform)
             declared = declared_signature(model)
             replicas = []
             for device in devices:
+                target = self._targets.get(device, device)
                 request = LoadRequest(
-                    entry.key, version_dir, entry.platform, device, declared, model
+                    entry.key, version_dir, entry.platform, target, declared, model
                 )
                 servable = await self._loader.load(request)
                 if self._wrap is not None:

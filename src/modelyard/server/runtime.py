@@ -11,14 +11,14 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Generator, Mapping
+from collections.abc import Generator
 
 import uvicorn
 
-from modelyard.config.schema import ServerConfig
-from modelyard.ids import VersionKey
+from modelyard.config.schema import DeviceKind, ServerConfig
 from modelyard.lifecycle.controller import Controller, InProcessLoader, Loader
 from modelyard.lifecycle.registry import ModelRegistry
+from modelyard.planner import Plan
 from modelyard.server.dataplane import DataPlane
 from modelyard.server.grpc.server import GrpcServer, start_grpc_server
 from modelyard.server.http.app import build_app
@@ -54,7 +54,7 @@ class Server:
         grpc_port: int = DEFAULT_GRPC_PORT,
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
         loader: Loader | None = None,
-        placement: Mapping[VersionKey, tuple[str, ...]] | None = None,
+        plan: Plan | None = None,
         access_log: bool = False,
     ) -> None:
         self.config = config
@@ -66,7 +66,15 @@ class Server:
         self.dataplane = DataPlane(self.registry)
         self._owns_loader = loader is None
         self._loader: Loader = loader if loader is not None else InProcessLoader()
-        self.controller = Controller(config, self.registry, self._loader, placement=placement)
+        self.plan = plan
+        self.controller = Controller(
+            config,
+            self.registry,
+            self._loader,
+            placement=plan.placement() if plan is not None else None,
+            device_targets=device_targets(plan) if plan is not None else None,
+            unplaced_reason=plan.explanation if plan is not None else "",
+        )
         self._access_log = access_log
         self._http: _Uvicorn | None = None
         self._http_task: asyncio.Task[None] | None = None
@@ -120,6 +128,14 @@ class Server:
     @property
     def grpc_target(self) -> str:
         return f"{_url_host(self.host)}:{self.grpc_port}"
+
+
+def device_targets(plan: Plan) -> dict[str, str]:
+    """Plan device name -> what a backend loads onto: ``cuda:<index>`` or ``cpu``."""
+    return {
+        u.device.name: f"cuda:{u.device.index}" if u.device.kind is DeviceKind.CUDA else "cpu"
+        for u in plan.devices
+    }
 
 
 def _bind(host: str, port: int) -> socket.socket:

@@ -1,0 +1,39 @@
+"""Shared fixtures: one real server over every test model, started once per test module."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from modelyard.testing.models import BuiltModel, build_test_repository
+from modelyard.testing.server import RunningServer, serving
+
+SMALL_BODY_LIMIT = 256 * 1024
+"""Request body limit of the shared server, small enough to test the 413 cheaply."""
+
+
+@pytest.fixture(scope="module")
+def repository(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, dict[str, dict[int, BuiltModel]]]:
+    return build_test_repository(tmp_path_factory.mktemp("repo"))
+
+
+@pytest.fixture(scope="module")
+def models(
+    repository: tuple[Path, dict[str, dict[int, BuiltModel]]],
+) -> dict[str, dict[int, BuiltModel]]:
+    return repository[1]
+
+
+@pytest.fixture(scope="session")
+def body_limit() -> int:
+    return SMALL_BODY_LIMIT
+
+
+@pytest.fixture(scope="module")
+def server(repository: tuple[Path, dict[str, dict[int, BuiltModel]]]) -> Iterator[RunningServer]:
+    with serving(repository[0], max_request_bytes=SMALL_BODY_LIMIT) as running:
+        yield running
