@@ -1,5 +1,7 @@
 """KServe v2 gRPC against a real server on 127.0.0.1, spoken to by the official tritonclient.
 
+The server and the models are conftest's shared fixtures (``server``, ``models``).
+
 Malformed requests that tritonclient's helpers refuse to build are sent through tritonclient's
 own generated stubs, so every byte on the wire is the official client's format.
 """
@@ -7,11 +9,7 @@ own generated stubs, so every byte on the wire is the official client's format.
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -19,12 +17,12 @@ import numpy as np
 import pytest
 
 from modelyard import __version__
-from modelyard.config import load_config
-from modelyard.lifecycle.controller import Controller, InProcessLoader
+from modelyard.errors import Unavailable
 from modelyard.lifecycle.registry import ModelRegistry
 from modelyard.server.dataplane import DataPlane
 from modelyard.server.grpc.server import start_grpc_server
-from modelyard.testing.models import BuiltModel, build_test_repository
+from modelyard.testing.models import BuiltModel
+from modelyard.testing.server import RunningServer
 
 grpcclient = pytest.importorskip("tritonclient.grpc")
 service_pb2 = pytest.importorskip("tritonclient.grpc.service_pb2")
@@ -34,68 +32,16 @@ InferenceServerException = pytest.importorskip("tritonclient.utils").InferenceSe
 Models = dict[str, dict[int, BuiltModel]]
 
 
-@dataclass
-class RunningServer:
-    grpc_target: str
-
-
-@contextmanager
-def serving(config_path: Path, max_request_bytes: int = 64 << 20) -> Iterator[RunningServer]:
-    """The gRPC front end over real loaded models, on its own loop in a thread."""
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    registry = ModelRegistry()
-    loader = InProcessLoader()
-    controller = Controller(load_config(config_path), registry, loader)
-    dataplane = DataPlane(registry)
-
-    async def start() -> Any:
-        server = await start_grpc_server(
-            dataplane, "127.0.0.1", 0, max_message_bytes=max_request_bytes
-        )
-        await controller.start()
-        dataplane.started = True
-        return server
-
-    server = asyncio.run_coroutine_threadsafe(start(), loop).result(60)
-    try:
-        yield RunningServer(f"127.0.0.1:{server.port}")
-    finally:
-        asyncio.run_coroutine_threadsafe(server.stop(1), loop).result(10)
-        asyncio.run_coroutine_threadsafe(controller.stop(), loop).result(10)
-        loader.shutdown()
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
-
-
-@pytest.fixture(scope="module")
-def repository(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Models]:
-    return build_test_repository(tmp_path_factory.mktemp("repo"), with_torch=False)
-
-
-@pytest.fixture(scope="module")
-def running(repository: tuple[Path, Models]) -> Iterator[RunningServer]:
-    with serving(repository[0]) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def models(repository: tuple[Path, Models]) -> Models:
-    return repository[1]
-
-
 @pytest.fixture
-def client(running: RunningServer) -> Iterator[Any]:
-    client = grpcclient.InferenceServerClient(url=running.grpc_target)
+def client(server: RunningServer) -> Iterator[Any]:
+    client = grpcclient.InferenceServerClient(url=server.grpc_target)
     yield client
     client.close()
 
 
 @pytest.fixture
-def stub(running: RunningServer) -> Iterator[Any]:
-    with grpc.insecure_channel(running.grpc_target) as channel:
+def stub(server: RunningServer) -> Iterator[Any]:
+    with grpc.insecure_channel(server.grpc_target) as channel:
         yield service_pb2_grpc.GRPCInferenceServiceStub(channel)
 
 
@@ -172,6 +118,26 @@ def test_infer_equals_the_model(client: Any, models: Models) -> None:
     assert response.model_version == "2"
     assert response.id == "r-1"
     np.testing.assert_allclose(result.as_numpy("y"), built.reference({"x": x})["y"], rtol=1e-5)
+
+
+def test_every_model_and_version_answers_as_computed_in_process(
+    client: Any, models: Models
+) -> None:
+    for name, versions in models.items():
+        for version, built in versions.items():
+            inputs = [_input(n, a) for n, a in built.example.items()]
+            result = client.infer(name, inputs, model_version=str(version))
+            expected = built.reference(built.example)
+            response = result.get_response()
+            assert [o.name for o in response.outputs] == [s.name for s in built.signature.outputs]
+            for output in built.signature.outputs:
+                np.testing.assert_allclose(
+                    result.as_numpy(output.name),
+                    expected[output.name],
+                    rtol=1e-5,
+                    atol=1e-6,
+                    err_msg=f"{name} v{version} {output.name}",
+                )
 
 
 def test_infer_specific_version(client: Any, models: Models) -> None:
@@ -286,10 +252,30 @@ def test_bad_requests_are_rejected_and_the_server_keeps_serving(
     np.testing.assert_allclose(result.as_numpy("y"), built.reference({"x": x})["y"], rtol=1e-5)
 
 
-def test_oversized_request_is_resource_exhausted(repository: tuple[Path, Models]) -> None:
-    with serving(repository[0], max_request_bytes=4096) as small:
-        client = grpcclient.InferenceServerClient(url=small.grpc_target)
-        big = np.zeros((1024, 4), np.float32)  # 16 KiB
-        error = _error(lambda: client.infer("linear", [_input("x", big)]))
-        assert error.status() == "StatusCode.RESOURCE_EXHAUSTED"
-        client.close()
+def test_oversized_request_is_resource_exhausted(client: Any, body_limit: int) -> None:
+    big = np.zeros((body_limit // 16 + 1, 4), np.float32)  # 4 bytes more than the limit
+    error = _error(lambda: client.infer("linear", [_input("x", big)]))
+    assert error.status() == "StatusCode.RESOURCE_EXHAUSTED"
+    assert client.is_server_live()
+
+
+# -- the server itself -----------------------------------------------------------------------
+
+
+def test_start_grpc_server_port_in_use_and_extra_servicers() -> None:
+    registered: list[object] = []
+
+    async def scenario() -> None:
+        plane = DataPlane(ModelRegistry())
+        first = await start_grpc_server(
+            plane, "127.0.0.1", 0, max_message_bytes=1 << 20, extra_servicers=[registered.append]
+        )
+        try:
+            assert first.port > 0
+            assert len(registered) == 1
+            with pytest.raises(Unavailable, match=f"127.0.0.1:{first.port}"):
+                await start_grpc_server(plane, "127.0.0.1", first.port, max_message_bytes=1 << 20)
+        finally:
+            await first.stop(0)
+
+    asyncio.run(scenario())
