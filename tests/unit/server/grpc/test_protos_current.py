@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +15,22 @@ pytest.importorskip("grpc_tools")
 
 
 def test_committed_stubs_are_current(tmp_path: Path) -> None:
+    """Fails after a .proto edit without regenerating, or with another grpcio-tools version.
+
+    The stubs embed the grpcio-tools version that wrote them (and require at least that grpcio
+    and protobuf at runtime), so the dev environment pins grpcio-tools.
+    """
+    fix = (
+        f"run: python -m modelyard.server.grpc.gen "
+        f"(grpcio-tools {importlib.metadata.version('grpcio-tools')} installed)"
+    )
     written = gen.generate(tmp_path)
     names = sorted(p.name for p in written)
     committed = sorted(p.name for p in gen.GENERATED_DIR.glob("*.py"))
-    assert names == committed, "run: python -m modelyard.server.grpc.gen"
+    assert names == committed, fix
     for path in written:
         assert path.read_text() == (gen.GENERATED_DIR / path.name).read_text(), (
-            f"{path.name} is stale; run: python -m modelyard.server.grpc.gen"
+            f"{path.name} is stale; {fix}"
         )
 
 
