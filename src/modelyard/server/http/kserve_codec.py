@@ -137,15 +137,15 @@ def parse_header_length(value: str | None, body_size: int) -> int | None:
 
 def decode_request(body: bytes, header_length: int | None = None) -> InferRequest:
     """Decode an inference request body (JSON, or JSON header + binary tensor data)."""
+    raw: memoryview | None = None
     if header_length is None:
-        header_length = len(body)
-    document = parse_json(body[:header_length])
-    # One copy of the binary section into a writable buffer: decoded arrays are views of it.
-    raw = (
-        memoryview(bytearray(memoryview(body)[header_length:]))
-        if header_length < len(body)
-        else None
-    )
+        document = parse_json(body)
+    else:
+        document = parse_json(body[:header_length])
+        # One copy of the binary section into a writable buffer; decoded arrays are views of
+        # it. It exists, maybe empty, whenever the header is sent (tritonclient sends it for a
+        # request whose only binary input is an empty tensor).
+        raw = memoryview(bytearray(memoryview(body)[header_length:]))
     if not isinstance(document, dict):
         raise InvalidArgument(
             f"the inference request is a JSON {_json_name(document)}; expected an object "

@@ -121,6 +121,21 @@ def test_decoded_binary_arrays_are_writable_even_when_unaligned() -> None:
     np.testing.assert_array_equal(request.inputs["b"], two)
 
 
+def test_empty_binary_tensor_with_an_empty_binary_section() -> None:
+    header = {
+        "inputs": [
+            {
+                "name": "x",
+                "shape": [0, 4],
+                "datatype": "FP32",
+                "parameters": {"binary_data_size": 0},
+            }
+        ]
+    }
+    body, length = _binary_body(header)
+    assert decode_request(body, length).inputs["x"].shape == (0, 4)
+
+
 def test_request_mixing_json_and_binary_inputs_in_order() -> None:
     header = {
         "id": "42",
