@@ -70,6 +70,12 @@ def decode_bytes(data: bytes, count: int, name: str) -> np.ndarray:
     element's length prefix runs past the end of the data.
     """
     view = memoryview(data)
+    # Checked before allocating: a small request must not make us allocate for a huge shape.
+    if count * _LENGTH.size > len(view):
+        raise InvalidArgument(
+            f"input {name!r}: raw BYTES contents hold {len(view)} bytes, too few for {count} "
+            f"elements (each needs at least a {_LENGTH.size}-byte length)"
+        )
     out = np.empty(count, dtype=object)
     offset = 0
     for index in range(count):

@@ -76,10 +76,12 @@ def test_wrong_byte_count_names_expected_and_received() -> None:
 @pytest.mark.parametrize(
     ("data", "count", "fragment"),
     [
-        (b"\x01\x00\x00\x00a", 2, "end after 1 elements"),
+        (b"\x01\x00\x00\x00a\x00\x00\x00", 2, "end after 1 elements"),
+        (b"\x01\x00\x00\x00a", 2, "too few for 2 elements"),
+        (b"", 10**12, "too few for 1000000000000 elements"),
         (b"\x05\x00\x00\x00ab", 1, "declares 5 bytes but only 2 remain"),
         (b"\x01\x00\x00\x00a\x00", 1, "1 bytes after the 1 elements"),
-        (b"\x01\x00", 1, "end after 0 elements"),
+        (b"\x01\x00", 1, "too few for 1 elements"),
     ],
 )
 def test_malformed_bytes_rejected(data: bytes, count: int, fragment: str) -> None:
