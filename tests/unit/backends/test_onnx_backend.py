@@ -1,0 +1,212 @@
+from __future__ import annotations
+
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from modelyard.backends import LoadedModel, get_backend
+from modelyard.backends.onnx import OnnxBackend, OnnxModel
+from modelyard.config.schema import Platform
+from modelyard.errors import FailedPrecondition, InvalidArgument, Unavailable
+from modelyard.tensors import DataType, Signature, TensorSpec
+from modelyard.testing.models import BuiltModel, truncate, write_corrupt
+
+ort = pytest.importorskip("onnxruntime")
+HAS_CUDA_PROVIDER = "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+def load(model: BuiltModel, declared: Signature | None = None, device: str = "cpu") -> OnnxModel:
+    loaded = OnnxBackend().load(model.version_dir, device, declared)
+    assert isinstance(loaded, OnnxModel)
+    return loaded
+
+
+def assert_matches(loaded: LoadedModel, model: BuiltModel, inputs: dict[str, np.ndarray]) -> None:
+    got = loaded.predict(inputs)
+    want = model.reference(inputs)
+    assert set(got) == set(want)
+    for name, expected in want.items():
+        assert got[name].dtype == expected.dtype
+        np.testing.assert_allclose(got[name], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_registry_returns_the_onnx_backend() -> None:
+    backend = get_backend(Platform.ONNX)
+    assert isinstance(backend, OnnxBackend)
+    assert backend.artifact == "model.onnx"
+
+
+def test_signature_comes_from_the_artifact(onnx_linear: BuiltModel) -> None:
+    loaded = load(onnx_linear)
+    assert isinstance(loaded, LoadedModel)
+    assert loaded.signature == Signature(
+        (TensorSpec("x", DataType.FP32, (-1, 4)),),
+        (TensorSpec("y", DataType.FP32, (-1, 2)),),
+    )
+
+
+@pytest.mark.parametrize("batch", [1, 2, 17])
+def test_predict_matches_the_numpy_reference(onnx_linear_relu: BuiltModel, batch: int) -> None:
+    x = np.random.default_rng(batch).standard_normal((batch, 5)).astype(np.float32)
+    assert_matches(load(onnx_linear_relu), onnx_linear_relu, {"x": x})
+
+
+def test_multiple_inputs_and_outputs(onnx_sum_product: BuiltModel) -> None:
+    loaded = load(onnx_sum_product)
+    assert [s.name for s in loaded.signature.inputs] == ["a", "b"]
+    assert [s.name for s in loaded.signature.outputs] == ["sum", "product"]
+    assert_matches(loaded, onnx_sum_product, onnx_sum_product.example)
+
+
+def test_int64_model_keeps_its_dtype_and_exact_values(onnx_int64: BuiltModel) -> None:
+    loaded = load(onnx_int64)
+    assert loaded.signature == onnx_int64.signature
+    x = np.array([[2**40, -7]], dtype=np.int64)
+    out = loaded.predict({"x": x})["y"]
+    assert out.dtype == np.int64
+    np.testing.assert_array_equal(out, x * 3 - 2)
+
+
+def test_non_contiguous_input(onnx_linear: BuiltModel) -> None:
+    x = np.arange(24, dtype=np.float32).reshape(3, 8)[:, ::2]
+    assert not x.flags.c_contiguous
+    assert_matches(load(onnx_linear), onnx_linear, {"x": x})
+
+
+def test_random_bytes_are_rejected_with_the_file_named(tmp_path: Path) -> None:
+    path = write_corrupt(tmp_path / "1", "model.onnx")
+    with pytest.raises(InvalidArgument, match="cannot be loaded by onnxruntime") as info:
+        OnnxBackend().load(tmp_path / "1", "cpu", None)
+    assert str(path) in info.value.message
+
+
+def test_truncated_file_is_rejected(onnx_linear_relu: BuiltModel, tmp_path: Path) -> None:
+    shutil.copy(onnx_linear_relu.artifact, tmp_path / "model.onnx")
+    truncate(tmp_path / "model.onnx", 0.6)
+    with pytest.raises(InvalidArgument, match=r"model\.onnx cannot be loaded"):
+        OnnxBackend().load(tmp_path, "cpu", None)
+
+
+def test_missing_file_is_rejected(tmp_path: Path) -> None:
+    with pytest.raises(InvalidArgument, match="does not exist"):
+        OnnxBackend().load(tmp_path, "cpu", None)
+
+
+def test_declared_signature_renames_positionally(onnx_sum_product: BuiltModel) -> None:
+    spec = (-1, 3)
+    declared = Signature(
+        (TensorSpec("left", DataType.FP32, spec), TensorSpec("right", DataType.FP32, spec)),
+        (TensorSpec("added", DataType.FP32, spec), TensorSpec("multiplied", DataType.FP32, spec)),
+    )
+    loaded = load(onnx_sum_product, declared)
+    assert loaded.signature == declared
+    a, b = onnx_sum_product.example["a"], onnx_sum_product.example["b"]
+    out = loaded.predict({"left": a, "right": b})
+    np.testing.assert_allclose(out["added"], a + b, rtol=1e-6)
+    np.testing.assert_allclose(out["multiplied"], a * b, rtol=1e-6)
+
+
+def test_declared_signature_may_fix_a_dynamic_dimension(onnx_linear: BuiltModel) -> None:
+    declared = Signature(
+        (TensorSpec("x", DataType.FP32, (8, -1)),),
+        (TensorSpec("y", DataType.FP32, (-1, 2)),),
+    )
+    assert load(onnx_linear, declared).signature.inputs == (TensorSpec("x", DataType.FP32, (8, 4)),)
+
+
+@pytest.mark.parametrize(
+    ("inputs", "outputs", "message"),
+    [
+        ([("x", DataType.FP64, (-1, 4))], [("y", DataType.FP32, (-1, 2))], "x: FP64"),
+        ([("x", DataType.FP32, (-1, 5))], [("y", DataType.FP32, (-1, 2))], r"x: FP32 \[\?, 5\]"),
+        ([("x", DataType.FP32, (-1, 4, 1))], [("y", DataType.FP32, (-1, 2))], "input 0"),
+        (
+            [("x", DataType.FP32, (-1, 4)), ("z", DataType.FP32, (-1, 4))],
+            [("y", DataType.FP32, (-1, 2))],
+            "declares 2 input",
+        ),
+    ],
+)
+def test_declared_signature_that_disagrees_is_rejected(
+    onnx_linear: BuiltModel,
+    inputs: list[tuple[str, DataType, tuple[int, ...]]],
+    outputs: list[tuple[str, DataType, tuple[int, ...]]],
+    message: str,
+) -> None:
+    declared = Signature(
+        tuple(TensorSpec(*i) for i in inputs), tuple(TensorSpec(*o) for o in outputs)
+    )
+    with pytest.raises(InvalidArgument, match=message) as info:
+        load(onnx_linear, declared)
+    # The message shows what the model really has, so the config can be fixed from it.
+    assert "x: FP32 [?, 4]" in info.value.message
+    assert str(onnx_linear.artifact) in info.value.message
+
+
+def test_string_tensors_are_rejected_at_load(tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["s"], ["t"])],
+        "strings",
+        [helper.make_tensor_value_info("s", TensorProto.STRING, [-1])],
+        [helper.make_tensor_value_info("t", TensorProto.STRING, [-1])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.save(model, str(tmp_path / "model.onnx"))
+    with pytest.raises(InvalidArgument, match="string tensor"):
+        OnnxBackend().load(tmp_path, "cpu", None)
+
+
+def test_thread_count_from_the_environment(
+    onnx_linear: BuiltModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MODELYARD_INTRA_OP_THREADS", "1")
+    assert_matches(load(onnx_linear), onnx_linear, onnx_linear.example)
+    monkeypatch.setenv("MODELYARD_INTRA_OP_THREADS", "many")
+    with pytest.raises(InvalidArgument, match="MODELYARD_INTRA_OP_THREADS"):
+        load(onnx_linear)
+
+
+def test_concurrent_predicts_are_each_correct(onnx_linear_relu: BuiltModel) -> None:
+    loaded = load(onnx_linear_relu)
+    rng = np.random.default_rng(0)
+    batches = [rng.standard_normal((i % 5 + 1, 5)).astype(np.float32) for i in range(64)]
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda x: loaded.predict({"x": x})["y"], batches))
+    for x, got in zip(batches, results, strict=True):
+        np.testing.assert_allclose(got, onnx_linear_relu.reference({"x": x})["y"], rtol=1e-5)
+
+
+def test_unload_releases_the_session(onnx_linear: BuiltModel) -> None:
+    loaded = load(onnx_linear)
+    loaded.unload()
+    assert loaded.providers == []
+    with pytest.raises(Unavailable):
+        loaded.predict(onnx_linear.example)
+
+
+@pytest.mark.skipif(HAS_CUDA_PROVIDER, reason="this onnxruntime has CUDA support")
+def test_cuda_device_without_cuda_support_fails_clearly(onnx_linear: BuiltModel) -> None:
+    with pytest.raises(FailedPrecondition, match="onnxruntime-gpu"):
+        load(onnx_linear, device="cuda:0")
+
+
+def test_unknown_device_is_rejected(onnx_linear: BuiltModel) -> None:
+    with pytest.raises(InvalidArgument, match="unknown device"):
+        load(onnx_linear, device="tpu:0")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA_PROVIDER, reason="needs onnxruntime with CUDAExecutionProvider")
+def test_loads_and_predicts_on_cuda(onnx_linear_relu: BuiltModel) -> None:
+    loaded = load(onnx_linear_relu, device="cuda:0")
+    # The session runs on the GPU (no silent CPU fallback), so its weights live there.
+    assert loaded.providers[0] == "CUDAExecutionProvider"
+    x = np.random.default_rng(3).standard_normal((9, 5)).astype(np.float32)
+    assert_matches(loaded, onnx_linear_relu, {"x": x})
+    loaded.unload()
