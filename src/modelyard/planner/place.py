@@ -10,11 +10,13 @@ Contract (checked by property tests):
 
 Strategy (the benchmark in bench/bench_planner.py decided it; see docs/planner.md):
 1. Greedy: keep the current placements that still fit, then place the rest largest first on
-   the allowed device that is least full (best-balanced first-fit-decreasing). A second greedy
-   pass places the most constrained (pinned) versions first, a third ignores ``current``.
-2. If greedy leaves a replica out, or the instance is small enough that the solver improves
-   balance cheaply, OR-Tools CP-SAT (optional extra ``solver``) searches with the greedy result
-   as a hint. Without OR-Tools, a bounded exhaustive search covers small instances.
+   the allowed device that would be least full after taking it (best-balanced
+   first-fit-decreasing). A second pass places the most constrained (pinned) versions first;
+   when re-planning, two more ignore ``current``. On the benchmark greedy is within a few % of
+   the lower bound on peak utilisation, and CP-SAT polishing never paid for its time.
+2. Only if greedy leaves a replica out: a bounded exhaustive search (it solves tight packings
+   on many equal devices fast, where CP-SAT did not), then OR-Tools CP-SAT (optional extra
+   ``solver``) with the best result so far as a hint.
 3. The best candidate wins: most replicas placed, then fewest moves, then lowest peak use.
 
 This module imports no ML framework, web library or grpc; OR-Tools is imported lazily.
@@ -45,9 +47,9 @@ from modelyard.planner.problem import Problem, Solution
 class SolverUse(enum.Enum):
     """When to call CP-SAT."""
 
-    AUTO = "auto"  # when greedy misses a replica, or to polish small instances (see module doc)
-    NEVER = "never"  # greedy (and the exact search for small infeasible-looking instances) only
-    ALWAYS = "always"  # every instance within ``solver_max_pairs`` (benchmarks use it)
+    AUTO = "auto"  # when greedy and the exact search leave a replica out
+    NEVER = "never"  # greedy and the bounded exact search only
+    ALWAYS = "always"  # every instance within ``solver_max_pairs`` (the benchmark compares)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,11 +62,9 @@ class PlacerOptions:
     deterministic_time: float = 0.5
     """CP-SAT's deterministic time limit (roughly seconds on one core), the limit that binds."""
     solver_max_pairs: int = 50_000
-    """Skip the solver when (replica unit, allowed device) pairs exceed this: too slow to help."""
-    polish_max_pairs: int = 2_000
-    """In AUTO, also run the solver on feasible greedy plans up to this many pairs."""
-    exact_max_nodes: int = 200_000
-    """Node budget of the exhaustive search used when OR-Tools is not installed."""
+    """Skip the solver when (version, allowed device) pairs exceed this: too slow to help."""
+    exact_max_nodes: int = 100_000
+    """Node budget of the exhaustive search tried when greedy leaves a replica out."""
 
 
 def place(
@@ -94,22 +94,19 @@ def place(
     problem = Problem.build(demands, devices, current or {}, headroom_fraction)
     best = _greedy_candidates(problem)
     strategy = Strategy.GREEDY
-    pairs = problem.pair_count()
+    if not best.complete(problem):
+        found = exact.search(problem, max_nodes=opts.exact_max_nodes)
+        if found is not None and _rank(problem, found) < _rank(problem, best):
+            best, strategy = found, Strategy.EXACT
     want_solver = opts.solver is SolverUse.ALWAYS or (
-        opts.solver is SolverUse.AUTO
-        and (not best.complete(problem) or pairs <= opts.polish_max_pairs)
+        opts.solver is SolverUse.AUTO and not best.complete(problem)
     )
-    solved: Solution | None = None
-    if want_solver and pairs <= opts.solver_max_pairs and solver.available():
+    if want_solver and problem.pair_count() <= opts.solver_max_pairs and solver.available():
         solved = solver.solve(
             problem, hint=best, time_limit_s=opts.time_limit_s, det_time=opts.deterministic_time
         )
         if solved is not None and _rank(problem, solved) < _rank(problem, best):
             best, strategy = solved, Strategy.SOLVER
-    if not best.complete(problem) and solved is None:
-        found = exact.search(problem, max_nodes=opts.exact_max_nodes)
-        if found is not None:
-            best, strategy = found, Strategy.EXACT
     return _to_plan(problem, best, strategy, headroom_fraction)
 
 
@@ -148,72 +145,111 @@ def _most_constrained_first(problem: Problem) -> list[int]:
 def greedy(problem: Problem, order: Sequence[int], *, keep_current: bool) -> Solution:
     """Best-balanced first-fit-decreasing over ``order``; keeps ``current`` first if asked.
 
-    Each replica goes to the allowed device with the lowest utilisation that has room and does
-    not already hold a replica of the same version. Unpinned versions find that device through a
-    heap (O(log devices) per replica in the common case), so 10,000 versions on 512 devices plan
-    well inside the 2 s target.
+    Each replica goes to the allowed device that would be least full *after* taking it (lowest
+    (used + size) / capacity), among those with room that do not already hold a replica of the
+    same version. Unpinned versions find that device through one heap per capacity class:
+    within a class the least-used device is best, so each replica costs O(classes x log
+    devices), and 10,000 versions on 512 devices plan well inside the 2 s target.
     """
     sol = Solution.empty(problem)
-    used, caps, budgets, sizes = sol.used, problem.caps, problem.budgets, problem.sizes
+    used, budgets, sizes = sol.used, problem.budgets, problem.sizes
     if keep_current:
         for i in _largest_first(problem):
             for d in problem.current_of[i][: problem.replicas[i]]:
                 if d in problem.allowed_set[i] and used[d] + sizes[i] <= budgets[d]:
                     sol.assign(problem, i, d)
 
-    def util(d: int) -> float:
-        return used[d] / caps[d] if caps[d] else float("inf")
-
-    heap = [(util(d), d) for d in range(problem.m)]
-    heapq.heapify(heap)
-    all_devices = problem.m
+    classes = _CapacityClasses(problem, sol)
     for i in order:
         need = problem.replicas[i] - len(sol.assigned[i])
         if need <= 0:
             continue
         size = sizes[i]
-        if len(problem.allowed[i]) == all_devices:
-            chosen = _pop_fitting(heap, sol, problem, i, need, util)
+        if len(problem.allowed[i]) == problem.m:
+            chosen = classes.take(i, need)
         else:
             fitting = [
                 d
                 for d in problem.allowed[i]
                 if d not in sol.assigned[i] and used[d] + size <= budgets[d]
             ]
-            fitting.sort(key=lambda d: (util(d), d))
+            fitting.sort(key=lambda d: (_after(problem, sol, d, size), d))
             chosen = fitting[:need]
         for d in chosen:
             sol.assign(problem, i, d)
-            heapq.heappush(heap, (util(d), d))
+            classes.touch(d)
     return sol
 
 
-def _pop_fitting(
-    heap: list[tuple[float, int]],
-    sol: Solution,
-    problem: Problem,
-    i: int,
-    need: int,
-    util: object,
-) -> list[int]:
-    """Pop up to ``need`` least-utilised devices that fit version ``i``; stale entries (whose
-    utilisation changed since they were pushed) are dropped, skipped ones are pushed back."""
-    chosen: list[int] = []
-    skipped: list[tuple[float, int]] = []
-    used, budgets, caps = sol.used, problem.budgets, problem.caps
-    size = problem.sizes[i]
-    while heap and len(chosen) < need:
-        u, d = heapq.heappop(heap)
-        now = used[d] / caps[d] if caps[d] else float("inf")
-        if u != now:
-            continue  # stale: a fresher entry for d is (or will be) in the heap
-        if d in sol.assigned[i] or used[d] + size > budgets[d]:
-            skipped.append((u, d))
-            continue
-        chosen.append(d)
-    for entry in skipped:
-        heapq.heappush(heap, entry)
-    return chosen
+def _after(problem: Problem, sol: Solution, d: int, size: int) -> float:
+    cap = problem.caps[d]
+    return (sol.used[d] + size) / cap if cap else float("inf")
+
+
+class _CapacityClasses:
+    """Devices grouped by capacity, each group in a heap ordered by bytes used.
+
+    Heap entries are (used, device) snapshots; an entry whose ``used`` no longer matches the
+    device is stale and dropped when popped (``touch`` pushes the fresh one).
+    """
+
+    def __init__(self, problem: Problem, sol: Solution) -> None:
+        self.problem, self.sol = problem, sol
+        self.class_of: dict[int, int] = {}
+        self.heaps: list[list[tuple[int, int]]] = []
+        for d, cap in enumerate(problem.caps):
+            if cap not in self.class_of:
+                self.class_of[cap] = len(self.heaps)
+                self.heaps.append([])
+            self.heaps[self.class_of[cap]].append((sol.used[d], d))
+        for heap in self.heaps:
+            heapq.heapify(heap)
+        # Devices of one capacity share a budget unless something else holds memory on some.
+        self.uniform = [len({problem.budgets[d] for _, d in heap}) == 1 for heap in self.heaps]
+
+    def touch(self, d: int) -> None:
+        heap = self.heaps[self.class_of[self.problem.caps[d]]]
+        heapq.heappush(heap, (self.sol.used[d], d))
+
+    def take(self, i: int, need: int) -> list[int]:
+        """Up to ``need`` distinct devices for version ``i``, best first (not yet assigned)."""
+        chosen: list[int] = []
+        for _ in range(need):
+            best: int | None = None
+            for heap in self.heaps:
+                d = self._head(heap, i, chosen)
+                if d is not None and (
+                    best is None
+                    or (_after(self.problem, self.sol, d, self.problem.sizes[i]), d)
+                    < (_after(self.problem, self.sol, best, self.problem.sizes[i]), best)
+                ):
+                    best = d
+            if best is None:
+                break
+            chosen.append(best)
+        return chosen
+
+    def _head(self, heap: list[tuple[int, int]], i: int, chosen: list[int]) -> int | None:
+        """The least-used device in ``heap`` that fits version ``i``; skipped entries go back."""
+        sol, problem = self.sol, self.problem
+        size = problem.sizes[i]
+        skipped: list[tuple[int, int]] = []
+        found: int | None = None
+        while heap:
+            used, d = heap[0]
+            if used != sol.used[d]:
+                heapq.heappop(heap)  # stale
+                continue
+            if used + size > problem.budgets[d] and self.uniform[self.class_of[problem.caps[d]]]:
+                break  # same budget everywhere in the class: the others are fuller still
+            if d in sol.assigned[i] or d in chosen or used + size > problem.budgets[d]:
+                skipped.append(heapq.heappop(heap))
+                continue
+            found = d
+            break
+        for entry in skipped:
+            heapq.heappush(heap, entry)
+        return found
 
 
 def _to_plan(problem: Problem, sol: Solution, strategy: Strategy, headroom: float) -> Plan:

@@ -69,7 +69,7 @@ class Problem:
             sizes=tuple(d.bytes for d in demands),
             replicas=tuple(d.replicas for d in demands),
             allowed=allowed,
-            allowed_set=tuple(frozenset(a) for a in allowed),
+            allowed_set=_shared_sets(allowed),
             current_of=current_of,
             budgets=tuple(dev.budget_bytes(headroom_fraction) for dev in devices),
             caps=tuple(dev.capacity_bytes for dev in devices),
@@ -82,6 +82,12 @@ class Problem:
     def pair_count(self) -> int:
         """(demand, allowed device) pairs: the solver's number of boolean variables."""
         return sum(len(a) for a in self.allowed)
+
+
+def _shared_sets(allowed: tuple[tuple[int, ...], ...]) -> tuple[frozenset[int], ...]:
+    # Most demands share one device list (all devices); build each distinct set once.
+    sets: dict[tuple[int, ...], frozenset[int]] = {}
+    return tuple(sets.setdefault(a, frozenset(a)) if a not in sets else sets[a] for a in allowed)
 
 
 @dataclass(slots=True)
