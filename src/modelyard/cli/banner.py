@@ -29,7 +29,7 @@ def example_value(spec: TensorSpec, batch: int = 1) -> np.ndarray:
         return values.reshape(shape)
     values = np.arange(1, count + 1) % 10
     if spec.datatype.numpy.kind == "f":
-        values = values / 10
+        values = values / 2  # halves are exact in every float type, so they print cleanly
     return values.astype(spec.datatype.numpy).reshape(shape)
 
 
@@ -71,12 +71,48 @@ def kserve_curl(rest_url: str, model: str, signature: Signature) -> str:
     )
 
 
-def grpcurl_command(target: str, model: str) -> str:
+# KServe v2 InferTensorContents field for each datatype (FP16 has none: raw contents only).
+_CONTENTS_FIELD: dict[DataType, str] = {
+    DataType.BOOL: "bool_contents",
+    DataType.INT8: "int_contents",
+    DataType.INT16: "int_contents",
+    DataType.INT32: "int_contents",
+    DataType.INT64: "int64_contents",
+    DataType.UINT8: "uint_contents",
+    DataType.UINT16: "uint_contents",
+    DataType.UINT32: "uint_contents",
+    DataType.UINT64: "uint64_contents",
+    DataType.FP32: "fp32_contents",
+    DataType.FP64: "fp64_contents",
+}
+
+
+def grpc_infer_request(model: str, signature: Signature) -> dict[str, Any] | None:
+    """A ModelInferRequest as proto3 JSON with typed contents; None if a type has no field."""
+    tensors = []
+    for name, array in example_inputs(signature).items():
+        datatype = DataType.from_numpy(array.dtype)
+        if datatype not in _CONTENTS_FIELD:
+            return None
+        tensors.append(
+            {
+                "name": name,
+                "datatype": datatype.value,
+                "shape": list(array.shape),
+                "contents": {_CONTENTS_FIELD[datatype]: array.ravel().tolist()},
+            }
+        )
+    return {"model_name": model, "inputs": tensors}
+
+
+def grpcurl_command(target: str, model: str, signature: Signature) -> str:
     protos = resources.files("modelyard.server.grpc") / "protos"
-    body = json.dumps({"name": model}, separators=(",", ":"))
+    request = grpc_infer_request(model, signature)
+    method = "ModelInfer" if request is not None else "ModelMetadata"
+    body = json.dumps(request if request is not None else {"name": model}, separators=(",", ":"))
     return (
         f"grpcurl -plaintext -import-path {protos} -proto grpc_service.proto "
-        f"-d {shlex.quote(body)} {target} inference.GRPCInferenceService/ModelMetadata"
+        f"-d {shlex.quote(body)} {target} inference.GRPCInferenceService/{method}"
     )
 
 
@@ -110,5 +146,5 @@ def banner(server: Server, is_demo: bool) -> str:
     if examples:
         first = next(iter(examples))
         lines.append(f"  # {first}: KServe v2 gRPC (grpcurl)")
-        lines.append(f"  {grpcurl_command(server.grpc_target, first)}")
+        lines.append(f"  {grpcurl_command(server.grpc_target, first, examples[first])}")
     return "\n".join(lines)
