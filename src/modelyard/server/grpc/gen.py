@@ -17,6 +17,7 @@ Two rewrites make the stubs fit this package:
 from __future__ import annotations
 
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -37,22 +38,24 @@ def generate(out_dir: Path) -> list[Path]:
 
     Output is a pure function of the ``.proto`` files and the grpcio-tools version.
     """
-    # A dev-only dependency: imported here, never when the server imports this package.
-    from grpc_tools import protoc  # type: ignore[import-untyped]
-
     out_dir.mkdir(parents=True, exist_ok=True)
     protos = sorted(PROTO_DIR.glob("*.proto"))
     if not protos:
         raise FileNotFoundError(f"no .proto files in {PROTO_DIR}")
-    args = [
+    # protoc runs in a child process: its C++ protobuf must not meet another copy of libprotobuf
+    # already loaded here (torch bundles one; the mix aborts the process).
+    command = [
+        sys.executable,
+        "-m",
         "grpc_tools.protoc",
         f"-I{PROTO_DIR}",
         f"--python_out={out_dir}",
         f"--grpc_python_out={out_dir}",
         *(p.name for p in protos),
     ]
-    if protoc.main(args) != 0:
-        raise RuntimeError(f"protoc failed: {' '.join(args)}")
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"protoc failed ({' '.join(command)}):\n{done.stderr}")
     written = [out_dir / "__init__.py"]
     written[0].write_text(_INIT)
     modules = [p.stem + "_pb2" for p in protos]
@@ -79,8 +82,11 @@ def _relative_imports(source: str, modules: list[str]) -> str:
     return source
 
 
-def main() -> int:
-    for path in generate(GENERATED_DIR):
+def main(argv: list[str] | None = None) -> int:
+    """``python -m modelyard.server.grpc.gen [OUT_DIR]``; OUT_DIR defaults to the package's."""
+    args = sys.argv[1:] if argv is None else argv
+    out_dir = Path(args[0]) if args else GENERATED_DIR
+    for path in generate(out_dir):
         print(path)
     return 0
 
