@@ -43,7 +43,8 @@ def generate(out_dir: Path) -> list[Path]:
     if not protos:
         raise FileNotFoundError(f"no .proto files in {PROTO_DIR}")
     # protoc runs in a child process: its C++ protobuf must not meet another copy of libprotobuf
-    # already loaded here (torch bundles one; the mix aborts the process).
+    # already loaded here (ortools bundles one: protoc in the same process aborts after
+    # importing ortools.sat, with "Check failed: GeneratedDatabase()->Add").
     command = [
         sys.executable,
         "-m",
