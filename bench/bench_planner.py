@@ -17,8 +17,8 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import itertools
-import os
 import math
+import os
 import platform
 import random
 import sys
