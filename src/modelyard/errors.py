@@ -2,7 +2,8 @@
 
     ModelyardError            code: Code (neutral, like gRPC's status codes)
     ├── InvalidArgument       the request or config is malformed or does not match a signature
-    ├── NotFound              unknown model, version, label, input or output
+    ├── NotFound              unknown model, version or label (an unknown input or output
+    │                         name is InvalidArgument: the request does not match a signature)
     ├── AlreadyExists
     ├── FailedPrecondition    the operation is valid but the state does not allow it
     ├── ResourceExhausted     a queue is full, a body too large, a plan does not fit

@@ -143,6 +143,9 @@ class DataPlane:
         signature = replica.servable.signature
         signature.validate_inputs(inputs)
         wanted = [signature.output(name).name for name in outputs] if outputs else None
+        if wanted is not None and len(set(wanted)) != len(wanted):
+            repeated = sorted({n for n in wanted if wanted.count(n) > 1})
+            raise InvalidArgument(f"output {', '.join(map(repr, repeated))} is requested twice")
         replica.in_flight += 1
         try:
             produced = await replica.servable.infer(inputs)
