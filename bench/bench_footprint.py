@@ -73,7 +73,7 @@ def build(root: Path, width: int, depth: int) -> dict[str, Path]:
         folder = root / f"{kind}-{width}" / "1"
         folder.mkdir(parents=True)
         if kind == "torchscript":
-            torch.jit.save(torch.jit.trace(model, x), str(folder / name))
+            torch.jit.save(torch.jit.script(model), str(folder / name))
         elif kind == "torch_export":
             torch.export.save(torch.export.export(model, (x,)), str(folder / name))
         else:

@@ -23,7 +23,8 @@ MiB = 2**20
 
 
 def write_safetensors(path: Path, tensors: dict[str, int]) -> None:
-    header, offset = {"__metadata__": {"format": "pt"}}, 0
+    header: dict[str, object] = {"__metadata__": {"format": "pt"}}
+    offset = 0
     for name, n in tensors.items():
         header[name] = {"dtype": "F32", "shape": [n // 4], "data_offsets": [offset, offset + n]}
         offset += n
