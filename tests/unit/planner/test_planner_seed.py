@@ -47,11 +47,8 @@ def test_seed_example_puts_three_4gib_models_on_each_15gib_gpu() -> None:
     assert {k.model for u in plan.devices for k in u.models} == {f"m{i}" for i in range(1, 13)}
 
 
-def test_seed_pinned_to_one_gpu_is_refused_with_names_and_numbers(tmp_path: Path) -> None:
-    models = [
-        f"{{name: m{i}, base_path: ./m{i}, memory: 4GiB, devices: [gpu0]}}" for i in range(1, 13)
-    ]
-    plan = plan_of(parse_config(config_text(models), base_dir=tmp_path))
+def test_seed_pinned_to_one_gpu_is_refused_with_names_and_numbers() -> None:
+    plan = plan_of(load_config(SEED.with_name("seed-12x4GiB-pinned.yaml")))
     assert not plan.feasible
     # three fit on gpu0 (14.25 GiB after 5% headroom), nine do not
     assert sum(len(a.devices) for a in plan.assignments) == 3
@@ -63,10 +60,8 @@ def test_seed_pinned_to_one_gpu_is_refused_with_names_and_numbers(tmp_path: Path
     assert "pin" in text  # what would make it fit
 
 
-def test_thirteen_4gib_plus_one_15gib_is_refused_naming_the_big_model(tmp_path: Path) -> None:
-    models = [f"{{name: m{i}, base_path: ./m{i}, memory: 4GiB}}" for i in range(1, 14)]
-    models.append("{name: big, base_path: ./big, memory: 15GiB}")
-    plan = plan_of(parse_config(config_text(models), base_dir=tmp_path))
+def test_thirteen_4gib_plus_one_15gib_is_refused_naming_the_big_model() -> None:
+    plan = plan_of(load_config(SEED.with_name("seed-13x4GiB-plus-15GiB.yaml")))
     assert not plan.feasible
     assert "big:0 needs 15.0 GiB" in plan.explanation
     assert "holds at most 14.2 GiB" in plan.explanation
