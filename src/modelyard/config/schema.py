@@ -101,6 +101,9 @@ class BatchingConfig(_Frozen):
     allowed_batch_sizes: tuple[int, ...] | None = Field(
         None, description="Batches are padded up to the next of these sizes."
     )
+    num_batch_threads: int = Field(
+        1, ge=1, le=64, description="Batches of one replica that may run at once."
+    )
 
     @model_validator(mode="after")
     def _allowed_sizes(self) -> BatchingConfig:

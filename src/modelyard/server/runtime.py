@@ -15,6 +15,7 @@ from collections.abc import Generator
 
 import uvicorn
 
+from modelyard.batching import batching_wrapper
 from modelyard.config.schema import DeviceKind, ServerConfig
 from modelyard.lifecycle.controller import Controller, InProcessLoader, Loader
 from modelyard.lifecycle.registry import ModelRegistry
@@ -74,6 +75,7 @@ class Server:
             placement=plan.placement() if plan is not None else None,
             device_targets=device_targets(plan) if plan is not None else None,
             unplaced_reason=plan.explanation if plan is not None else "",
+            wrap=batching_wrapper,
         )
         self._access_log = access_log
         self._http: _Uvicorn | None = None

@@ -1,0 +1,278 @@
+"""The dynamic batcher: a ``Servable`` that joins concurrent requests into batches for another.
+
+Event-driven, no polling: a batch is dispatched when it reaches ``max_batch_size`` rows, or when
+the ``batch_timeout_micros`` timer started by its first request fires (``loop.call_later``).
+Up to ``num_batch_threads`` batches run on the wrapped servable at once (1 by default: a model
+replica computes one batch at a time, and the next one fills meanwhile).
+
+Rules a user can rely on:
+
+* Only requests whose inputs have equal dtypes and equal dimensions after the first join a
+  batch; requests with other trailing shapes fill their own batch (one open batch per shape).
+* A request gets exactly its rows of every output, never a padding row nor another request's.
+* A request of more than ``max_batch_size`` rows (or whose inputs disagree on dim 0) is not
+  split: it runs alone, unpadded, as a batch of its own. It counts as one full batch against
+  the queue bound.
+* The queue holds at most ``max_enqueued_batches * max_batch_size`` rows waiting to run (open
+  and closed batches, not the running ones); a request that would pass the bound is refused at
+  once with ``ResourceExhausted`` (HTTP 503, gRPC RESOURCE_EXHAUSTED).
+* A batch that fails fails every request in it with the same error (code and message).
+* A request whose caller is cancelled (client gone) leaves the queue at once; if its batch is
+  already running the rows are computed and dropped.
+
+Async safety: every method runs on one event loop (the server's); nothing here is thread-safe,
+and nothing needs a lock because no ``await`` sits between reading and updating the queue.
+Ownership: the batcher owns the wrapped servable and closes it in ``close``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from collections import deque
+from collections.abc import Mapping
+from typing import Protocol
+
+import numpy as np
+
+from modelyard.batching.batch import BatchKey, batch_key, count_rows, join, padded_size, split
+from modelyard.config.schema import BatchingConfig
+from modelyard.errors import Internal, ModelyardError, ResourceExhausted, Unavailable
+from modelyard.tensors import Signature
+
+log = logging.getLogger(__name__)
+
+Outputs = dict[str, np.ndarray]
+
+
+class Servable(Protocol):
+    """What the batcher wraps and what it is: ``modelyard.lifecycle.servable.Servable``,
+    restated here because batching sits below lifecycle in the import order."""
+
+    @property
+    def signature(self) -> Signature: ...
+
+    async def infer(self, inputs: Mapping[str, np.ndarray]) -> Outputs: ...
+
+    async def close(self) -> None: ...
+
+
+class _Stage(enum.Enum):
+    OPEN = "open"  # taking requests; its timer is running
+    READY = "ready"  # closed (full or timed out), waiting for a free slot
+    RUNNING = "running"  # handed to the wrapped servable
+
+
+class _Request:
+    __slots__ = ("batch", "future", "inputs", "rows")
+
+    def __init__(
+        self, inputs: Mapping[str, np.ndarray], rows: int, future: asyncio.Future[Outputs]
+    ) -> None:
+        self.inputs = inputs
+        self.rows = rows
+        self.future = future
+        self.batch: _Batch | None = None
+
+
+class _Batch:
+    __slots__ = ("cost", "key", "requests", "rows", "stage", "timer")
+
+    def __init__(self, key: BatchKey | None) -> None:
+        self.key = key  # None: a request that runs alone
+        self.requests: list[_Request] = []
+        self.rows = 0
+        self.cost = 0  # rows it counts against the queue bound
+        self.stage = _Stage.OPEN
+        self.timer: asyncio.TimerHandle | None = None
+
+
+class DynamicBatcher:
+    """Batches requests for ``inner`` following ``config``; see the module docstring.
+
+    ``model`` names the model in error messages. ``inner.signature`` must give every input a
+    variable first dimension (checked by ``batching_wrapper``, not here).
+    """
+
+    def __init__(self, inner: Servable, config: BatchingConfig, *, model: str) -> None:
+        self._inner = inner
+        self._config = config
+        self._model = model
+        self._order = [spec.name for spec in inner.signature.inputs]
+        self._capacity = config.max_enqueued_batches * config.max_batch_size
+        self._timeout_s = config.batch_timeout_micros / 1e6
+        self._open: dict[BatchKey, _Batch] = {}
+        self._ready: deque[_Batch] = deque()
+        self._queued = 0  # rows in open and ready batches
+        self._running: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    @property
+    def signature(self) -> Signature:
+        return self._inner.signature
+
+    @property
+    def queued_rows(self) -> int:
+        """Rows waiting in open and ready batches (not those running)."""
+        return self._queued
+
+    async def infer(self, inputs: Mapping[str, np.ndarray]) -> Outputs:
+        """Queue ``inputs`` (already validated) and wait for their rows of the batch's outputs."""
+        if self._closed:
+            raise Unavailable(f"model {self._model!r} is unloading")
+        loop = asyncio.get_running_loop()
+        rows = count_rows(inputs)
+        size = self._config.max_batch_size
+        alone = rows is None or rows > size
+        cost = size if alone else rows or 0
+        if self._queued + cost > self._capacity:
+            raise ResourceExhausted(
+                f"model {self._model!r} is overloaded: its batching queue holds "
+                f"{self._queued} of at most {self._capacity} rows (max_enqueued_batches "
+                f"{self._config.max_enqueued_batches} x max_batch_size {size}) and this "
+                f"request adds {cost}; retry later, or raise batching.max_enqueued_batches "
+                "or add replicas"
+            )
+        request = _Request(inputs, rows or 0, loop.create_future())
+        if alone:
+            batch = _Batch(None)
+            self._add(batch, request, cost)
+            self._close_batch(batch)
+        else:
+            self._enqueue(loop, request, batch_key(inputs, self._order))
+        self._dispatch(loop)
+        try:
+            return await request.future
+        except asyncio.CancelledError:
+            self._forget(request)
+            raise
+
+    async def close(self) -> None:
+        """Refuse new requests, fail the queued ones (Unavailable), let the running batches
+        finish, then close the wrapped servable."""
+        self._closed = True
+        waiting = [*self._open.values(), *self._ready]
+        self._open.clear()
+        self._ready.clear()
+        self._queued = 0
+        for batch in waiting:
+            if batch.timer is not None:
+                batch.timer.cancel()
+            for request in batch.requests:
+                if not request.future.done():
+                    request.future.set_exception(
+                        Unavailable(f"model {self._model!r} unloaded before this request ran")
+                    )
+        if self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
+        await self._inner.close()
+
+    # -- the queue ------------------------------------------------------------------------
+
+    def _enqueue(self, loop: asyncio.AbstractEventLoop, request: _Request, key: BatchKey) -> None:
+        batch = self._open.get(key)
+        if batch is not None and batch.rows + request.rows > self._config.max_batch_size:
+            self._close_batch(batch)
+            batch = None
+        if batch is None:
+            batch = _Batch(key)
+            self._open[key] = batch
+            batch.timer = loop.call_later(self._timeout_s, self._on_timeout, batch, loop)
+        self._add(batch, request, request.rows)
+        if batch.rows >= self._config.max_batch_size:
+            self._close_batch(batch)
+
+    def _add(self, batch: _Batch, request: _Request, cost: int) -> None:
+        request.batch = batch
+        batch.requests.append(request)
+        batch.rows += request.rows
+        batch.cost += cost
+        self._queued += cost
+
+    def _close_batch(self, batch: _Batch) -> None:
+        """OPEN -> READY: no more requests join it; it runs when a slot is free."""
+        if batch.timer is not None:
+            batch.timer.cancel()
+            batch.timer = None
+        if batch.key is not None and self._open.get(batch.key) is batch:
+            del self._open[batch.key]
+        batch.stage = _Stage.READY
+        self._ready.append(batch)
+
+    def _on_timeout(self, batch: _Batch, loop: asyncio.AbstractEventLoop) -> None:
+        batch.timer = None
+        if batch.stage is _Stage.OPEN:
+            self._close_batch(batch)
+            self._dispatch(loop)
+
+    def _dispatch(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start ready batches while fewer than ``num_batch_threads`` run."""
+        while self._ready and len(self._running) < self._config.num_batch_threads:
+            batch = self._ready.popleft()
+            self._queued -= batch.cost
+            if not batch.requests:  # every request in it was cancelled
+                continue
+            batch.stage = _Stage.RUNNING
+            task = loop.create_task(self._run(batch))
+            self._running.add(task)
+            task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        if not self._closed:
+            self._dispatch(asyncio.get_running_loop())
+
+    def _forget(self, request: _Request) -> None:
+        """A cancelled caller: take its rows out of a batch that has not started."""
+        batch = request.batch
+        if batch is None or batch.stage is _Stage.RUNNING or request not in batch.requests:
+            return
+        batch.requests.remove(request)
+        cost = batch.cost if batch.key is None else request.rows
+        batch.rows -= request.rows
+        batch.cost -= cost
+        self._queued -= cost
+        if not batch.requests and batch.stage is _Stage.OPEN:
+            if batch.timer is not None:
+                batch.timer.cancel()
+            if batch.key is not None and self._open.get(batch.key) is batch:
+                del self._open[batch.key]
+
+    # -- running a batch ------------------------------------------------------------------
+
+    async def _run(self, batch: _Batch) -> None:
+        requests = batch.requests
+        try:
+            if batch.key is None:  # alone: the request's own inputs and outputs, untouched
+                outputs = await self._inner.infer(requests[0].inputs)
+                parts = [outputs]
+            else:
+                size = padded_size(batch.rows, self._config.allowed_batch_sizes)
+                inputs = join([r.inputs for r in requests], self._order, size)
+                outputs = await self._inner.infer(inputs)
+                parts = split(outputs, [r.rows for r in requests], size)
+        except ModelyardError as exc:
+            for request in requests:
+                # One exception object per request: raising a shared one from many tasks
+                # would chain their tracebacks into each other.
+                _fail(request, ModelyardError.from_wire(*exc.to_wire()))
+            return
+        except asyncio.CancelledError:
+            # The loop is shutting down under us: nobody may wait forever on this batch.
+            for request in requests:
+                request.future.cancel()
+            raise
+        except Exception as exc:
+            log.exception("a batch of model %r failed", self._model)
+            for request in requests:
+                _fail(request, Internal(f"internal error: {type(exc).__name__}: {exc}"))
+            return
+        for request, part in zip(requests, parts, strict=True):
+            if not request.future.done():
+                request.future.set_result(part)
+
+
+def _fail(request: _Request, exc: ModelyardError) -> None:
+    if not request.future.done():
+        request.future.set_exception(exc)
