@@ -10,14 +10,21 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from modelyard.cli.plan import render_table
 from modelyard.config import ModelConfig, ServerConfig, load_config, parse_size
 from modelyard.errors import ModelyardError
 from modelyard.planner import Plan
 from modelyard.planner.demands import plan_for_config
-from modelyard.server.http.common import DEFAULT_MAX_REQUEST_BYTES
-from modelyard.server.runtime import DEFAULT_GRPC_PORT, DEFAULT_REST_PORT, Server
+from modelyard.server.defaults import (
+    DEFAULT_GRPC_PORT,
+    DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_REST_PORT,
+)
+
+if TYPE_CHECKING:
+    from modelyard.server.runtime import Server
 
 log = logging.getLogger("modelyard")
 
@@ -116,6 +123,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _serve(config: ServerConfig, plan: Plan, args: argparse.Namespace, is_demo: bool) -> int:
+    from modelyard.server.runtime import Server  # the web and gRPC stacks load only to serve
+
     server = Server(
         config,
         plan=plan,

@@ -21,14 +21,15 @@ from modelyard.lifecycle.controller import Controller, InProcessLoader, Loader
 from modelyard.lifecycle.registry import ModelRegistry
 from modelyard.planner import Plan
 from modelyard.server.dataplane import DataPlane
+from modelyard.server.defaults import (
+    DEFAULT_GRPC_PORT,
+    DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_REST_PORT,
+)
 from modelyard.server.grpc.server import GrpcServer, start_grpc_server
 from modelyard.server.http.app import build_app
-from modelyard.server.http.common import DEFAULT_MAX_REQUEST_BYTES
 
 log = logging.getLogger(__name__)
-
-DEFAULT_GRPC_PORT = 8500
-DEFAULT_REST_PORT = 8501
 
 
 class _Uvicorn(uvicorn.Server):

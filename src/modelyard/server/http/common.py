@@ -14,8 +14,7 @@ from starlette.responses import Response
 
 from modelyard.config.sizes import format_size
 from modelyard.errors import HTTP_STATUS, InvalidArgument, ModelyardError, ResourceExhausted
-
-DEFAULT_MAX_REQUEST_BYTES = 64 * 2**20
+from modelyard.server.defaults import DEFAULT_MAX_REQUEST_BYTES as DEFAULT_MAX_REQUEST_BYTES
 
 
 class JSONResponse(Response):
