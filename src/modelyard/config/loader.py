@@ -9,29 +9,48 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from modelyard.config.schema import ServerConfig
+from modelyard.config.tfserving import (
+    load_overlay,
+    looks_like_tf_serving_config,
+    parse_tf_serving_config,
+)
 from modelyard.errors import ConfigError
 
 
-def load_config(path: Path) -> ServerConfig:
+def load_config(path: Path, *, overlay: Path | None = None) -> ServerConfig:
     """Parse and validate ``path``; relative ``base_path``s are taken from the file's folder.
 
-    Raises ConfigError with ``file:line: key: problem`` for every problem pydantic finds.
+    ``path`` is modelyard YAML or a TF Serving ``models.config``, told apart by content.
+    ``overlay`` (a YAML file of modelyard-only settings, see ``modelyard.config.tfserving``)
+    applies to a ``models.config`` only. Raises ConfigError with ``file:line: key: problem``
+    for every problem found.
     """
     try:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"cannot read config {path}: {exc.strerror}") from exc
+    if overlay is not None:
+        if not looks_like_tf_serving_config(text):
+            raise ConfigError(
+                f"--overlay applies to a TF Serving models.config; {path} is modelyard YAML, "
+                "which takes those settings itself"
+            )
+        return parse_tf_serving_config(
+            text,
+            source=str(path),
+            base_dir=path.parent,
+            overlay=load_overlay(overlay),
+            overlay_source=str(overlay),
+        )
     return parse_config(text, source=str(path), base_dir=path.parent)
 
 
 def parse_config(
     text: str, *, source: str = "<config>", base_dir: Path | None = None
 ) -> ServerConfig:
+    """A ``ServerConfig`` from modelyard YAML or a TF Serving ``models.config`` (by content)."""
     if looks_like_tf_serving_config(text):
-        raise ConfigError(
-            f"{source} is a TensorFlow Serving models.config (text protobuf); "
-            "this build reads modelyard YAML only"
-        )
+        return parse_tf_serving_config(text, source=source, base_dir=base_dir)
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
@@ -49,15 +68,6 @@ def parse_config(
     if base_dir is not None:
         config = _resolve_paths(config, base_dir)
     return config
-
-
-def looks_like_tf_serving_config(text: str) -> bool:
-    """True for a TF Serving text-protobuf config (it opens with ``model_config_list``)."""
-    for line in text.splitlines():
-        stripped = line.strip()
-        if stripped and not stripped.startswith("#"):
-            return stripped.startswith("model_config_list")
-    return False
 
 
 def _resolve_paths(config: ServerConfig, base_dir: Path) -> ServerConfig:

@@ -113,5 +113,5 @@ def test_config_is_frozen() -> None:
 
 
 def test_tf_serving_config_is_recognised() -> None:
-    with pytest.raises(ConfigError, match=r"TensorFlow Serving models\.config"):
-        parse_config('model_config_list {\n  config { name: "a" base_path: "/x" }\n}\n')
+    config = parse_config('model_config_list {\n  config { name: "a" base_path: "/x" }\n}\n')
+    assert [(m.name, m.base_path) for m in config.models] == [("a", Path("/x"))]
