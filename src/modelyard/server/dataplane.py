@@ -10,6 +10,7 @@ Async safety: one instance per event loop; methods are called from that loop onl
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -18,9 +19,10 @@ import numpy as np
 from modelyard import __version__
 from modelyard.backends import PROTOCOL_PLATFORM
 from modelyard.config.schema import Platform
-from modelyard.errors import Internal, InvalidArgument, Unavailable
+from modelyard.errors import Internal, InvalidArgument, ModelyardError, Unavailable
 from modelyard.lifecycle.registry import ModelRegistry, VersionEntry
 from modelyard.lifecycle.states import ModelState
+from modelyard.metrics import ServerMetrics
 from modelyard.tensors import Signature
 
 
@@ -66,8 +68,15 @@ class InferResult:
 class DataPlane:
     """Health, metadata and inference over a ``ModelRegistry``."""
 
-    def __init__(self, registry: ModelRegistry, *, server_name: str = "modelyard") -> None:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        *,
+        server_name: str = "modelyard",
+        metrics: ServerMetrics | None = None,
+    ) -> None:
         self._registry = registry
+        self.metrics = metrics
         self.server_name = server_name
         self.version = __version__
         self.started = False
@@ -138,7 +147,28 @@ class DataPlane:
         signature order. Raises InvalidArgument for bad input, NotFound for unknown names,
         Unavailable when no replica can serve.
         """
-        entry = self._available(ref)
+        entry: VersionEntry | None = None
+        try:
+            entry = self._available(ref)
+            result, seconds = await self._run(entry, inputs, outputs)
+        except ModelyardError as exc:
+            if self.metrics is not None:
+                key = entry.key if entry is not None else None
+                self.metrics.observe_error(
+                    key.model if key else None, key.version if key else None, exc.code
+                )
+            raise
+        if self.metrics is not None:
+            self.metrics.observe_ok(entry.key.model, entry.key.version, seconds)
+        return result
+
+    async def _run(
+        self,
+        entry: VersionEntry,
+        inputs: Mapping[str, np.ndarray],
+        outputs: Sequence[str] | None,
+    ) -> tuple[InferResult, float]:
+        """Validate, pick a replica, run; the result and the seconds the servable took."""
         replica = entry.pick_replica()
         signature = replica.servable.signature
         signature.validate_inputs(inputs)
@@ -147,16 +177,18 @@ class DataPlane:
             repeated = sorted({n for n in wanted if wanted.count(n) > 1})
             raise InvalidArgument(f"output {', '.join(map(repr, repeated))} is requested twice")
         replica.in_flight += 1
+        started = time.perf_counter()
         try:
             produced = await replica.servable.infer(inputs)
         finally:
             replica.in_flight -= 1
+        seconds = time.perf_counter() - started
         names = wanted if wanted is not None else [s.name for s in signature.outputs]
         try:
             result = {name: produced[name] for name in names}
         except KeyError as exc:
             raise Internal(f"model {entry.key} did not return output {exc.args[0]!r}") from None
-        return InferResult(entry.key.model, entry.key.version, result)
+        return InferResult(entry.key.model, entry.key.version, result), seconds
 
     def _available(self, ref: ModelRef) -> VersionEntry:
         if self.stopping:
