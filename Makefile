@@ -14,6 +14,9 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[all,test]'
+	# TF Serving's official Python client, for the drop-in tests: --no-deps, because it asks for
+	# the full `tensorflow` (CUDA) package; tensorflow-cpu of the same version provides it.
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps 'tensorflow-serving-api==2.21.0'
 	touch $(STAMP)
 
 setup: $(STAMP)

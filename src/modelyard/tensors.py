@@ -130,12 +130,27 @@ class TensorSpec:
         return f"{self.name}: {self.datatype.value} {format_shape(self.shape)}"
 
 
+DEFAULT_SIGNATURE = "serving_default"
+"""The name of a model's default signature (TF Serving's); every model has one by this name."""
+
+
+class SignatureMethod(enum.Enum):
+    """What a signature computes, as TF Serving names it (a SavedModel SignatureDef's
+    ``method_name``). Only PREDICT signatures take arbitrary tensors; CLASSIFY and REGRESS ones
+    take serialized ``tf.Example``s and serve TF Serving's Classify and Regress APIs."""
+
+    PREDICT = "tensorflow/serving/predict"
+    CLASSIFY = "tensorflow/serving/classify"
+    REGRESS = "tensorflow/serving/regress"
+
+
 @dataclass(frozen=True, slots=True)
 class Signature:
     """Inputs and outputs of one model version, in the order the model takes and returns them."""
 
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    method: SignatureMethod = SignatureMethod.PREDICT
 
     def input(self, name: str) -> TensorSpec:
         for spec in self.inputs:

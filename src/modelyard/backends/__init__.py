@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from modelyard.backends.base import Backend, LoadedModel
+from modelyard.backends.base import Backend, LoadedModel, MultiSignatureModel
 from modelyard.config.schema import Platform
 from modelyard.errors import BackendMissing, InvalidArgument
 
@@ -83,6 +83,7 @@ __all__ = [
     "PROTOCOL_PLATFORM",
     "Backend",
     "LoadedModel",
+    "MultiSignatureModel",
     "artifact_name",
     "detect_platform",
     "get_backend",

@@ -35,6 +35,24 @@ class LoadedModel(Protocol):
     def unload(self) -> None: ...
 
 
+@runtime_checkable
+class MultiSignatureModel(LoadedModel, Protocol):
+    """A ``LoadedModel`` with several named signatures (a SavedModel's ``signature_def``s).
+
+    ``signatures`` maps each name to its signature; ``signature`` is the default one
+    (``serving_default`` when the model has it) and ``predict`` runs it. ``predict_signature``
+    runs the named one, with the same contract as ``predict``; KeyError never escapes it:
+    an unknown name raises InvalidArgument. Models with one signature need not implement this.
+    """
+
+    @property
+    def signatures(self) -> Mapping[str, Signature]: ...
+
+    def predict_signature(
+        self, inputs: Mapping[str, np.ndarray], signature_name: str
+    ) -> dict[str, np.ndarray]: ...
+
+
 class Backend(Protocol):
     """Loads one model format. Stateless: one instance serves every model of its platform."""
 
