@@ -203,7 +203,15 @@ BAD_REQUESTS = [
         400,
         ["'other'", "serving_default"],
     ),
-    ("POST", "/v1/models/linear:classify", b'{"examples": []}', 404, [":classify"]),
+    ("POST", "/v1/models/linear:explain", b'{"examples": []}', 404, [":explain"]),
+    (
+        "POST",
+        "/v1/models/linear:classify",
+        b'{"examples": [{"x": [1.0]}]}',
+        400,
+        ["Classify", "tensorflow/serving/classify"],
+    ),
+    ("POST", "/v1/models/linear:regress", b'{"examples": []}', 400, ["'examples'"]),
 ]
 
 

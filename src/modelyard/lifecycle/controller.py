@@ -39,6 +39,9 @@ class LoadRequest:
     device: str
     declared: Signature | None
     config: ModelConfig
+    device_name: str = ""
+    """The plan's name for the device (``sim0``, ``gpu1``): one worker process per name, even
+    when two names share a backend target (two CPU devices are both ``cpu``)."""
 
 
 class Loader(Protocol):
@@ -112,6 +115,9 @@ class Controller:
         self._default_device = default_device
         self._unplaced_reason = unplaced_reason
         self._wrap = wrap
+        self._entries: dict[VersionKey, VersionEntry] = {}
+        # Replicas out of service while their worker restarts, by (version, device name).
+        self._parked: dict[tuple[VersionKey, str], Replica] = {}
 
     def desired(self) -> list[tuple[ModelConfig, int]]:
         """(model, version) pairs the config aspires to, checked (labels, base paths)."""
@@ -132,6 +138,7 @@ class Controller:
         for model, version in desired:
             entry = VersionEntry(VersionKey(model.name, version), model.platform)
             self._registry.add(entry)
+            self._entries[entry.key] = entry
             entries.append((model, entry))
         for model in self._config.models:
             self._registry.set_labels(model.name, dict(model.version_labels))
@@ -155,7 +162,7 @@ class Controller:
             for device in devices:
                 target = self._targets.get(device, device)
                 request = LoadRequest(
-                    entry.key, version_dir, entry.platform, target, declared, model
+                    entry.key, version_dir, entry.platform, target, declared, model, device
                 )
                 servable = await self._loader.load(request)
                 if self._wrap is not None:
@@ -173,6 +180,45 @@ class Controller:
         entry.replicas = replicas
         entry.transition(ModelState.AVAILABLE)
         log.info("model %s AVAILABLE on %s", entry.key, ", ".join(devices))
+
+    # -- told by the worker supervisor (``modelyard.workers.supervisor.ReplicaListener``) --
+
+    def replica_down(self, key: VersionKey, device: str, reason: str) -> None:
+        """Take the replica on ``device`` out of rotation; with none left the version is
+        LOADING (requests get 503 with ``reason``) until ``replica_up``."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return
+        for replica in list(entry.replicas):
+            if replica.device == device:
+                entry.replicas.remove(replica)
+                self._parked[(key, device)] = replica
+        if not entry.replicas and entry.state is ModelState.AVAILABLE:
+            entry.transition(ModelState.LOADING, f"reloading: {reason}")
+
+    def replica_up(self, key: VersionKey, device: str) -> None:
+        """Put a parked replica back in rotation (its worker reloaded it)."""
+        entry = self._entries.get(key)
+        replica = self._parked.pop((key, device), None)
+        if entry is None or replica is None:
+            return
+        entry.replicas.append(replica)
+        if entry.state is ModelState.LOADING:
+            entry.transition(ModelState.AVAILABLE)
+            log.info("model %s AVAILABLE again on %s", key, device)
+
+    def replica_failed(self, key: VersionKey, device: str, reason: str) -> None:
+        """Drop the replica on ``device`` for good; with none left the version is FAILED."""
+        entry = self._entries.get(key)
+        self._parked.pop((key, device), None)
+        if entry is None:
+            return
+        entry.replicas = [r for r in entry.replicas if r.device != device]
+        if not entry.replicas and entry.state in (ModelState.LOADING, ModelState.AVAILABLE):
+            if entry.state is ModelState.AVAILABLE:
+                entry.transition(ModelState.LOADING)
+            entry.transition(ModelState.FAILED, reason)
+            log.error("model %s FAILED: %s", key, reason)
 
     async def stop(self) -> None:
         """Unload every version; each replica's ``close`` is awaited."""

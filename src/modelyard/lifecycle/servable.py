@@ -14,8 +14,9 @@ from typing import Protocol
 
 import numpy as np
 
-from modelyard.backends.base import LoadedModel
-from modelyard.tensors import Signature
+from modelyard.backends.base import LoadedModel, MultiSignatureModel
+from modelyard.errors import InvalidArgument
+from modelyard.tensors import DEFAULT_SIGNATURE, Signature
 
 
 class Servable(Protocol):
@@ -49,6 +50,39 @@ class LocalServable:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, self._model.predict, inputs)
 
+    @property
+    def signatures(self) -> Mapping[str, Signature]:
+        """Every named signature (see ``signatures_of``)."""
+        if isinstance(self._model, MultiSignatureModel):
+            return self._model.signatures
+        return {DEFAULT_SIGNATURE: self._signature}
+
+    async def infer_signature(
+        self, inputs: Mapping[str, np.ndarray], signature_name: str
+    ) -> dict[str, np.ndarray]:
+        """``infer`` on the named signature; InvalidArgument for a name the model lacks."""
+        model = self._model
+        loop = asyncio.get_running_loop()
+        if isinstance(model, MultiSignatureModel):
+            return await loop.run_in_executor(
+                self._pool, model.predict_signature, inputs, signature_name
+            )
+        if signature_name != DEFAULT_SIGNATURE:
+            raise InvalidArgument(
+                f"serving signature {signature_name!r} not found; this model has "
+                f"{DEFAULT_SIGNATURE!r}"
+            )
+        return await self.infer(inputs)
+
     async def close(self) -> None:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._pool, self._model.unload)
+
+
+def signatures_of(servable: Servable) -> Mapping[str, Signature]:
+    """Every named signature of ``servable``; ``{"serving_default": signature}`` for one that
+    does not list them (a servable with named signatures has ``signatures`` and
+    ``infer_signature(inputs, name)``, as ``LocalServable`` does; wrappers such as a batcher
+    or a worker proxy may not forward them, and then serve the default signature only)."""
+    found: Mapping[str, Signature] | None = getattr(servable, "signatures", None)
+    return found if found is not None else {DEFAULT_SIGNATURE: servable.signature}

@@ -1,7 +1,8 @@
 """The states a model version goes through, and the transitions allowed between them.
 
     START ──> LOADING ──> AVAILABLE ──> UNLOADING ──> END
-                 │                                     ^
+                 │  ^          │                       ^
+                 │  └──────────┘ (its worker died: reloading)
                  └──────> FAILED ──(retry)──> LOADING  │
                             └──────────────────────────┘
 
@@ -26,7 +27,7 @@ class ModelState(enum.Enum):
 ALLOWED_TRANSITIONS: dict[ModelState, frozenset[ModelState]] = {
     ModelState.START: frozenset({ModelState.LOADING, ModelState.END}),
     ModelState.LOADING: frozenset({ModelState.AVAILABLE, ModelState.FAILED}),
-    ModelState.AVAILABLE: frozenset({ModelState.UNLOADING}),
+    ModelState.AVAILABLE: frozenset({ModelState.UNLOADING, ModelState.LOADING}),
     ModelState.UNLOADING: frozenset({ModelState.END}),
     ModelState.FAILED: frozenset({ModelState.LOADING, ModelState.END}),
     ModelState.END: frozenset(),

@@ -10,9 +10,10 @@ Async safety: one instance per event loop; methods are called from that loop onl
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -21,9 +22,10 @@ from modelyard.backends import PROTOCOL_PLATFORM
 from modelyard.config.schema import Platform
 from modelyard.errors import Internal, InvalidArgument, ModelyardError, Unavailable
 from modelyard.lifecycle.registry import ModelRegistry, VersionEntry
+from modelyard.lifecycle.servable import signatures_of
 from modelyard.lifecycle.states import ModelState
 from modelyard.metrics import ServerMetrics
-from modelyard.tensors import Signature
+from modelyard.tensors import DEFAULT_SIGNATURE, Signature
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +51,8 @@ class ModelMetadata:
     versions: tuple[int, ...]
     platform: str
     signature: Signature
+    signatures: Mapping[str, Signature] = field(default_factory=dict)
+    """Every named signature, the default one (``signature``) included."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,11 +131,18 @@ class DataPlane:
             if entry.platform is not Platform.AUTO
             else "",
             signature=signature,
+            signatures=_signatures(entry),
         )
 
-    def signature(self, ref: ModelRef) -> Signature:
-        """The signature requests to ``ref`` are checked against (adapters decode with it)."""
-        return self.metadata(ref).signature
+    def signature(self, ref: ModelRef, signature_name: str | None = None) -> Signature:
+        """The signature requests to ``ref`` are checked against (adapters decode with it).
+
+        ``signature_name`` None is the default signature; an unknown name is InvalidArgument.
+        """
+        meta = self.metadata(ref)
+        if signature_name is None:
+            return meta.signature
+        return _named(meta.signatures, signature_name)
 
     # -- inference -----------------------------------------------------------------------
 
@@ -140,17 +151,19 @@ class DataPlane:
         ref: ModelRef,
         inputs: Mapping[str, np.ndarray],
         outputs: Sequence[str] | None = None,
+        signature_name: str | None = None,
     ) -> InferResult:
         """Run one request. Inputs are checked against the signature before the model runs.
 
         ``outputs`` names the outputs to return, in that order; None returns all of them in
-        signature order. Raises InvalidArgument for bad input, NotFound for unknown names,
-        Unavailable when no replica can serve.
+        signature order. ``signature_name`` picks a named signature (TF Serving's
+        ``signature_name``); None is the default one. Raises InvalidArgument for bad input or
+        an unknown signature, NotFound for unknown names, Unavailable when no replica can serve.
         """
         entry: VersionEntry | None = None
         try:
             entry = self._available(ref)
-            result, seconds = await self._run(entry, inputs, outputs)
+            result, seconds = await self._run(entry, inputs, outputs, signature_name)
         except ModelyardError as exc:
             if self.metrics is not None:
                 key = entry.key if entry is not None else None
@@ -167,10 +180,19 @@ class DataPlane:
         entry: VersionEntry,
         inputs: Mapping[str, np.ndarray],
         outputs: Sequence[str] | None,
+        signature_name: str | None = None,
     ) -> tuple[InferResult, float]:
         """Validate, pick a replica, run; the result and the seconds the servable took."""
         replica = entry.pick_replica()
-        signature = replica.servable.signature
+        servable = replica.servable
+        signature = servable.signature
+        run: Callable[[Mapping[str, np.ndarray]], Awaitable[dict[str, np.ndarray]]]
+        run = servable.infer
+        if signature_name is not None:
+            signature = _named(signatures_of(servable), signature_name)
+            if signature is not servable.signature:
+                # Only the default signature goes through ``infer`` (and so a batcher).
+                run = functools.partial(servable.infer_signature, signature_name=signature_name)  # type: ignore[attr-defined]
         signature.validate_inputs(inputs)
         wanted = [signature.output(name).name for name in outputs] if outputs else None
         if wanted is not None and len(set(wanted)) != len(wanted):
@@ -179,7 +201,7 @@ class DataPlane:
         replica.in_flight += 1
         started = time.perf_counter()
         try:
-            produced = await replica.servable.infer(inputs)
+            produced = await run(inputs)
         finally:
             replica.in_flight -= 1
         seconds = time.perf_counter() - started
@@ -197,3 +219,19 @@ class DataPlane:
         if entry.state is not ModelState.AVAILABLE:
             raise Unavailable(entry.unavailable_reason())
         return entry
+
+
+def _signatures(entry: VersionEntry) -> Mapping[str, Signature]:
+    if not entry.replicas:
+        return {DEFAULT_SIGNATURE: entry.signature} if entry.signature is not None else {}
+    return signatures_of(entry.replicas[0].servable)
+
+
+def _named(signatures: Mapping[str, Signature], name: str) -> Signature:
+    found = signatures.get(name)
+    if found is None:
+        raise InvalidArgument(
+            f"serving signature {name!r} not found; this model has "
+            + ", ".join(repr(n) for n in signatures)
+        )
+    return found

@@ -12,14 +12,17 @@ import contextlib
 import logging
 import socket
 from collections.abc import Generator
+from typing import Any
 
 import uvicorn
 
 from modelyard.batching import batching_wrapper
 from modelyard.config.schema import DeviceKind, ServerConfig
+from modelyard.errors import NotFound
 from modelyard.lifecycle.controller import Controller, InProcessLoader, Loader
 from modelyard.lifecycle.registry import ModelRegistry
 from modelyard.planner import Plan
+from modelyard.planner.footprints import FootprintCache
 from modelyard.server.dataplane import DataPlane
 from modelyard.server.defaults import (
     DEFAULT_GRPC_PORT,
@@ -28,6 +31,9 @@ from modelyard.server.defaults import (
 )
 from modelyard.server.grpc.server import GrpcServer, start_grpc_server
 from modelyard.server.http.app import build_app
+from modelyard.server.http.status import build_status
+from modelyard.workers.loader import WorkerLoader
+from modelyard.workers.progress import LoadProgress
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +64,11 @@ class Server:
         loader: Loader | None = None,
         plan: Plan | None = None,
         access_log: bool = False,
+        footprints: FootprintCache | None = None,
     ) -> None:
+        """``loader``: default a ``WorkerLoader`` (one worker process per plan device); pass
+        ``InProcessLoader()`` to load in this process. ``footprints``: where measured
+        footprints are recorded after each load (None: not recorded)."""
         self.config = config
         self.host = host
         self.rest_port = rest_port
@@ -67,7 +77,7 @@ class Server:
         self.registry = ModelRegistry()
         self.dataplane = DataPlane(self.registry)
         self._owns_loader = loader is None
-        self._loader: Loader = loader if loader is not None else InProcessLoader()
+        self._loader: Loader = loader if loader is not None else _worker_loader(plan, footprints)
         self.plan = plan
         self.controller = Controller(
             config,
@@ -78,6 +88,8 @@ class Server:
             unplaced_reason=plan.explanation if plan is not None else "",
             wrap=batching_wrapper,
         )
+        if isinstance(self._loader, WorkerLoader):
+            self._loader.attach(self.controller)
         self._access_log = access_log
         self._http: _Uvicorn | None = None
         self._http_task: asyncio.Task[None] | None = None
@@ -88,7 +100,9 @@ class Server:
         self.controller.desired()  # config errors (missing base paths, labels) before binding
         sock = _bind(self.host, self.rest_port)
         self.rest_port = sock.getsockname()[1]
-        app = build_app(self.dataplane, max_request_bytes=self.max_request_bytes)
+        app = build_app(
+            self.dataplane, max_request_bytes=self.max_request_bytes, status_source=self
+        )
         config = uvicorn.Config(
             app,
             lifespan="off",
@@ -123,6 +137,23 @@ class Server:
         await self.controller.stop()
         if self._owns_loader and isinstance(self._loader, InProcessLoader):
             self._loader.shutdown()
+        if self._owns_loader and isinstance(self._loader, WorkerLoader):
+            await self._loader.aclose()  # returns once every worker process has exited
+
+    @property
+    def loader(self) -> Loader:
+        return self._loader
+
+    def status(self) -> dict[str, Any]:
+        """The status API's document (``modelyard.server.http.status``)."""
+        workers = self._loader.workers if isinstance(self._loader, WorkerLoader) else {}
+        return build_status(self.registry, self.plan, workers)
+
+    async def worker_report(self, device: str) -> dict[str, Any]:
+        """A device's worker's own report of what it holds."""
+        if not isinstance(self._loader, WorkerLoader):
+            raise NotFound("models load in the server process: there are no worker processes")
+        return await self._loader.report(device)
 
     @property
     def rest_url(self) -> str:
@@ -131,6 +162,19 @@ class Server:
     @property
     def grpc_target(self) -> str:
         return f"{_url_host(self.host)}:{self.grpc_port}"
+
+
+def _worker_loader(plan: Plan | None, footprints: FootprintCache | None) -> WorkerLoader:
+    """A WorkerLoader for ``plan``: GPU slices capped at their capacity, progress per device."""
+    caps: dict[str, int] = {}
+    expected: dict[str, int] = {}
+    if plan is not None:
+        for usage in plan.devices:
+            if usage.device.kind is DeviceKind.CUDA:
+                caps[usage.device.name] = usage.device.capacity_bytes
+            expected[usage.device.name] = len(usage.models)
+    progress = LoadProgress({d: n for d, n in expected.items() if n})
+    return WorkerLoader(memory_caps=caps, progress=progress, footprints=footprints)
 
 
 def device_targets(plan: Plan) -> dict[str, str]:

@@ -10,8 +10,9 @@ from starlette.responses import Response
 
 from modelyard.errors import Internal, ModelyardError
 from modelyard.server.dataplane import DataPlane
-from modelyard.server.http import kserve, tfserving
+from modelyard.server.http import kserve, status, tfserving
 from modelyard.server.http.common import error_response
+from modelyard.server.http.status import StatusSource
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +29,13 @@ async def _on_unexpected(request: Request, exc: Exception) -> Response:
     return error_response(Internal(f"internal error: {type(exc).__name__}: {exc}"))
 
 
-def build_app(dataplane: DataPlane, *, max_request_bytes: int) -> Starlette:
+def build_app(
+    dataplane: DataPlane, *, max_request_bytes: int, status_source: StatusSource | None = None
+) -> Starlette:
     routes = [
         *tfserving.routes(dataplane, max_request_bytes=max_request_bytes),
         *kserve.routes(dataplane, max_request_bytes=max_request_bytes),
+        *(status.routes(status_source) if status_source is not None else []),
     ]
     return Starlette(
         routes=routes,

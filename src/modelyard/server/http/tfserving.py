@@ -3,6 +3,8 @@
     GET  /v1/models/{m}[/versions/{v}|/labels/{l}]             model status
     GET  /v1/models/{m}[/versions/{v}|/labels/{l}]/metadata    signature_def
     POST /v1/models/{m}[/versions/{v}|/labels/{l}]:predict     row or columnar predict
+    POST /v1/models/{m}[/versions/{v}|/labels/{l}]:classify    tf.Example classify
+    POST /v1/models/{m}[/versions/{v}|/labels/{l}]:regress     tf.Example regress
 
 Request and response bodies are shaped exactly as TF Serving shapes them, so existing clients
 work unchanged: ``instances`` (row format) answers ``predictions``; ``inputs`` (columnar)
@@ -25,12 +27,10 @@ from starlette.routing import BaseRoute, Route
 
 from modelyard.errors import InvalidArgument, NotFound
 from modelyard.lifecycle.states import ModelState
+from modelyard.server import tfexamples
 from modelyard.server.dataplane import DataPlane, InferResult, ModelRef
 from modelyard.server.http.common import JSONResponse, parse_json, read_body
-from modelyard.tensors import DataType, Signature, TensorSpec, format_shape
-
-DEFAULT_SIGNATURE = "serving_default"
-PREDICT_METHOD = "tensorflow/serving/predict"
+from modelyard.tensors import DEFAULT_SIGNATURE, DataType, Signature, TensorSpec, format_shape
 
 # Which JSON value kinds (numpy's dtype.kind after np.asarray) each datatype accepts. TF Serving
 # accepts integers for float inputs but not floats for integer inputs, and never strings for
@@ -94,34 +94,47 @@ class _TFServingAPI:
 
     async def post(self, request: Request) -> Response:
         ref, verb = parse_path(request.path_params["path"])
-        if verb != ":predict":
-            raise NotFound(f"unsupported verb {verb or '(none)'!r}; POST /v1/models/<name>:predict")
+        if verb not in (":predict", ":classify", ":regress"):
+            raise NotFound(
+                f"unsupported verb {verb or '(none)'!r}; POST /v1/models/<name>:predict "
+                "(or :classify, :regress)"
+            )
         body = parse_json(await read_body(request, self._limit))
         if not isinstance(body, dict):
             raise InvalidArgument("the request body must be a JSON object")
-        signature_name = body.get("signature_name", DEFAULT_SIGNATURE) or DEFAULT_SIGNATURE
-        if signature_name != DEFAULT_SIGNATURE:
-            raise InvalidArgument(
-                f"serving signature {signature_name!r} not found; this model has "
-                f"{DEFAULT_SIGNATURE!r}"
-            )
-        signature = self._dataplane.signature(ref)
+        signature_name = body.get("signature_name") or DEFAULT_SIGNATURE
+        if not isinstance(signature_name, str):
+            raise InvalidArgument("'signature_name' must be a string")
+        if verb != ":predict":
+            return await self._classify_or_regress(ref, verb, body, signature_name)
+        signature = self._dataplane.signature(ref, signature_name)
         if "instances" in body and "inputs" in body:
             raise InvalidArgument(
                 "give either 'instances' (row format) or 'inputs' (columnar), not both"
             )
         if "instances" in body:
             inputs = decode_instances(body["instances"], signature)
-            result = await self._dataplane.infer(ref, inputs)
+            result = await self._dataplane.infer(ref, inputs, signature_name=signature_name)
             return JSONResponse({"predictions": encode_predictions(result, signature)})
         if "inputs" in body:
             inputs = decode_columnar(body["inputs"], signature)
-            result = await self._dataplane.infer(ref, inputs)
+            result = await self._dataplane.infer(ref, inputs, signature_name=signature_name)
             return JSONResponse({"outputs": encode_outputs(result)})
         raise InvalidArgument(
             "the request has neither 'instances' nor 'inputs'; send "
             '{"instances": [...]} (row format) or {"inputs": ...} (columnar)'
         )
+
+    async def _classify_or_regress(
+        self, ref: ModelRef, verb: str, body: dict[str, Any], signature_name: str
+    ) -> Response:
+        """TF Serving's ``{"examples": [...], "context": {...}}`` -> ``{"result": [...]}``."""
+        examples = tfexamples.examples_from_json(body.get("examples"), body.get("context"))
+        if verb == ":classify":
+            _, classes = await tfexamples.classify(self._dataplane, ref, examples, signature_name)
+            return JSONResponse({"result": tfexamples.classification_json(classes)})
+        _, values = await tfexamples.regress(self._dataplane, ref, examples, signature_name)
+        return JSONResponse({"result": values})
 
     def _status(self, ref: ModelRef) -> dict[str, Any]:
         return {
@@ -145,11 +158,14 @@ class _TFServingAPI:
             "metadata": {
                 "signature_def": {
                     "signature_def": {
-                        DEFAULT_SIGNATURE: {
-                            "inputs": {s.name: _tensor_info(s) for s in meta.signature.inputs},
-                            "outputs": {s.name: _tensor_info(s) for s in meta.signature.outputs},
-                            "method_name": PREDICT_METHOD,
+                        name: {
+                            "inputs": {s.name: _tensor_info(s) for s in signature.inputs},
+                            "outputs": {s.name: _tensor_info(s) for s in signature.outputs},
+                            "method_name": signature.method.value,
                         }
+                        for name, signature in (
+                            meta.signatures or {DEFAULT_SIGNATURE: meta.signature}
+                        ).items()
                     }
                 }
             },

@@ -1,0 +1,271 @@
+"""The front end's side of one worker process: spawn it, talk to it, notice at once when it dies.
+
+``WorkerProcess`` is one incarnation of a worker (a restart makes a new one). It owns the child
+process and the parent's end of a Unix socketpair; one asyncio reader task routes replies to the
+waiting requests by request id. When the stream ends (the worker exited, crashed or was killed)
+every request in flight fails at once with ``WorkerDied`` (an ``Unavailable``: 503 /
+UNAVAILABLE), and ``on_exit`` is called once with the reason.
+
+``WorkerServable`` is what the registry holds for a model in a worker: a ``Servable`` whose
+calls go to a ``ModelHost`` (the supervisor's per-device worker), so the same servable keeps
+working across restarts of the process behind it.
+
+Async safety: everything here runs on the server's event loop; nothing is thread-safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from typing import Protocol
+
+import numpy as np
+
+from modelyard.errors import Internal, Unavailable
+from modelyard.ids import VersionKey
+from modelyard.tensors import Signature
+from modelyard.workers.protocol import (
+    LEN_BYTES,
+    PREFIX_BYTES,
+    Error,
+    Hello,
+    Message,
+    ProtocolError,
+    Shutdown,
+    buffer_len,
+    decode,
+    encode,
+    split_prefix,
+)
+
+log = logging.getLogger(__name__)
+
+
+class WorkerDied(Unavailable):
+    """The worker process ended while a request was in flight (or before it was sent)."""
+
+
+class ModelHost(Protocol):
+    """Where a ``WorkerServable`` sends its calls: the supervisor's worker for one device."""
+
+    async def infer(
+        self, key: VersionKey, inputs: Mapping[str, np.ndarray]
+    ) -> dict[str, np.ndarray]: ...
+
+    async def unload(self, key: VersionKey) -> None: ...
+
+
+class WorkerServable:
+    """A model version loaded in a worker process, as a ``Servable``."""
+
+    def __init__(self, host: ModelHost, key: VersionKey, signature: Signature) -> None:
+        self._host = host
+        self._key = key
+        self._signature = signature
+
+    @property
+    def signature(self) -> Signature:
+        return self._signature
+
+    async def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return await self._host.infer(self._key, inputs)
+
+    async def close(self) -> None:
+        await self._host.unload(self._key)
+
+
+ExitCallback = Callable[["WorkerProcess", str], None]
+
+
+class WorkerProcess:
+    """One running worker process for one device, and the requests in flight to it."""
+
+    def __init__(
+        self,
+        device: str,
+        target: str,
+        *,
+        memory_cap_bytes: int = 0,
+        infer_threads: int = 4,
+        on_exit: ExitCallback | None = None,
+    ) -> None:
+        self.device = device
+        self.target = target
+        self._cap = memory_cap_bytes
+        self._threads = infer_threads
+        self._on_exit = on_exit
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[Message]] = {}
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._dead: str | None = None
+        self._stopping = False
+        self.started_at = 0.0
+        self.hello: Hello | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def alive(self) -> bool:
+        return self._dead is None and self._proc is not None
+
+    async def start(self, wait_s: float = 60.0) -> None:
+        """Spawn the process and wait for its HELLO; Unavailable when it does not come."""
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        env = dict(os.environ)
+        if self.target.startswith("cuda"):
+            # Pinned before the interpreter starts; worker.main sets it again before imports.
+            env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+            env["CUDA_VISIBLE_DEVICES"] = self.target.partition(":")[2] or "0"
+        else:
+            env["CUDA_VISIBLE_DEVICES"] = ""
+        argv = [
+            sys.executable,
+            "-m",
+            "modelyard.workers.worker",
+            f"--fd={child.fileno()}",
+            f"--device={self.device}",
+            f"--target={self.target}",
+            f"--memory-cap-bytes={self._cap}",
+            f"--infer-threads={self._threads}",
+        ]
+        try:
+            # exec right after fork (subprocess), so no thread of this process runs in the child;
+            # Popen returns once the exec happened (milliseconds), so the loop is barely held.
+            self._proc = subprocess.Popen(  # noqa: ASYNC220
+                argv, pass_fds=(child.fileno(),), env=env, stdin=subprocess.DEVNULL
+            )
+        finally:
+            child.close()
+        self.started_at = time.monotonic()
+        self._reader, self._writer = await asyncio.open_unix_connection(sock=parent)
+        try:
+            first = await asyncio.wait_for(self._read_message(), wait_s)
+        except (TimeoutError, asyncio.IncompleteReadError, ProtocolError) as exc:
+            self.kill()
+            raise Unavailable(
+                f"worker for device {self.device} did not start ({type(exc).__name__}); "
+                f"{self._exit_status()}"
+            ) from exc
+        if not isinstance(first, Hello):
+            self.kill()
+            raise Unavailable(f"worker for device {self.device} sent {first.KIND.name} first")
+        self.hello = first
+        self._task = asyncio.create_task(self._read_loop(), name=f"worker-{self.device}")
+
+    async def request(self, message_of: Callable[[int], Message]) -> Message:
+        """Send the message built for a fresh request id; return the reply.
+
+        Raises the worker's error as a ModelyardError (from its (code, message)), or WorkerDied.
+        """
+        if self._dead is not None or self._writer is None:
+            raise WorkerDied(self._dead or f"worker for device {self.device} is not running")
+        request_id = next(self._ids)
+        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        try:
+            self._writer.writelines(encode(message_of(request_id)))
+            await self._writer.drain()
+            reply = await future
+        except (ConnectionError, OSError) as exc:
+            raise WorkerDied(self._dead or f"worker for {self.device}: {exc}") from exc
+        finally:
+            self._pending.pop(request_id, None)
+        if isinstance(reply, Error):
+            raise reply.exception()
+        return reply
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._pending)
+
+    async def stop(self, wait_s: float = 10.0) -> None:
+        """Ask the worker to unload and exit; kill it when it does not within ``wait_s``."""
+        self._stopping = True
+        if self.alive:
+            try:
+                await asyncio.wait_for(self.request(lambda rid: Shutdown(rid)), wait_s)
+            except (TimeoutError, Unavailable, Internal) as exc:
+                log.warning("worker %s did not shut down cleanly: %s", self.device, exc)
+        await self._wait_exit(wait_s)
+        if self._proc is not None and self._proc.poll() is None:
+            self.kill()
+            await self._wait_exit(5.0)
+        if self._writer is not None:
+            self._writer.close()
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def kill(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGKILL)
+
+    # -- reading -------------------------------------------------------------------------
+
+    async def _read_message(self) -> Message:
+        assert self._reader is not None
+        header_len, n_buffers = split_prefix(await self._reader.readexactly(PREFIX_BYTES))
+        header = await self._reader.readexactly(header_len)
+        buffers = []
+        for _ in range(n_buffers):
+            size = buffer_len(await self._reader.readexactly(LEN_BYTES))
+            buffers.append(await self._reader.readexactly(size))
+        return decode(header, buffers)
+
+    async def _read_loop(self) -> None:
+        reason = ""
+        try:
+            while True:
+                message = await self._read_message()
+                future = self._pending.get(message.request_id)
+                if future is not None and not future.done():
+                    future.set_result(message)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            reason = "its connection closed"
+        except ProtocolError as exc:
+            reason = f"it sent a malformed frame ({exc})"
+            self.kill()
+        # Fail what is in flight now; the exit status comes a moment later.
+        self._dead = f"worker for device {self.device} (pid {self.pid}) stopped: {reason}"
+        self._fail_pending(self._dead)
+        await self._wait_exit(2.0)
+        self._dead = f"worker for device {self.device} (pid {self.pid}) {self._exit_status()}"
+        if self._writer is not None:
+            self._writer.close()
+        if not self._stopping and self._on_exit is not None:
+            self._on_exit(self, self._dead)
+
+    def _fail_pending(self, reason: str) -> None:
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(WorkerDied(reason))
+
+    async def _wait_exit(self, wait_s: float) -> None:
+        deadline = time.monotonic() + wait_s
+        while self._proc is not None and self._proc.poll() is None:
+            if time.monotonic() > deadline:
+                return
+            await asyncio.sleep(0.01)
+
+    def _exit_status(self) -> str:
+        code = self._proc.poll() if self._proc is not None else None
+        if code is None:
+            return "has not exited"
+        if code < 0:
+            try:
+                return f"was killed by {signal.Signals(-code).name}"
+            except ValueError:
+                return f"was killed by signal {-code}"
+        return f"exited with code {code}"

@@ -1,0 +1,257 @@
+"""What runs inside a worker process: the models of one device, behind one socket.
+
+``WorkerHost`` is created by ``worker.main`` after the device is pinned. Ownership: it owns the
+socket and every model it loads; the front end only ever names models by (model, version).
+Thread safety: ``serve`` runs on the main thread; replies are sent from the load thread and the
+inference pool under ``_send_lock``; ``_models`` is written by the load thread only and read by
+the others (dict reads and single assignments are atomic in CPython).
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import logging
+import os
+import socket
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from modelyard.backends import LoadedModel, get_backend
+from modelyard.config.schema import Platform
+from modelyard.errors import Internal, ModelyardError, NotFound
+from modelyard.workers.protocol import (
+    Done,
+    Error,
+    Hello,
+    Infer,
+    Load,
+    Loaded,
+    Message,
+    Outputs,
+    Report,
+    Reported,
+    Shutdown,
+    Unload,
+    recv_message,
+    send_message,
+)
+
+log = logging.getLogger(__name__)
+
+# The framework each platform imports; imported before a load's baseline is taken, so the first
+# model of a framework is not charged for the framework's own memory.
+_FRAMEWORK: dict[Platform, str] = {
+    Platform.ONNX: "onnxruntime",
+    Platform.TORCH_EXPORT: "torch",
+    Platform.TORCHSCRIPT: "torch",
+    Platform.TENSORFLOW: "tensorflow",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class HeldModel:
+    """One loaded version and what its load measured."""
+
+    model: LoadedModel
+    platform: Platform
+    measured_bytes: int
+    placed_on: str
+
+
+class WorkerHost:
+    """Serves load/unload/infer/report requests for one device until shutdown or end of stream."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        *,
+        device: str,
+        target: str,
+        memory_cap_bytes: int = 0,
+        infer_threads: int = 4,
+    ) -> None:
+        self._sock = sock
+        self._device = device
+        self._target = target
+        self._cap = memory_cap_bytes
+        self._send_lock = threading.Lock()
+        self._models: dict[tuple[str, int], HeldModel] = {}
+        self._load_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="load")
+        self._infer_pool = ThreadPoolExecutor(infer_threads, thread_name_prefix="infer")
+        self._torch_capped = False
+        self._process = psutil.Process()
+
+    def serve(self) -> int:
+        """Read and dispatch requests; returns the exit code (0 after SHUTDOWN or end of stream)."""
+        self._send(Hello(0, os.getpid(), self._device, os.environ.get("CUDA_VISIBLE_DEVICES")))
+        while True:
+            message = recv_message(self._sock)
+            if message is None:  # the server is gone: nothing left to serve
+                return 0
+            if isinstance(message, Infer):
+                self._infer_pool.submit(self._guard, self._infer, message)
+            elif isinstance(message, Load):
+                self._load_pool.submit(self._guard, self._load, message)
+            elif isinstance(message, Unload):
+                self._load_pool.submit(self._guard, self._unload, message)
+            elif isinstance(message, Report):
+                self._send(Reported(message.request_id, self.report()))
+            elif isinstance(message, Shutdown):
+                # Let running inferences finish before their models go away.
+                self._infer_pool.shutdown(wait=True)
+                self._load_pool.submit(self._unload_all).result()
+                self._send(Done(message.request_id))
+                return 0
+            else:
+                self._send(Error.of(message.request_id, Internal(f"unexpected {message.KIND!r}")))
+
+    # -- requests ------------------------------------------------------------------------
+
+    def _guard(self, handler: Any, message: Message) -> None:
+        """Run ``handler``; any failure becomes an ERROR reply, never a dead worker."""
+        try:
+            handler(message)
+        except ModelyardError as exc:
+            self._send(Error.of(message.request_id, exc))
+        except Exception as exc:
+            log.exception("worker %s: %s failed", self._device, message.KIND.name)
+            self._send(Error.of(message.request_id, Internal(f"{type(exc).__name__}: {exc}")))
+
+    def _infer(self, message: Infer) -> None:
+        held = self._models.get((message.model, message.version))
+        if held is None:
+            raise NotFound(f"{message.model}:{message.version} is not loaded on {self._device}")
+        outputs = held.model.predict(message.tensors)
+        self._send(Outputs(message.request_id, outputs))
+
+    def _load(self, message: Load) -> None:
+        platform = Platform(message.platform)
+        backend = get_backend(platform)
+        self._prepare(platform)
+        before = self._used_bytes()
+        model = backend.load(Path(message.version_dir), message.target, message.declared)
+        measured = max(0, self._used_bytes() - before)
+        held = HeldModel(model, platform, measured, _placed_on(model))
+        self._models[(message.model, message.version)] = held
+        self._send(Loaded(message.request_id, model.signature, measured, held.placed_on))
+
+    def _unload(self, message: Unload) -> None:
+        held = self._models.pop((message.model, message.version), None)
+        if held is not None:
+            held.model.unload()
+            gc.collect()
+        self._send(Done(message.request_id))
+
+    def _unload_all(self) -> None:
+        for key in list(self._models):
+            held = self._models.pop(key)
+            try:
+                held.model.unload()
+            except Exception:
+                log.exception("worker %s: unloading %s:%s failed", self._device, *key)
+
+    def report(self) -> dict[str, Any]:
+        """What this process holds, as it sees it: the check that placement really happened."""
+        models = [
+            {
+                "model": name,
+                "version": version,
+                "platform": held.platform.value,
+                "measured_bytes": held.measured_bytes,
+                "placed_on": held.placed_on,
+            }
+            for (name, version), held in sorted(self._models.items())
+        ]
+        report: dict[str, Any] = {
+            "pid": os.getpid(),
+            "device": self._device,
+            "target": self._target,
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "rss_bytes": self._process.memory_info().rss,
+            "models": models,
+        }
+        if "torch" in sys.modules and self._target.startswith("cuda"):
+            import torch
+
+            if torch.cuda.is_available():
+                report["cuda_device_count"] = torch.cuda.device_count()
+                report["cuda_device_name"] = torch.cuda.get_device_name(0)
+                report["cuda_allocated_bytes"] = torch.cuda.memory_allocated(0)
+        return report
+
+    # -- memory --------------------------------------------------------------------------
+
+    def _prepare(self, platform: Platform) -> None:
+        framework = _FRAMEWORK.get(platform)
+        if framework is not None:
+            try:
+                importlib.import_module(framework)
+            except ImportError:
+                return  # backend.load says what to install
+        if framework == "torch" and self._target.startswith("cuda") and not self._torch_capped:
+            self._cap_torch()
+
+    def _cap_torch(self) -> None:
+        """Cap torch's allocator at the slice's size, before the first torch model loads."""
+        import torch
+
+        self._torch_capped = True
+        if self._cap and torch.cuda.is_available():
+            total = torch.cuda.get_device_properties(0).total_memory
+            torch.cuda.set_per_process_memory_fraction(min(1.0, self._cap / total), 0)
+
+    def _used_bytes(self) -> int:
+        """Memory this process holds on its device: GPU bytes on CUDA, RSS on the CPU."""
+        if self._target.startswith("cuda"):
+            if "torch" in sys.modules:
+                import torch
+
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize(0)
+                    return int(torch.cuda.memory_reserved(0))
+            return _nvml_process_bytes()
+        gc.collect()
+        return int(self._process.memory_info().rss)
+
+    def _send(self, message: Message) -> None:
+        with self._send_lock:
+            send_message(self._sock, message)
+
+
+def _placed_on(model: LoadedModel) -> str:
+    """Where the framework says the weights are: every parameter's device, or the session's."""
+    module = getattr(model, "module", None)
+    if module is not None:
+        devices = {str(t.device) for t in (*module.parameters(), *module.buffers())}
+        if devices:
+            return ",".join(sorted(devices))
+    providers = getattr(model, "providers", None)
+    device = getattr(model, "device", None)
+    if providers:
+        return f"{device} ({providers[0]})"
+    return str(device) if device is not None else "unknown"
+
+
+def _nvml_process_bytes() -> int:
+    """GPU bytes NVML charges to this process (ONNX Runtime on CUDA, no torch); 0 without NVML."""
+    try:
+        import pynvml  # type: ignore[import-not-found]
+    except ImportError:
+        return 0
+    try:
+        pynvml.nvmlInit()
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0] or "0"
+        handle = pynvml.nvmlDeviceGetHandleByIndex(int(visible))
+        for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
+            if proc.pid == os.getpid():
+                return int(proc.usedGpuMemory or 0)
+    except Exception:  # NVML is a measurement aid; no measurement is not an error
+        return 0
+    return 0

@@ -1,0 +1,106 @@
+"""``WorkerLoader``: the controller's ``Loader`` that loads each version in its device's worker.
+
+One ``DeviceWorker`` per plan device name, created on the first load for that name; loads on
+different devices run in parallel (the controller gathers them), loads on one device one at a
+time. After a successful load on a real device the measured footprint is recorded in the
+footprint cache (when one is given), so the next plan uses what the load really took.
+
+Ownership: the loader owns every worker process it started; ``aclose`` stops them all and
+returns only once they have exited. Async safety: one event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from modelyard.config.schema import DeviceKind
+from modelyard.errors import ModelyardError, NotFound
+from modelyard.lifecycle.controller import LoadRequest
+from modelyard.lifecycle.servable import Servable
+from modelyard.planner.footprints import FootprintCache
+from modelyard.workers.progress import LoadProgress
+from modelyard.workers.supervisor import DeviceWorker, ReplicaListener, RestartPolicy
+
+log = logging.getLogger(__name__)
+
+
+class WorkerLoader:
+    """Loads every model version in the worker process of its planned device."""
+
+    def __init__(
+        self,
+        *,
+        memory_caps: Mapping[str, int] | None = None,
+        policy: RestartPolicy | None = None,
+        progress: LoadProgress | None = None,
+        footprints: FootprintCache | None = None,
+        infer_threads: int = 4,
+    ) -> None:
+        """``memory_caps``: device name -> bytes, the per-process cap of a GPU slice."""
+        self._caps = dict(memory_caps or {})
+        self._policy = policy or RestartPolicy()
+        self._progress = progress
+        self._footprints = footprints
+        self._threads = infer_threads
+        self._listener: ReplicaListener | None = None
+        self._workers: dict[str, DeviceWorker] = {}
+
+    def attach(self, listener: ReplicaListener) -> None:
+        """Who hears about replicas leaving and rejoining service (the controller)."""
+        self._listener = listener
+        for worker in self._workers.values():
+            worker.listener = listener
+
+    async def load(self, request: LoadRequest) -> Servable:
+        name = request.device_name or request.device
+        worker = self._workers.get(name)
+        if worker is None:
+            worker = DeviceWorker(
+                name,
+                request.device,
+                memory_cap_bytes=self._caps.get(name, 0),
+                infer_threads=self._threads,
+                policy=self._policy,
+                listener=self._listener,
+            )
+            self._workers[name] = worker
+        try:
+            servable = await worker.load(request)
+        except ModelyardError as exc:
+            if self._progress is not None:
+                self._progress.finished(name, str(request.key), False, exc.message)
+            raise
+        if self._progress is not None:
+            self._progress.finished(name, str(request.key), True)
+        self._record(request, worker)
+        return servable
+
+    def _record(self, request: LoadRequest, worker: DeviceWorker) -> None:
+        measured = worker.status()["models"].get(str(request.key), {}).get("measured_bytes")
+        if self._footprints is None or not measured:
+            return
+        kind = DeviceKind.CUDA if request.device.startswith("cuda") else DeviceKind.CPU
+        try:
+            self._footprints.record_measured(request.version_dir, int(measured), kind)
+        except OSError as exc:  # the cache is an optimisation, never a reason to fail a load
+            log.warning("could not record the footprint of %s: %s", request.key, exc)
+
+    @property
+    def workers(self) -> Mapping[str, DeviceWorker]:
+        return dict(self._workers)
+
+    async def report(self, device: str) -> dict[str, Any]:
+        """The named device's worker's own report (``WorkerHost.report``)."""
+        worker = self._workers.get(device)
+        if worker is None:
+            raise NotFound(f"no worker for device {device!r}; devices: {', '.join(self._workers)}")
+        return await worker.report()
+
+    async def aclose(self, wait_s: float = 10.0) -> None:
+        """Stop every worker (they unload and exit; killed after ``wait_s``)."""
+        if self._progress is not None:
+            self._progress.close()
+        await asyncio.gather(*(w.stop(wait_s) for w in self._workers.values()))

@@ -1,0 +1,355 @@
+"""Typed messages between the front end and a worker process, and how they are framed.
+
+A frame is::
+
+    u32 header_len | u32 n_buffers | header (JSON, UTF-8) | n_buffers x (u64 len | bytes)
+
+The header names the message kind, its scalar fields and, for messages that carry tensors, each
+tensor's name, datatype and shape; the tensor bytes follow as raw buffers (C order, native
+little-endian). BYTES tensors travel as the KServe layout (u32 length + bytes per element). So
+nothing is pickled: a worker never unpickles data a client sent, and neither does the front end.
+Errors travel as ``(code, message)`` (``ModelyardError.to_wire``).
+
+Every request from the front end carries a ``request_id`` the reply repeats; replies may come back
+in any order (the worker runs inferences concurrently).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import socket
+import struct
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from modelyard.errors import InvalidArgument, ModelyardError
+from modelyard.tensors import DataType, Signature, TensorSpec
+
+_PREFIX = struct.Struct("<II")
+_LEN = struct.Struct("<Q")
+_ELEM = struct.Struct("<I")
+MAX_HEADER_BYTES = 16 * 1024 * 1024
+"""A header larger than this is a corrupt stream, not a message."""
+
+
+class MessageKind(enum.IntEnum):
+    """Every message that crosses the pipe. Front end -> worker unless marked."""
+
+    HELLO = 1  # worker -> front end, once, before any framework is imported
+    LOAD = 2
+    LOADED = 3  # worker -> front end
+    UNLOAD = 4
+    DONE = 5  # worker -> front end: an UNLOAD or SHUTDOWN finished
+    INFER = 6
+    OUTPUTS = 7  # worker -> front end
+    ERROR = 8  # worker -> front end: a request failed with (code, message)
+    REPORT = 9
+    REPORTED = 10  # worker -> front end
+    SHUTDOWN = 11
+
+
+class ProtocolError(Exception):
+    """The byte stream is not a sequence of frames: a bug or a dying peer, never a client error."""
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """Base of every message. ``kind`` is a class constant; fields are JSON scalars or lists."""
+
+    KIND: ClassVar[MessageKind]
+    request_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Hello(Message):
+    KIND = MessageKind.HELLO
+    pid: int
+    device: str
+    cuda_visible_devices: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Load(Message):
+    """Load one model version; ``target`` is the device as the worker sees it (cpu, cuda:0)."""
+
+    KIND = MessageKind.LOAD
+    model: str
+    version: int
+    version_dir: str
+    platform: str
+    target: str
+    declared: Signature | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded(Message):
+    """A load succeeded. ``measured_bytes``: memory the load added (RSS, or GPU bytes on CUDA);
+    ``placed_on``: where the framework says the weights are (``cuda:0``, ``cpu``)."""
+
+    KIND = MessageKind.LOADED
+    signature: Signature
+    measured_bytes: int
+    placed_on: str
+
+
+@dataclass(frozen=True, slots=True)
+class Unload(Message):
+    KIND = MessageKind.UNLOAD
+    model: str
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class Done(Message):
+    KIND = MessageKind.DONE
+
+
+@dataclass(frozen=True, slots=True)
+class Infer(Message):
+    KIND = MessageKind.INFER
+    model: str
+    version: int
+    tensors: Mapping[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Outputs(Message):
+    KIND = MessageKind.OUTPUTS
+    tensors: Mapping[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Error(Message):
+    KIND = MessageKind.ERROR
+    code: str
+    message: str
+
+    @staticmethod
+    def of(request_id: int, exc: ModelyardError) -> Error:
+        code, message = exc.to_wire()
+        return Error(request_id, code, message)
+
+    def exception(self) -> ModelyardError:
+        return ModelyardError.from_wire(self.code, self.message)
+
+
+@dataclass(frozen=True, slots=True)
+class Report(Message):
+    KIND = MessageKind.REPORT
+
+
+@dataclass(frozen=True, slots=True)
+class Reported(Message):
+    """What a worker holds, as it sees it (pid, device, CUDA_VISIBLE_DEVICES, models)."""
+
+    KIND = MessageKind.REPORTED
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Shutdown(Message):
+    KIND = MessageKind.SHUTDOWN
+
+
+_CLASSES: dict[MessageKind, type[Message]] = {
+    cls.KIND: cls
+    for cls in (
+        Hello,
+        Load,
+        Loaded,
+        Unload,
+        Done,
+        Infer,
+        Outputs,
+        Error,
+        Report,
+        Reported,
+        Shutdown,
+    )
+}
+_SIGNATURE_FIELDS = frozenset({"signature", "declared"})
+
+
+# -- signatures as JSON ------------------------------------------------------------------
+
+
+def signature_to_json(signature: Signature) -> dict[str, list[list[Any]]]:
+    def specs(items: Sequence[TensorSpec]) -> list[list[Any]]:
+        return [[s.name, s.datatype.value, list(s.shape)] for s in items]
+
+    return {"inputs": specs(signature.inputs), "outputs": specs(signature.outputs)}
+
+
+def signature_from_json(data: Mapping[str, Any]) -> Signature:
+    def specs(items: Iterable[Any]) -> tuple[TensorSpec, ...]:
+        return tuple(TensorSpec(n, DataType(d), tuple(int(x) for x in s)) for n, d, s in items)
+
+    return Signature(specs(data["inputs"]), specs(data["outputs"]))
+
+
+# -- tensors as raw buffers --------------------------------------------------------------
+
+
+def tensor_buffers(array: np.ndarray) -> tuple[list[Any], list[memoryview | bytes]]:
+    """``[datatype, shape]`` and the raw buffer of one array (no copy when it is contiguous)."""
+    if array.dtype.byteorder == ">":  # the wire is little-endian, like every host we run on
+        array = array.astype(array.dtype.newbyteorder("<"))
+    datatype = DataType.from_numpy(array.dtype)
+    shape = list(array.shape)
+    if datatype is DataType.BYTES:
+        parts: list[bytes] = []
+        for item in array.reshape(-1):
+            raw = item.encode() if isinstance(item, str) else bytes(item)
+            parts.append(_ELEM.pack(len(raw)))
+            parts.append(raw)
+        return [datatype.value, shape], [b"".join(parts)]
+    contiguous = np.ascontiguousarray(array)
+    return [datatype.value, shape], [contiguous.reshape(-1).data.cast("B")]
+
+
+def tensor_from_buffer(meta: Sequence[Any], buffer: bytes | bytearray | memoryview) -> np.ndarray:
+    """Rebuild one array from its ``[datatype, shape]`` and raw buffer; ProtocolError if they
+    disagree (so a bad frame never turns into a wrong answer)."""
+    datatype = DataType(meta[0])
+    shape = tuple(int(d) for d in meta[1])
+    count = int(np.prod(shape, dtype=np.int64))
+    if datatype is DataType.BYTES:
+        view = memoryview(buffer)
+        items: list[bytes] = []
+        offset = 0
+        while offset < len(view):
+            (n,) = _ELEM.unpack_from(view, offset)
+            items.append(bytes(view[offset + 4 : offset + 4 + n]))
+            offset += 4 + n
+        if len(items) != count or offset != len(view):
+            raise ProtocolError(f"BYTES tensor holds {len(items)} elements, shape says {count}")
+        out = np.empty(count, dtype=object)
+        out[:] = items
+        return out.reshape(shape)
+    dtype = datatype.numpy
+    if len(buffer) != count * dtype.itemsize:
+        raise ProtocolError(f"{datatype.value} {list(shape)} needs {count * dtype.itemsize} bytes")
+    return np.frombuffer(buffer, dtype=dtype).reshape(shape)
+
+
+# -- frames ------------------------------------------------------------------------------
+
+
+def encode(message: Message) -> list[bytes | memoryview]:
+    """The frame of ``message`` as a list of parts, for ``sendmsg``/``writelines`` (no join)."""
+    fields: dict[str, Any] = {}
+    buffers: list[bytes | memoryview] = []
+    tensors: list[list[Any]] = []
+    for f in dataclasses.fields(message):
+        value = getattr(message, f.name)
+        if f.name == "tensors":
+            for name, array in value.items():
+                meta, bufs = tensor_buffers(array)
+                tensors.append([name, *meta])
+                buffers.extend(bufs)
+        elif f.name in _SIGNATURE_FIELDS and value is not None:
+            fields[f.name] = signature_to_json(value)
+        else:
+            fields[f.name] = value
+    header = json.dumps({"k": int(message.KIND), "f": fields, "t": tensors}).encode()
+    parts: list[bytes | memoryview] = [_PREFIX.pack(len(header), len(buffers)), header]
+    for buf in buffers:
+        parts.append(_LEN.pack(len(buf) if isinstance(buf, bytes) else buf.nbytes))
+        parts.append(buf)
+    return parts
+
+
+def decode(header: bytes, buffers: Sequence[bytes | bytearray | memoryview]) -> Message:
+    """The message of a frame's header and buffers; ProtocolError when they do not make one."""
+    try:
+        data = json.loads(header)
+        cls = _CLASSES[MessageKind(data["k"])]
+        fields = dict(data["f"])
+        for name in _SIGNATURE_FIELDS & fields.keys():
+            if fields[name] is not None:
+                fields[name] = signature_from_json(fields[name])
+        metas = data["t"]
+        if len(metas) != len(buffers):
+            raise ProtocolError(f"{len(metas)} tensors described, {len(buffers)} buffers sent")
+        if metas or "tensors" in {f.name for f in dataclasses.fields(cls)}:
+            fields["tensors"] = {
+                m[0]: tensor_from_buffer(m[1:], b) for m, b in zip(metas, buffers, strict=True)
+            }
+        return cls(**fields)
+    except ProtocolError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, InvalidArgument) as exc:
+        raise ProtocolError(f"malformed frame: {type(exc).__name__}: {exc}") from exc
+
+
+def split_prefix(prefix: bytes) -> tuple[int, int]:
+    """``(header_len, n_buffers)`` of a frame's first 8 bytes."""
+    header_len, n_buffers = _PREFIX.unpack(prefix)
+    if header_len > MAX_HEADER_BYTES:
+        raise ProtocolError(f"frame header of {header_len} bytes")
+    return header_len, n_buffers
+
+
+PREFIX_BYTES = _PREFIX.size
+LEN_BYTES = _LEN.size
+
+
+def buffer_len(raw: bytes) -> int:
+    (n,) = _LEN.unpack(raw)
+    return int(n)
+
+
+# -- blocking sockets (the worker's side) ------------------------------------------------
+
+
+def send_message(sock: socket.socket, message: Message) -> None:
+    """Write one frame with scatter/gather ``sendmsg`` (tensor buffers are not copied).
+
+    Not thread-safe: callers that send from several threads hold one lock around it.
+    """
+    parts = [memoryview(p).cast("B") for p in encode(message)]
+    while parts:
+        sent = sock.sendmsg(parts)
+        while parts and sent >= parts[0].nbytes:
+            sent -= parts[0].nbytes
+            parts.pop(0)
+        if sent:
+            parts[0] = parts[0][sent:]
+
+
+def recv_message(sock: socket.socket) -> Message | None:
+    """Read one frame; None at a clean end of stream (the peer closed or died)."""
+    prefix = _recv_exactly(sock, PREFIX_BYTES)
+    if prefix is None:
+        return None
+    header_len, n_buffers = split_prefix(bytes(prefix))
+    header = _recv_exactly(sock, header_len)
+    if header is None:
+        raise ProtocolError("stream ended inside a frame")
+    buffers: list[bytearray] = []
+    for _ in range(n_buffers):
+        raw = _recv_exactly(sock, LEN_BYTES)
+        body = _recv_exactly(sock, buffer_len(bytes(raw))) if raw is not None else None
+        if body is None:
+            raise ProtocolError("stream ended inside a frame")
+        buffers.append(body)  # a bytearray, so the arrays built on it are writable
+    return decode(bytes(header), buffers)
+
+
+def _recv_exactly(sock: socket.socket, n: int) -> bytearray | None:
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = sock.recv_into(view[got:])
+        if k == 0:
+            if got == 0:
+                return None
+            raise ProtocolError("stream ended inside a frame")
+        got += k
+    return buf

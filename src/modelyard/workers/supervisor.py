@@ -1,0 +1,367 @@
+"""Supervision of one device's worker: restart with capped backoff, reload, give up on a culprit.
+
+``DeviceWorker`` is the long-lived object for one plan device (``sim0``, ``gpu1``); the process
+behind it (``WorkerProcess``) is replaced on every restart. Its states::
+
+    STARTING ──> READY ──(process died)──> RESTARTING ──> READY
+        │                                      │
+        └──(cannot start, N tries)──> FAILED <─┘          any ──(stop)──> STOPPED
+
+What happens when a worker dies:
+
+- every request in flight to it fails at once with ``WorkerDied`` (503 / UNAVAILABLE), and new
+  requests for its models get Unavailable until they are reloaded (the listener takes their
+  replicas out of rotation);
+- it is restarted after ``RestartPolicy.delay`` (doubling, capped) and its models reloaded;
+- blame: a death during a load is charged to the one model loading (loads are serialised per
+  device, so there is exactly one); a death while serving to the models with requests in flight.
+  A model charged ``max_crashes`` times in a row is given up: FAILED, with the reason. Deaths
+  after ``stable_seconds`` of uptime start the count afresh.
+
+Async safety: one event loop; the listener is called on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from modelyard.errors import ModelyardError, Unavailable
+from modelyard.ids import VersionKey
+from modelyard.lifecycle.controller import LoadRequest
+from modelyard.workers.client import WorkerDied, WorkerProcess, WorkerServable
+from modelyard.workers.protocol import Infer, Load, Loaded, Outputs, Report, Reported, Unload
+
+log = logging.getLogger(__name__)
+
+
+class WorkerState(enum.Enum):
+    STARTING = "starting"
+    READY = "ready"
+    RESTARTING = "restarting"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True, slots=True)
+class RestartPolicy:
+    """How hard to try. Delays double from ``initial_delay_s`` up to ``max_delay_s``."""
+
+    initial_delay_s: float = 0.2
+    max_delay_s: float = 30.0
+    max_crashes: int = 3
+    """A model charged with this many worker deaths in a row is given up."""
+    max_start_failures: int = 5
+    """Consecutive failed spawns (no HELLO) before the device is FAILED."""
+    stable_seconds: float = 60.0
+    """A worker up this long has recovered: its next death starts the counts afresh."""
+    start_timeout_s: float = 60.0
+
+    def delay(self, consecutive_deaths: int) -> float:
+        return float(
+            min(self.max_delay_s, self.initial_delay_s * 2 ** max(0, consecutive_deaths - 1))
+        )
+
+
+class ReplicaListener(Protocol):
+    """Told when a replica on a worker leaves or rejoins service; the controller implements it."""
+
+    def replica_down(self, key: VersionKey, device: str, reason: str) -> None: ...
+
+    def replica_up(self, key: VersionKey, device: str) -> None: ...
+
+    def replica_failed(self, key: VersionKey, device: str, reason: str) -> None: ...
+
+
+@dataclass(eq=False)
+class _Slot:
+    """A model version this device should hold."""
+
+    request: LoadRequest
+    servable: WorkerServable | None = None
+    loaded: bool = False
+    measured_bytes: int | None = None
+    placed_on: str = ""
+    crashes: int = 0
+    in_flight: int = 0
+
+
+class DeviceWorker:
+    """The supervised worker of one device; also the ``ModelHost`` of its models' servables."""
+
+    def __init__(
+        self,
+        name: str,
+        target: str,
+        *,
+        memory_cap_bytes: int = 0,
+        infer_threads: int = 4,
+        policy: RestartPolicy | None = None,
+        listener: ReplicaListener | None = None,
+    ) -> None:
+        self.name = name
+        self.target = target
+        self._cap = memory_cap_bytes
+        self._threads = infer_threads
+        self.policy = policy or RestartPolicy()
+        self.listener = listener
+        self.state = WorkerState.STARTING
+        self.restarts = 0
+        self.last_exit = ""
+        self._proc: WorkerProcess | None = None
+        self._slots: dict[VersionKey, _Slot] = {}
+        self._load_lock = asyncio.Lock()
+        self._ready = asyncio.Event()
+        self._start_lock = asyncio.Lock()
+        self._deaths = 0
+        self._restart_task: asyncio.Task[None] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None and self._proc.alive else None
+
+    # -- loading -------------------------------------------------------------------------
+
+    async def load(self, request: LoadRequest) -> WorkerServable:
+        """Load ``request`` in this device's worker (starting it first if needed).
+
+        Retries when the worker dies during this load, until the model has been charged
+        ``max_crashes`` deaths; then raises Unavailable with the reason. A load error the worker
+        reports (corrupt file, missing extra) is raised as is.
+        """
+        slot = self._slots.setdefault(request.key, _Slot(request))
+        try:
+            await self._ensure_started()
+            while True:
+                await self._wait_ready()
+                try:
+                    async with self._load_lock:
+                        await self._load_slot(slot)
+                    break
+                except WorkerDied as exc:
+                    slot.crashes += 1
+                    if slot.crashes >= self.policy.max_crashes:
+                        raise Unavailable(self._given_up(request.key, slot, exc.message)) from exc
+        except BaseException:
+            if self._slots.get(request.key) is slot:
+                del self._slots[request.key]  # nothing to reload after a restart
+            raise
+        assert slot.servable is not None
+        return slot.servable
+
+    async def _load_slot(self, slot: _Slot) -> None:
+        proc = self._proc
+        if proc is None or not proc.alive:
+            raise WorkerDied(self.last_exit or f"worker for device {self.name} is not running")
+        r = slot.request
+        reply = await proc.request(
+            lambda rid: Load(
+                rid, r.key.model, r.key.version, str(r.version_dir), r.platform.value,
+                _worker_target(self.target), r.declared,
+            )
+        )  # fmt: skip
+        assert isinstance(reply, Loaded)
+        slot.measured_bytes = reply.measured_bytes
+        slot.placed_on = reply.placed_on
+        if slot.servable is None:
+            slot.servable = WorkerServable(self, r.key, reply.signature)
+        slot.loaded = True
+
+    def _given_up(self, key: VersionKey, slot: _Slot, last: str) -> str:
+        reason = (
+            f"given up: its load crashed the worker of device {self.name} "
+            f"{slot.crashes} times in a row (last: {last})"
+        )
+        log.error("%s %s", key, reason)
+        return reason
+
+    # -- serving (ModelHost) -------------------------------------------------------------
+
+    async def infer(
+        self, key: VersionKey, inputs: Mapping[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
+        slot = self._slots.get(key)
+        proc = self._proc
+        if slot is None or not slot.loaded or proc is None or self.state is not WorkerState.READY:
+            why = f": {self.last_exit}" if self.last_exit else ""
+            raise Unavailable(
+                f"model {key.model!r} version {key.version} is not loaded on device {self.name} "
+                f"right now (worker {self.state.value}{why})"
+            )
+        slot.in_flight += 1
+        try:
+            reply = await proc.request(lambda rid: Infer(rid, key.model, key.version, inputs))
+        finally:
+            slot.in_flight -= 1
+        assert isinstance(reply, Outputs)
+        return dict(reply.tensors)
+
+    async def unload(self, key: VersionKey) -> None:
+        slot = self._slots.pop(key, None)
+        proc = self._proc
+        if slot is None or not slot.loaded or proc is None or not proc.alive:
+            return
+        async with self._load_lock:
+            with contextlib.suppress(WorkerDied):  # a dead worker has nothing left to unload
+                await proc.request(lambda rid: Unload(rid, key.model, key.version))
+
+    async def report(self) -> dict[str, Any]:
+        """The worker's own account of what it holds (see ``WorkerHost.report``)."""
+        proc = self._proc
+        if proc is None or not proc.alive:
+            raise Unavailable(f"worker for device {self.name} is {self.state.value}")
+        reply = await proc.request(lambda rid: Report(rid))
+        assert isinstance(reply, Reported)
+        return reply.report
+
+    def status(self) -> dict[str, Any]:
+        """This device's worker as the status API shows it."""
+        return {
+            "pid": self.pid,
+            "state": self.state.value,
+            "restarts": self.restarts,
+            "last_exit": self.last_exit or None,
+            "models": {
+                str(key): {
+                    "loaded": slot.loaded,
+                    "measured_bytes": slot.measured_bytes,
+                    "placed_on": slot.placed_on or None,
+                    "crashes": slot.crashes,
+                }
+                for key, slot in sorted(self._slots.items())
+            },
+        }
+
+    # -- process lifecycle ---------------------------------------------------------------
+
+    async def _ensure_started(self) -> None:
+        async with self._start_lock:
+            if self._proc is None and self.state is WorkerState.STARTING:
+                await self._spawn_until_up()
+
+    async def _wait_ready(self) -> None:
+        await self._ready.wait()
+        if self.state is not WorkerState.READY:
+            raise Unavailable(
+                f"worker for device {self.name} is {self.state.value}: {self.last_exit}"
+            )
+
+    async def _spawn_until_up(self) -> None:
+        """Start a process, retrying with backoff; FAILED after ``max_start_failures``."""
+        failures = 0
+        while self.state not in (WorkerState.STOPPED, WorkerState.FAILED):
+            proc = WorkerProcess(
+                self.name,
+                self.target,
+                memory_cap_bytes=self._cap,
+                infer_threads=self._threads,
+                on_exit=self._on_exit,
+            )
+            try:
+                await proc.start(self.policy.start_timeout_s)
+            except (ModelyardError, OSError) as exc:
+                failures += 1
+                self.last_exit = str(exc)
+                log.error("device %s: %s", self.name, exc)
+                if failures >= self.policy.max_start_failures:
+                    self._fail(f"worker for device {self.name} could not start: {exc}")
+                    return
+                await asyncio.sleep(self.policy.delay(failures))
+                continue
+            self._proc = proc
+            self.state = WorkerState.READY
+            self._ready.set()
+            log.info("device %s: worker pid %s ready", self.name, proc.pid)
+            return
+
+    def _on_exit(self, proc: WorkerProcess, reason: str) -> None:
+        if proc is not self._proc or self.state in (WorkerState.STOPPED, WorkerState.FAILED):
+            return
+        log.error("device %s: %s; restarting", self.name, reason)
+        if time.monotonic() - proc.started_at >= self.policy.stable_seconds:
+            self._deaths = 0
+            for slot in self._slots.values():
+                slot.crashes = 0
+        self._deaths += 1
+        self.state = WorkerState.RESTARTING
+        self.last_exit = reason
+        self._ready.clear()
+        self._proc = None
+        for key, slot in self._slots.items():
+            if slot.in_flight:
+                slot.crashes += 1
+            if slot.loaded:
+                slot.loaded = False
+                if self.listener is not None:
+                    self.listener.replica_down(key, self.name, reason)
+        self._restart_task = asyncio.get_running_loop().create_task(self._restart())
+
+    async def _restart(self) -> None:
+        await asyncio.sleep(self.policy.delay(self._deaths))
+        if self.state is not WorkerState.RESTARTING:
+            return
+        self.restarts += 1
+        await self._spawn_until_up()
+        state: WorkerState = self.state  # changed by the await above
+        if state is not WorkerState.READY:
+            return
+        async with self._load_lock:
+            for key, slot in list(self._slots.items()):
+                if slot.servable is None:
+                    continue  # a first load in progress: its own load() retries it
+                if slot.crashes >= self.policy.max_crashes:
+                    self._give_up(key, slot, self.last_exit)
+                    continue
+                try:
+                    await self._load_slot(slot)
+                except WorkerDied:
+                    slot.crashes += 1  # died reloading this one: _on_exit schedules the next try
+                    return
+                except ModelyardError as exc:
+                    self._slots.pop(key, None)
+                    if self.listener is not None:
+                        self.listener.replica_failed(
+                            key, self.name, f"reload failed: {exc.message}"
+                        )
+                    continue
+                if self.listener is not None:
+                    self.listener.replica_up(key, self.name)
+        log.info("device %s: worker pid %s serving again", self.name, self.pid)
+
+    def _give_up(self, key: VersionKey, slot: _Slot, last: str) -> None:
+        self._slots.pop(key, None)
+        if self.listener is not None:
+            self.listener.replica_failed(key, self.name, self._given_up(key, slot, last))
+
+    def _fail(self, reason: str) -> None:
+        self.state = WorkerState.FAILED
+        self.last_exit = reason
+        self._ready.set()  # wake waiting loads: they see FAILED and raise
+        for key in list(self._slots):
+            slot = self._slots.pop(key)
+            if slot.servable is not None and self.listener is not None:
+                self.listener.replica_failed(key, self.name, reason)
+
+    async def stop(self, wait_s: float = 10.0) -> None:
+        """Stop supervising, ask the worker to exit, and wait until it has (kill if needed)."""
+        self.state = WorkerState.STOPPED
+        self._ready.set()
+        if self._restart_task is not None:
+            self._restart_task.cancel()
+            await asyncio.gather(self._restart_task, return_exceptions=True)
+        if self._proc is not None:
+            await self._proc.stop(wait_s)
+            self._proc = None
+
+
+def _worker_target(target: str) -> str:
+    """A worker sees only its own GPU, as ``cuda:0``."""
+    return "cuda:0" if target.startswith("cuda") else "cpu"

@@ -1,0 +1,158 @@
+"""Framing and typed messages between front end and worker: round trips, errors, bad frames."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from modelyard.errors import InvalidArgument, ModelyardError, NotFound, Unavailable
+from modelyard.tensors import DataType, Signature, TensorSpec
+from modelyard.workers.protocol import (
+    Error,
+    Hello,
+    Infer,
+    Load,
+    Loaded,
+    Outputs,
+    ProtocolError,
+    Reported,
+    Shutdown,
+    decode,
+    encode,
+    recv_message,
+    send_message,
+)
+
+
+def _roundtrip(message: object) -> object:
+    """Through a real socketpair, as the worker and front end talk."""
+    a, b = socket.socketpair()
+    with a, b:
+        send_message(a, message)  # type: ignore[arg-type]
+        return recv_message(b)
+
+
+NUMERIC = [d for d in DataType if d is not DataType.BYTES]
+
+
+@pytest.mark.parametrize("datatype", NUMERIC, ids=lambda d: d.value)
+def test_every_numeric_datatype_round_trips_bit_exact(datatype: DataType) -> None:
+    rng = np.random.default_rng(0)
+    array = (rng.standard_normal((3, 5)) * 100).astype(datatype.numpy)
+    got = _roundtrip(Infer(7, "m", 2, {"x": array}))
+    assert isinstance(got, Infer)
+    assert (got.request_id, got.model, got.version) == (7, "m", 2)
+    out = got.tensors["x"]
+    assert out.dtype == array.dtype
+    assert out.shape == array.shape
+    assert out.tobytes() == array.tobytes()
+    assert out.flags.writeable  # backends (torch.from_numpy) may need writable arrays
+
+
+def test_bytes_tensors_keep_every_element_including_empty_ones() -> None:
+    array = np.array([[b"", b"abc"], [b"\x00\xff", b"text"]], dtype=object)
+    got = _roundtrip(Outputs(1, {"s": array}))
+    assert isinstance(got, Outputs)
+    assert got.tensors["s"].shape == (2, 2)
+    assert got.tensors["s"].tolist() == array.tolist()
+
+
+def test_shapes_with_zero_rows_scalars_and_non_contiguous_views() -> None:
+    base = np.arange(24, dtype=np.float32).reshape(4, 6)
+    tensors = {
+        "empty": np.zeros((0, 3), np.float32),
+        "scalar": np.array(3.5, np.float64),
+        "view": base[:, ::2],  # not contiguous: sent as its values, in C order
+        "big_endian": np.arange(4, dtype=">i4"),
+    }
+    got = _roundtrip(Outputs(2, tensors))
+    assert isinstance(got, Outputs)
+    for name, array in tensors.items():
+        np.testing.assert_array_equal(got.tensors[name], array)
+        assert got.tensors[name].shape == array.shape
+
+
+def test_many_tensors_in_one_message_keep_their_names() -> None:
+    tensors = {f"t{i}": np.full((2,), i, np.int32) for i in range(20)}
+    got = _roundtrip(Outputs(3, tensors))
+    assert isinstance(got, Outputs)
+    assert list(got.tensors) == list(tensors)
+    assert all(int(got.tensors[f"t{i}"][0]) == i for i in range(20))
+
+
+def test_a_large_tensor_crosses_in_pieces() -> None:
+    array = np.random.default_rng(1).standard_normal((512, 1024)).astype(np.float32)  # 2 MiB
+    a, b = socket.socketpair()
+    received: list[object] = []
+    reader = threading.Thread(target=lambda: received.append(recv_message(b)))
+    reader.start()
+    with a, b:
+        send_message(a, Outputs(4, {"y": array}))
+        reader.join(10)
+    assert isinstance(received[0], Outputs)
+    np.testing.assert_array_equal(received[0].tensors["y"], array)
+
+
+def test_signatures_and_scalars_round_trip() -> None:
+    sig = Signature(
+        (TensorSpec("x", DataType.FP32, (-1, 4)), TensorSpec("ids", DataType.INT64, (-1,))),
+        (TensorSpec("y", DataType.FP16, (-1, 2)),),
+    )
+    load = Load(5, "m", 3, str(Path("/tmp/m/3")), "onnx", "cuda:0", sig)
+    assert _roundtrip(load) == load
+    assert _roundtrip(Load(6, "m", 3, "/d", "onnx", "cpu", None)) == Load(
+        6, "m", 3, "/d", "onnx", "cpu", None
+    )
+    loaded = Loaded(5, sig, 123456, "cuda:0")
+    assert _roundtrip(loaded) == loaded
+    assert _roundtrip(Hello(0, 42, "sim0", None)) == Hello(0, 42, "sim0", None)
+    report = Reported(9, {"pid": 1, "models": [{"model": "m", "measured_bytes": 10}]})
+    assert _roundtrip(report) == report
+    assert _roundtrip(Shutdown(10)) == Shutdown(10)
+
+
+@pytest.mark.parametrize(
+    "error", [NotFound("no such model"), InvalidArgument("bad x"), Unavailable("gone")]
+)
+def test_errors_cross_as_code_and_message(error: ModelyardError) -> None:
+    got = _roundtrip(Error.of(11, error))
+    assert isinstance(got, Error)
+    rebuilt = got.exception()
+    assert type(rebuilt) is type(error)
+    assert rebuilt.message == error.message
+    assert rebuilt.code is error.code
+
+
+def test_end_of_stream_between_frames_is_none_inside_a_frame_an_error() -> None:
+    a, b = socket.socketpair()
+    a.close()
+    assert recv_message(b) is None
+    b.close()
+    a, b = socket.socketpair()
+    parts = encode(Outputs(1, {"y": np.ones(100, np.float32)}))
+    frame = b"".join(bytes(p) for p in parts)
+    a.sendall(frame[: len(frame) // 2])
+    a.close()
+    with pytest.raises(ProtocolError, match="inside a frame"):
+        recv_message(b)
+    b.close()
+
+
+def test_a_buffer_that_disagrees_with_its_shape_is_refused_not_misread() -> None:
+    parts = encode(Outputs(1, {"y": np.ones((2, 3), np.float32)}))
+    header = bytes(parts[1])
+    with pytest.raises(ProtocolError, match="needs 24 bytes"):
+        decode(header, [b"\x00" * 20])
+    with pytest.raises(ProtocolError, match="tensors described"):
+        decode(header, [])
+    with pytest.raises(ProtocolError, match="malformed"):
+        decode(b'{"k": 99, "f": {}, "t": []}', [])
+    with pytest.raises(ProtocolError, match="malformed"):
+        decode(b"not json", [])
+    bad_bytes = encode(Outputs(1, {"s": np.array([b"ab"], dtype=object)}))
+    with pytest.raises(ProtocolError, match="BYTES"):
+        decode(bytes(bad_bytes[1]), [b"\x05\x00\x00\x00ab"])
