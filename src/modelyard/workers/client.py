@@ -31,7 +31,7 @@ import numpy as np
 
 from modelyard.errors import Internal, Unavailable
 from modelyard.ids import VersionKey
-from modelyard.tensors import Signature
+from modelyard.tensors import DEFAULT_SIGNATURE, Signature
 from modelyard.workers.protocol import (
     LEN_BYTES,
     PREFIX_BYTES,
@@ -57,7 +57,7 @@ class ModelHost(Protocol):
     """Where a ``WorkerServable`` sends its calls: the supervisor's worker for one device."""
 
     async def infer(
-        self, key: VersionKey, inputs: Mapping[str, np.ndarray]
+        self, key: VersionKey, inputs: Mapping[str, np.ndarray], signature_name: str | None = None
     ) -> dict[str, np.ndarray]: ...
 
     async def unload(self, key: VersionKey) -> None: ...
@@ -66,17 +66,35 @@ class ModelHost(Protocol):
 class WorkerServable:
     """A model version loaded in a worker process, as a ``Servable``."""
 
-    def __init__(self, host: ModelHost, key: VersionKey, signature: Signature) -> None:
+    def __init__(
+        self,
+        host: ModelHost,
+        key: VersionKey,
+        signature: Signature,
+        signatures: Mapping[str, Signature] | None = None,
+    ) -> None:
         self._host = host
         self._key = key
         self._signature = signature
+        self._signatures = dict(signatures) if signatures else {DEFAULT_SIGNATURE: signature}
 
     @property
     def signature(self) -> Signature:
         return self._signature
 
+    @property
+    def signatures(self) -> Mapping[str, Signature]:
+        """Every named signature (``serving_default`` only, for single-signature models)."""
+        return self._signatures
+
     async def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return await self._host.infer(self._key, inputs)
+
+    async def infer_signature(
+        self, inputs: Mapping[str, np.ndarray], signature_name: str
+    ) -> dict[str, np.ndarray]:
+        """``infer`` on a named signature; the worker answers InvalidArgument for an unknown one."""
+        return await self._host.infer(self._key, inputs, signature_name)
 
     async def close(self) -> None:
         await self._host.unload(self._key)

@@ -24,8 +24,10 @@ from typing import Any
 import psutil
 
 from modelyard.backends import LoadedModel, get_backend
+from modelyard.backends.base import MultiSignatureModel
 from modelyard.config.schema import Platform
-from modelyard.errors import Internal, ModelyardError, NotFound
+from modelyard.errors import Internal, InvalidArgument, ModelyardError, NotFound
+from modelyard.tensors import DEFAULT_SIGNATURE
 from modelyard.workers.protocol import (
     Done,
     Error,
@@ -128,7 +130,16 @@ class WorkerHost:
         held = self._models.get((message.model, message.version))
         if held is None:
             raise NotFound(f"{message.model}:{message.version} is not loaded on {self._device}")
-        outputs = held.model.predict(message.tensors)
+        model = held.model
+        if message.signature_name is not None and isinstance(model, MultiSignatureModel):
+            outputs = model.predict_signature(message.tensors, message.signature_name)
+        elif message.signature_name not in (None, DEFAULT_SIGNATURE):
+            raise InvalidArgument(
+                f"serving signature {message.signature_name!r} not found; this model has "
+                f"{DEFAULT_SIGNATURE!r}"
+            )
+        else:
+            outputs = model.predict(message.tensors)
         self._send(Outputs(message.request_id, outputs))
 
     def _load(self, message: Load) -> None:
@@ -140,7 +151,10 @@ class WorkerHost:
         measured = max(0, self._used_bytes() - before)
         held = HeldModel(model, platform, measured, _placed_on(model))
         self._models[(message.model, message.version)] = held
-        self._send(Loaded(message.request_id, model.signature, measured, held.placed_on))
+        signatures = dict(model.signatures) if isinstance(model, MultiSignatureModel) else {}
+        self._send(
+            Loaded(message.request_id, model.signature, measured, held.placed_on, signatures)
+        )
 
     def _unload(self, message: Unload) -> None:
         held = self._models.pop((message.model, message.version), None)

@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from modelyard.errors import InvalidArgument, ModelyardError
-from modelyard.tensors import DataType, Signature, TensorSpec
+from modelyard.tensors import DataType, Signature, SignatureMethod, TensorSpec
 
 _PREFIX = struct.Struct("<II")
 _LEN = struct.Struct("<Q")
@@ -95,6 +95,8 @@ class Loaded(Message):
     signature: Signature
     measured_bytes: int
     placed_on: str
+    signatures: Mapping[str, Signature] = field(default_factory=dict)
+    """Every named signature, for models that have several (SavedModel); else empty."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +117,8 @@ class Infer(Message):
     model: str
     version: int
     tensors: Mapping[str, np.ndarray] = field(default_factory=dict)
+    signature_name: str | None = None
+    """None: the default signature."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,23 +177,28 @@ _CLASSES: dict[MessageKind, type[Message]] = {
     )
 }
 _SIGNATURE_FIELDS = frozenset({"signature", "declared"})
+_SIGNATURE_MAP_FIELDS = frozenset({"signatures"})
 
 
 # -- signatures as JSON ------------------------------------------------------------------
 
 
-def signature_to_json(signature: Signature) -> dict[str, list[list[Any]]]:
+def signature_to_json(signature: Signature) -> dict[str, Any]:
     def specs(items: Sequence[TensorSpec]) -> list[list[Any]]:
         return [[s.name, s.datatype.value, list(s.shape)] for s in items]
 
-    return {"inputs": specs(signature.inputs), "outputs": specs(signature.outputs)}
+    return {
+        "inputs": specs(signature.inputs),
+        "outputs": specs(signature.outputs),
+        "method": signature.method.value,
+    }
 
 
 def signature_from_json(data: Mapping[str, Any]) -> Signature:
     def specs(items: Iterable[Any]) -> tuple[TensorSpec, ...]:
         return tuple(TensorSpec(n, DataType(d), tuple(int(x) for x in s)) for n, d, s in items)
 
-    return Signature(specs(data["inputs"]), specs(data["outputs"]))
+    return Signature(specs(data["inputs"]), specs(data["outputs"]), SignatureMethod(data["method"]))
 
 
 # -- tensors as raw buffers --------------------------------------------------------------
@@ -254,6 +263,8 @@ def encode(message: Message) -> list[bytes | memoryview]:
                 buffers.extend(bufs)
         elif f.name in _SIGNATURE_FIELDS and value is not None:
             fields[f.name] = signature_to_json(value)
+        elif f.name in _SIGNATURE_MAP_FIELDS:
+            fields[f.name] = {k: signature_to_json(v) for k, v in value.items()}
         else:
             fields[f.name] = value
     header = json.dumps({"k": int(message.KIND), "f": fields, "t": tensors}).encode()
@@ -273,6 +284,8 @@ def decode(header: bytes, buffers: Sequence[bytes | bytearray | memoryview]) -> 
         for name in _SIGNATURE_FIELDS & fields.keys():
             if fields[name] is not None:
                 fields[name] = signature_from_json(fields[name])
+        for name in _SIGNATURE_MAP_FIELDS & fields.keys():
+            fields[name] = {k: signature_from_json(v) for k, v in fields[name].items()}
         metas = data["t"]
         if len(metas) != len(buffers):
             raise ProtocolError(f"{len(metas)} tensors described, {len(buffers)} buffers sent")

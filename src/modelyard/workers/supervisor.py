@@ -172,7 +172,7 @@ class DeviceWorker:
         slot.measured_bytes = reply.measured_bytes
         slot.placed_on = reply.placed_on
         if slot.servable is None:
-            slot.servable = WorkerServable(self, r.key, reply.signature)
+            slot.servable = WorkerServable(self, r.key, reply.signature, reply.signatures)
         slot.loaded = True
 
     def _given_up(self, key: VersionKey, slot: _Slot, last: str) -> str:
@@ -186,7 +186,7 @@ class DeviceWorker:
     # -- serving (ModelHost) -------------------------------------------------------------
 
     async def infer(
-        self, key: VersionKey, inputs: Mapping[str, np.ndarray]
+        self, key: VersionKey, inputs: Mapping[str, np.ndarray], signature_name: str | None = None
     ) -> dict[str, np.ndarray]:
         slot = self._slots.get(key)
         proc = self._proc
@@ -198,7 +198,9 @@ class DeviceWorker:
             )
         slot.in_flight += 1
         try:
-            reply = await proc.request(lambda rid: Infer(rid, key.model, key.version, inputs))
+            reply = await proc.request(
+                lambda rid: Infer(rid, key.model, key.version, inputs, signature_name)
+            )
         finally:
             slot.in_flight -= 1
         assert isinstance(reply, Outputs)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from modelyard.errors import InvalidArgument, ModelyardError, NotFound, Unavailable
-from modelyard.tensors import DataType, Signature, TensorSpec
+from modelyard.tensors import DataType, Signature, SignatureMethod, TensorSpec
 from modelyard.workers.protocol import (
     Error,
     Hello,
@@ -109,6 +109,17 @@ def test_signatures_and_scalars_round_trip() -> None:
     )
     loaded = Loaded(5, sig, 123456, "cuda:0")
     assert _roundtrip(loaded) == loaded
+    classify = Signature(
+        (TensorSpec("inputs", DataType.BYTES, (-1,)),),
+        (TensorSpec("scores", DataType.FP32, (-1, 3)),),
+        SignatureMethod.CLASSIFY,
+    )
+    named = Loaded(5, sig, 1, "cpu", {"serving_default": sig, "classify": classify})
+    assert _roundtrip(named) == named
+    infer = Infer(12, "m", 1, {"inputs": np.array([b"ex"], dtype=object)}, "classify")
+    got = _roundtrip(infer)
+    assert isinstance(got, Infer)
+    assert got.signature_name == "classify"
     assert _roundtrip(Hello(0, 42, "sim0", None)) == Hello(0, 42, "sim0", None)
     report = Reported(9, {"pid": 1, "models": [{"model": "m", "measured_bytes": 10}]})
     assert _roundtrip(report) == report
