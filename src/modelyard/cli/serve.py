@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from modelyard.cli.plan import render_table
-from modelyard.config import ModelConfig, ServerConfig, load_config, parse_size
-from modelyard.errors import ModelyardError
+from modelyard.config import BatchingConfig, ModelConfig, ServerConfig, load_config, parse_size
+from modelyard.config.tfserving import parse_batching_parameters, with_batching
+from modelyard.errors import ConfigError, ModelyardError
 from modelyard.planner import Plan
 from modelyard.planner.demands import plan_for_config
 from modelyard.server.defaults import (
@@ -27,6 +28,53 @@ if TYPE_CHECKING:
     from modelyard.server.runtime import Server
 
 log = logging.getLogger("modelyard")
+
+
+IGNORED_TF_SERVING_FLAGS = (
+    "tensorflow_intra_op_parallelism",
+    "tensorflow_inter_op_parallelism",
+    "tensorflow_session_parallelism",
+    "model_config_file_poll_wait_seconds",
+    "file_system_poll_wait_seconds",
+    "enable_model_warmup",
+    "rest_api_num_threads",
+    "rest_api_timeout_in_ms",
+    "grpc_channel_arguments",
+    "grpc_max_threads",
+    "per_process_gpu_memory_fraction",
+    "monitoring_config_file",
+    "platform_config_file",
+    "allow_version_labels_for_unavailable_models",
+    "flush_filesystem_caches",
+    "saved_model_tags",
+    "xla_cpu_compilation_enabled",
+    "enable_signature_method_name_check",
+)
+"""TF Serving flags accepted so its command lines run unchanged, with a warning that they do
+nothing here (threads, polling and warm-up are modelyard's own business, and GPU memory is
+planned rather than fractioned)."""
+
+
+class _IgnoredFlag(argparse.Action):
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        ignored: list[str] = getattr(namespace, "ignored_tf_flags", [])
+        namespace.ignored_tf_flags = [*ignored, self.dest]
+
+
+def _flag_bool(text: str) -> bool:
+    """absl-style boolean flag values: true/false, 1/0."""
+    lowered = text.lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,6 +97,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     tf.add_argument("--model_name", "--model-name", help="serve one model under this name")
     tf.add_argument(
         "--model_base_path", "--model-base-path", type=Path, help="base path of that one model"
+    )
+    tf.add_argument(
+        "--enable_batching",
+        "--enable-batching",
+        nargs="?",
+        const=True,
+        default=False,
+        type=_flag_bool,
+        help="batch requests to every model (TF Serving's flag)",
+    )
+    tf.add_argument(
+        "--batching_parameters_file",
+        "--batching-parameters-file",
+        type=Path,
+        help="TF Serving BatchingParameters (text protobuf) for --enable_batching",
+    )
+    for flag in IGNORED_TF_SERVING_FLAGS:
+        tf.add_argument(
+            f"--{flag}",
+            action=_IgnoredFlag,
+            nargs="?",
+            default=argparse.SUPPRESS,
+            help=argparse.SUPPRESS,
+        )
+    parser.add_argument(
+        "--overlay",
+        type=Path,
+        help="YAML of modelyard-only settings (devices, pins, memory, replicas, batching) "
+        "for a TF Serving models.config",
     )
     parser.add_argument(
         "--host",
@@ -76,19 +153,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def resolve_config(args: argparse.Namespace) -> tuple[ServerConfig, bool]:
     """The config the flags ask for, and whether it is the bundled demo."""
+    config, is_demo = _base_config(args)
+    if getattr(args, "enable_batching", False):
+        batching = BatchingConfig()
+        if args.batching_parameters_file is not None:
+            path = args.batching_parameters_file
+            try:
+                text = path.read_text()
+            except OSError as exc:
+                raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+            batching = parse_batching_parameters(text, source=str(path))
+        config = with_batching(config, batching)
+    elif getattr(args, "batching_parameters_file", None) is not None:
+        raise ModelyardError("--batching_parameters_file needs --enable_batching")
+    return config, is_demo
+
+
+def _base_config(args: argparse.Namespace) -> tuple[ServerConfig, bool]:
+    overlay: Path | None = getattr(args, "overlay", None)
     given = [p for p in (args.config, args.model_config_file) if p is not None]
     if len(given) == 2:
         raise ModelyardError("give a CONFIG or --model_config_file, not both")
     if args.model_base_path is not None or args.model_name is not None:
-        if given:
-            raise ModelyardError("--model_name/--model_base_path cannot be combined with a config")
+        if given or overlay is not None:
+            raise ModelyardError(
+                "--model_name/--model_base_path cannot be combined with a config or --overlay"
+            )
         if args.model_base_path is None:
             raise ModelyardError("--model_name needs --model_base_path")
         name = args.model_name or "default"  # TF Serving's default model name
         model = ModelConfig(name=name, base_path=args.model_base_path.resolve())
         return ServerConfig(models=(model,)), False
     if given:
-        return load_config(given[0]), False
+        return load_config(given[0], overlay=overlay), False
+    if overlay is not None:
+        raise ModelyardError("--overlay needs a models.config (--model_config_file)")
     from modelyard.demo import build_demo_repository
 
     return load_config(build_demo_repository()), True
@@ -100,6 +199,8 @@ def run(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    for flag in getattr(args, "ignored_tf_flags", []):
+        log.warning("ignoring TF Serving flag --%s: it has no effect in modelyard", flag)
     try:
         config, is_demo = resolve_config(args)
         plan = plan_for_config(config)

@@ -220,6 +220,69 @@ class Controller:
             entry.transition(ModelState.FAILED, reason)
             log.error("model %s FAILED: %s", key, reason)
 
+    async def reconfigure(
+        self,
+        config: ServerConfig,
+        placement: Mapping[VersionKey, tuple[str, ...]] | None = None,
+        device_targets: Mapping[str, str] | None = None,
+    ) -> None:
+        """Serve ``config``: load the models it adds, then unload the models it drops.
+
+        Models in both configs keep their loaded versions as they are, so requests to them
+        never fail during a reconfigure (a change to their settings takes effect when the
+        server restarts). ``placement`` places the added models' versions (the planner's plan
+        for ``config`` given the current placement); ``device_targets`` adds device names it
+        uses. Config errors of the added models (missing base paths, labels) raise before
+        anything changes. Added models that fail to load are FAILED, as at start.
+        """
+        kept = {m.name for m in self._config.models}
+        wanted = {m.name for m in config.models}
+        added = [m for m in config.models if m.name not in kept]
+        dropped = [name for name in kept if name not in wanted]
+        pairs: list[tuple[ModelConfig, int]] = []
+        for model in added:
+            versions = aspired_versions(scan_versions(model.base_path), model.version_policy)
+            check_labels(model.name, model.version_labels, versions)
+            pairs.extend((model, v) for v in versions)
+        if placement is not None and self._placement is not None:
+            self._placement.update(placement)
+        self._targets.update(device_targets or {})
+        entries = []
+        for model in added:
+            self._registry.ensure_model(model.name)
+            self._registry.set_labels(model.name, dict(model.version_labels))
+        for model, version in pairs:
+            entry = VersionEntry(VersionKey(model.name, version), model.platform)
+            self._registry.add(entry)
+            self._entries[entry.key] = entry
+            entries.append((model, entry))
+        self._config = config
+        await asyncio.gather(*(self._load(model, entry) for model, entry in entries))
+        for name in dropped:
+            for entry in self._registry.versions(name):
+                await self._unload(entry)
+                self._entries.pop(entry.key, None)
+                if self._placement is not None:
+                    self._placement.pop(entry.key, None)
+            self._registry.remove_model(name)
+        log.info(
+            "reconfigured: added %s, removed %s",
+            ", ".join(m.name for m in added) or "none",
+            ", ".join(dropped) or "none",
+        )
+
+    async def _unload(self, entry: VersionEntry) -> None:
+        if entry.state is not ModelState.AVAILABLE:
+            return
+        entry.transition(ModelState.UNLOADING)
+        for replica in entry.replicas:
+            try:
+                await replica.servable.close()
+            except Exception:
+                log.exception("unloading %s failed", entry.key)
+        entry.replicas = []
+        entry.transition(ModelState.END)
+
     async def stop(self) -> None:
         """Unload every version; each replica's ``close`` is awaited."""
         for entry in list(self._registry.entries()):

@@ -80,6 +80,10 @@ class ModelRegistry:
         if model is not None:
             model.versions.pop(key.version, None)
 
+    def remove_model(self, name: str) -> None:
+        """Forget ``name`` and all its versions: requests to it get NotFound from now on."""
+        self._models.pop(name, None)
+
     def set_labels(self, name: str, labels: dict[str, int]) -> None:
         self._models[name].labels = dict(labels)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import socket
 from collections.abc import Generator
@@ -112,11 +113,14 @@ class Server:
         )
         self._http = _Uvicorn(config)
         self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]))
+        from modelyard.server.grpc.tfserving import tfserving_servicers
+
         self._grpc = await start_grpc_server(
             self.dataplane,
             self.host,
             self.grpc_port,
             max_message_bytes=self.max_request_bytes,
+            extra_servicers=tfserving_servicers(self.dataplane, self.reconfigure),
         )
         self.grpc_port = self._grpc.port
         while not self._http.started:
@@ -139,6 +143,24 @@ class Server:
             self._loader.shutdown()
         if self._owns_loader and isinstance(self._loader, WorkerLoader):
             await self._loader.aclose()  # returns once every worker process has exited
+
+    async def reconfigure(self, config: ServerConfig) -> None:
+        """Serve ``config`` from now on (TF Serving's HandleReloadConfigRequest): plan the added
+        models around the current placement, load them, then unload the dropped ones.
+
+        Raises ResourceExhausted (nothing changed) when the added models do not fit.
+        """
+        from modelyard.planner.demands import plan_for_config
+
+        current = self.plan.placement() if self.plan is not None else None
+        loop = asyncio.get_running_loop()
+        plan = await loop.run_in_executor(
+            None, functools.partial(plan_for_config, config, current=current)
+        )
+        plan.raise_if_infeasible()
+        self.plan = plan
+        self.config = config
+        await self.controller.reconfigure(config, plan.placement(), device_targets(plan))
 
     @property
     def loader(self) -> Loader:

@@ -1,3 +1,4 @@
+# mypy: disable-error-code="untyped-decorator"
 """Small SavedModels for tests and docs, exported with TensorFlow at call time.
 
 - ``export_half_plus_two``: TF Serving's classic example. ``serving_default`` takes ``x``

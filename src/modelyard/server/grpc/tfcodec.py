@@ -1,0 +1,96 @@
+"""TensorFlow's ``TensorProto`` to and from numpy arrays, as TF Serving's gRPC API carries them.
+
+Decoding accepts both encodings clients send: ``tensor_content`` (row-major little-endian raw
+bytes; ``tf.make_tensor_proto`` writes it) and the typed ``*_val`` fields (``float_val``,
+``int_val`` for 8/16/32-bit integers, ``string_val`` for DT_STRING, ...). As in TensorFlow, a
+typed field holding exactly one value fills a tensor of any size. Encoding writes
+``tensor_content`` for numbers (what TF Serving answers) and ``string_val`` for strings.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from modelyard.errors import InvalidArgument
+from modelyard.server.grpc.codec import decode_raw, element_count, encode_raw
+from modelyard.tensors import DataType, format_shape
+from modelyard.tfproto.generated import tensorflow_core_pb2 as core
+
+# The typed field of each datatype, and the numpy dtype protobuf hands its values back as.
+_VAL_FIELD: dict[DataType, str] = {
+    DataType.FP32: "float_val",
+    DataType.FP64: "double_val",
+    DataType.INT8: "int_val",
+    DataType.INT16: "int_val",
+    DataType.INT32: "int_val",
+    DataType.UINT8: "int_val",
+    DataType.UINT16: "int_val",
+    DataType.INT64: "int64_val",
+    DataType.UINT32: "uint32_val",
+    DataType.UINT64: "uint64_val",
+    DataType.BOOL: "bool_val",
+    DataType.FP16: "half_val",  # IEEE half bit patterns, one per int32
+    DataType.BYTES: "string_val",
+}
+
+
+def datatype_of(dtype: int, name: str) -> DataType:
+    """The DataType of a ``tensorflow.DataType`` enum value; InvalidArgument naming the tensor."""
+    try:
+        tf_name = core.DataType.Name(dtype)
+    except ValueError:
+        tf_name = str(dtype)
+    try:
+        return DataType.parse(tf_name)
+    except InvalidArgument:
+        raise InvalidArgument(
+            f"input {name!r} has dtype {tf_name}, which modelyard cannot serve"
+        ) from None
+
+
+def tensor_to_array(tensor: Any, name: str) -> np.ndarray:
+    """The array a ``TensorProto`` holds; InvalidArgument naming ``name`` for a malformed one."""
+    datatype = datatype_of(tensor.dtype, name)
+    if tensor.tensor_shape.unknown_rank:
+        raise InvalidArgument(f"input {name!r} has unknown rank; send its shape")
+    shape = tuple(d.size for d in tensor.tensor_shape.dim)
+    count = element_count(shape, name)
+    if tensor.tensor_content and datatype is not DataType.BYTES:
+        return decode_raw(tensor.tensor_content, datatype, shape, name)
+    values = getattr(tensor, _VAL_FIELD[datatype])
+    if datatype is DataType.BYTES:
+        flat = np.empty(len(values), dtype=object)
+        flat[:] = list(values)
+    elif datatype is DataType.FP16:
+        flat = np.asarray(values, dtype=np.uint16).view(np.float16)
+    else:
+        flat = np.asarray(values, dtype=datatype.numpy)
+    if len(flat) == count:
+        return flat.reshape(shape)
+    if len(flat) == 1:  # TensorFlow's rule: one value fills the whole tensor
+        return np.full(shape, flat[0], dtype=flat.dtype)
+    raise InvalidArgument(
+        f"input {name!r} holds {len(flat)} values in {_VAL_FIELD[datatype]}; shape "
+        f"{format_shape(shape)} needs {count} (or 1, to fill it)"
+    )
+
+
+def array_to_tensor(array: np.ndarray, out: Any | None = None) -> Any:
+    """A ``TensorProto`` (``out``, filled in place, or a new one) holding ``array``."""
+    tensor = out if out is not None else core.TensorProto()
+    datatype = DataType.from_numpy(array.dtype)
+    tensor.dtype = core.DataType.Value(datatype.tf_name)
+    for size in array.shape:
+        tensor.tensor_shape.dim.add(size=size)
+    if datatype is DataType.BYTES:
+        tensor.string_val.extend(
+            v if isinstance(v, bytes) else str(v).encode() for v in array.ravel(order="C")
+        )
+    else:
+        tensor.tensor_content = encode_raw(array, datatype)
+    return tensor
+
+
+__all__ = ["array_to_tensor", "datatype_of", "tensor_to_array"]
