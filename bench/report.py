@@ -1,0 +1,257 @@
+"""Turns one benchmark run into docs/benchmarks.md: environment, tables, targets, PNG plots.
+
+Everything in the document comes from the run that wrote it, except ``bench/findings.md``
+(what profiling found and what was changed), which is copied in as written.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import os
+import platform
+import statistics
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench_models import MEDIUM, MODELS, TINY
+from floor import FloorPoint
+from protocols import LABELS, PROTOCOLS
+
+HERE = Path(__file__).resolve().parent
+
+
+@dataclass
+class Report:
+    environment: dict[str, str]
+    seconds: float
+    batching: dict[str, dict[str, Any]]
+    floors: dict[str, list[FloorPoint]] = field(default_factory=dict)
+    ceiling: dict[str, list[Any]] = field(default_factory=dict)
+    runs: dict[tuple[str, str], list[Any]] = field(default_factory=dict)
+    elapsed_s: float = 0.0
+
+
+def environment() -> dict[str, str]:
+    def version(name: str) -> str:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            return "not installed"
+
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError):
+        ram = 0.0
+    sha = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+        cwd=HERE,
+    ).stdout.strip()
+    return {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": cpu,
+        "cores": str(os.cpu_count()),
+        "ram": f"{ram:.1f} GiB",
+        "python": platform.python_version(),
+        "torch": version("torch"),
+        "onnxruntime": version("onnxruntime"),
+        "modelyard": version("modelyard"),
+        "git": sha + (" (with uncommitted changes)" if dirty else ""),
+        "loader": _default_loader(),
+    }
+
+
+def _default_loader() -> str:
+    from modelyard.config.schema import ServerConfig
+    from modelyard.server.runtime import Server
+
+    loader = type(Server(ServerConfig())._loader).__name__  # what `modelyard serve` uses
+    return loader
+
+
+def _stats(result: dict[str, Any]) -> dict[str, float]:
+    lat = sorted(result["latencies_ms"]) or [float("nan")]
+    return {
+        "rps": result["requests"] / result["elapsed_s"],
+        "p50": statistics.median(lat),
+        "p99": lat[min(len(lat) - 1, int(len(lat) * 0.99))],
+        "errors": result["errors"],
+    }
+
+
+def _mode(result: dict[str, Any]) -> str:
+    if result["mode"] == "closed":
+        return f"closed c={result['concurrency']}"
+    return f"open {result['target_rate']:.0f}/s"
+
+
+def _floor_summary(points: list[FloorPoint], rows: int) -> tuple[FloorPoint, FloorPoint]:
+    unbatched = next(p for p in points if p.rows == rows)
+    best = max(points, key=lambda p: p.rows_per_s)
+    return unbatched, best
+
+
+def write_report(report: Report, out: Path) -> None:
+    images = out.parent / "benchmarks"
+    images.mkdir(parents=True, exist_ok=True)
+    env = report.environment
+    lines = [
+        "# Benchmarks",
+        "",
+        "Written by `make bench` (`bench/run_all.py`); every figure below comes from one run.",
+        "",
+        f"- Date: {env['date']}; run took {report.elapsed_s:.0f} s; "
+        f"{report.seconds:g} s measured per point after 0.5 s warm-up",
+        f"- Machine: {env['cpu']}, {env['cores']} cores, {env['ram']} RAM, no GPU. The cores are "
+        "shared with other work, so figures move by 10-30 % between runs.",
+        f"- Versions: Python {env['python']}, torch {env['torch']}, onnxruntime "
+        f"{env['onnxruntime']}, modelyard {env['modelyard']} (git {env['git']})",
+        f"- Server: `modelyard serve` in its own process, default loader `{env['loader']}`; "
+        "the load generator is another process on the same 2 cores.",
+        "- Models (ONNX, FP32): tiny 64→256→256→10, 1 row per request; medium "
+        "1024→4096→4096→1024, 8 rows per request. `*_batched` is the same model with "
+        "`batching:` " + "; ".join(f"{m}: {b}" for m, b in report.batching.items()) + ".",
+        "",
+    ]
+    lines += _targets(report)
+    lines += ["## In-process floor", ""]
+    lines += ["`LoadedModel.predict` called in a loop on one thread: no server at all.", ""]
+    lines += ["| model | rows per call | p50 ms | rows/s |", "|---|---:|---:|---:|"]
+    for name, points in report.floors.items():
+        for p in points:
+            lines.append(f"| {name} | {p.rows} | {p.p50_ms:.3f} | {p.rows_per_s:,.0f} |")
+    lines += ["", "## Load generator ceiling", ""]
+    lines += [
+        "The generator against endpoints that answer at once (`bench/trivial.py`; tiny-model "
+        "request bodies). The trivial servers are Python too and share the cores, so these are "
+        "lower bounds on the generator's ceiling; every server figure below is well under them.",
+        "",
+        "| protocol | mode | req/s | p50 ms |",
+        "|---|---|---:|---:|",
+    ]
+    for protocol, results in report.ceiling.items():
+        for r in results:
+            s = _stats(r)
+            lines.append(f"| {LABELS[protocol]} | {_mode(r)} | {s['rps']:,.0f} | {s['p50']:.2f} |")
+    for model in MODELS:
+        if model.name not in report.floors:
+            continue
+        unbatched, best = _floor_summary(report.floors[model.name], model.rows_per_request)
+        lines += [
+            "",
+            f"## {model.name}: {model.rows_per_request} row(s) per request",
+            "",
+            f"Floor: unbatched {unbatched.rows_per_s:,.0f} rows/s (p50 {unbatched.p50_ms:.3f} ms "
+            f"per call of {unbatched.rows} rows); batched {best.rows_per_s:,.0f} rows/s at "
+            f"{best.rows} rows. *% batched floor* = server rows/s ÷ batched floor rows/s; "
+            "*added p50* = server p50 - unbatched floor p50.",
+            "",
+            "| served as | protocol | load | req/s | rows/s | % batched floor | p50 ms | "
+            "added p50 ms | p99 ms | errors |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for variant in (model.name, f"{model.name}_batched"):
+            for protocol in PROTOCOLS:
+                for r in report.runs.get((variant, protocol), []):
+                    s = _stats(r)
+                    rows = s["rps"] * model.rows_per_request
+                    lines.append(
+                        f"| {variant} | {LABELS[protocol]} | {_mode(r)} | {s['rps']:,.0f} | "
+                        f"{rows:,.0f} | {100 * rows / best.rows_per_s:.0f} % | {s['p50']:.2f} | "
+                        f"{s['p50'] - unbatched.p50_ms:.2f} | {s['p99']:.2f} | {s['errors']} |"
+                    )
+        lines += ["", f"![{model.name} throughput](benchmarks/{model.name}.png)"]
+        _plot(report, model.name, model.rows_per_request, images / f"{model.name}.png")
+    findings = HERE / "findings.md"
+    if findings.exists():
+        lines += ["", findings.read_text().rstrip()]
+    out.write_text("\n".join(lines) + "\n")
+
+
+def _closed(report: Report, variant: str, protocol: str) -> dict[int, dict[str, float]]:
+    return {
+        r["concurrency"]: _stats(r)
+        for r in report.runs.get((variant, protocol), [])
+        if r["mode"] == "closed"
+    }
+
+
+def _targets(report: Report) -> list[str]:
+    lines = ["## Targets (issue 7)", ""]
+    if MEDIUM.name in report.floors:
+        _, best = _floor_summary(report.floors[MEDIUM.name], MEDIUM.rows_per_request)
+        batched = _closed(report, f"{MEDIUM.name}_batched", "tfs_rest").get(64)
+        plain = _closed(report, MEDIUM.name, "tfs_rest").get(64)
+        if batched and plain:
+            share = batched["rps"] * MEDIUM.rows_per_request / best.rows_per_s
+            gain = batched["rps"] / plain["rps"]
+            lines.append(
+                f"- Medium, 64 clients, TF Serving REST, batched: {share:.0%} of the in-process "
+                f"batched floor (target ≥ 70 %): **{'met' if share >= 0.7 else 'missed'}**."
+            )
+            lines.append(
+                f"- Batching vs no batching (same load): {gain:.2f}x (target ≥ 2.5x): "
+                f"**{'met' if gain >= 2.5 else 'missed'}**."
+            )
+    if TINY.name in report.floors:
+        unbatched, _ = _floor_summary(report.floors[TINY.name], TINY.rows_per_request)
+        one = _closed(report, TINY.name, "tfs_rest").get(1)
+        if one:
+            added = one["p50"] - unbatched.p50_ms
+            lines.append(
+                f"- Tiny, 1 client, TF Serving REST: p50 {one['p50']:.3f} ms vs "
+                f"{unbatched.p50_ms:.3f} ms in process, {added:.3f} ms added (target ≤ 1 ms): "
+                f"**{'met' if added <= 1.0 else 'missed'}**."
+            )
+    return [*lines, ""]
+
+
+def _plot(report: Report, model: str, rows_per_request: int, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for variant, style in ((model, "--"), (f"{model}_batched", "-")):
+        for protocol in PROTOCOLS:
+            closed = _closed(report, variant, protocol)
+            xs = sorted(closed)
+            label = f"{LABELS[protocol]}{' (batched)' if variant != model else ''}"
+            left.plot(
+                xs,
+                [closed[c]["rps"] * rows_per_request for c in xs],
+                style,
+                marker="o",
+                label=label,
+            )
+            right.plot(xs, [closed[c]["p50"] for c in xs], style, marker="o", label=label)
+    unbatched, best = _floor_summary(report.floors[model], rows_per_request)
+    left.axhline(best.rows_per_s, color="k", linewidth=1, label=f"floor, batch {best.rows}")
+    left.axhline(unbatched.rows_per_s, color="grey", linewidth=1, label="floor, unbatched")
+    for axis, title, unit in ((left, "throughput", "rows/s"), (right, "p50 latency", "ms")):
+        axis.set_xscale("log", base=2)
+        axis.set_xlabel("concurrent clients (closed loop)")
+        axis.set_ylabel(unit)
+        axis.set_title(f"{model}: {title}")
+        axis.grid(True, alpha=0.3)
+    right.set_yscale("log")
+    left.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

@@ -1,0 +1,71 @@
+"""Trivial endpoints that answer at once, to measure the load generator's own ceiling.
+
+``python bench/trivial.py http|grpc`` prints its port, then answers every HTTP POST with a fixed
+``{}`` (reading the body by Content-Length) or every gRPC call with an empty message, until
+killed. Whatever rate the generator reaches against it is the most it can measure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import Any
+
+
+class _Http(asyncio.Protocol):
+    ANSWER = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}"
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._transport: Any = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        while True:
+            head_end = self._buffer.find(b"\r\n\r\n")
+            if head_end < 0:
+                return
+            head = bytes(self._buffer[:head_end]).lower()
+            start = head.find(b"\r\ncontent-length:")
+            length = 0
+            if start >= 0:
+                stop = head.find(b"\r\n", start + 2)
+                length = int(head[start + 17 : stop if stop >= 0 else len(head)])
+            end = head_end + 4 + length
+            if len(self._buffer) < end:
+                return
+            del self._buffer[:end]
+            self._transport.write(self.ANSWER)
+
+
+async def _serve_http() -> None:
+    server = await asyncio.get_running_loop().create_server(_Http, "127.0.0.1", 0)
+    print(server.sockets[0].getsockname()[1], flush=True)
+    await server.serve_forever()
+
+
+async def _serve_grpc() -> None:
+    import grpc
+
+    async def answer(request: bytes, context: Any) -> bytes:
+        return b""
+
+    handler = grpc.method_handlers_generic_handler(
+        "inference.GRPCInferenceService",
+        {"ModelInfer": grpc.unary_unary_rpc_method_handler(answer)},
+    )
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    print(port, flush=True)
+    await server.wait_for_termination()
+
+
+if __name__ == "__main__":
+    import uvloop
+
+    uvloop.run(_serve_http() if sys.argv[1] == "http" else _serve_grpc())
