@@ -38,8 +38,14 @@ import numpy as np
 
 from modelyard.batching.batch import BatchKey, batch_key, count_rows, join, padded_size, split
 from modelyard.config.schema import BatchingConfig
-from modelyard.errors import Internal, ModelyardError, ResourceExhausted, Unavailable
-from modelyard.tensors import Signature
+from modelyard.errors import (
+    Internal,
+    InvalidArgument,
+    ModelyardError,
+    ResourceExhausted,
+    Unavailable,
+)
+from modelyard.tensors import DEFAULT_SIGNATURE, Signature
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +117,22 @@ class DynamicBatcher:
     @property
     def signature(self) -> Signature:
         return self._inner.signature
+
+    @property
+    def signatures(self) -> Mapping[str, Signature]:
+        """The wrapped servable's named signatures; only the default one is batched."""
+        found: Mapping[str, Signature] | None = getattr(self._inner, "signatures", None)
+        return found if found is not None else {DEFAULT_SIGNATURE: self._inner.signature}
+
+    async def infer_signature(
+        self, inputs: Mapping[str, np.ndarray], signature_name: str
+    ) -> Outputs:
+        """A named (non-default) signature: straight to the wrapped servable, unbatched."""
+        run = getattr(self._inner, "infer_signature", None)
+        if run is None:
+            raise InvalidArgument(f"model {self._model!r} has no signature {signature_name!r}")
+        result: Outputs = await run(inputs, signature_name=signature_name)
+        return result
 
     @property
     def queued_rows(self) -> int:

@@ -321,3 +321,25 @@ def test_the_wrapper_refuses_a_model_without_a_batch_dimension_and_closes_it() -
         assert fake.closed
 
     run(test)
+
+
+def test_named_signatures_pass_through_unbatched() -> None:
+    class Named(Recorder):
+        signatures = {"serving_default": SIG, "other": SIG}
+
+        async def infer_signature(
+            self, inputs: Mapping[str, np.ndarray], signature_name: str
+        ) -> dict[str, np.ndarray]:
+            return {"double": inputs["x"], "total": inputs["x"].sum(axis=1)}
+
+    async def test() -> None:
+        named = batcher(Named(), max_batch_size=4, batch_timeout_micros=NEVER)
+        assert set(named.signatures) == {"serving_default", "other"}
+        result = await named.infer_signature(rows(1), signature_name="other")
+        assert np.array_equal(result["double"], rows(1)["x"])
+        plain = batcher(Recorder(), max_batch_size=4, batch_timeout_micros=NEVER)
+        assert set(plain.signatures) == {"serving_default"}
+        with pytest.raises(InvalidArgument, match="no signature 'other'"):
+            await plain.infer_signature(rows(1), signature_name="other")
+
+    run(test)
