@@ -22,6 +22,7 @@ from modelyard.config.schema import DeviceKind, ServerConfig
 from modelyard.errors import NotFound
 from modelyard.lifecycle.controller import Controller, InProcessLoader, Loader
 from modelyard.lifecycle.registry import ModelRegistry
+from modelyard.metrics import ServerMetrics
 from modelyard.planner import Plan
 from modelyard.planner.footprints import FootprintCache
 from modelyard.server.dataplane import DataPlane
@@ -76,7 +77,8 @@ class Server:
         self.grpc_port = grpc_port
         self.max_request_bytes = max_request_bytes
         self.registry = ModelRegistry()
-        self.dataplane = DataPlane(self.registry)
+        self.metrics = ServerMetrics(self.registry, plan)
+        self.dataplane = DataPlane(self.registry, metrics=self.metrics)
         self._owns_loader = loader is None
         self._loader: Loader = loader if loader is not None else _worker_loader(plan, footprints)
         self.plan = plan
@@ -214,9 +216,9 @@ def _bind(host: str, port: int) -> socket.socket:
     # headers) until the client's delayed ACK, 40 ms per small response.
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         sock.bind((host, port))
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except OSError as exc:
         sock.close()
         raise OSError(f"cannot listen on {host}:{port} for REST: {exc.strerror}") from exc

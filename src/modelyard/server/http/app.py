@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route
 
 from modelyard.errors import Internal, ModelyardError
+from modelyard.metrics.server_metrics import CONTENT_TYPE
 from modelyard.server.dataplane import DataPlane
-from modelyard.server.http import kserve, status, tfserving
+from modelyard.server.http import kserve, status, tfserving, ui
 from modelyard.server.http.common import error_response
 from modelyard.server.http.status import StatusSource
 
@@ -29,10 +32,21 @@ async def _on_unexpected(request: Request, exc: Exception) -> Response:
     return error_response(Internal(f"internal error: {type(exc).__name__}: {exc}"))
 
 
+def _metrics_endpoint(dataplane: DataPlane) -> Callable[[Request], Awaitable[Response]]:
+    async def metrics(request: Request) -> Response:
+        if dataplane.metrics is None:
+            return Response("metrics are off\n", status_code=404, media_type="text/plain")
+        return Response(dataplane.metrics.exposition(), media_type=CONTENT_TYPE)
+
+    return metrics
+
+
 def build_app(
     dataplane: DataPlane, *, max_request_bytes: int, status_source: StatusSource | None = None
 ) -> Starlette:
     routes = [
+        Route("/metrics", _metrics_endpoint(dataplane), methods=["GET"]),
+        *ui.routes(),
         *tfserving.routes(dataplane, max_request_bytes=max_request_bytes),
         *kserve.routes(dataplane, max_request_bytes=max_request_bytes),
         *(status.routes(status_source) if status_source is not None else []),
