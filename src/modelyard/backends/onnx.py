@@ -49,6 +49,10 @@ _ORT_TYPES: dict[str, DataType] = {
 }
 
 
+GPU_MEMORY_LIMIT_ENV = "MODELYARD_GPU_MEMORY_LIMIT_BYTES"
+"""Set by a worker on a GPU slice: the slice's bytes, passed to ORT as ``gpu_mem_limit``."""
+
+
 class OnnxBackend:
     """Loads ``model.onnx`` into an ONNX Runtime session on ``cpu`` or ``cuda:N``. Stateless."""
 
@@ -85,10 +89,13 @@ class OnnxBackend:
                     f"CUDA support (providers: {', '.join(available)}); "
                     "install onnxruntime-gpu instead of onnxruntime"
                 )
-            providers = [
-                ("CUDAExecutionProvider", {"device_id": target.index}),
-                "CPUExecutionProvider",
-            ]
+            cuda_options: dict[str, Any] = {"device_id": target.index}
+            limit = os.environ.get(GPU_MEMORY_LIMIT_ENV, "")
+            if limit.isdigit() and int(limit) > 0:
+                # A worker on a GPU slice: cap this session's arena at the slice, as torch's
+                # allocator is capped (ORT caps per session, not per process).
+                cuda_options["gpu_mem_limit"] = int(limit)
+            providers = [("CUDAExecutionProvider", cuda_options), "CPUExecutionProvider"]
         else:
             providers = ["CPUExecutionProvider"]
         options = ort.SessionOptions()

@@ -18,6 +18,7 @@ from modelyard.config.tfserving import parse_batching_parameters, with_batching
 from modelyard.errors import ConfigError, ModelyardError
 from modelyard.planner import Plan
 from modelyard.planner.demands import plan_for_config
+from modelyard.planner.footprints import FootprintCache
 from modelyard.server.defaults import (
     DEFAULT_GRPC_PORT,
     DEFAULT_MAX_REQUEST_BYTES,
@@ -233,6 +234,8 @@ async def _serve(config: ServerConfig, plan: Plan, args: argparse.Namespace, is_
         rest_port=args.rest_api_port,
         grpc_port=args.port,
         max_request_bytes=args.max_request_bytes,
+        # What each worker measures after a load is preferred over the estimate next time.
+        footprints=FootprintCache(),
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

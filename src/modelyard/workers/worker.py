@@ -39,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
         # (fastest first) may differ, so make CUDA count the same way before narrowing it.
         os.environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
         os.environ["CUDA_VISIBLE_DEVICES"] = args.target.partition(":")[2] or "0"
+        if args.memory_cap_bytes:
+            # Read by the ONNX backend (gpu_mem_limit); torch is capped by the host itself.
+            os.environ["MODELYARD_GPU_MEMORY_LIMIT_BYTES"] = str(args.memory_cap_bytes)
         target = "cuda:0"
     else:
         os.environ["CUDA_VISIBLE_DEVICES"] = ""  # a CPU worker must not grab a CUDA context
