@@ -6,7 +6,7 @@ run the model, and encodes the outputs as ``raw_output_contents``, which is what
 what ``tritonclient`` reads. Checks that need the wire format live here: unknown datatype names,
 raw byte counts, typed-contents element counts, mixing raw and typed contents.
 
-Errors: a ``ModelyardError`` aborts the RPC with the status of ``GRPC_STATUS`` and its message;
+Errors: a ``ModelyardError`` aborts the RPC with the status of ``status.GRPC_STATUS`` and its message;
 any other exception is logged and aborts with INTERNAL. A request never crashes the server.
 
 Async safety: one servicer per server and event loop; handlers run on that loop only.
@@ -14,42 +14,26 @@ Async safety: one servicer per server and event loop; handlers run on that loop 
 
 from __future__ import annotations
 
-import functools
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import grpc
 import numpy as np
 
 from modelyard.errors import (
-    Code,
-    Internal,
     InvalidArgument,
-    ModelyardError,
     Unimplemented,
 )
 from modelyard.server.dataplane import DataPlane, ModelRef
 from modelyard.server.grpc.codec import decode_raw, element_count, encode_raw
 from modelyard.server.grpc.generated import grpc_service_pb2 as pb
 from modelyard.server.grpc.generated import grpc_service_pb2_grpc as pb_grpc
+from modelyard.server.grpc.status import rpc_errors
 from modelyard.tensors import DataType, TensorSpec
 
 log = logging.getLogger(__name__)
 
-GRPC_STATUS: dict[Code, grpc.StatusCode] = {
-    Code.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
-    Code.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
-    Code.ALREADY_EXISTS: grpc.StatusCode.ALREADY_EXISTS,
-    Code.FAILED_PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
-    Code.RESOURCE_EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    Code.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
-    Code.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
-    Code.PERMISSION_DENIED: grpc.StatusCode.PERMISSION_DENIED,
-    Code.UNIMPLEMENTED: grpc.StatusCode.UNIMPLEMENTED,
-    Code.INTERNAL: grpc.StatusCode.INTERNAL,
-}
-"""The gRPC status for each neutral code (the codes are named after gRPC's, so 1:1)."""
 
 # InferTensorContents field for each datatype, and the numpy dtype protobuf hands it back as.
 # 8- and 16-bit integers travel widened to 32 bits (the spec says so); FP16 has no typed field.
@@ -164,25 +148,7 @@ def _tensor_metadata(spec: TensorSpec) -> Any:
     )
 
 
-_Handler = Callable[["KServeServicer", Any, grpc.aio.ServicerContext], Awaitable[Any]]
-
-
-def _rpc(handler: _Handler) -> _Handler:
-    """Turn what ``handler`` raises into the RPC's status: see the module docstring."""
-
-    @functools.wraps(handler)
-    async def wrapper(self: KServeServicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        try:
-            return await handler(self, request, context)
-        except ModelyardError as exc:
-            error: ModelyardError = exc
-        except Exception as exc:
-            log.exception("unexpected error in KServe gRPC %s", handler.__name__)
-            error = Internal(f"internal error ({type(exc).__name__}); see the server log")
-        # Outside the except blocks: abort raises, and that must not be caught above.
-        await context.abort(GRPC_STATUS[error.code], error.message)
-
-    return wrapper
+_rpc = rpc_errors("inference.GRPCInferenceService")
 
 
 class KServeServicer:

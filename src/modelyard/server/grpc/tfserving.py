@@ -12,7 +12,6 @@ Async safety: one servicer per server and event loop; handlers run on that loop 
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -22,11 +21,11 @@ from google.protobuf import text_format
 
 from modelyard.config.schema import ServerConfig
 from modelyard.config.tfserving import parse_tf_serving_config
-from modelyard.errors import Internal, InvalidArgument, ModelyardError
+from modelyard.errors import InvalidArgument, ModelyardError
 from modelyard.lifecycle.states import ModelState
 from modelyard.server import tfexamples
 from modelyard.server.dataplane import DataPlane, ModelRef
-from modelyard.server.grpc.kserve import GRPC_STATUS
+from modelyard.server.grpc.status import rpc_errors
 from modelyard.server.grpc.tfcodec import array_to_tensor, tensor_to_array
 from modelyard.tensors import DEFAULT_SIGNATURE, Signature, TensorSpec
 from modelyard.tfproto.generated import tensorflow_core_pb2 as core
@@ -47,22 +46,7 @@ _STATE = {
     ModelState.FAILED: pb.ModelVersionStatus.END,
 }
 
-_Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Any]]
-
-
-def _rpc(handler: _Handler) -> _Handler:
-    @functools.wraps(handler)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        try:
-            return await handler(self, request, context)
-        except ModelyardError as exc:
-            error: ModelyardError = exc
-        except Exception as exc:
-            log.exception("unexpected error in TF Serving gRPC %s", handler.__name__)
-            error = Internal(f"internal error ({type(exc).__name__}); see the server log")
-        await context.abort(GRPC_STATUS[error.code], error.message)
-
-    return wrapper
+_rpc = rpc_errors("tensorflow.serving")
 
 
 def model_ref(spec: Any) -> ModelRef:

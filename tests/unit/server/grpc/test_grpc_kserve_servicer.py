@@ -14,7 +14,8 @@ from modelyard.lifecycle.registry import ModelRegistry
 from modelyard.server.dataplane import DataPlane, ModelMetadata, ModelRef
 from modelyard.server.grpc.codec import encode_raw
 from modelyard.server.grpc.generated import grpc_service_pb2 as pb
-from modelyard.server.grpc.kserve import GRPC_STATUS, KServeServicer, decode_inputs, model_ref
+from modelyard.server.grpc.kserve import KServeServicer, decode_inputs, model_ref
+from modelyard.server.grpc.status import GRPC_STATUS
 from modelyard.tensors import DataType
 
 TYPED = [d for d in DataType if d is not DataType.FP16]
