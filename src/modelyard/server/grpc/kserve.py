@@ -6,8 +6,9 @@ run the model, and encodes the outputs as ``raw_output_contents``, which is what
 what ``tritonclient`` reads. Checks that need the wire format live here: unknown datatype names,
 raw byte counts, typed-contents element counts, mixing raw and typed contents.
 
-Errors: a ``ModelyardError`` aborts the RPC with the status of ``status.GRPC_STATUS`` and its message;
-any other exception is logged and aborts with INTERNAL. A request never crashes the server.
+Errors: a ``ModelyardError`` aborts the RPC with the status of ``status.GRPC_STATUS`` and its
+message; any other exception is logged and aborts with INTERNAL. A request never crashes the
+server.
 
 Async safety: one servicer per server and event loop; handlers run on that loop only.
 """
