@@ -9,27 +9,12 @@ from modelyard.backends.base import Backend, LoadedModel, MultiSignatureModel
 from modelyard.config.schema import Platform
 from modelyard.errors import BackendMissing, InvalidArgument
 
-# platform -> (artifact file in a version folder, module, class, pip extra)
-_REGISTRY: dict[Platform, tuple[str, str, str, str]] = {
-    Platform.TORCH_EXPORT: (
-        "model.pt2",
-        "modelyard.backends.torch_export",
-        "TorchExportBackend",
-        "torch",
-    ),
-    Platform.TORCHSCRIPT: (
-        "model.pt",
-        "modelyard.backends.torchscript",
-        "TorchScriptBackend",
-        "torch",
-    ),
-    Platform.ONNX: ("model.onnx", "modelyard.backends.onnx", "OnnxBackend", "onnx"),
-    Platform.TENSORFLOW: (
-        "saved_model.pb",
-        "modelyard.backends.tensorflow",
-        "SavedModelBackend",
-        "tensorflow",
-    ),
+# platform -> (module, class, pip extra); the artifact file is ``platform.artifact``.
+_REGISTRY: dict[Platform, tuple[str, str, str]] = {
+    Platform.TORCH_EXPORT: ("modelyard.backends.torch_export", "TorchExportBackend", "torch"),
+    Platform.TORCHSCRIPT: ("modelyard.backends.torchscript", "TorchScriptBackend", "torch"),
+    Platform.ONNX: ("modelyard.backends.onnx", "OnnxBackend", "onnx"),
+    Platform.TENSORFLOW: ("modelyard.backends.tensorflow", "SavedModelBackend", "tensorflow"),
 }
 
 # Names that Triton and KServe clients know these formats by (model metadata "platform").
@@ -42,21 +27,21 @@ PROTOCOL_PLATFORM: dict[Platform, str] = {
 
 
 def artifact_name(platform: Platform) -> str:
-    return _REGISTRY[platform][0]
+    return platform.artifact
 
 
 def detect_platform(version_dir: Path, configured: Platform = Platform.AUTO) -> Platform:
     """The platform of a version folder: the configured one, else the one whose file is there."""
     if configured is not Platform.AUTO:
-        artifact = _REGISTRY[configured][0]
+        artifact = configured.artifact
         if not (version_dir / artifact).exists():
             raise InvalidArgument(
                 f"{version_dir} has no {artifact}, which platform {configured.value} needs"
             )
         return configured
-    found = [p for p, (artifact, *_) in _REGISTRY.items() if (version_dir / artifact).exists()]
+    found = [p for p in _REGISTRY if (version_dir / p.artifact).exists()]
     if len(found) != 1:
-        expected = ", ".join(f"{a} ({p.value})" for p, (a, *_) in _REGISTRY.items())
+        expected = ", ".join(f"{p.artifact} ({p.value})" for p in _REGISTRY)
         what = "no model file" if not found else "more than one model file"
         raise InvalidArgument(
             f"{version_dir} holds {what}; expected exactly one of {expected}, "
@@ -67,7 +52,7 @@ def detect_platform(version_dir: Path, configured: Platform = Platform.AUTO) -> 
 
 def get_backend(platform: Platform) -> Backend:
     """The backend for ``platform``; BackendMissing names the extra to install."""
-    _, module_name, class_name, extra = _REGISTRY[platform]
+    module_name, class_name, extra = _REGISTRY[platform]
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:

@@ -45,6 +45,19 @@ class Platform(enum.Enum):
     ONNX = "onnx"
     TENSORFLOW = "tensorflow"
 
+    @property
+    def artifact(self) -> str:
+        """The file a version folder holds in this format; KeyError for AUTO, which has none."""
+        return _ARTIFACTS[self]
+
+
+_ARTIFACTS: dict[Platform, str] = {
+    Platform.TORCH_EXPORT: "model.pt2",
+    Platform.TORCHSCRIPT: "model.pt",
+    Platform.ONNX: "model.onnx",
+    Platform.TENSORFLOW: "saved_model.pb",
+}
+
 
 class DeviceConfig(_Frozen):
     """A device the planner may place models on: a whole GPU, a memory-capped slice, or a CPU."""

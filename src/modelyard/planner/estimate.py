@@ -41,12 +41,8 @@ OVERHEAD_FRACTION = 0.10
 WORKSPACE_FRACTION = 0.10
 WORKSPACE_FRACTION_BATCHING = 0.25
 
-ARTIFACT_FILES: dict[Platform, str] = {
-    Platform.TORCH_EXPORT: "model.pt2",
-    Platform.TORCHSCRIPT: "model.pt",
-    Platform.ONNX: "model.onnx",
-    Platform.TENSORFLOW: "saved_model.pb",
-}
+FORMATS: tuple[Platform, ...] = tuple(p for p in Platform if p is not Platform.AUTO)
+"""The formats an artifact can be in, in the order detection tries them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,9 +59,9 @@ class Estimate:
 
 
 def detect_platform(version_dir: Path) -> Platform | None:
-    """The platform whose artifact file is in ``version_dir`` (first match in ARTIFACT_FILES)."""
-    for platform, filename in ARTIFACT_FILES.items():
-        if (version_dir / filename).is_file():
+    """The platform whose artifact file is in ``version_dir`` (first match in FORMATS)."""
+    for platform in FORMATS:
+        if (version_dir / platform.artifact).is_file():
             return platform
     return None
 
@@ -97,9 +93,9 @@ def weights_bytes(version_dir: Path, platform: Platform = Platform.AUTO) -> int:
             return extra
         raise InvalidArgument(
             f"{version_dir} holds no model file to estimate from; expected one of "
-            f"{', '.join(ARTIFACT_FILES.values())} or *.safetensors (or give memory: in config)"
+            f"{', '.join(p.artifact for p in FORMATS)} or *.safetensors (or give memory: in config)"
         )
-    artifact = version_dir / ARTIFACT_FILES[platform]
+    artifact = version_dir / platform.artifact
     if not artifact.is_file():
         raise InvalidArgument(f"{artifact} not found for platform {platform.value}")
     return reader(artifact) + extra
