@@ -155,26 +155,33 @@ class Controller:
                 reason = self._unplaced_reason or "the plan has no device for it"
                 entry.transition(ModelState.FAILED, f"not loaded: {reason}")
                 return
+        # Everything this load acquires, so a failure part way (the second replica, or the
+        # wrapper) releases what the first steps loaded instead of leaking it on its device.
+        acquired: list[Servable] = []
+        replicas: list[Replica] = []
         try:
             entry.platform = detect_platform(version_dir, model.platform)
             declared = declared_signature(model)
-            replicas = []
             for device in devices:
                 target = self._targets.get(device, device)
                 request = LoadRequest(
                     entry.key, version_dir, entry.platform, target, declared, model, device
                 )
                 servable = await self._loader.load(request)
+                acquired.append(servable)
                 if self._wrap is not None:
                     servable = self._wrap(servable, model)
+                    acquired[-1] = servable
                 replicas.append(Replica(servable, device))
-        except ModelyardError as exc:
-            entry.transition(ModelState.FAILED, exc.message)
-            log.error("model %s failed to load: %s", entry.key, exc.message)
-            return
-        except Exception as exc:  # a backend failing in a way it did not foresee
-            entry.transition(ModelState.FAILED, f"{type(exc).__name__}: {exc}")
-            log.exception("model %s failed to load", entry.key)
+        except Exception as exc:
+            if isinstance(exc, ModelyardError):
+                reason = exc.message
+                log.error("model %s failed to load: %s", entry.key, reason)
+            else:  # a backend failing in a way it did not foresee
+                reason = f"{type(exc).__name__}: {exc}"
+                log.exception("model %s failed to load", entry.key)
+            await _close_all(entry.key, acquired)
+            entry.transition(ModelState.FAILED, reason)
             return
         entry.signature = replicas[0].servable.signature
         entry.replicas = replicas
@@ -295,3 +302,12 @@ class Controller:
                         log.exception("unloading %s failed", entry.key)
                 entry.replicas = []
                 entry.transition(ModelState.END)
+
+
+async def _close_all(key: VersionKey, servables: list[Servable]) -> None:
+    """Close servables a failed load acquired; a failure to close is logged, not raised."""
+    for servable in servables:
+        try:
+            await servable.close()
+        except Exception:
+            log.exception("releasing a replica of %s after its failed load", key)
