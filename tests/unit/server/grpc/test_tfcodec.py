@@ -45,17 +45,6 @@ def test_typed_fields_and_one_value_fills() -> None:
     np.testing.assert_array_equal(halves, np.array([1.0, -2.0], np.float16))
 
 
-def test_matches_tensorflows_own_encoding() -> None:
-    tf = pytest.importorskip("tensorflow")
-    array = np.arange(6, dtype=np.float64).reshape(3, 2)
-    theirs = core.TensorProto.FromString(tf.make_tensor_proto(array).SerializeToString())
-    np.testing.assert_array_equal(tensor_to_array(theirs, "x"), array)
-    ours = tf.make_ndarray(
-        type(tf.make_tensor_proto(array)).FromString(array_to_tensor(array).SerializeToString())
-    )
-    np.testing.assert_array_equal(ours, array)
-
-
 @pytest.mark.parametrize(
     ("tensor", "expected"),
     [
