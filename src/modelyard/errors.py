@@ -7,6 +7,7 @@
     ├── AlreadyExists
     ├── FailedPrecondition    the operation is valid but the state does not allow it
     ├── ResourceExhausted     a queue is full, a body too large, a plan does not fit
+    │   └── DoesNotFit        a run-time change the planner cannot place (REST 507)
     ├── Unavailable           the model exists but cannot serve right now (loading, worker died)
     ├── Unauthenticated       a management call without a valid token
     ├── PermissionDenied      the management API is disabled
@@ -93,6 +94,12 @@ class FailedPrecondition(ModelyardError):
 
 class ResourceExhausted(ModelyardError):
     code = Code.RESOURCE_EXHAUSTED
+
+
+class DoesNotFit(ResourceExhausted):
+    """A management change (load, move, re-plan) the planner cannot place without evicting a
+    serving model; the message is the planner's explanation. REST answers 507 (Insufficient
+    Storage, as Triton-style repository APIs do for capacity), gRPC RESOURCE_EXHAUSTED."""
 
 
 class Unavailable(ModelyardError):

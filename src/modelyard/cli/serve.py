@@ -16,6 +16,7 @@ from modelyard.cli.plan import render_table
 from modelyard.config import BatchingConfig, ModelConfig, ServerConfig, load_config, parse_size
 from modelyard.config.tfserving import parse_batching_parameters, with_batching
 from modelyard.errors import ConfigError, ModelyardError
+from modelyard.management.state import StateStore, apply_overrides
 from modelyard.planner import Plan
 from modelyard.planner.demands import plan_for_config
 from modelyard.planner.footprints import FootprintCache
@@ -35,8 +36,6 @@ IGNORED_TF_SERVING_FLAGS = (
     "tensorflow_intra_op_parallelism",
     "tensorflow_inter_op_parallelism",
     "tensorflow_session_parallelism",
-    "model_config_file_poll_wait_seconds",
-    "file_system_poll_wait_seconds",
     "enable_model_warmup",
     "rest_api_num_threads",
     "rest_api_timeout_in_ms",
@@ -114,6 +113,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="TF Serving BatchingParameters (text protobuf) for --enable_batching",
     )
+    tf.add_argument(
+        "--file_system_poll_wait_seconds",
+        "--file-system-poll-wait-seconds",
+        type=float,
+        default=None,
+        help="seconds between polls of the base paths for new versions (default: the config's "
+        "poll_interval_seconds, else 1; 0: look once at start)",
+    )
+    tf.add_argument(
+        "--model_config_file_poll_wait_seconds",
+        "--model-config-file-poll-wait-seconds",
+        type=float,
+        default=0.0,
+        help="seconds between polls of the config file for changes (default 0: never)",
+    )
     for flag in IGNORED_TF_SERVING_FLAGS:
         tf.add_argument(
             f"--{flag}",
@@ -148,6 +162,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--serve-what-fits",
         action="store_true",
         help="when the plan cannot place every model, serve those that fit instead of refusing",
+    )
+    parser.add_argument(
+        "--management-token",
+        default=None,
+        help="turn the management API (load/unload/move/re-plan/labels) on; every call must "
+        "send 'Authorization: Bearer TOKEN' (default: $MODELYARD_MANAGEMENT_TOKEN, else off)",
+    )
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        help="where acknowledged management changes are kept across restarts (default: "
+        "$MODELYARD_CACHE_DIR/state/<hash of the config path>)",
     )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
 
@@ -203,7 +230,10 @@ def run(args: argparse.Namespace) -> int:
     for flag in getattr(args, "ignored_tf_flags", []):
         log.warning("ignoring TF Serving flag --%s: it has no effect in modelyard", flag)
     try:
-        config, is_demo = resolve_config(args)
+        file_config, is_demo = resolve_config(args)
+        store = StateStore(_state_path(args))
+        state = store.load()
+        config, state = apply_overrides(file_config, state)
         plan = plan_for_config(config)
         print(render_table(plan), flush=True)
         if not plan.feasible:
@@ -215,6 +245,7 @@ def run(args: argparse.Namespace) -> int:
                 )
                 return 2
             log.warning("serving only what fits: %s", plan.explanation)
+        args.file_config, args.store, args.state = file_config, store, state
         return asyncio.run(_serve(config, plan, args, is_demo))
     except ModelyardError as exc:
         print(f"modelyard: {exc.message}", file=sys.stderr)
@@ -236,6 +267,14 @@ async def _serve(config: ServerConfig, plan: Plan, args: argparse.Namespace, is_
         max_request_bytes=args.max_request_bytes,
         # What each worker measures after a load is preferred over the estimate next time.
         footprints=FootprintCache(),
+        management_token=args.management_token or os.environ.get("MODELYARD_MANAGEMENT_TOKEN"),
+        state_store=args.store,
+        management_state=args.state,
+        file_config=args.file_config,
+        poll_interval_s=args.file_system_poll_wait_seconds,
+        config_files=_watched_files(args),
+        read_config=lambda: resolve_config(args)[0],
+        config_poll_s=args.model_config_file_poll_wait_seconds,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -258,6 +297,22 @@ async def _serve(config: ServerConfig, plan: Plan, args: argparse.Namespace, is_
     await server.stop()
     log.info("stopped")
     return 0
+
+
+def _state_path(args: argparse.Namespace) -> Path:
+    """The management state file: in --state-dir, else one per config path in the cache."""
+    if args.state_dir is not None:
+        return Path(args.state_dir) / "state.json"
+    given = args.config or args.model_config_file
+    if given is not None:
+        return StateStore.default_path(str(given.resolve()))
+    identity = f"{args.model_name}:{args.model_base_path}"
+    return StateStore.default_path(identity)
+
+
+def _watched_files(args: argparse.Namespace) -> list[Path]:
+    files = [p for p in (args.config, args.model_config_file, args.overlay) if p is not None]
+    return [Path(p) for p in files]
 
 
 def _write_ports(path: Path, server: Server) -> None:

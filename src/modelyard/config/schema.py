@@ -59,6 +59,15 @@ _ARTIFACTS: dict[Platform, str] = {
 }
 
 
+class SwapPolicy(enum.Enum):
+    """How a model's served version is replaced by a newer one (see docs/lifecycle.md)."""
+
+    AVAILABILITY = "availability"
+    """Load the new version beside the old, then unload the old: no gap, needs room for both."""
+    RESOURCE = "resource"
+    """When both do not fit: unload the old first, then load the new (requests get 503 between)."""
+
+
 class DeviceConfig(_Frozen):
     """A device the planner may place models on: a whole GPU, a memory-capped slice, or a CPU."""
 
@@ -175,6 +184,11 @@ class ModelConfig(_Frozen):
         None, alias="memory", description="Footprint per replica; overrides the estimate."
     )
     batching: BatchingConfig | None = None
+    swap: SwapPolicy = Field(
+        SwapPolicy.AVAILABILITY,
+        description="availability: load the new version beside the old; resource: unload the "
+        "old first when both do not fit.",
+    )
     inputs: tuple[TensorConfig, ...] | None = Field(
         None, description="Signature inputs, for formats that carry none (TorchScript)."
     )
@@ -206,6 +220,11 @@ class ServerConfig(_Frozen):
         0.05, ge=0.0, lt=1.0, description="Share of each device's memory the planner keeps free."
     )
     models: tuple[ModelConfig, ...] = Field(default=(), description="The models to serve.")
+    poll_interval_seconds: float | None = Field(
+        None,
+        description="Seconds between polls of the base paths for new versions (default: "
+        "--file_system_poll_wait_seconds, 1); 0 or less: look once at start only.",
+    )
 
     @model_validator(mode="after")
     def _checks(self) -> ServerConfig:

@@ -1,98 +1,75 @@
-"""The controller: turns the config's desired state into loaded, registered model versions.
+"""The controller: converges the loaded model versions toward the aspired ones.
 
-It is the only writer of the ``ModelRegistry``. Where a version loads is the ``Placer``'s
-answer (the planner's plan); how it loads is the ``Loader``'s (in this process, or in a
-per-device worker). Loads of different versions run concurrently; a version that fails to load
-is marked FAILED with the reason and never blocks or replaces the others.
+It is the only writer of the ``ModelRegistry`` and of the ``Placement``. The repository source
+(polling) and the management API only *ask*: ``converge``, ``reconfigure``, ``move``,
+``replan``, ``set_label``. What to do next for a model is ``policy.next_action``'s answer (pure);
+where a version loads is the planner's (``Placement``); how it loads is the ``Loader``'s.
+
+Invariants, each one a thing users notice:
+
+- A new version is AVAILABLE before an old one leaves routing (availability swap), and an old
+  version's in-flight requests finish before it is closed (drain): a swap fails no request.
+- A version that fails to load is FAILED with the reason and never replaces a good one.
+- A change that does not fit raises ``DoesNotFit`` before anything loads or unloads; nothing
+  serving is ever evicted to make room (except the model's own old version under
+  ``swap: resource``, which is its owner's choice).
+
+Async safety: one event loop. Changes are serialised by one lock (one change at a time), so
+loads of one change run concurrently but two changes never interleave.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Protocol
+import time
+from collections.abc import Mapping
+from typing import Any
 
-from modelyard.backends import detect_platform, get_backend
-from modelyard.config.schema import ModelConfig, Platform, ServerConfig
-from modelyard.errors import ModelyardError
+from modelyard.backends import detect_platform
+from modelyard.config.schema import ModelConfig, ServerConfig
+from modelyard.errors import DoesNotFit, FailedPrecondition, ModelyardError, NotFound
 from modelyard.ids import VersionKey
+from modelyard.lifecycle.loading import (
+    InProcessLoader,
+    Loader,
+    LoadRequest,
+    ReleasesDevices,
+    ServableWrapper,
+    declared_signature,
+)
+from modelyard.lifecycle.placement import DemandOf, Placement
+from modelyard.lifecycle.policy import (
+    Forget,
+    Load,
+    ModelSnapshot,
+    Refuse,
+    Unload,
+    next_action,
+    when_full,
+)
 from modelyard.lifecycle.registry import ModelRegistry, Replica, VersionEntry
-from modelyard.lifecycle.servable import LocalServable, Servable
-from modelyard.lifecycle.states import ModelState
+from modelyard.lifecycle.servable import Servable
+from modelyard.lifecycle.states import ALLOWED_TRANSITIONS, ModelState
+from modelyard.planner import Plan
 from modelyard.repository import aspired_versions, check_labels, scan_versions
-from modelyard.tensors import Signature
+
+__all__ = ["Controller", "InProcessLoader", "LoadRequest", "Loader", "declared_signature"]
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True, slots=True)
-class LoadRequest:
-    """Everything a loader needs to load one replica of one version on one device."""
-
-    key: VersionKey
-    version_dir: Path
-    platform: Platform
-    device: str
-    declared: Signature | None
-    config: ModelConfig
-    device_name: str = ""
-    """The plan's name for the device (``sim0``, ``gpu1``): one worker process per name, even
-    when two names share a backend target (two CPU devices are both ``cpu``)."""
-
-
-class Loader(Protocol):
-    """Loads a model version somewhere and hands back a ``Servable`` for it."""
-
-    async def load(self, request: LoadRequest) -> Servable: ...
-
-
-ServableWrapper = Callable[[Servable, ModelConfig], Servable]
-"""Wraps a loaded servable, e.g. in a dynamic batcher; identity when not configured."""
-
-
-class InProcessLoader:
-    """Loads models into this process: one thread pool for loads, one for inference."""
-
-    def __init__(self, inference_threads: int = 4) -> None:
-        self._load_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="load")
-        self._infer_pool = ThreadPoolExecutor(
-            max_workers=inference_threads, thread_name_prefix="infer"
-        )
-
-    async def load(self, request: LoadRequest) -> Servable:
-        backend = get_backend(request.platform)
-        loop = asyncio.get_running_loop()
-        model = await loop.run_in_executor(
-            self._load_pool, backend.load, request.version_dir, request.device, request.declared
-        )
-        return LocalServable(model, self._infer_pool)
-
-    def shutdown(self) -> None:
-        self._load_pool.shutdown(wait=False, cancel_futures=True)
-        self._infer_pool.shutdown(wait=True)
-
-
-def declared_signature(config: ModelConfig) -> Signature | None:
-    if config.inputs is None or config.outputs is None:
-        return None
-    return Signature(
-        inputs=tuple(t.spec() for t in config.inputs),
-        outputs=tuple(t.spec() for t in config.outputs),
-    )
+_MAX_STEPS = 64
+"""Steps per model per converge: a policy bug must not spin the loop forever."""
 
 
 class Controller:
-    """Loads the desired versions of every configured model and unloads them at stop.
+    """Loads the aspired versions of every model, swaps and moves them, unloads them at stop.
 
-    ``placement`` maps each version to the names of the devices its replicas load on (the
-    plan's device names: ``gpu0``, ``sim1``, ``cpu``); ``device_targets`` maps a device name
-    to what a backend loads onto (``cuda:0``, ``cpu``). Without a placement every version loads
-    on ``default_device``. With one, a version it leaves out is not loaded: it is marked FAILED
-    with ``unplaced_reason`` (the planner's explanation).
+    ``plan``: the start-up plan; with it every change is planned (``Placement``). Without it,
+    ``placement`` (a fixed version -> device names map) or ``default_device`` says where
+    versions load. ``device_targets`` maps a device name to what a backend loads onto
+    (``cuda:0``, ``cpu``). Versions the start-up plan could not place are FAILED with
+    ``unplaced_reason``.
     """
 
     def __init__(
@@ -106,18 +83,50 @@ class Controller:
         default_device: str = "cpu",
         unplaced_reason: str = "",
         wrap: ServableWrapper | None = None,
+        plan: Plan | None = None,
+        demand: DemandOf | None = None,
+        drain_timeout_s: float = 30.0,
     ) -> None:
         self._config = config
         self._registry = registry
         self._loader = loader
-        self._placement = dict(placement) if placement is not None else None
+        self._placement = Placement(
+            plan, fixed=placement, default_device=default_device, demand=demand
+        )
         self._targets = dict(device_targets or {})
-        self._default_device = default_device
         self._unplaced_reason = unplaced_reason
         self._wrap = wrap
+        self._drain_s = drain_timeout_s
         self._entries: dict[VersionKey, VersionEntry] = {}
         # Replicas out of service while their worker restarts, by (version, device name).
         self._parked: dict[tuple[VersionKey, str], Replica] = {}
+        self._fallback: dict[str, int] = {}
+        # Replicas a load in progress has acquired, released if the load fails part way.
+        self._partial: dict[VersionKey, list[Replica]] = {}
+        self._lock = asyncio.Lock()
+        self._started = False
+
+    # -- views -------------------------------------------------------------------------------
+
+    @property
+    def config(self) -> ServerConfig:
+        """The models being served now (the config plus what the management API changed)."""
+        return self._config
+
+    @property
+    def plan(self) -> Plan | None:
+        """The plan of what is placed now."""
+        return self._placement.plan
+
+    def devices_of(self, key: VersionKey) -> tuple[str, ...]:
+        return self._placement.devices_of(key)
+
+    def model(self, name: str) -> ModelConfig:
+        for model in self._config.models:
+            if model.name == name:
+                return model
+        known = ", ".join(m.name for m in self._config.models) or "none"
+        raise NotFound(f"model {name!r} is not served; models: {known}")
 
     def desired(self) -> list[tuple[ModelConfig, int]]:
         """(model, version) pairs the config aspires to, checked (labels, base paths)."""
@@ -128,51 +137,121 @@ class Controller:
             pairs.extend((model, v) for v in versions)
         return pairs
 
+    # -- start and converge ------------------------------------------------------------------
+
     async def start(self) -> None:
         """Register every desired version and load them all concurrently."""
-        desired = self.desired()
-        for model in self._config.models:
-            # A model with no version folder yet is still known, so requests get a clear answer.
-            self._registry.ensure_model(model.name)
-        entries = []
-        for model, version in desired:
-            entry = VersionEntry(VersionKey(model.name, version), model.platform)
-            self._registry.add(entry)
-            self._entries[entry.key] = entry
-            entries.append((model, entry))
-        for model in self._config.models:
-            self._registry.set_labels(model.name, dict(model.version_labels))
-        await asyncio.gather(*(self._load(model, entry) for model, entry in entries))
+        async with self._lock:
+            desired = self.desired()
+            for model in self._config.models:
+                # A model with no version folder yet is known, so requests get a clear answer.
+                self._registry.ensure_model(model.name)
+                self._registry.set_labels(model.name, dict(model.version_labels))
+            loads = []
+            for model, version in desired:
+                entry = self._register(VersionKey(model.name, version), model)
+                if self._placement.planned:
+                    devices = self._placement.devices_of(entry.key)
+                else:
+                    devices = self._placement.add(model, version)
+                if not devices:
+                    entry.transition(ModelState.LOADING)
+                    reason = self._unplaced_reason or "the plan has no device for it"
+                    entry.transition(ModelState.FAILED, f"not loaded: {reason}")
+                    continue
+                loads.append(self._load(model, entry, devices))
+            await asyncio.gather(*loads)
+            self._started = True
 
-    async def _load(self, model: ModelConfig, entry: VersionEntry) -> None:
-        entry.transition(ModelState.LOADING)
-        version_dir = model.base_path / str(entry.key.version)
-        if self._placement is None:
-            devices: tuple[str, ...] = (self._default_device,)
-        else:
-            devices = self._placement.get(entry.key, ())
-            if not devices:
-                reason = self._unplaced_reason or "the plan has no device for it"
-                entry.transition(ModelState.FAILED, f"not loaded: {reason}")
-                return
-        # Everything this load acquires, so a failure part way (the second replica, or the
-        # wrapper) releases what the first steps loaded instead of leaking it on its device.
-        acquired: list[Servable] = []
-        replicas: list[Replica] = []
+    async def converge(self, names: list[str] | None = None) -> None:
+        """Look at the base paths again and take every model (or ``names``) to its aspired
+        versions: load new ones, swap, unload old ones (``policy`` says the steps)."""
+        async with self._lock:
+            await self._converge(names)
+
+    async def _converge(self, names: list[str] | None = None) -> None:
+        models = [m for m in self._config.models if names is None or m.name in names]
+        await asyncio.gather(*(self._converge_model(m) for m in models))
+
+    async def _converge_model(self, model: ModelConfig) -> None:
         try:
-            entry.platform = detect_platform(version_dir, model.platform)
-            declared = declared_signature(model)
-            for device in devices:
-                target = self._targets.get(device, device)
-                request = LoadRequest(
-                    entry.key, version_dir, entry.platform, target, declared, model, device
-                )
-                servable = await self._loader.load(request)
-                acquired.append(servable)
-                if self._wrap is not None:
-                    servable = self._wrap(servable, model)
-                    acquired[-1] = servable
-                replicas.append(Replica(servable, device))
+            found = scan_versions(model.base_path)
+        except ModelyardError as exc:
+            # A base path that vanished (an unmounted volume) is not an order to unload.
+            log.warning("model %s: %s; keeping what is loaded", model.name, exc.message)
+            return
+        aspired = frozenset(aspired_versions(found, model.version_policy))
+        for _ in range(_MAX_STEPS):
+            snapshot = self._snapshot(model, aspired)
+            action = next_action(snapshot)
+            if action is None:
+                return
+            if isinstance(action, Load):
+                action = await self._try_load(model, action.version, snapshot)
+                if isinstance(action, Refuse) or action is None:
+                    return
+            if isinstance(action, Unload):
+                if action.make_room_for is not None:
+                    self._fallback[model.name] = action.version
+                await self._unload(self._entries[VersionKey(model.name, action.version)])
+            elif isinstance(action, Forget):
+                self._forget(VersionKey(model.name, action.version))
+        log.error("model %s did not converge in %d steps", model.name, _MAX_STEPS)
+
+    def _snapshot(self, model: ModelConfig, aspired: frozenset[int]) -> ModelSnapshot:
+        states = {k.version: e.state for k, e in self._entries.items() if k.model == model.name}
+        if any(states.get(v) is ModelState.AVAILABLE for v in aspired):
+            self._fallback.pop(model.name, None)  # the swap succeeded: nothing to fall back to
+        return ModelSnapshot(
+            model.name, aspired, states, model.swap, self._fallback.get(model.name)
+        )
+
+    async def _try_load(
+        self, model: ModelConfig, version: int, snapshot: ModelSnapshot
+    ) -> Unload | Refuse | None:
+        """Plan and load ``version``; what to do instead when it does not fit."""
+        key = VersionKey(model.name, version)
+        if self._fallback.get(model.name) == version:
+            del self._fallback[model.name]  # one try: a failing fallback must not loop
+        entry = self._entries.get(key) or self._register(key, model)
+        try:
+            devices = self._placement.add(model, version)
+        except DoesNotFit as exc:
+            step = when_full(snapshot, version, exc.message)
+            if isinstance(step, Refuse) and entry.error != step.reason:
+                entry.error = step.reason  # still START: tried again on every converge
+                log.warning("model %s: %s", key, step.reason)
+            return step
+        except ModelyardError as exc:  # cannot be sized: a corrupt or unreadable artifact
+            entry.transition(ModelState.LOADING)
+            entry.transition(ModelState.FAILED, exc.message)
+            log.error("model %s failed: %s", key, exc.message)
+            return None
+        if not devices:
+            entry.transition(ModelState.LOADING)
+            entry.transition(ModelState.FAILED, "not loaded: no device for it")
+            return None
+        await self._load(model, entry, devices)
+        return None
+
+    def _register(self, key: VersionKey, model: ModelConfig) -> VersionEntry:
+        entry = VersionEntry(key, model.platform)
+        self._registry.ensure_model(key.model)
+        self._registry.add(entry)
+        self._entries[key] = entry
+        return entry
+
+    # -- loading and unloading ---------------------------------------------------------------
+
+    async def _load(
+        self, model: ModelConfig, entry: VersionEntry, devices: tuple[str, ...]
+    ) -> None:
+        entry.transition(ModelState.LOADING)
+        try:
+            entry.platform = detect_platform(
+                model.base_path / str(entry.key.version), model.platform
+            )
+            replicas = [await self._load_replica(model, entry, d) for d in devices]
         except Exception as exc:
             if isinstance(exc, ModelyardError):
                 reason = exc.message
@@ -180,13 +259,216 @@ class Controller:
             else:  # a backend failing in a way it did not foresee
                 reason = f"{type(exc).__name__}: {exc}"
                 log.exception("model %s failed to load", entry.key)
-            await _close_all(entry.key, acquired)
+            await self._close_all(entry.key, list(self._partial.pop(entry.key, [])))
+            self._placement.remove(entry.key)
             entry.transition(ModelState.FAILED, reason)
             return
+        self._partial.pop(entry.key, None)
         entry.signature = replicas[0].servable.signature
         entry.replicas = replicas
         entry.transition(ModelState.AVAILABLE)
         log.info("model %s AVAILABLE on %s", entry.key, ", ".join(devices))
+
+    async def _load_replica(self, model: ModelConfig, entry: VersionEntry, device: str) -> Replica:
+        """Load one replica; a failure part way leaves what was acquired in ``_partial`` so the
+        caller releases it instead of leaking it on its device."""
+        request = LoadRequest(
+            entry.key,
+            model.base_path / str(entry.key.version),
+            entry.platform,
+            self._targets.get(device, device),
+            declared_signature(model),
+            model,
+            device,
+        )
+        servable: Servable = await self._loader.load(request)
+        acquired = self._partial.setdefault(entry.key, [])
+        acquired.append(Replica(servable, device))
+        if self._wrap is not None:
+            servable = self._wrap(servable, model)
+            acquired[-1] = Replica(servable, device)
+        return acquired[-1]
+
+    async def _unload(self, entry: VersionEntry) -> None:
+        """Take ``entry`` out of routing, let its requests finish, close it, forget it."""
+        if entry.state is ModelState.AVAILABLE:
+            entry.transition(ModelState.UNLOADING)
+            replicas, entry.replicas = entry.replicas, []
+            await self._drain(entry.key, replicas)
+            await self._close_all(entry.key, replicas)
+            entry.transition(ModelState.END)
+            log.info("model %s unloaded", entry.key)
+        self._forget(entry.key)
+
+    async def _drain(self, key: VersionKey, replicas: list[Replica]) -> None:
+        """Wait until no request is in flight on ``replicas`` (bounded by the drain timeout)."""
+        deadline = time.monotonic() + self._drain_s
+        while any(r.in_flight for r in replicas):
+            if time.monotonic() > deadline:
+                log.warning("%s: %d requests still in flight after %.0f s; closing anyway",
+                            key, sum(r.in_flight for r in replicas), self._drain_s)  # fmt: skip
+                return
+            await asyncio.sleep(0.005)
+
+    async def _close_all(self, key: VersionKey, replicas: list[Replica]) -> None:
+        """Close replicas; a failure to close is logged, not raised. Tells the loader."""
+        for replica in replicas:
+            try:
+                await replica.servable.close()
+            except Exception:
+                log.exception("unloading %s from %s failed", key, replica.device)
+            if isinstance(self._loader, ReleasesDevices):
+                await self._loader.released(replica.device)
+
+    def _forget(self, key: VersionKey) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is not None and ModelState.END in ALLOWED_TRANSITIONS[entry.state]:
+            entry.transition(ModelState.END, entry.error)
+        self._registry.remove(key)
+        self._placement.remove(key)
+
+    # -- run-time changes (the management API and config reloads) -----------------------------
+
+    async def reconfigure(
+        self,
+        config: ServerConfig,
+        placement: Mapping[VersionKey, tuple[str, ...]] | None = None,
+        device_targets: Mapping[str, str] | None = None,
+    ) -> None:
+        """Serve ``config``: load the models it adds, apply the changed settings (version
+        policy, labels, swap) of the others, then unload the models it drops.
+
+        The added models' versions are planned first: DoesNotFit (nothing changed) when they
+        do not fit, ConfigError for missing base paths or labels. Pins, replicas and batching
+        of a model already served take effect when it is next loaded. ``placement`` is
+        ignored (kept for callers that planned themselves: the controller plans now).
+        """
+        del placement
+        async with self._lock:
+            self._targets.update(device_targets or {})
+            kept = {m.name for m in self._config.models}
+            added = [m for m in config.models if m.name not in kept]
+            dropped = [n for n in kept if n not in {m.name for m in config.models}]
+            await self._reserve(added)
+            self._config = config
+            for model in config.models:
+                self._registry.ensure_model(model.name)
+                self._registry.set_labels(model.name, dict(model.version_labels))
+            await self._converge([m.name for m in config.models])
+            for name in dropped:
+                await self._drop(name)
+            names = ", ".join(m.name for m in added) or "none"
+            log.info("reconfigured: added %s, removed %s", names, ", ".join(dropped) or "none")
+
+    async def _reserve(self, added: list[ModelConfig]) -> None:
+        """Plan every version of ``added``, all or nothing."""
+        done: list[VersionKey] = []
+        try:
+            for model in added:
+                versions = aspired_versions(scan_versions(model.base_path), model.version_policy)
+                check_labels(model.name, model.version_labels, versions)
+                for version in versions:
+                    self._placement.add(model, version)
+                    done.append(VersionKey(model.name, version))
+        except BaseException:
+            for key in done:
+                self._placement.remove(key)
+            raise
+
+    async def _drop(self, name: str) -> None:
+        for key in [k for k in self._entries if k.model == name]:
+            await self._unload(self._entries[key])
+        self._fallback.pop(name, None)
+        self._registry.remove_model(name)
+
+    async def move(self, name: str, version: int, source: str, target: str) -> None:
+        """Move the replica of ``name:version`` on ``source`` to ``target``: load it there
+        first, then drain and unload the one on ``source`` (no request fails).
+
+        DoesNotFit when ``target`` has no room; FailedPrecondition when the version is not
+        AVAILABLE or has no replica on ``source`` (or already one on ``target``).
+        """
+        async with self._lock:
+            await self._move(VersionKey(name, version), source, target)
+
+    async def _move(self, key: VersionKey, source: str, target: str) -> None:
+        entry = self._entries.get(key)
+        if entry is None or entry.state is not ModelState.AVAILABLE:
+            state = entry.state.value if entry is not None else "not loaded"
+            raise FailedPrecondition(f"model {key.model!r} version {key.version} is {state}")
+        on = [r.device for r in entry.replicas]
+        if source not in on or target in on:
+            raise FailedPrecondition(
+                f"{key} has replicas on {', '.join(on)}: it can move from one of them to a "
+                f"device it is not on (asked {source} -> {target})"
+            )
+        after = self._placement.check_move(key, source, target)
+        model = self.model(key.model)
+        try:
+            replica = await self._load_replica(model, entry, target)
+        except BaseException:
+            await self._close_all(key, self._partial.pop(key, []))
+            raise
+        self._partial.pop(key, None)
+        entry.replicas.append(replica)  # serving on both for a moment
+        old = [r for r in entry.replicas if r.device == source]
+        entry.replicas = [r for r in entry.replicas if r.device != source]
+        await self._drain(key, old)
+        await self._close_all(key, old)
+        self._placement.commit_devices(key, after)
+        log.info("model %s moved from %s to %s", key, source, target)
+
+    async def replan(self) -> list[dict[str, Any]]:
+        """Plan everything afresh (config pins, fewest moves) and carry the moves out, each one
+        load-first; then retry versions waiting for room. Returns the moves made."""
+        async with self._lock:
+            pins = {m.name: m.devices for m in self._config.models}
+            plan = self._placement.replan(pins)
+            moves: list[dict[str, Any]] = []
+            for key, now in self._placement.placed().items():
+                wanted = plan.devices_of(key)
+                leaving = [d for d in now if d not in wanted]
+                arriving = [d for d in wanted if d not in now]
+                for source, target in zip(leaving, arriving, strict=False):
+                    try:
+                        await self._move(key, source, target)
+                    except ModelyardError as exc:
+                        log.warning("re-plan: %s stays on %s: %s", key, source, exc.message)
+                        continue
+                    moves.append({"model": key.model, "version": key.version,
+                                  "from": source, "to": target})  # fmt: skip
+            await self._converge()
+            return moves
+
+    async def set_label(self, name: str, label: str, version: int) -> None:
+        """Point ``label`` of ``name`` at ``version`` (which must be AVAILABLE)."""
+        async with self._lock:
+            model = self.model(name)
+            entry = self._entries.get(VersionKey(name, version))
+            if entry is None or entry.state is not ModelState.AVAILABLE:
+                raise FailedPrecondition(
+                    f"label {label!r} can only point at an AVAILABLE version; model {name!r} "
+                    f"version {version} is {entry.state.value if entry else 'not loaded'}"
+                )
+            labels = {**model.version_labels, label: version}
+            changed = model.model_copy(update={"version_labels": labels})
+            models = tuple(changed if m.name == name else m for m in self._config.models)
+            self._config = self._config.model_copy(update={"models": models})
+            self._registry.set_labels(name, labels)
+
+    async def stop(self) -> None:
+        """Unload every version; each replica's ``close`` is awaited."""
+        async with self._lock:
+            for entry in list(self._registry.entries()):
+                if entry.state is ModelState.AVAILABLE:
+                    entry.transition(ModelState.UNLOADING)
+                    for replica in entry.replicas:
+                        try:
+                            await replica.servable.close()
+                        except Exception:
+                            log.exception("unloading %s failed", entry.key)
+                    entry.replicas = []
+                    entry.transition(ModelState.END)
 
     # -- told by the worker supervisor (``modelyard.workers.supervisor.ReplicaListener``) --
 
@@ -226,88 +508,3 @@ class Controller:
                 entry.transition(ModelState.LOADING)
             entry.transition(ModelState.FAILED, reason)
             log.error("model %s FAILED: %s", key, reason)
-
-    async def reconfigure(
-        self,
-        config: ServerConfig,
-        placement: Mapping[VersionKey, tuple[str, ...]] | None = None,
-        device_targets: Mapping[str, str] | None = None,
-    ) -> None:
-        """Serve ``config``: load the models it adds, then unload the models it drops.
-
-        Models in both configs keep their loaded versions as they are, so requests to them
-        never fail during a reconfigure (a change to their settings takes effect when the
-        server restarts). ``placement`` places the added models' versions (the planner's plan
-        for ``config`` given the current placement); ``device_targets`` adds device names it
-        uses. Config errors of the added models (missing base paths, labels) raise before
-        anything changes. Added models that fail to load are FAILED, as at start.
-        """
-        kept = {m.name for m in self._config.models}
-        wanted = {m.name for m in config.models}
-        added = [m for m in config.models if m.name not in kept]
-        dropped = [name for name in kept if name not in wanted]
-        pairs: list[tuple[ModelConfig, int]] = []
-        for model in added:
-            versions = aspired_versions(scan_versions(model.base_path), model.version_policy)
-            check_labels(model.name, model.version_labels, versions)
-            pairs.extend((model, v) for v in versions)
-        if placement is not None and self._placement is not None:
-            self._placement.update(placement)
-        self._targets.update(device_targets or {})
-        entries = []
-        for model in added:
-            self._registry.ensure_model(model.name)
-            self._registry.set_labels(model.name, dict(model.version_labels))
-        for model, version in pairs:
-            entry = VersionEntry(VersionKey(model.name, version), model.platform)
-            self._registry.add(entry)
-            self._entries[entry.key] = entry
-            entries.append((model, entry))
-        self._config = config
-        await asyncio.gather(*(self._load(model, entry) for model, entry in entries))
-        for name in dropped:
-            for entry in self._registry.versions(name):
-                await self._unload(entry)
-                self._entries.pop(entry.key, None)
-                if self._placement is not None:
-                    self._placement.pop(entry.key, None)
-            self._registry.remove_model(name)
-        log.info(
-            "reconfigured: added %s, removed %s",
-            ", ".join(m.name for m in added) or "none",
-            ", ".join(dropped) or "none",
-        )
-
-    async def _unload(self, entry: VersionEntry) -> None:
-        if entry.state is not ModelState.AVAILABLE:
-            return
-        entry.transition(ModelState.UNLOADING)
-        for replica in entry.replicas:
-            try:
-                await replica.servable.close()
-            except Exception:
-                log.exception("unloading %s failed", entry.key)
-        entry.replicas = []
-        entry.transition(ModelState.END)
-
-    async def stop(self) -> None:
-        """Unload every version; each replica's ``close`` is awaited."""
-        for entry in list(self._registry.entries()):
-            if entry.state is ModelState.AVAILABLE:
-                entry.transition(ModelState.UNLOADING)
-                for replica in entry.replicas:
-                    try:
-                        await replica.servable.close()
-                    except Exception:
-                        log.exception("unloading %s failed", entry.key)
-                entry.replicas = []
-                entry.transition(ModelState.END)
-
-
-async def _close_all(key: VersionKey, servables: list[Servable]) -> None:
-    """Close servables a failed load acquired; a failure to close is logged, not raised."""
-    for servable in servables:
-        try:
-            await servable.close()
-        except Exception:
-            log.exception("releasing a replica of %s after its failed load", key)

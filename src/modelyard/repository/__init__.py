@@ -1,5 +1,18 @@
-"""The model repository: version folders on disk and the policy that picks among them."""
+"""The model repository: version folders on disk, the policy that picks among them, and the
+source that polls them."""
 
-from modelyard.repository.versions import aspired_versions, check_labels, scan_versions
+from modelyard.repository.source import PollingSource
+from modelyard.repository.versions import (
+    aspired_snapshot,
+    aspired_versions,
+    check_labels,
+    scan_versions,
+)
 
-__all__ = ["aspired_versions", "check_labels", "scan_versions"]
+__all__ = [
+    "PollingSource",
+    "aspired_snapshot",
+    "aspired_versions",
+    "check_labels",
+    "scan_versions",
+]

@@ -49,3 +49,16 @@ def check_labels(model: str, labels: Mapping[str, int], aspired: Sequence[int]) 
                 f"model {model!r}: label {label!r} points at version {version}, which is not "
                 f"served; served versions: {list(aspired) or 'none'}"
             )
+
+
+def aspired_snapshot(
+    models: Sequence[tuple[str, Path, VersionPolicy]],
+) -> dict[str, tuple[int, ...]]:
+    """Model name -> aspired versions now on disk; a missing base path gives ``()``."""
+    found: dict[str, tuple[int, ...]] = {}
+    for name, base_path, policy in models:
+        try:
+            found[name] = tuple(aspired_versions(scan_versions(base_path), policy))
+        except ConfigError:
+            found[name] = ()
+    return found

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import socket
-from collections.abc import Generator
+from collections.abc import Callable, Generator, Sequence
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -21,10 +21,13 @@ from modelyard.batching import batching_wrapper
 from modelyard.config.schema import DeviceKind, ServerConfig
 from modelyard.errors import NotFound
 from modelyard.lifecycle.controller import Controller, InProcessLoader, Loader
+from modelyard.lifecycle.placement import demand_of
 from modelyard.lifecycle.registry import ModelRegistry
+from modelyard.management import Management, ManagementState, StateStore
 from modelyard.metrics import ServerMetrics
 from modelyard.planner import Plan
 from modelyard.planner.footprints import FootprintCache
+from modelyard.repository import PollingSource, aspired_snapshot
 from modelyard.server.dataplane import DataPlane
 from modelyard.server.defaults import (
     DEFAULT_GRPC_PORT,
@@ -67,10 +70,25 @@ class Server:
         plan: Plan | None = None,
         access_log: bool = False,
         footprints: FootprintCache | None = None,
+        management_token: str | None = None,
+        state_store: StateStore | None = None,
+        management_state: ManagementState | None = None,
+        file_config: ServerConfig | None = None,
+        poll_interval_s: float | None = None,
+        config_files: Sequence[Path] = (),
+        read_config: Callable[[], ServerConfig] | None = None,
+        config_poll_s: float = 0.0,
     ) -> None:
         """``loader``: default a ``WorkerLoader`` (one worker process per plan device); pass
         ``InProcessLoader()`` to load in this process. ``footprints``: where measured
-        footprints are recorded after each load (None: not recorded)."""
+        footprints are recorded after each load (None: not recorded).
+
+        Lifecycle: base paths are polled every ``poll_interval_s`` (default: the config's
+        ``poll_interval_seconds``, else 1 s; 0 or less: never after start). ``config_files``
+        are polled every ``config_poll_s`` (0: never) and, when they change, ``read_config``
+        gives the new config. Management: on only with ``management_token``; changes are
+        saved to ``state_store`` before they are answered; ``config`` is the desired state
+        (``file_config`` + ``management_state`` overrides, see ``apply_overrides``)."""
         self.config = config
         self.host = host
         self.rest_port = rest_port
@@ -81,16 +99,34 @@ class Server:
         self.dataplane = DataPlane(self.registry, metrics=self.metrics)
         self._owns_loader = loader is None
         self._loader: Loader = loader if loader is not None else _worker_loader(plan, footprints)
-        self.plan = plan
         self.controller = Controller(
             config,
             self.registry,
             self._loader,
-            placement=plan.placement() if plan is not None else None,
+            plan=plan,
             device_targets=device_targets(plan) if plan is not None else None,
             unplaced_reason=plan.explanation if plan is not None else "",
             wrap=batching_wrapper,
+            demand=demand_of(footprints),
         )
+        self.management = Management(
+            self.controller,
+            self.registry,
+            file_config=file_config if file_config is not None else config,
+            store=state_store,
+            state=management_state,
+        )
+        self._token = management_token
+        interval = poll_interval_s if poll_interval_s is not None else config.poll_interval_seconds
+        self._poller = PollingSource(
+            versions=self._aspired,
+            on_versions=self.controller.converge,
+            interval_s=1.0 if interval is None else interval,
+            files=config_files,
+            on_files=self._reload_files if read_config is not None else None,
+            files_interval_s=config_poll_s,
+        )
+        self._read_config = read_config
         if isinstance(self._loader, WorkerLoader):
             self._loader.attach(self.controller)
         self._access_log = access_log
@@ -104,7 +140,11 @@ class Server:
         sock = _bind(self.host, self.rest_port)
         self.rest_port = sock.getsockname()[1]
         app = build_app(
-            self.dataplane, max_request_bytes=self.max_request_bytes, status_source=self
+            self.dataplane,
+            max_request_bytes=self.max_request_bytes,
+            status_source=self,
+            manager=self.management,
+            management_token=self._token,
         )
         config = uvicorn.Config(
             app,
@@ -131,10 +171,12 @@ class Server:
             await asyncio.sleep(0.01)
         await self.controller.start()
         self.dataplane.started = True
+        self._poller.start()
 
     async def stop(self, grace_seconds: float = 30.0) -> None:
         """Readiness false now; let in-flight requests finish; unload every model."""
         self.dataplane.stopping = True
+        await self._poller.stop()
         if self._grpc is not None:
             await self._grpc.stop(grace_seconds)
         if self._http is not None and self._http_task is not None:
@@ -150,19 +192,25 @@ class Server:
         """Serve ``config`` from now on (TF Serving's HandleReloadConfigRequest): plan the added
         models around the current placement, load them, then unload the dropped ones.
 
-        Raises ResourceExhausted (nothing changed) when the added models do not fit.
+        Raises DoesNotFit (a ResourceExhausted; nothing changed) when the added models do not
+        fit. Management overrides (models unloaded or added through the API) still apply.
         """
-        from modelyard.planner.demands import plan_for_config
+        await self.management.reload_file(lambda: config)
+        self.config = self.controller.config
 
-        current = self.plan.placement() if self.plan is not None else None
-        loop = asyncio.get_running_loop()
-        plan = await loop.run_in_executor(
-            None, functools.partial(plan_for_config, config, current=current)
-        )
-        plan.raise_if_infeasible()
-        self.plan = plan
-        self.config = config
-        await self.controller.reconfigure(config, plan.placement(), device_targets(plan))
+    @property
+    def plan(self) -> Plan | None:
+        """The plan of what is placed now (changes as models load, unload and move)."""
+        return self.controller.plan
+
+    def _aspired(self) -> tuple[tuple[str, tuple[int, ...]], ...]:
+        models = [(m.name, m.base_path, m.version_policy) for m in self.controller.config.models]
+        return tuple(sorted(aspired_snapshot(models).items()))
+
+    async def _reload_files(self) -> None:
+        assert self._read_config is not None
+        await self.management.reload_file(self._read_config)
+        self.config = self.controller.config
 
     @property
     def loader(self) -> Loader:

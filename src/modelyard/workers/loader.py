@@ -38,8 +38,11 @@ class WorkerLoader:
         progress: LoadProgress | None = None,
         footprints: FootprintCache | None = None,
         infer_threads: int = 4,
+        recycle_growth_bytes: int = 256 * 2**20,
     ) -> None:
-        """``memory_caps``: device name -> bytes, the per-process cap of a GPU slice."""
+        """``memory_caps``: device name -> bytes, the per-process cap of a GPU slice.
+        ``recycle_growth_bytes``: an emptied worker whose RSS is this much above what it held
+        the first time it was empty is recycled (its framework kept memory after unloads)."""
         self._caps = dict(memory_caps or {})
         self._policy = policy or RestartPolicy()
         self._progress = progress
@@ -47,6 +50,8 @@ class WorkerLoader:
         self._threads = infer_threads
         self._listener: ReplicaListener | None = None
         self._workers: dict[str, DeviceWorker] = {}
+        self._recycle_bytes = recycle_growth_bytes
+        self._idle_rss: dict[str, int] = {}
 
     def attach(self, listener: ReplicaListener) -> None:
         """Who hears about replicas leaving and rejoining service (the controller)."""
@@ -87,6 +92,28 @@ class WorkerLoader:
             self._footprints.record_measured(request.version_dir, int(measured), kind)
         except OSError as exc:  # the cache is an optimisation, never a reason to fail a load
             log.warning("could not record the footprint of %s: %s", request.key, exc)
+
+    async def released(self, device: str) -> None:
+        """A replica on ``device`` was unloaded: measure the worker's memory, and recycle the
+        worker when it holds nothing and kept more than ``recycle_growth_bytes`` of memory
+        since it was first empty (``ReleasesDevices``)."""
+        worker = self._workers.get(device)
+        if worker is None or worker.pid is None:
+            return
+        try:
+            report = await worker.report()
+        except ModelyardError:
+            return  # a dead worker is the supervisor's business
+        rss = int(report["rss_bytes"])
+        log.info("device %s: worker RSS %d MiB after an unload, %d model(s) left",
+                 device, rss // 2**20, len(report["models"]))  # fmt: skip
+        if report["models"]:
+            return
+        baseline = self._idle_rss.setdefault(device, rss)
+        if rss - baseline > self._recycle_bytes and await worker.recycle():
+            log.warning("device %s: its worker kept %d MiB after unloading everything; "
+                        "recycled it", device, (rss - baseline) // 2**20)  # fmt: skip
+            self._idle_rss.pop(device, None)
 
     @property
     def workers(self) -> Mapping[str, DeviceWorker]:

@@ -115,6 +115,7 @@ class DeviceWorker:
         self.listener = listener
         self.state = WorkerState.STARTING
         self.restarts = 0
+        self.recycles = 0
         self.last_exit = ""
         self._proc: WorkerProcess | None = None
         self._slots: dict[VersionKey, _Slot] = {}
@@ -230,6 +231,7 @@ class DeviceWorker:
             "pid": self.pid,
             "state": self.state.value,
             "restarts": self.restarts,
+            "recycles": self.recycles,
             "last_exit": self.last_exit or None,
             "models": {
                 str(key): {
@@ -351,6 +353,22 @@ class DeviceWorker:
             slot = self._slots.pop(key)
             if slot.servable is not None and self.listener is not None:
                 self.listener.replica_failed(key, self.name, reason)
+
+    async def recycle(self, wait_s: float = 10.0) -> bool:
+        """Replace an idle worker's process with a fresh one (started by the next load), to
+        give back memory a framework kept after its models unloaded. Does nothing (False)
+        while the device holds a model: recycling never fails a request."""
+        proc = self._proc
+        if self._slots or proc is None or self.state is not WorkerState.READY:
+            return False
+        async with self._load_lock:
+            self._proc = None  # its exit is expected: _on_exit ignores a process not current
+            self._ready.clear()
+            self.state = WorkerState.STARTING
+            self.recycles += 1
+            await proc.stop(wait_s)
+        log.info("device %s: worker pid %s recycled", self.name, proc.pid)
+        return True
 
     async def stop(self, wait_s: float = 10.0) -> None:
         """Stop supervising, ask the worker to exit, and wait until it has (kill if needed)."""

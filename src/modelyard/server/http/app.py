@@ -11,9 +11,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from modelyard.errors import Internal, ModelyardError
+from modelyard.management import Management
 from modelyard.metrics.server_metrics import CONTENT_TYPE
 from modelyard.server.dataplane import DataPlane
-from modelyard.server.http import kserve, status, tfserving, ui
+from modelyard.server.http import kserve, management, status, tfserving, ui
 from modelyard.server.http.common import error_response
 from modelyard.server.http.status import StatusSource
 
@@ -42,14 +43,22 @@ def _metrics_endpoint(dataplane: DataPlane) -> Callable[[Request], Awaitable[Res
 
 
 def build_app(
-    dataplane: DataPlane, *, max_request_bytes: int, status_source: StatusSource | None = None
+    dataplane: DataPlane,
+    *,
+    max_request_bytes: int,
+    status_source: StatusSource | None = None,
+    manager: Management | None = None,
+    management_token: str | None = None,
 ) -> Starlette:
+    """The REST routes. The management routes are always there: without ``management_token``
+    they answer 403 with how to turn them on."""
     routes = [
         Route("/metrics", _metrics_endpoint(dataplane), methods=["GET"]),
         *ui.routes(),
         *tfserving.routes(dataplane, max_request_bytes=max_request_bytes),
         *kserve.routes(dataplane, max_request_bytes=max_request_bytes),
         *(status.routes(status_source) if status_source is not None else []),
+        *management.routes(manager, management_token),
     ]
     return Starlette(
         routes=routes,

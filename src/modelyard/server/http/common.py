@@ -13,7 +13,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from modelyard.config.sizes import format_size
-from modelyard.errors import HTTP_STATUS, InvalidArgument, ModelyardError, ResourceExhausted
+from modelyard.errors import (
+    HTTP_STATUS,
+    DoesNotFit,
+    InvalidArgument,
+    ModelyardError,
+    ResourceExhausted,
+)
 from modelyard.server.defaults import DEFAULT_MAX_REQUEST_BYTES as DEFAULT_MAX_REQUEST_BYTES
 
 
@@ -72,4 +78,6 @@ class BodyTooLarge(ResourceExhausted):
 
 
 def status_for(exc: ModelyardError) -> int:
+    if isinstance(exc, DoesNotFit):
+        return 507  # a change the plan has no room for, not a passing overload (503)
     return 413 if isinstance(exc, BodyTooLarge) else HTTP_STATUS[exc.code]

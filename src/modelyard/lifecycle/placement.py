@@ -1,0 +1,197 @@
+"""Where every placed model version is, and the planner calls that change it at run time.
+
+``Placement`` is the controller's book of reservations. Every change (a new version, a model
+added through the management API, a move, a re-plan) is asked of the planner first; only a
+feasible answer is committed, so a change that does not fit raises ``DoesNotFit`` with the
+planner's explanation *before* anything loads or unloads. Versions already placed are pinned to
+where they are when something is added, so an addition never moves or evicts a serving model.
+
+The devices are the start-up plan's (their ``free_bytes`` were measured before any model
+loaded, which is what ``place`` expects of versions it is told are ``current``).
+
+Without a plan (models load in one place, e.g. tests with ``InProcessLoader``), nothing is
+checked: every version goes on the default device, or where a fixed ``placement`` says.
+
+Not thread-safe; owned by the controller, on its event loop. No I/O except the footprint
+estimate of a new version (reads the artifact's header).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping
+
+from modelyard.config.schema import ModelConfig, ServerConfig, VersionPolicy
+from modelyard.errors import DoesNotFit
+from modelyard.ids import VersionKey
+from modelyard.planner import Device, ModelDemand, Plan, place
+from modelyard.planner.demands import demands_for_config
+from modelyard.planner.footprints import FootprintCache
+
+DemandOf = Callable[[ModelConfig, int], ModelDemand]
+"""The planner's demand for one version of one model (bytes from config, cache or estimate)."""
+
+
+def demand_of(cache: FootprintCache | None = None) -> DemandOf:
+    """A ``DemandOf`` that sizes a version as ``modelyard plan`` would."""
+
+    def one(model: ModelConfig, version: int) -> ModelDemand:
+        only = model.model_copy(update={"version_policy": VersionPolicy(specific=(version,))})
+        found = demands_for_config(ServerConfig(models=(only,)), cache=cache)
+        [demand] = [d for d in found.demands if d.key.version == version]
+        return demand
+
+    return one
+
+
+class Placement:
+    """Reservations per version; see the module doc."""
+
+    def __init__(
+        self,
+        plan: Plan | None,
+        *,
+        fixed: Mapping[VersionKey, tuple[str, ...]] | None = None,
+        default_device: str = "cpu",
+        headroom_fraction: float = 0.05,
+        demand: DemandOf | None = None,
+    ) -> None:
+        self._plan = plan
+        self._default = default_device
+        self._headroom = plan.headroom_fraction if plan is not None else headroom_fraction
+        self._demand = demand or demand_of()
+        self._devices: tuple[Device, ...] = (
+            tuple(u.device for u in plan.devices) if plan is not None else ()
+        )
+        self._demands: dict[VersionKey, ModelDemand] = {}
+        self._where: dict[VersionKey, tuple[str, ...]] = {}
+        if plan is not None:
+            for a in plan.assignments:
+                if a.devices:
+                    self._demands[a.key] = ModelDemand(a.key, a.bytes, None, a.wanted, a.source)
+                    self._where[a.key] = a.devices
+        elif fixed is not None:
+            self._where = dict(fixed)
+        self._fixed = plan is None and fixed is not None
+
+    @property
+    def planned(self) -> bool:
+        """True when changes go through the planner (a start-up plan was given)."""
+        return self._plan is not None
+
+    @property
+    def plan(self) -> Plan | None:
+        """The plan of what is placed now (for the status API and the live page)."""
+        return self._plan
+
+    @property
+    def device_names(self) -> tuple[str, ...]:
+        return tuple(d.name for d in self._devices)
+
+    def devices_of(self, key: VersionKey) -> tuple[str, ...]:
+        return self._where.get(key, ())
+
+    def placed(self) -> dict[VersionKey, tuple[str, ...]]:
+        return dict(self._where)
+
+    # -- changes (each one planned, committed only when feasible) ----------------------------
+
+    def add(self, model: ModelConfig, version: int) -> tuple[str, ...]:
+        """Reserve room for ``version`` of ``model`` and return its devices.
+
+        Raises DoesNotFit (nothing reserved) when the planner cannot place every replica
+        without moving a placed version; ConfigError when the version cannot be sized.
+        """
+        key = VersionKey(model.name, version)
+        if key in self._where:
+            return self._where[key]
+        if self._plan is None:
+            if self._fixed:
+                siblings = [d for k, d in self._where.items() if k.model == model.name]
+                return siblings[0] if siblings else ()
+            self._where[key] = (self._default,)
+            return self._where[key]
+        demand = self._demand(model, version)
+        plan = self._place({**self._pinned(), key: demand})
+        if not plan.feasible:
+            raise DoesNotFit(plan.explanation)
+        self._commit(plan, {**self._demands, key: demand})
+        return self._where[key]
+
+    def remove(self, key: VersionKey) -> None:
+        """Release ``key``'s reservation (after it unloaded, or when its load failed)."""
+        self._where.pop(key, None)
+        if self._demands.pop(key, None) is not None and self._plan is not None:
+            self._commit(self._place(self._pinned()), self._demands)
+
+    def check_move(self, key: VersionKey, source: str, target: str) -> tuple[str, ...]:
+        """The devices of ``key`` after moving its replica on ``source`` to ``target``.
+
+        Raises DoesNotFit with the planner's explanation when ``target`` has no room (or does
+        not exist). Nothing is committed: call ``commit_devices`` once the move is done.
+        """
+        now = self._where.get(key, ())
+        after = tuple(target if d == source else d for d in now)
+        if self._plan is None:
+            return after
+        if target not in self.device_names:
+            raise DoesNotFit(
+                f"device {target!r} is not in the plan; devices: {', '.join(self.device_names)}"
+            )
+        pinned = self._pinned()
+        pinned[key] = dataclasses.replace(pinned[key], pins=after)
+        plan = self._place(pinned)
+        if not plan.feasible:
+            raise DoesNotFit(plan.explanation)
+        return after
+
+    def commit_devices(self, key: VersionKey, devices: tuple[str, ...]) -> None:
+        """Record that ``key`` now lives on ``devices`` (a move finished)."""
+        self._where[key] = devices
+        if self._plan is not None:
+            self._commit(self._place(self._pinned()), self._demands)
+
+    def replan(self, pins: Mapping[str, tuple[str, ...] | None]) -> Plan:
+        """A fresh plan for everything placed, keeping what it can where it is.
+
+        ``pins`` maps model names to their configured ``devices:`` pins. Nothing is committed.
+        Raises DoesNotFit when even a fresh plan cannot place everything.
+        """
+        if self._plan is None:
+            raise DoesNotFit("models load in one place here (no plan): there is nothing to re-plan")
+        demands = {
+            k: dataclasses.replace(d, pins=pins.get(k.model)) for k, d in self._demands.items()
+        }
+        plan = place(
+            list(demands.values()), self._devices, self._where, headroom_fraction=self._headroom
+        )
+        if not plan.feasible:
+            raise DoesNotFit(plan.explanation)
+        return plan
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _pinned(self) -> dict[VersionKey, ModelDemand]:
+        """Every placed demand pinned to where it is: additions may not move it."""
+        return {
+            k: dataclasses.replace(d, pins=self._where[k])
+            for k, d in self._demands.items()
+            if k in self._where
+        }
+
+    def _place(self, demands: Mapping[VersionKey, ModelDemand]) -> Plan:
+        return place(
+            _ordered(demands.values()),
+            self._devices,
+            self._where,
+            headroom_fraction=self._headroom,
+        )
+
+    def _commit(self, plan: Plan, demands: Mapping[VersionKey, ModelDemand]) -> None:
+        self._plan = plan
+        self._demands = dict(demands)
+        self._where = {k: d for k, d in plan.placement().items() if k in self._demands}
+
+
+def _ordered(demands: Iterable[ModelDemand]) -> list[ModelDemand]:
+    return sorted(demands, key=lambda d: d.key)

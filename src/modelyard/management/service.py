@@ -1,0 +1,179 @@
+"""The management service: each operator change goes through the controller (and so the
+planner), then is written durably, then answered.
+
+Ordering contract: a change is applied first (a change that does not fit raises ``DoesNotFit``
+and nothing changes, nothing is written); once applied, the new desired state is saved with
+``StateStore.save`` (fsync + atomic rename) *before* the call returns, so an acknowledged change
+survives a crash of the server. Calls are serialised (one lock), so the state file always
+matches the order in which changes were answered.
+
+Async safety: one event loop; the state file is written on a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from modelyard.config.schema import ServerConfig
+from modelyard.errors import AlreadyExists, FailedPrecondition, NotFound
+from modelyard.ids import VersionKey
+from modelyard.lifecycle.controller import Controller
+from modelyard.lifecycle.registry import ModelRegistry
+from modelyard.lifecycle.states import ModelState
+from modelyard.management.state import (
+    ManagementState,
+    StateStore,
+    apply_overrides,
+    basis_of,
+    model_from_json,
+    replace_override,
+)
+
+
+class Management:
+    """Load, unload, move, re-plan, labels; and the config file's reloads, which must respect
+    the overrides. ``file_config`` is the config as the file says (without overrides)."""
+
+    def __init__(
+        self,
+        controller: Controller,
+        registry: ModelRegistry,
+        *,
+        file_config: ServerConfig,
+        store: StateStore | None = None,
+        state: ManagementState | None = None,
+    ) -> None:
+        self._controller = controller
+        self._registry = registry
+        self._file = file_config
+        self._store = store
+        self._state = state if state is not None else ManagementState()
+        self._lock = asyncio.Lock()
+
+    @property
+    def state(self) -> ManagementState:
+        return self._state
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def index(self) -> list[dict[str, Any]]:
+        """Triton's repository index: one row per version (state, reason), and a row for each
+        known model that is not loaded."""
+        rows: list[dict[str, Any]] = []
+        served = {m.name for m in self._controller.config.models}
+        for name in sorted(served | {m.name for m in self._file.models} | set(self._state.models)):
+            if name not in served:
+                rows.append({"name": name, "state": "UNAVAILABLE", "reason": "unloaded"})
+                continue
+            entries = self._registry.versions(name) if name in self._registry.model_names() else []
+            if not entries:
+                rows.append({"name": name, "state": "UNAVAILABLE", "reason": "no version found"})
+            for e in entries:
+                state = "READY" if e.state is ModelState.AVAILABLE else e.state.value
+                rows.append({"name": name, "version": str(e.key.version), "state": state,
+                             "reason": e.error,
+                             "devices": list(self._controller.devices_of(e.key))})  # fmt: skip
+        return rows
+
+    # -- changes -----------------------------------------------------------------------------
+
+    async def load(self, name: str, entry: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Load ``name``: a model of the config file (again), or a new one from ``entry`` (a
+        modelyard model entry, absolute base_path). A served model is re-scanned for versions.
+        Raises DoesNotFit (nothing changed) when it does not fit; FailedPrecondition (after
+        saving: it stays desired) when every version failed to load."""
+        async with self._lock:
+            served = {m.name for m in self._controller.config.models}
+            in_file = next((m for m in self._file.models if m.name == name), None)
+            if name in served:
+                if entry is not None:
+                    raise AlreadyExists(
+                        f"model {name!r} is served; unload it before loading it with a new config"
+                    )
+                await self._controller.converge([name])
+            else:
+                if entry is not None and in_file is not None:
+                    raise AlreadyExists(f"model {name!r} is in the config file; load it by name")
+                if entry is None and in_file is None:
+                    raise NotFound(
+                        f"model {name!r} is not in the config; pass its modelyard model entry "
+                        'as {"parameters": {"config": "{...}"}} to add it'
+                    )
+                model = in_file if in_file is not None else model_from_json(name, entry or {})
+                current = self._controller.config
+                config = current.model_copy(update={"models": (*current.models, model)})
+                await self._controller.reconfigure(config)
+                if in_file is not None:
+                    state = replace_override(self._state, name, unloaded=False)
+                else:
+                    state = replace_override(self._state, name, added=entry)
+                await self._save(state)
+            rows = [r for r in self.index() if r["name"] == name]
+            if rows and all(r["state"] == ModelState.FAILED.value for r in rows):
+                raise FailedPrecondition(
+                    f"model {name!r} failed to load: " + "; ".join(r["reason"] for r in rows)
+                )
+            return rows
+
+    async def unload(self, name: str) -> None:
+        """Drain and unload every version of ``name``; it stays unloaded across restarts."""
+        async with self._lock:
+            current = self._controller.config
+            if name not in {m.name for m in current.models}:
+                raise NotFound(f"model {name!r} is not loaded")
+            models = tuple(m for m in current.models if m.name != name)
+            await self._controller.reconfigure(current.model_copy(update={"models": models}))
+            in_file = next((m for m in self._file.models if m.name == name), None)
+            if in_file is not None:
+                state = replace_override(
+                    self._state, name, unloaded=True, basis=basis_of(in_file), labels=None,
+                    devices=None,
+                )  # fmt: skip
+            else:
+                state = self._state.with_model(name, None)
+            await self._save(state)
+
+    async def move(self, name: str, version: int, source: str, target: str) -> None:
+        """Move one replica (load on ``target`` first); the model stays there across restarts."""
+        async with self._lock:
+            await self._controller.move(name, version, source, target)
+            devices = sorted({d for k, ds in self._devices(name) for d in ds if k.model == name})
+            await self._save(self._override(name, devices=tuple(devices)))
+
+    async def set_label(self, name: str, label: str, version: int) -> None:
+        async with self._lock:
+            await self._controller.set_label(name, label, version)
+            labels = dict(self._controller.model(name).version_labels)
+            await self._save(self._override(name, labels=labels))
+
+    async def replan(self) -> list[dict[str, Any]]:
+        """Re-plan and move (load-first); not saved: the next start plans afresh anyway."""
+        async with self._lock:
+            return await self._controller.replan()
+
+    async def reload_file(self, read: Callable[[], ServerConfig]) -> None:
+        """The config file changed: serve it with the overrides that still apply."""
+        async with self._lock:
+            file_config = await asyncio.to_thread(read)
+            desired, kept = apply_overrides(file_config, self._state)
+            await self._controller.reconfigure(desired)
+            self._file = file_config
+            if kept != self._state:
+                await self._save(kept)
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _devices(self, name: str) -> list[tuple[VersionKey, tuple[str, ...]]]:
+        keys = [e.key for e in self._registry.versions(name)]
+        return [(k, self._controller.devices_of(k)) for k in keys]
+
+    def _override(self, name: str, **changes: Any) -> ManagementState:
+        in_file = next((m for m in self._file.models if m.name == name), None)
+        return replace_override(self._state, name, basis=basis_of(in_file), **changes)
+
+    async def _save(self, state: ManagementState) -> None:
+        if self._store is not None:
+            await asyncio.to_thread(self._store.save, state)
+        self._state = state

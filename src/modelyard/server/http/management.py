@@ -1,0 +1,139 @@
+"""The management REST API: Triton/KServe's repository extension and modelyard's own changes.
+
+    POST /v2/repository/index                                   list models, versions, states
+    POST /v2/repository/models/{m}/load     {"parameters": {"config": "<model entry JSON>"}}
+    POST /v2/repository/models/{m}/unload
+    POST /modelyard/v1/models/{m}/versions/{v}/move     {"from": "sim0", "to": "sim2"}
+    POST /modelyard/v1/replan
+    PUT  /modelyard/v1/models/{m}/labels/{label}       {"version": 2}
+
+Off unless the server has a management token: then every call is 403 with how to turn it on.
+With one, every call needs ``Authorization: Bearer <token>`` (compared in constant time);
+without it, or with another token, 401 and nothing changes. A change that does not fit is 507
+with the planner's explanation, and nothing changes.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from modelyard.errors import InvalidArgument, PermissionDenied, Unauthenticated
+from modelyard.management import Management
+from modelyard.server.dataplane import ModelRef
+from modelyard.server.http.common import JSONResponse, parse_json, read_body
+
+MANAGEMENT_BODY_LIMIT = 1024 * 1024
+Handler = Callable[[Request], Awaitable[Response]]
+
+OFF_MESSAGE = (
+    "the management API is off; start the server with --management-token TOKEN (or set "
+    "MODELYARD_MANAGEMENT_TOKEN) and send 'Authorization: Bearer TOKEN'"
+)
+
+
+def routes(management: Management | None, token: str | None) -> list[Route]:
+    expected = token.encode() if token else None
+
+    def guarded(handler: Callable[[Request, Management], Awaitable[Response]]) -> Handler:
+        async def endpoint(request: Request) -> Response:
+            if expected is None or management is None:
+                raise PermissionDenied(OFF_MESSAGE)
+            scheme, _, given = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(
+                given.strip().encode(), expected
+            ):
+                raise Unauthenticated("missing or wrong management token (Authorization: Bearer)")
+            return await handler(request, management)
+
+        return endpoint
+
+    return [
+        Route("/v2/repository/index", guarded(_index), methods=["POST"]),
+        Route("/v2/repository/models/{model}/load", guarded(_load), methods=["POST"]),
+        Route("/v2/repository/models/{model}/unload", guarded(_unload), methods=["POST"]),
+        Route(
+            "/modelyard/v1/models/{model}/versions/{version}/move",
+            guarded(_move),
+            methods=["POST"],
+        ),
+        Route("/modelyard/v1/replan", guarded(_replan), methods=["POST"]),
+        Route("/modelyard/v1/models/{model}/labels/{label}", guarded(_label), methods=["PUT"]),
+    ]
+
+
+async def _body(request: Request, required: bool = False) -> dict[str, Any]:
+    raw = await read_body(request, MANAGEMENT_BODY_LIMIT)
+    if not raw.strip():
+        if required:
+            raise InvalidArgument("the request body is empty; expected a JSON object")
+        return {}
+    body = parse_json(raw)
+    if not isinstance(body, dict):
+        raise InvalidArgument("the request body must be a JSON object")
+    return body
+
+
+async def _index(request: Request, management: Management) -> Response:
+    body = await _body(request)
+    rows = management.index()
+    if body.get("ready"):
+        rows = [r for r in rows if r["state"] == "READY"]
+    return JSONResponse(rows)
+
+
+async def _load(request: Request, management: Management) -> Response:
+    body = await _body(request)
+    entry: dict[str, Any] | None = None
+    config = (body.get("parameters") or {}).get("config")
+    if isinstance(config, str):  # Triton sends the config as a JSON string
+        try:
+            config = orjson.loads(config)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidArgument(f"parameters.config is not valid JSON: {exc}") from None
+    if config is not None:
+        if not isinstance(config, dict):
+            raise InvalidArgument("parameters.config must be a JSON object (a model entry)")
+        entry = config
+    rows = await management.load(request.path_params["model"], entry)
+    return JSONResponse({"model": request.path_params["model"], "versions": rows})
+
+
+async def _unload(request: Request, management: Management) -> Response:
+    await _body(request)
+    await management.unload(request.path_params["model"])
+    return JSONResponse({"model": request.path_params["model"], "state": "UNAVAILABLE"})
+
+
+async def _move(request: Request, management: Management) -> Response:
+    body = await _body(request, required=True)
+    source, target = body.get("from"), body.get("to")
+    if not isinstance(source, str) or not isinstance(target, str):
+        raise InvalidArgument('expected {"from": "<device>", "to": "<device>"}')
+    version = ModelRef.parse_version(request.path_params["version"])
+    await management.move(request.path_params["model"], version, source, target)
+    return JSONResponse({"model": request.path_params["model"], "version": version,
+                         "from": source, "to": target})  # fmt: skip
+
+
+async def _replan(request: Request, management: Management) -> Response:
+    await _body(request)
+    return JSONResponse({"moves": await management.replan()})
+
+
+async def _label(request: Request, management: Management) -> Response:
+    body = await _body(request, required=True)
+    version = body.get("version")
+    if isinstance(version, str) and version.isdigit():
+        version = int(version)
+    if not isinstance(version, int) or isinstance(version, bool) or version <= 0:
+        raise InvalidArgument('expected {"version": <positive integer>}')
+    name, label = request.path_params["model"], request.path_params["label"]
+    await management.set_label(name, label, version)
+    return JSONResponse({"model": name, "label": label, "version": version})
