@@ -65,7 +65,13 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     export_classify_regress(root / "census")
     config = root / "models.config"
     config.write_text(
-        _models_config({"half_plus_two": root / "half_plus_two", "strings": root / "strings"})
+        _models_config(
+            {
+                "half_plus_two": root / "half_plus_two",
+                "strings": root / "strings",
+                "census": root / "census",
+            }
+        )
     )
     ports_file = root / "ports.json"
     process = subprocess.Popen(
@@ -168,6 +174,63 @@ def test_rest_requests_as_in_tf_servings_docs(served: Served) -> None:
     assert status["model_version_status"][0]["state"] == "AVAILABLE"
 
 
+EXAMPLES = [(1.0, 2.0), (-0.5, 0.25)]
+
+
+def _expected_scores(x: tuple[float, float]) -> list[float]:
+    """What census's classify signature computes: softmax([-s, s]) with s = x0 + x1."""
+    s = x[0] + x[1]
+    e = np.exp([-s, s])
+    return list(e / e.sum())
+
+
+def test_rest_classify_and_regress_through_the_worker(served: Served) -> None:
+    url = f"{served.rest}/v1/models/census"
+    examples = [{"x": list(x)} for x in EXAMPLES]
+    classify = httpx.post(
+        f"{url}:classify", json={"signature_name": "classify", "examples": examples}
+    )
+    assert classify.status_code == 200, classify.text
+    for x, pairs in zip(EXAMPLES, classify.json()["result"], strict=True):
+        assert [label for label, _ in pairs] == ["neg", "pos"]
+        np.testing.assert_allclose([score for _, score in pairs], _expected_scores(x), rtol=1e-5)
+    regress = httpx.post(f"{url}:regress", json={"signature_name": "regress", "examples": examples})
+    assert regress.status_code == 200, regress.text
+    np.testing.assert_allclose(
+        regress.json()["result"], [x[0] * 3 + x[1] for x in EXAMPLES], rtol=1e-5
+    )
+    # A predict-only model has no classify signature: a 400 that says so, not a wrong answer.
+    wrong = httpx.post(
+        f"{served.rest}/v1/models/half_plus_two:classify", json={"examples": examples}
+    )
+    assert wrong.status_code == 400, wrong.text
+
+
+def test_grpc_classify_and_regress_with_the_official_client(served: Served) -> None:
+    from tensorflow_serving.apis import classification_pb2, regression_pb2
+
+    def examples(request: Any) -> None:
+        for x in EXAMPLES:
+            example = request.input.example_list.examples.add()
+            example.features.feature["x"].float_list.value.extend(x)
+
+    classify = classification_pb2.ClassificationRequest()
+    classify.model_spec.name, classify.model_spec.signature_name = "census", "classify"
+    examples(classify)
+    result = served.predict.Classify(classify, timeout=30).result
+    for x, classes in zip(EXAMPLES, result.classifications, strict=True):
+        assert [c.label for c in classes.classes] == ["neg", "pos"]
+        np.testing.assert_allclose(
+            [c.score for c in classes.classes], _expected_scores(x), rtol=1e-5
+        )
+
+    regress = regression_pb2.RegressionRequest()
+    regress.model_spec.name, regress.model_spec.signature_name = "census", "regress"
+    examples(regress)
+    values = [r.value for r in served.predict.Regress(regress, timeout=30).result.regressions]
+    np.testing.assert_allclose(values, [x[0] * 3 + x[1] for x in EXAMPLES], rtol=1e-5)
+
+
 def test_reload_config_adds_and_removes_without_failing_the_staying_model(served: Served) -> None:
     failures: list[str] = []
     done = 0
@@ -189,7 +252,12 @@ def test_reload_config_adds_and_removes_without_failing_the_staying_model(served
         thread.start()
     try:
         config = model_server_config_pb2.ModelServerConfig()
-        for name, path in (("half_plus_two", "half_plus_two"), ("census", "census")):
+        kept_and_added = (
+            ("half_plus_two", "half_plus_two"),
+            ("census", "census"),
+            ("half_plus_two_copy", "half_plus_two"),
+        )
+        for name, path in kept_and_added:
             entry = config.model_config_list.config.add()
             entry.name, entry.base_path = name, str(served.root / path)
             entry.model_platform = "tensorflow"
@@ -203,11 +271,10 @@ def test_reload_config_adds_and_removes_without_failing_the_staying_model(served
             thread.join()
     assert failures == []
     assert done > 0
-    # census is served now; strings is gone.
-    regress = httpx.post(
-        f"{served.rest}/v1/models/census:predict",
-        json={"instances": [{"b64": ""}]},
+    # The added model serves; strings is gone.
+    added = httpx.post(
+        f"{served.rest}/v1/models/half_plus_two_copy:predict", json={"instances": [[2.0, 4.0, 6.0]]}
     )
-    assert regress.status_code in (200, 400), regress.text  # reachable (an empty example)
+    assert added.json() == {"predictions": [[3.0, 4.0, 5.0]]}, added.text
     gone = httpx.get(f"{served.rest}/v1/models/strings")
     assert gone.status_code == 404, gone.text
