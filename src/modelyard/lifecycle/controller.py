@@ -187,9 +187,12 @@ class Controller:
             if action is None:
                 return
             if isinstance(action, Load):
-                action = await self._try_load(model, action.version, snapshot)
-                if isinstance(action, Refuse) or action is None:
-                    return
+                instead = await self._try_load(model, action.version, snapshot)
+                if isinstance(instead, Refuse):
+                    return  # waits for room; tried again on the next converge
+                if instead is None:
+                    continue  # loaded (or FAILED): look again
+                action = instead
             if isinstance(action, Unload):
                 if action.make_room_for is not None:
                     self._fallback[model.name] = action.version
