@@ -1,0 +1,47 @@
+"""The management state file: durable round trip, and its precedence over the config file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from modelyard.config import parse_config
+from modelyard.management.state import (
+    ManagementState,
+    ModelOverride,
+    StateStore,
+    apply_overrides,
+    basis_of,
+)
+
+CONFIG = """
+models:
+  - {name: a, base_path: a}
+  - {name: b, base_path: b}
+"""
+
+
+def test_state_round_trips_through_the_file(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "s" / "state.json")
+    assert store.load() == ManagementState()
+    state = ManagementState({"a": ModelOverride(basis="x", unloaded=True, devices=("sim1",))})
+    store.save(state)
+    assert store.load() == state
+    assert [p.name for p in store.path.parent.iterdir()] == ["state.json"]
+
+
+def test_overrides_apply_until_the_config_entry_changes(tmp_path: Path) -> None:
+    config = parse_config(CONFIG, base_dir=tmp_path)
+    a = config.models[0]
+    state = ManagementState(
+        {
+            "a": ModelOverride(basis=basis_of(a), unloaded=True),
+            "c": ModelOverride(added={"base_path": str(tmp_path / "c")}),
+        }
+    )
+    desired, kept = apply_overrides(config, state)
+    assert [m.name for m in desired.models] == ["b", "c"]
+    assert kept == state
+    edited = parse_config(CONFIG.replace("base_path: a", "base_path: a2"), base_dir=tmp_path)
+    desired, kept = apply_overrides(edited, state)
+    assert [m.name for m in desired.models] == ["a", "b", "c"]  # the newer intent wins
+    assert set(kept.models) == {"c"}
