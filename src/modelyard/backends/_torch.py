@@ -7,7 +7,9 @@ is missing, which the backends turn into BackendMissing.
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import importlib
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -43,6 +45,21 @@ def datatype_of(dtype: torch.dtype, what: str, source: Path) -> DataType:
             f"{source}: {what} has dtype {dtype}, which modelyard cannot serve; supported: "
             + ", ".join(str(d).removeprefix("torch.") for d in TORCH_TO_DATATYPE)
         ) from None
+
+
+def prepare(device: str, lazy_modules: tuple[str, ...]) -> None:
+    """``Backend.prepare`` for the torch backends: import what loading imports lazily, and
+    create the CUDA context on ``device``.
+
+    ``lazy_modules`` are private torch modules, so one that a torch release does not have is
+    skipped: a missing one only makes the first measurement less exact.
+    """
+    for name in lazy_modules:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
+    target = torch_device(Device.parse(device))
+    if target.type == "cuda":
+        torch.empty(1, device=target)  # creates the context (and the allocator's first pool)
 
 
 def torch_device(device: Device) -> torch.device:

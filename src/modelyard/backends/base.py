@@ -60,6 +60,18 @@ class Backend(Protocol):
     artifact: str
     """The file a version folder holds for this format, e.g. ``model.onnx``."""
 
+    def prepare(self, device: str) -> None:
+        """Pay the framework's one-time costs in this process, on ``device``, before any load.
+
+        Imports what ``load`` would import lazily and, on a GPU, creates the framework's
+        context there. A worker calls it before taking the memory baseline of its first load,
+        so a model's measured footprint is the model's, not the framework's (a CUDA context is
+        hundreds of MiB, and belongs to the device's headroom, not to whichever model loads
+        first). Idempotent and cheap after the first call; raises what ``load`` would raise
+        when the framework is missing or the device is not there.
+        """
+        ...
+
     def load(self, version_dir: Path, device: str, declared: Signature | None) -> LoadedModel:
         """Load the artifact in ``version_dir`` onto ``device`` (``cpu`` or ``cuda:N``).
 

@@ -59,6 +59,27 @@ class OnnxBackend:
     platform = Platform.ONNX
     artifact = "model.onnx"
 
+    def prepare(self, device: str) -> None:
+        """Import onnxruntime and start its environment (and CUDA, on a GPU) with a one-node
+        session, so the first real model's measured footprint is its own."""
+        target = Device.parse(device)
+        ort = _import_ort()
+        try:
+            from onnx import TensorProto, helper
+        except ImportError:
+            return  # the onnx package builds the tiny model; without it, load pays this once
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+        graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "warmup", [x], [y])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+        model.ir_version = 8
+        session = ort.InferenceSession(
+            model.SerializeToString(),
+            sess_options=_session_options(ort),
+            providers=_providers(ort, target),
+        )
+        session.run(None, {"x": np.zeros(1, np.float32)})
+
     def load(self, version_dir: Path, device: str, declared: Signature | None) -> LoadedModel:
         """Create the session and return an ``OnnxModel``.
 
@@ -70,41 +91,11 @@ class OnnxBackend:
         """
         path = version_dir / self.artifact
         target = Device.parse(device)
-        try:
-            import onnxruntime as ort
-        except ImportError as exc:
-            raise BackendMissing(
-                f"ONNX models need onnxruntime ({exc.name} is not installed); "
-                "install it with: pip install 'modelyard[onnx]' "
-                "(or onnxruntime-gpu for CUDA devices)"
-            ) from exc
+        ort = _import_ort()
         if not path.is_file():
             raise InvalidArgument(f"{path} does not exist or is not a file")
-        providers: list[Any]
-        if target.is_cuda:
-            available = ort.get_available_providers()
-            if "CUDAExecutionProvider" not in available:
-                raise FailedPrecondition(
-                    f"device {target} was requested but onnxruntime {ort.__version__} has no "
-                    f"CUDA support (providers: {', '.join(available)}); "
-                    "install onnxruntime-gpu instead of onnxruntime"
-                )
-            cuda_options: dict[str, Any] = {"device_id": target.index}
-            limit = os.environ.get(GPU_MEMORY_LIMIT_ENV, "")
-            if limit.isdigit() and int(limit) > 0:
-                # A worker on a GPU slice: cap this session's arena at the slice, as torch's
-                # allocator is capped (ORT caps per session, not per process).
-                cuda_options["gpu_mem_limit"] = int(limit)
-            providers = [("CUDAExecutionProvider", cuda_options), "CPUExecutionProvider"]
-        else:
-            providers = ["CPUExecutionProvider"]
-        options = ort.SessionOptions()
-        threads = _intra_op_threads()
-        if threads is not None:
-            options.intra_op_num_threads = threads
-        # Warnings (unassigned nodes, unused initializers) would repeat for every load; errors
-        # still reach the log and every failure reaches the caller as an exception.
-        options.log_severity_level = 3
+        providers = _providers(ort, target)
+        options = _session_options(ort)
         try:
             session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
         except Exception as exc:
@@ -218,3 +209,47 @@ def _spec(arg: Any, side: str, path: Path) -> TensorSpec:
     # Symbolic dimensions arrive as strings ("batch"), unknown ones as None.
     dims = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in shape)
     return TensorSpec(arg.name, datatype, dims)
+
+
+def _import_ort() -> Any:
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise BackendMissing(
+            f"ONNX models need onnxruntime ({exc.name} is not installed); "
+            "install it with: pip install 'modelyard[onnx]' "
+            "(or onnxruntime-gpu for CUDA devices)"
+        ) from exc
+    return ort
+
+
+def _providers(ort: Any, target: Device) -> list[Any]:
+    """The execution providers for ``target``; FailedPrecondition for a GPU this onnxruntime
+    cannot use (never a silent fallback to the CPU)."""
+    if not target.is_cuda:
+        return ["CPUExecutionProvider"]
+    available = ort.get_available_providers()
+    if "CUDAExecutionProvider" not in available:
+        raise FailedPrecondition(
+            f"device {target} was requested but onnxruntime {ort.__version__} has no "
+            f"CUDA support (providers: {', '.join(available)}); "
+            "install onnxruntime-gpu instead of onnxruntime"
+        )
+    cuda_options: dict[str, Any] = {"device_id": target.index}
+    limit = os.environ.get(GPU_MEMORY_LIMIT_ENV, "")
+    if limit.isdigit() and int(limit) > 0:
+        # A worker on a GPU slice: cap this session's arena at the slice, as torch's
+        # allocator is capped (ORT caps per session, not per process).
+        cuda_options["gpu_mem_limit"] = int(limit)
+    return [("CUDAExecutionProvider", cuda_options), "CPUExecutionProvider"]
+
+
+def _session_options(ort: Any) -> Any:
+    options = ort.SessionOptions()
+    threads = _intra_op_threads()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    # Warnings (unassigned nodes, unused initializers) would repeat for every load; errors
+    # still reach the log and every failure reaches the caller as an exception.
+    options.log_severity_level = 3
+    return options

@@ -53,6 +53,20 @@ class SavedModelBackend:
     platform = Platform.TENSORFLOW
     artifact = "saved_model.pb"
 
+    def prepare(self, device: str) -> None:
+        """Import tensorflow, turn memory growth on, and start its runtime on ``device``."""
+        target = Device.parse(device)
+        try:
+            import tensorflow as tf
+        except ImportError as exc:
+            raise BackendMissing(
+                f"TensorFlow SavedModels need tensorflow ({exc.name} is not installed); "
+                "install it with: pip install 'modelyard[tensorflow]'"
+            ) from exc
+        _enable_memory_growth(tf)
+        with tf.device(f"/GPU:{target.index}" if target.is_cuda else "/CPU:0"):
+            tf.constant(0.0) + 1.0  # the first op creates the device's context and allocator
+
     def load(
         self, version_dir: Path, device: str, declared: Signature | None
     ) -> MultiSignatureModel:

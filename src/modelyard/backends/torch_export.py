@@ -31,6 +31,22 @@ class TorchExportBackend:
     platform = Platform.TORCH_EXPORT
     artifact = "model.pt2"
 
+    def prepare(self, device: str) -> None:
+        from modelyard.backends import _torch
+
+        # What torch.export.load and ExportedProgram.module() import on first use (measured
+        # with torch 2.13: about 90 MiB of RSS that would otherwise be charged to one model).
+        _torch.prepare(
+            device,
+            (
+                "torch.export",
+                "torch._export.serde.serialize",
+                "torch._functorch.aot_autograd",
+                "torch._inductor",
+                "networkx",
+            ),
+        )
+
     def load(self, version_dir: Path, device: str, declared: Signature | None) -> LoadedModel:
         """Deserialize the program, move its weights to ``device`` and return a ``TorchModel``.
 

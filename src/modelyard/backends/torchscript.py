@@ -30,6 +30,11 @@ class TorchScriptBackend:
     platform = Platform.TORCHSCRIPT
     artifact = "model.pt"
 
+    def prepare(self, device: str) -> None:
+        from modelyard.backends import _torch
+
+        _torch.prepare(device, ("torch.jit",))
+
     def load(self, version_dir: Path, device: str, declared: Signature | None) -> LoadedModel:
         """Load the module with ``torch.jit.load(map_location=device)`` and return a ``TorchModel``.
 

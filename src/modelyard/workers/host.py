@@ -10,7 +10,6 @@ the others (dict reads and single assignments are atomic in CPython).
 from __future__ import annotations
 
 import gc
-import importlib
 import logging
 import os
 import socket
@@ -24,7 +23,7 @@ from typing import Any
 import psutil
 
 from modelyard.backends import LoadedModel, get_backend
-from modelyard.backends.base import MultiSignatureModel
+from modelyard.backends.base import Backend, MultiSignatureModel
 from modelyard.config.schema import Platform
 from modelyard.errors import Internal, InvalidArgument, ModelyardError, NotFound
 from modelyard.tensors import DEFAULT_SIGNATURE
@@ -47,14 +46,9 @@ from modelyard.workers.protocol import (
 
 log = logging.getLogger(__name__)
 
-# The framework each platform imports; imported before a load's baseline is taken, so the first
-# model of a framework is not charged for the framework's own memory.
-_FRAMEWORK: dict[Platform, str] = {
-    Platform.ONNX: "onnxruntime",
-    Platform.TORCH_EXPORT: "torch",
-    Platform.TORCHSCRIPT: "torch",
-    Platform.TENSORFLOW: "tensorflow",
-}
+# Platforms whose framework is torch: its allocator is capped on a GPU slice before any
+# torch allocation, the backend's own preparation included.
+_TORCH_PLATFORMS = frozenset({Platform.TORCH_EXPORT, Platform.TORCHSCRIPT})
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +82,7 @@ class WorkerHost:
         self._load_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="load")
         self._infer_pool = ThreadPoolExecutor(infer_threads, thread_name_prefix="infer")
         self._torch_capped = False
+        self._prepared: set[Platform] = set()
         self._process = psutil.Process()
 
     def serve(self) -> int:
@@ -145,7 +140,7 @@ class WorkerHost:
     def _load(self, message: Load) -> None:
         platform = Platform(message.platform)
         backend = get_backend(platform)
-        self._prepare(platform)
+        self._prepare(platform, backend)
         before = self._used_bytes()
         model = backend.load(Path(message.version_dir), message.target, message.declared)
         measured = max(0, self._used_bytes() - before)
@@ -202,15 +197,20 @@ class WorkerHost:
 
     # -- memory --------------------------------------------------------------------------
 
-    def _prepare(self, platform: Platform) -> None:
-        framework = _FRAMEWORK.get(platform)
-        if framework is not None:
-            try:
-                importlib.import_module(framework)
-            except ImportError:
-                return  # backend.load says what to install
-        if framework == "torch" and self._target.startswith("cuda") and not self._torch_capped:
+    def _prepare(self, platform: Platform, backend: Backend) -> None:
+        """Once per platform, before the first load's baseline: the framework's one-time costs
+        (imports, runtime, CUDA context) go to the process, not to the first model."""
+        if platform in self._prepared:
+            return
+        cuda_torch = platform in _TORCH_PLATFORMS and self._target.startswith("cuda")
+        if cuda_torch and not self._torch_capped:
             self._cap_torch()
+        try:
+            backend.prepare(self._target)
+        except Exception as exc:  # load raises the same, with the model's name on it
+            log.warning("preparing %s on %s failed: %s", platform.value, self._target, exc)
+            return
+        self._prepared.add(platform)
 
     def _cap_torch(self) -> None:
         """Cap torch's allocator at the slice's size, before the first torch model loads."""
