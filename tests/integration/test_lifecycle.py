@@ -24,6 +24,7 @@ import httpx
 import numpy as np
 import psutil
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from modelyard.config import load_config
 from modelyard.management import StateStore
@@ -199,6 +200,17 @@ def _c_entry(repo: Repo, memory: str = "30MiB", **extra: Any) -> dict[str, Any]:
     return {"parameters": {"config": json.dumps(entry)}}
 
 
+def _planned_bytes(url: str) -> float:
+    """Sum over devices of ``modelyard_device_planned_bytes`` on ``/metrics``."""
+    text = httpx.get(f"{url}/metrics", timeout=5).text
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "modelyard_device_planned_bytes"
+    )
+
+
 def _index(url: str) -> dict[str, dict[str, Any]]:
     rows = httpx.post(f"{url}/v2/repository/index", headers=AUTH, timeout=5).json()
     return {r["name"]: r for r in rows}
@@ -221,8 +233,11 @@ def test_management_api_changes_models_under_load_without_failing_the_others(
         assert _index(url) == before
         loads = [Load(url, n, {1: repo.models[n]}).start(2) for n in ("a", "b")]
         with httpx.Client(timeout=60, headers=AUTH) as client:
+            planned_before = _planned_bytes(url)
             r = client.post(f"{url}/v2/repository/models/c/load", json=_c_entry(repo))
             assert r.status_code == 200, r.text
+            # /metrics follows the plan in force, not the one the server started with.
+            assert _planned_bytes(url) == planned_before + 30 * 2**20
             assert json.loads(store.path.read_text())["models"]["c"]["added"] is not None
             x = repo.models["c"].example["x"]
             body = {"inputs": [{"name": "x", "shape": [2, 4], "datatype": "FP32",

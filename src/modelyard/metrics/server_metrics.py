@@ -8,7 +8,7 @@ the registry and plan, which the event loop owns, so scrapes run on the loop too
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -30,7 +30,10 @@ _LATENCY_BUCKETS = (
 class ServerMetrics:
     """The metrics of one server. ``observe_*`` are called by the data plane per request."""
 
-    def __init__(self, registry: ModelRegistry, plan: Plan | None = None) -> None:
+    def __init__(
+        self, registry: ModelRegistry, plan: Callable[[], Plan | None] = lambda: None
+    ) -> None:
+        """``plan`` returns the plan in force when scraped: run-time loads and moves change it."""
         self.prometheus = CollectorRegistry(auto_describe=True)
         self._requests = Counter(
             "modelyard_inference_requests",
@@ -70,7 +73,7 @@ class ServerMetrics:
 class _StateCollector(Collector):
     """Model version states and device memory, read at scrape time."""
 
-    def __init__(self, registry: ModelRegistry, plan: Plan | None) -> None:
+    def __init__(self, registry: ModelRegistry, plan: Callable[[], Plan | None]) -> None:
         self._registry = registry
         self._plan = plan
 
@@ -90,7 +93,8 @@ class _StateCollector(Collector):
                     1.0 if entry.state is state else 0.0,
                 )
         yield states
-        if self._plan is None:
+        plan = self._plan()
+        if plan is None:
             return
         capacity = GaugeMetricFamily(
             "modelyard_device_capacity_bytes",
@@ -102,7 +106,7 @@ class _StateCollector(Collector):
             "Bytes of the models the plan puts on the device.",
             labels=["device"],
         )
-        for usage in self._plan.devices:
+        for usage in plan.devices:
             capacity.add_metric([usage.device.name], usage.device.capacity_bytes)
             planned.add_metric([usage.device.name], usage.used_bytes)
         yield capacity

@@ -95,7 +95,7 @@ class Server:
         self.grpc_port = grpc_port
         self.max_request_bytes = max_request_bytes
         self.registry = ModelRegistry()
-        self.metrics = ServerMetrics(self.registry, plan)
+        self.metrics = ServerMetrics(self.registry, lambda: self.plan)
         self.dataplane = DataPlane(self.registry, metrics=self.metrics)
         self._owns_loader = loader is None
         self._loader: Loader = loader if loader is not None else _worker_loader(plan, footprints)
