@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,3 +38,16 @@ def body_limit() -> int:
 def server(repository: tuple[Path, dict[str, dict[int, BuiltModel]]]) -> Iterator[RunningServer]:
     with serving(repository[0], max_request_bytes=SMALL_BODY_LIMIT) as running:
         yield running
+
+
+@pytest.fixture(scope="module")
+def one_intra_op_thread() -> Iterator[None]:
+    """ONNX sessions with one intra-op thread each: many sessions on 2 shared cores would
+    otherwise oversubscribe them and make load loops measure the scheduler."""
+    old = os.environ.get("MODELYARD_INTRA_OP_THREADS")
+    os.environ["MODELYARD_INTRA_OP_THREADS"] = "1"
+    yield
+    if old is None:
+        os.environ.pop("MODELYARD_INTRA_OP_THREADS", None)
+    else:
+        os.environ["MODELYARD_INTRA_OP_THREADS"] = old

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,15 +42,7 @@ TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread_per_session() -> Iterator[None]:
-    old = os.environ.get("MODELYARD_INTRA_OP_THREADS")
-    os.environ["MODELYARD_INTRA_OP_THREADS"] = "1"
-    yield
-    if old is None:
-        os.environ.pop("MODELYARD_INTRA_OP_THREADS", None)
-    else:
-        os.environ["MODELYARD_INTRA_OP_THREADS"] = old
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
 
 def _drop_in(base: Path, version: int, write: Callable[[Path], Any]) -> Any:

@@ -49,16 +49,7 @@ class Repo:
     models: dict[str, BuiltModel]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread_per_session() -> Iterator[None]:
-    # 12 sessions on 2 shared cores: one intra-op thread each keeps the load loop honest.
-    old = os.environ.get("MODELYARD_INTRA_OP_THREADS")
-    os.environ["MODELYARD_INTRA_OP_THREADS"] = "1"
-    yield
-    if old is None:
-        os.environ.pop("MODELYARD_INTRA_OP_THREADS", None)
-    else:
-        os.environ["MODELYARD_INTRA_OP_THREADS"] = old
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
 
 def _write_repo(root: Path, *, corrupt: str | None = None, count: int = 12) -> Repo:

@@ -56,13 +56,7 @@ class SavedModelBackend:
     def prepare(self, device: str) -> None:
         """Import tensorflow, turn memory growth on, and start its runtime on ``device``."""
         target = Device.parse(device)
-        try:
-            import tensorflow as tf
-        except ImportError as exc:
-            raise BackendMissing(
-                f"TensorFlow SavedModels need tensorflow ({exc.name} is not installed); "
-                "install it with: pip install 'modelyard[tensorflow]'"
-            ) from exc
+        tf = _import_tf()
         _enable_memory_growth(tf)
         with tf.device(f"/GPU:{target.index}" if target.is_cuda else "/CPU:0"):
             tf.constant(0.0) + 1.0  # the first op creates the device's context and allocator
@@ -79,14 +73,9 @@ class SavedModelBackend:
         """
         target = Device.parse(device)
         path = version_dir / self.artifact
-        try:
-            import tensorflow as tf
-            from tensorflow.core.protobuf import saved_model_pb2
-        except ImportError as exc:
-            raise BackendMissing(
-                f"TensorFlow SavedModels need tensorflow ({exc.name} is not installed); "
-                "install it with: pip install 'modelyard[tensorflow]'"
-            ) from exc
+        tf = _import_tf()
+        from tensorflow.core.protobuf import saved_model_pb2
+
         if not path.is_file():
             raise InvalidArgument(f"{path} does not exist or is not a file")
         _enable_memory_growth(tf)
@@ -208,6 +197,17 @@ class SavedModelModel:
         """Drop the model's objects; TensorFlow frees their variables with them."""
         self._loaded = None
         self._functions = {}
+
+
+def _import_tf() -> Any:
+    try:
+        import tensorflow as tf
+    except ImportError as exc:
+        raise BackendMissing(
+            f"TensorFlow SavedModels need tensorflow ({exc.name} is not installed); "
+            "install it with: pip install 'modelyard[tensorflow]'"
+        ) from exc
+    return tf
 
 
 def _enable_memory_growth(tf: Any) -> None:
