@@ -362,3 +362,52 @@ def _alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def _tight(tmp_path: Path, **extra: Any) -> tuple[Path, BuiltModel]:
+    """One 60 MiB model on a 100 MiB device: two versions of it never fit side by side."""
+    base = tmp_path / "m"
+    v1 = write_onnx_linear(base / "1", in_features=4, out_features=3, seed=1)
+    config_path = write_config(
+        tmp_path / "modelyard.yaml",
+        [model_config("m", {1: v1}, memory="60MiB", version_policy={"latest": 1}, **extra)],
+        devices=[{"name": "sim0", "kind": "cpu", "memory": "100MiB"}],
+    )
+    return config_path, v1
+
+
+def test_without_room_for_both_the_default_swap_keeps_v1_and_says_why(tmp_path: Path) -> None:
+    config_path, v1 = _tight(tmp_path)
+    config = load_config(config_path)
+    with serving(config, plan=plan_for_config(config), poll_interval_s=0.2) as server:
+        url = server.rest_url
+        load = Load(url, "m", {1: v1}).start(2)
+        _drop_in(tmp_path / "m", 2, lambda d: write_onnx_linear(d, 4, 3, seed=2))
+        _wait(lambda: bool(_versions(url, "m").get(2, {}).get("error")), 10, "v2's reason")
+        time.sleep(0.5)
+        load.stop()
+        versions = _versions(url, "m")
+        assert versions[1]["state"] == "AVAILABLE"
+        assert versions[2]["state"] != "AVAILABLE"
+        assert "sim0" in versions[2]["error"]  # the planner's reason names the device
+        assert not load.failed, load.failed[:5]
+        assert set(load.versions_seen) == {1}
+
+
+def test_resource_swap_unloads_first_and_only_ever_answers_503_in_the_gap(tmp_path: Path) -> None:
+    config_path, v1 = _tight(tmp_path, swap="resource")
+    config = load_config(config_path)
+    with serving(config, plan=plan_for_config(config), poll_interval_s=0.2) as server:
+        url = server.rest_url
+        load = Load(url, "m", {1: v1}).start(2)
+        time.sleep(0.5)
+        v2 = _drop_in(tmp_path / "m", 2, lambda d: write_onnx_linear(d, 4, 3, seed=2))
+        load.references[2] = v2
+        _wait(lambda: 2 in load.versions_seen, 10, "v2 serves")
+        _wait(lambda: 1 not in _versions(url, "m"), 10, "v1 is gone")
+        time.sleep(0.3)
+        load.stop()
+        # While neither version held the memory, requests were refused, never answered wrongly.
+        assert all(f.startswith("503") for f in load.failed), load.failed[:5]
+        assert load.versions_seen[-1] == 2
+        assert _versions(url, "m")[2]["state"] == "AVAILABLE"
