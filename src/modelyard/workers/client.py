@@ -232,6 +232,11 @@ class WorkerProcess:
 
     # -- reading -------------------------------------------------------------------------
 
+    async def wait_closed(self) -> None:
+        """Return once this worker's end has been handled (``on_exit`` called, if it will be)."""
+        if self._task is not None:
+            await asyncio.wait({self._task})  # never raises: _read_loop handles its own errors
+
     async def _read_message(self) -> Message:
         assert self._reader is not None
         header_len, n_buffers = split_prefix(await self._reader.readexactly(PREFIX_BYTES))

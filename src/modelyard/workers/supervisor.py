@@ -92,6 +92,10 @@ class _Slot:
     placed_on: str = ""
     crashes: int = 0
     in_flight: int = 0
+    attempt: WorkerProcess | None = None
+    """The worker the last load of this slot was sent to (None: there was none alive)."""
+    charged: WorkerProcess | None = None
+    """The last worker whose death was charged to this slot (each death counts once)."""
 
 
 class DeviceWorker:
@@ -148,9 +152,19 @@ class DeviceWorker:
                         await self._load_slot(slot)
                     break
                 except WorkerDied as exc:
-                    slot.crashes += 1
-                    if slot.crashes >= self.policy.max_crashes:
-                        raise Unavailable(self._given_up(request.key, slot, exc.message)) from exc
+                    died = slot.attempt
+                    # Charge each worker's death once: a retry that finds the same process
+                    # dead (before _on_exit has noticed) is not a new crash.
+                    if died is not None and died is not slot.charged:
+                        slot.charged = died
+                        slot.crashes += 1
+                        if slot.crashes >= self.policy.max_crashes:
+                            reason = self._given_up(request.key, slot, exc.message)
+                            raise Unavailable(reason) from exc
+                    # Retry only once the death has been handled (readiness cleared, a restart
+                    # under way), so the retry waits for the new worker.
+                    if died is not None:
+                        await died.wait_closed()
         except BaseException:
             if self._slots.get(request.key) is slot:
                 del self._slots[request.key]  # nothing to reload after a restart
@@ -160,6 +174,7 @@ class DeviceWorker:
 
     async def _load_slot(self, slot: _Slot) -> None:
         proc = self._proc
+        slot.attempt = proc if proc is not None and proc.alive else None
         if proc is None or not proc.alive:
             raise WorkerDied(self.last_exit or f"worker for device {self.name} is not running")
         r = slot.request
