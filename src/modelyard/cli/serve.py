@@ -22,6 +22,7 @@ from modelyard.planner.demands import plan_for_config
 from modelyard.planner.footprints import FootprintCache
 from modelyard.server.defaults import (
     DEFAULT_GRPC_PORT,
+    DEFAULT_MAX_IN_FLIGHT,
     DEFAULT_MAX_REQUEST_BYTES,
     DEFAULT_REST_PORT,
 )
@@ -154,6 +155,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="largest request body accepted, e.g. 64MiB (default 64MiB)",
     )
     parser.add_argument(
+        "--max-concurrent-requests",
+        type=int,
+        default=DEFAULT_MAX_IN_FLIGHT,
+        help="inference requests served at once over all protocols; more get 503 / "
+        f"RESOURCE_EXHAUSTED at once (default {DEFAULT_MAX_IN_FLIGHT})",
+    )
+    parser.add_argument(
         "--ports-file",
         type=Path,
         help="write the bound ports here as JSON once listening (for port 0)",
@@ -265,6 +273,7 @@ async def _serve(config: ServerConfig, plan: Plan, args: argparse.Namespace, is_
         rest_port=args.rest_api_port,
         grpc_port=args.port,
         max_request_bytes=args.max_request_bytes,
+        max_concurrent_requests=args.max_concurrent_requests,
         # What each worker measures after a load is preferred over the estimate next time.
         footprints=FootprintCache(),
         management_token=args.management_token or os.environ.get("MODELYARD_MANAGEMENT_TOKEN"),

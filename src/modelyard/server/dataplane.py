@@ -20,11 +20,18 @@ import numpy as np
 from modelyard import __version__
 from modelyard.backends import PROTOCOL_PLATFORM
 from modelyard.config.schema import Platform
-from modelyard.errors import Internal, InvalidArgument, ModelyardError, Unavailable
+from modelyard.errors import (
+    Internal,
+    InvalidArgument,
+    ModelyardError,
+    ResourceExhausted,
+    Unavailable,
+)
 from modelyard.lifecycle.registry import ModelRegistry, VersionEntry
 from modelyard.lifecycle.servable import signatures_of
 from modelyard.lifecycle.states import ModelState
 from modelyard.metrics import ServerMetrics
+from modelyard.server.defaults import DEFAULT_MAX_IN_FLIGHT
 from modelyard.tensors import DEFAULT_SIGNATURE, Signature
 
 
@@ -78,9 +85,15 @@ class DataPlane:
         *,
         server_name: str = "modelyard",
         metrics: ServerMetrics | None = None,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
     ) -> None:
+        """``max_in_flight`` bounds the inference requests being served at once, over every
+        protocol and model; one more is refused at once (ResourceExhausted: HTTP 503, gRPC
+        RESOURCE_EXHAUSTED) instead of queueing without bound."""
         self._registry = registry
         self.metrics = metrics
+        self.max_in_flight = max_in_flight
+        self._in_flight = 0
         self.server_name = server_name
         self.version = __version__
         self.started = False
@@ -163,7 +176,16 @@ class DataPlane:
         entry: VersionEntry | None = None
         try:
             entry = self._available(ref)
-            result, seconds = await self._run(entry, inputs, outputs, signature_name)
+            if self._in_flight >= self.max_in_flight:
+                raise ResourceExhausted(
+                    f"the server is serving its limit of {self.max_in_flight} requests at once; "
+                    "retry shortly, or raise --max-concurrent-requests"
+                )
+            self._in_flight += 1
+            try:
+                result, seconds = await self._run(entry, inputs, outputs, signature_name)
+            finally:
+                self._in_flight -= 1
         except ModelyardError as exc:
             if self.metrics is not None:
                 key = entry.key if entry is not None else None

@@ -7,3 +7,5 @@ DEFAULT_REST_PORT = 8501
 """TF Serving's REST port."""
 DEFAULT_MAX_REQUEST_BYTES = 64 * 2**20
 """Largest request body (REST) or message (gRPC) accepted."""
+DEFAULT_MAX_IN_FLIGHT = 4096
+"""Inference requests served at once, all protocols together, before new ones get 503."""

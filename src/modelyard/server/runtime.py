@@ -31,6 +31,7 @@ from modelyard.repository import PollingSource, aspired_snapshot
 from modelyard.server.dataplane import DataPlane
 from modelyard.server.defaults import (
     DEFAULT_GRPC_PORT,
+    DEFAULT_MAX_IN_FLIGHT,
     DEFAULT_MAX_REQUEST_BYTES,
     DEFAULT_REST_PORT,
 )
@@ -66,6 +67,7 @@ class Server:
         rest_port: int = DEFAULT_REST_PORT,
         grpc_port: int = DEFAULT_GRPC_PORT,
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+        max_concurrent_requests: int = DEFAULT_MAX_IN_FLIGHT,
         loader: Loader | None = None,
         plan: Plan | None = None,
         access_log: bool = False,
@@ -96,7 +98,9 @@ class Server:
         self.max_request_bytes = max_request_bytes
         self.registry = ModelRegistry()
         self.metrics = ServerMetrics(self.registry, lambda: self.plan)
-        self.dataplane = DataPlane(self.registry, metrics=self.metrics)
+        self.dataplane = DataPlane(
+            self.registry, metrics=self.metrics, max_in_flight=max_concurrent_requests
+        )
         self._owns_loader = loader is None
         self._loader: Loader = loader if loader is not None else _worker_loader(plan, footprints)
         self.controller = Controller(
