@@ -175,7 +175,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--management-token",
         default=None,
         help="turn the management API (load/unload/move/re-plan/labels) on; every call must "
-        "send 'Authorization: Bearer TOKEN' (default: $MODELYARD_MANAGEMENT_TOKEN, else off)",
+        "send 'Authorization: Bearer TOKEN' (default: $MODELYARD_MANAGEMENT_TOKEN, else off). "
+        "Prefer the environment variable: a token on the command line is visible in ps",
     )
     parser.add_argument(
         "--state-dir",
