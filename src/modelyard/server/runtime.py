@@ -167,6 +167,8 @@ class Server:
             self.grpc_port,
             max_message_bytes=self.max_request_bytes,
             extra_servicers=tfserving_servicers(self.dataplane, self.reconfigure),
+            management=self.management,
+            management_token=self._token,
         )
         self.grpc_port = self._grpc.port
         while not self._http.started:

@@ -22,10 +22,9 @@ from typing import Any
 import grpc
 import numpy as np
 
-from modelyard.errors import (
-    InvalidArgument,
-    Unimplemented,
-)
+from modelyard.errors import InvalidArgument, NotFound, Unimplemented
+from modelyard.management import Management
+from modelyard.management.requests import authorize, model_entry
 from modelyard.server.dataplane import DataPlane, ModelRef
 from modelyard.server.grpc.codec import decode_raw, element_count, encode_raw
 from modelyard.server.grpc.generated import grpc_service_pb2 as pb
@@ -155,8 +154,17 @@ _rpc = rpc_errors("inference.GRPCInferenceService")
 class KServeServicer:
     """Handlers of ``inference.GRPCInferenceService``; register with ``add_to_server``."""
 
-    def __init__(self, dataplane: DataPlane) -> None:
+    def __init__(
+        self,
+        dataplane: DataPlane,
+        management: Management | None = None,
+        management_token: str | None = None,
+    ) -> None:
+        """``management`` with ``management_token`` turns the repository RPCs on (as the REST
+        repository extension); without them those RPCs answer PERMISSION_DENIED."""
         self._dataplane = dataplane
+        self._management = management
+        self._token = management_token
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(self, server)
@@ -211,3 +219,44 @@ class KServeServicer:
             response.outputs.add(name=name, datatype=datatype.value, shape=array.shape)
             response.raw_output_contents.append(encode_raw(array, datatype))
         return response
+
+    # -- Triton's repository extension (the management API) --------------------------------
+
+    def _authorized(self, context: grpc.aio.ServicerContext, repository: str) -> Management:
+        metadata = {k.lower(): v for k, v in (context.invocation_metadata() or ())}
+        authorization = metadata.get("authorization", "")
+        management = authorize(self._management, self._token, str(authorization))
+        if repository:
+            raise NotFound(f"repository {repository!r} is not served; leave repository_name empty")
+        return management
+
+    @_rpc
+    async def RepositoryIndex(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        rows = self._authorized(context, request.repository_name).index()
+        if request.ready:
+            rows = [r for r in rows if r["state"] == "READY"]
+        return pb.RepositoryIndexResponse(
+            models=[
+                pb.RepositoryIndexResponse.ModelIndex(
+                    name=r["name"],
+                    version=r.get("version", ""),
+                    state=r["state"],
+                    reason=r.get("reason", ""),
+                )
+                for r in rows
+            ]
+        )
+
+    @_rpc
+    async def RepositoryModelLoad(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        management = self._authorized(context, request.repository_name)
+        config = (
+            request.parameters["config"].string_param if "config" in request.parameters else None
+        )
+        await management.load(request.model_name, model_entry(config))
+        return pb.RepositoryModelLoadResponse()
+
+    @_rpc
+    async def RepositoryModelUnload(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await self._authorized(context, request.repository_name).unload(request.model_name)
+        return pb.RepositoryModelUnloadResponse()

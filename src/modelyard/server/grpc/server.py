@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 import grpc
 
 from modelyard.errors import Unavailable
+from modelyard.management import Management
 from modelyard.server.dataplane import DataPlane
 from modelyard.server.grpc.kserve import KServeServicer
 
@@ -37,6 +38,8 @@ async def start_grpc_server(
     *,
     max_message_bytes: int,
     extra_servicers: Sequence[Callable[[grpc.aio.Server], None]] = (),
+    management: Management | None = None,
+    management_token: str | None = None,
 ) -> GrpcServer:
     """Serve ``inference.GRPCInferenceService`` (and ``extra_servicers``) on ``host:port``.
 
@@ -52,7 +55,7 @@ async def start_grpc_server(
             ("grpc.so_reuseport", 0),
         ]
     )
-    KServeServicer(dataplane).add_to_server(server)
+    KServeServicer(dataplane, management, management_token).add_to_server(server)
     for add in extra_servicers:
         add(server)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -15,42 +15,28 @@ with the planner's explanation, and nothing changes.
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from modelyard.errors import InvalidArgument, PermissionDenied, Unauthenticated
+from modelyard.errors import InvalidArgument
 from modelyard.management import Management
+from modelyard.management.requests import authorize, model_entry
 from modelyard.server.dataplane import ModelRef
 from modelyard.server.http.common import JSONResponse, parse_json, read_body
 
 MANAGEMENT_BODY_LIMIT = 1024 * 1024
 Handler = Callable[[Request], Awaitable[Response]]
 
-OFF_MESSAGE = (
-    "the management API is off; start the server with --management-token TOKEN (or set "
-    "MODELYARD_MANAGEMENT_TOKEN) and send 'Authorization: Bearer TOKEN'"
-)
-
 
 def routes(management: Management | None, token: str | None) -> list[Route]:
-    expected = token.encode() if token else None
-
     def guarded(handler: Callable[[Request, Management], Awaitable[Response]]) -> Handler:
         async def endpoint(request: Request) -> Response:
-            if expected is None or management is None:
-                raise PermissionDenied(OFF_MESSAGE)
-            scheme, _, given = request.headers.get("authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(
-                given.strip().encode(), expected
-            ):
-                raise Unauthenticated("missing or wrong management token (Authorization: Bearer)")
-            return await handler(request, management)
+            allowed = authorize(management, token, request.headers.get("authorization", ""))
+            return await handler(request, allowed)
 
         return endpoint
 
@@ -90,17 +76,7 @@ async def _index(request: Request, management: Management) -> Response:
 
 async def _load(request: Request, management: Management) -> Response:
     body = await _body(request)
-    entry: dict[str, Any] | None = None
-    config = (body.get("parameters") or {}).get("config")
-    if isinstance(config, str):  # Triton sends the config as a JSON string
-        try:
-            config = orjson.loads(config)
-        except orjson.JSONDecodeError as exc:
-            raise InvalidArgument(f"parameters.config is not valid JSON: {exc}") from None
-    if config is not None:
-        if not isinstance(config, dict):
-            raise InvalidArgument("parameters.config must be a JSON object (a model entry)")
-        entry = config
+    entry = model_entry((body.get("parameters") or {}).get("config"))
     rows = await management.load(request.path_params["model"], entry)
     return JSONResponse({"model": request.path_params["model"], "versions": rows})
 
