@@ -135,7 +135,9 @@ def banner(server: Server, is_demo: bool) -> str:
         lines.append(f"  NOT SERVING {line}")
     lines += [
         f"REST  {server.rest_url}    TF Serving /v1/models/..., KServe v2 /v2/...",
-        f"gRPC  {server.grpc_target}    KServe v2 inference.GRPCInferenceService",
+        f"gRPC  {server.grpc_target}    KServe v2 inference.GRPCInferenceService, "
+        "TF Serving PredictionService/ModelService",
+        f"Live page {server.rest_url}/    metrics {server.rest_url}/metrics",
         "Try:",
     ]
     for model, signature in examples.items():
