@@ -8,27 +8,8 @@ import numpy as np
 import pytest
 
 from modelyard.server.grpc.tfcodec import array_to_tensor, tensor_to_array
+from modelyard.testing.protos import assert_same_message, fields
 from modelyard.tfproto.generated import tensorflow_core_pb2 as core
-
-
-def _fields(message: Any) -> dict[str, tuple[Any, ...]]:
-    return {
-        f.name: (
-            f.number,
-            f.type,
-            f.is_repeated,
-            f.message_type.full_name if f.message_type else None,
-            f.containing_oneof.name if f.containing_oneof else None,
-        )
-        for f in message.fields
-    }
-
-
-def _assert_same_message(ours: Any, theirs: Any) -> None:
-    assert ours.full_name == theirs.full_name
-    assert _fields(ours) == _fields(theirs), ours.full_name
-    for nested in ours.nested_types:
-        _assert_same_message(nested, theirs.nested_types_by_name[nested.name])
 
 
 def test_matches_tensorflows_own_encoding() -> None:
@@ -80,11 +61,11 @@ def test_tf_messages_and_services_match_tensorflow_serving_api() -> None:
             if message.full_name == "tensorflow.serving.BatchingParameters":
                 continue
             other = theirs[message.full_name]
-            ours_fields = _fields(message)
-            assert ours_fields == {n: f for n, f in _fields(other).items() if n in ours_fields}
+            ours_fields = fields(message)
+            assert ours_fields == {n: f for n, f in fields(other).items() if n in ours_fields}
             for nested in message.nested_types:
                 if not nested.GetOptions().map_entry:
-                    _assert_same_message(nested, other.nested_types_by_name[nested.name])
+                    assert_same_message(nested, other.nested_types_by_name[nested.name])
             checked += 1
     assert checked >= 30
     from tensorflow_serving.apis import model_service_pb2, prediction_service_pb2

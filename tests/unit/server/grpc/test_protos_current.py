@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import importlib.metadata
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from modelyard.server.grpc import gen
 from modelyard.server.grpc.generated import grpc_service_pb2 as pb
+from modelyard.testing.protos import assert_same_message
 
 pytest.importorskip("grpc_tools")
 
@@ -37,33 +37,13 @@ def test_committed_stubs_are_current(tmp_path: Path) -> None:
             )
 
 
-def _fields(message: Any) -> dict[str, tuple[Any, ...]]:
-    return {
-        f.name: (
-            f.number,
-            f.type,
-            f.is_repeated,
-            f.message_type.full_name if f.message_type else None,
-            f.containing_oneof.name if f.containing_oneof else None,
-        )
-        for f in message.fields
-    }
-
-
-def _assert_same_message(ours: Any, theirs: Any) -> None:
-    assert ours.full_name == theirs.full_name
-    assert _fields(ours) == _fields(theirs), ours.full_name
-    for nested in ours.nested_types:
-        _assert_same_message(nested, theirs.nested_types_by_name[nested.name])
-
-
 def test_messages_and_service_match_tritonclient() -> None:
     """Every message and RPC we declare has the names and numbers tritonclient puts on the wire."""
     triton = pytest.importorskip("tritonclient.grpc.service_pb2")
     ours = pb.DESCRIPTOR
     assert ours.package == "inference"
     for name, message in ours.message_types_by_name.items():
-        _assert_same_message(message, triton.DESCRIPTOR.message_types_by_name[name])
+        assert_same_message(message, triton.DESCRIPTOR.message_types_by_name[name])
     service = ours.services_by_name["GRPCInferenceService"]
     their_service = triton.DESCRIPTOR.services_by_name["GRPCInferenceService"]
     assert service.full_name == their_service.full_name
