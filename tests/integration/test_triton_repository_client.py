@@ -13,16 +13,17 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from modelyard.config import load_config
+from modelyard.config import ServerConfig, load_config
 from modelyard.planner.demands import plan_for_config
-from modelyard.testing.models import model_config, write_config, write_onnx_linear
+from modelyard.testing.models import BuiltModel, model_config, write_config, write_onnx_linear
 from modelyard.testing.server import serving
 
 TOKEN = "a-long-random-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
-def test_tritonclient_manages_the_repository(tmp_path: Path) -> None:
+def _repository(tmp_path: Path) -> tuple[ServerConfig, BuiltModel]:
+    """Model ``a`` served from the config; model ``c`` on disk, for a load with ``config=``."""
     a = write_onnx_linear(tmp_path / "a" / "1", seed=1)
     c = write_onnx_linear(tmp_path / "c" / "1", seed=3)
     config_path = write_config(
@@ -30,7 +31,11 @@ def test_tritonclient_manages_the_repository(tmp_path: Path) -> None:
         [model_config("a", {1: a}, memory="30MiB")],
         devices=[{"name": "sim0", "kind": "cpu", "memory": "200MiB"}],
     )
-    config = load_config(config_path)
+    return load_config(config_path), c
+
+
+def test_tritonclient_manages_the_repository(tmp_path: Path) -> None:
+    config, c = _repository(tmp_path)
     with serving(config, plan=plan_for_config(config), management_token=TOKEN) as server:
         client = httpclient.InferenceServerClient(server.rest_url.removeprefix("http://"))
         index = client.get_model_repository_index(headers=AUTH)
@@ -57,14 +62,7 @@ def test_tritonclient_manages_the_repository(tmp_path: Path) -> None:
 
 
 def test_tritonclient_grpc_manages_the_repository(tmp_path: Path) -> None:
-    a = write_onnx_linear(tmp_path / "a" / "1", seed=1)
-    c = write_onnx_linear(tmp_path / "c" / "1", seed=3)
-    config_path = write_config(
-        tmp_path / "modelyard.yaml",
-        [model_config("a", {1: a}, memory="30MiB")],
-        devices=[{"name": "sim0", "kind": "cpu", "memory": "200MiB"}],
-    )
-    config = load_config(config_path)
+    config, c = _repository(tmp_path)
     metadata = {"authorization": f"Bearer {TOKEN}"}  # gRPC metadata keys are lower case
     with serving(config, plan=plan_for_config(config), management_token=TOKEN) as server:
         client = grpcclient.InferenceServerClient(server.grpc_target)
