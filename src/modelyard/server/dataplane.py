@@ -128,9 +128,7 @@ class DataPlane:
 
     def metadata(self, ref: ModelRef) -> ModelMetadata:
         entry = self._available(ref)
-        signature = entry.signature
-        if signature is None:  # AVAILABLE entries always carry one
-            raise Internal(f"{entry.key} is AVAILABLE without a signature")
+        signature = _default_signature(entry)
         versions = tuple(
             e.key.version
             for e in self._registry.versions(ref.name)
@@ -152,10 +150,11 @@ class DataPlane:
 
         ``signature_name`` None is the default signature; an unknown name is InvalidArgument.
         """
-        meta = self.metadata(ref)
+        # On every TF Serving REST request: read the entry, not the whole metadata.
+        entry = self._available(ref)
         if signature_name is None:
-            return meta.signature
-        return _named(meta.signatures, signature_name)
+            return _default_signature(entry)
+        return _named(_signatures(entry), signature_name)
 
     # -- inference -----------------------------------------------------------------------
 
@@ -241,6 +240,12 @@ class DataPlane:
         if entry.state is not ModelState.AVAILABLE:
             raise Unavailable(entry.unavailable_reason())
         return entry
+
+
+def _default_signature(entry: VersionEntry) -> Signature:
+    if entry.signature is None:  # AVAILABLE entries always carry one
+        raise Internal(f"{entry.key} is AVAILABLE without a signature")
+    return entry.signature
 
 
 def _signatures(entry: VersionEntry) -> Mapping[str, Signature]:
