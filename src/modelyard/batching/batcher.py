@@ -1,9 +1,17 @@
 """The dynamic batcher: a ``Servable`` that joins concurrent requests into batches for another.
 
-Event-driven, no polling: a batch is dispatched when it reaches ``max_batch_size`` rows, or when
-the ``batch_timeout_micros`` timer started by its first request fires (``loop.call_later``).
-Up to ``num_batch_threads`` batches run on the wrapped servable at once (1 by default: a model
-replica computes one batch at a time, and the next one fills meanwhile).
+Event-driven, no polling: a batch closes when it reaches ``max_batch_size`` rows, or when the
+``batch_timeout_micros`` timer started by its first request has fired and the model is free to
+take it (``loop.call_later``). Up to ``num_batch_threads`` batches run on the wrapped servable at
+once (1 by default: a model replica computes one batch at a time, and the next one fills
+meanwhile).
+
+As in TF Serving's batch scheduler, the timeout makes a batch *due*, it does not close it: while
+every slot is busy a due batch keeps taking requests until it is full or a slot frees, because
+waiting for a busy model costs its requests nothing more and a fuller batch costs the model
+less per row. Closing on the timer alone splits a saturated closed-loop load into a full batch
+and a scrap of the few requests that arrived within the timeout, and the model then spends a
+whole call on the scrap.
 
 Rules a user can rely on:
 
@@ -83,7 +91,7 @@ class _Request:
 
 
 class _Batch:
-    __slots__ = ("cost", "key", "requests", "rows", "stage", "timer")
+    __slots__ = ("cost", "due", "key", "requests", "rows", "stage", "timer")
 
     def __init__(self, key: BatchKey | None) -> None:
         self.key = key  # None: a request that runs alone
@@ -92,6 +100,7 @@ class _Batch:
         self.cost = 0  # rows it counts against the queue bound
         self.stage = _Stage.OPEN
         self.timer: asyncio.TimerHandle | None = None
+        self.due = False  # its timeout has passed: it runs as soon as a slot is free
 
 
 class DynamicBatcher:
@@ -225,13 +234,26 @@ class DynamicBatcher:
     def _on_timeout(self, batch: _Batch, loop: asyncio.AbstractEventLoop) -> None:
         batch.timer = None
         if batch.stage is _Stage.OPEN:
-            self._close_batch(batch)
+            batch.due = True
             self._dispatch(loop)
 
+    def _next_batch(self) -> _Batch | None:
+        """The batch to run in a free slot: a closed one first (in the order they closed), else
+        the oldest open batch whose timeout has passed (closed now)."""
+        if self._ready:
+            return self._ready.popleft()
+        for batch in self._open.values():  # insertion order: oldest first
+            if batch.due:
+                self._close_batch(batch)
+                return self._ready.popleft()
+        return None
+
     def _dispatch(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Start ready batches while fewer than ``num_batch_threads`` run."""
-        while self._ready and len(self._running) < self._config.num_batch_threads:
-            batch = self._ready.popleft()
+        """Start batches while fewer than ``num_batch_threads`` run."""
+        while len(self._running) < self._config.num_batch_threads:
+            batch = self._next_batch()
+            if batch is None:
+                return
             self._queued -= batch.cost
             if not batch.requests:  # every request in it was cancelled
                 continue
@@ -275,6 +297,7 @@ class DynamicBatcher:
                 outputs = await self._inner.infer(inputs)
                 parts = split(outputs, [r.rows for r in requests], size)
         except ModelyardError as exc:
+            self._release_slot()
             for request in requests:
                 # One exception object per request: raising a shared one from many tasks
                 # would chain their tracebacks into each other.
@@ -287,12 +310,24 @@ class DynamicBatcher:
             raise
         except Exception as exc:
             log.exception("a batch of model %r failed", self._model)
+            self._release_slot()
             for request in requests:
                 _fail(request, Internal(f"internal error: {type(exc).__name__}: {exc}"))
             return
+        self._release_slot()
         for request, part in zip(requests, parts, strict=True):
             if not request.future.done():
                 request.future.set_result(part)
+
+    def _release_slot(self) -> None:
+        """The running batch's compute is over: start the next ready batch now, before this
+        one's requests are answered, so the model computes while their responses are encoded
+        and written instead of waiting for the event loop to get through them first."""
+        task = asyncio.current_task()
+        if task is not None:
+            self._running.discard(task)
+        if not self._closed:
+            self._dispatch(asyncio.get_running_loop())
 
 
 def _fail(request: _Request, exc: ModelyardError) -> None:

@@ -129,6 +129,67 @@ def test_a_lone_request_waits_for_the_timeout_then_runs() -> None:
     run(test)
 
 
+def test_a_timed_out_batch_keeps_filling_while_the_model_is_busy() -> None:
+    """The timeout makes a batch due, not closed: while the model computes, later requests
+    join it (as in TF Serving), instead of leaving a scrap batch of the first arrivals."""
+
+    async def test() -> None:
+        gate = asyncio.Event()
+        fake = Recorder(gate)
+        b = batcher(fake, max_batch_size=4, batch_timeout_micros=5_000)
+        busy = asyncio.create_task(b.infer(rows(4)))  # full: runs at once and holds the model
+        await settle()
+        early = asyncio.create_task(b.infer(rows(1, start=10)))
+        await asyncio.sleep(0.03)  # six timeouts pass while the model is busy
+        late = asyncio.create_task(b.infer(rows(2, start=20)))
+        await settle()
+        assert len(fake.batches) == 1
+        gate.set()
+        await asyncio.gather(busy, early, late)
+        assert [len(batch) for batch in fake.batches] == [4, 3]
+        assert np.array_equal(late.result()["double"], rows(2, start=20)["x"] * 2)
+
+    run(test)
+
+
+def test_a_due_batch_runs_as_soon_as_the_model_is_free() -> None:
+    async def test() -> None:
+        fake = Recorder()
+        b = batcher(fake, max_batch_size=4, batch_timeout_micros=5_000)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await asyncio.gather(b.infer(rows(1)), b.infer(rows(1, start=5)))
+        assert loop.time() - started < 1.0
+        assert [len(batch) for batch in fake.batches] == [2]
+
+    run(test)
+
+
+def test_the_next_batch_starts_before_the_last_one_is_answered() -> None:
+    """The model is not left idle while the event loop answers the finished batch's requests."""
+
+    async def test() -> None:
+        gate = asyncio.Event()
+        fake = Recorder(gate)
+        b = batcher(fake, max_batch_size=2, batch_timeout_micros=NEVER)
+        started_when_answered: list[int] = []
+
+        async def client(start: float) -> None:
+            await b.infer(rows(2, start=start))
+            started_when_answered.append(len(fake.batches))
+
+        first = asyncio.create_task(client(0))
+        await settle()
+        second = asyncio.create_task(client(100))
+        await settle()
+        assert len(fake.batches) == 1
+        gate.set()
+        await asyncio.gather(first, second)
+        assert started_when_answered == [2, 2]
+
+    run(test)
+
+
 def test_requests_with_other_trailing_shapes_fill_their_own_batches() -> None:
     async def test() -> None:
         fake = Recorder()
