@@ -255,7 +255,9 @@ def run(args: argparse.Namespace) -> int:
                 return 2
             log.warning("serving only what fits: %s", plan.explanation)
         args.file_config, args.store, args.state = file_config, store, state
-        return asyncio.run(_serve(config, plan, args, is_demo))
+        from modelyard.server import eventloop
+
+        return eventloop.run(_serve(config, plan, args, is_demo))
     except ModelyardError as exc:
         print(f"modelyard: {exc.message}", file=sys.stderr)
         return 2

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from modelyard.config import ServerConfig, load_config
+from modelyard.server.eventloop import new_event_loop
 from modelyard.server.runtime import Server
 
 
@@ -47,7 +48,7 @@ def serving(
     kwargs.setdefault("host", "127.0.0.1")
     kwargs.setdefault("rest_port", 0)
     kwargs.setdefault("grpc_port", 0)
-    loop = asyncio.new_event_loop()
+    loop = new_event_loop()  # the loop `modelyard serve` runs on (uvloop where installed)
     thread = threading.Thread(target=loop.run_forever, name="modelyard-test-server", daemon=True)
     thread.start()
     server = Server(config, **kwargs)
