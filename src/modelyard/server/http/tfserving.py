@@ -29,6 +29,7 @@ from modelyard.errors import InvalidArgument, NotFound
 from modelyard.lifecycle.states import ModelState
 from modelyard.server import tfexamples
 from modelyard.server.dataplane import DataPlane, InferResult, ModelRef
+from modelyard.server.http import jsonarrays
 from modelyard.server.http.common import JSONResponse, parse_json, read_body
 from modelyard.tensors import DEFAULT_SIGNATURE, DataType, Signature, TensorSpec, format_shape
 
@@ -99,7 +100,13 @@ class _TFServingAPI:
                 f"unsupported verb {verb or '(none)'!r}; POST /v1/models/<name>:predict "
                 "(or :classify, :regress)"
             )
-        body = parse_json(await read_body(request, self._limit))
+        raw = await read_body(request, self._limit)
+        if verb == ":predict":
+            fast = jsonarrays.decode_predict(raw, lambda name: self._dataplane.signature(ref, name))
+            if fast is not None:
+                name, signature = fast.signature_name, fast.signature
+                return await self._predict(ref, name, signature, fast.key, fast.inputs)
+        body = parse_json(raw)
         if not isinstance(body, dict):
             raise InvalidArgument("the request body must be a JSON object")
         signature_name = body.get("signature_name") or DEFAULT_SIGNATURE
@@ -114,16 +121,32 @@ class _TFServingAPI:
             )
         if "instances" in body:
             inputs = decode_instances(body["instances"], signature)
-            result = await self._dataplane.infer(ref, inputs, signature_name=signature_name)
-            return JSONResponse({"predictions": encode_predictions(result, signature)})
+            return await self._predict(ref, signature_name, signature, "instances", inputs)
         if "inputs" in body:
             inputs = decode_columnar(body["inputs"], signature)
-            result = await self._dataplane.infer(ref, inputs, signature_name=signature_name)
-            return JSONResponse({"outputs": encode_outputs(result)})
+            return await self._predict(ref, signature_name, signature, "inputs", inputs)
         raise InvalidArgument(
             "the request has neither 'instances' nor 'inputs'; send "
             '{"instances": [...]} (row format) or {"inputs": ...} (columnar)'
         )
+
+    async def _predict(
+        self,
+        ref: ModelRef,
+        signature_name: str,
+        signature: Signature,
+        key: str,
+        inputs: dict[str, np.ndarray],
+    ) -> Response:
+        """Row format (``instances``) answers ``predictions``; columnar answers ``outputs``.
+
+        ``signature`` is the one the request was decoded against, resolved before it ran: a
+        request in flight when the server starts stopping still gets its answer.
+        """
+        result = await self._dataplane.infer(ref, inputs, signature_name=signature_name)
+        if key == "instances":
+            return JSONResponse({"predictions": encode_predictions(result, signature)})
+        return JSONResponse({"outputs": encode_outputs(result)})
 
     async def _classify_or_regress(
         self, ref: ModelRef, verb: str, body: dict[str, Any], signature_name: str

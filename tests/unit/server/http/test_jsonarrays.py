@@ -1,0 +1,161 @@
+"""The fast numeric JSON path either builds exactly what the general path builds, or declines.
+
+The general path (orjson, then ``decode_instances`` / ``decode_columnar``) is the reference: for
+any body, the fast path must return None, or arrays equal in dtype, shape and value to the
+general path's; and when the general path refuses a body (400) the fast path must decline it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from modelyard.errors import InvalidArgument, NotFound
+from modelyard.server.http import jsonarrays
+from modelyard.server.http.tfserving import decode_columnar, decode_instances
+from modelyard.tensors import DEFAULT_SIGNATURE, DataType, Signature, TensorSpec
+
+pytestmark = pytest.mark.skipif(jsonarrays.simdjson is None, reason="needs pysimdjson")
+
+DTYPES = [DataType.FP32, DataType.FP64, DataType.FP16, DataType.INT64, DataType.INT8]
+DTYPES += [DataType.UINT8, DataType.BOOL, DataType.BYTES]
+
+
+def signature(dtype: DataType, inputs: int = 1) -> Signature:
+    specs = tuple(TensorSpec(f"in{i}", dtype, (-1, -1)) for i in range(inputs))
+    return Signature(inputs=specs, outputs=(TensorSpec("y", DataType.FP32, (-1,)),))
+
+
+def general(body: bytes, sig: Signature) -> dict[str, np.ndarray] | None:
+    """What the general path builds, or None where it answers 400."""
+    doc = orjson.loads(body)
+    try:
+        if "instances" in doc:
+            return decode_instances(doc["instances"], sig)
+        return decode_columnar(doc["inputs"], sig)
+    except InvalidArgument:
+        return None
+
+
+def fast(body: bytes, sig: Signature) -> dict[str, np.ndarray] | None:
+    decoded = jsonarrays.decode_predict(body, lambda name: sig)
+    return None if decoded is None else decoded.inputs
+
+
+def assert_agrees(body: bytes, sig: Signature) -> None:
+    got = fast(body, sig)
+    if got is None:
+        return
+    want = general(body, sig)
+    assert want is not None, f"fast path accepted what the general path refuses: {body[:200]!r}"
+    assert got.keys() == want.keys()
+    for name in want:
+        assert got[name].dtype == want[name].dtype
+        assert got[name].shape == want[name].shape
+        np.testing.assert_array_equal(got[name], want[name])
+
+
+numbers = st.one_of(
+    st.integers(-(2**53), 2**53),
+    st.floats(allow_nan=False, allow_infinity=False, width=64),
+)
+leaves = st.one_of(
+    numbers,
+    numbers,
+    numbers,
+    st.booleans(),
+    st.none(),
+    st.text(max_size=3),
+    st.just([]),
+    st.lists(numbers, min_size=1, max_size=2),
+)
+
+
+@st.composite
+def tensors(draw: st.DrawFn) -> Any:
+    """Mostly rectangular nested lists, sometimes with one element swapped for a wrong one."""
+    shape = draw(st.lists(st.integers(1, 4), min_size=1, max_size=3))
+    flat = draw(st.lists(numbers, min_size=int(np.prod(shape)), max_size=int(np.prod(shape))))
+    value: Any = np.array(flat, dtype=object).reshape(shape).tolist()
+    corruption = draw(st.sampled_from(["none", "leaf", "length"]))
+    if corruption == "leaf":  # one number swapped for something else
+        node = value
+        for _ in range(len(shape) - 1):
+            node = node[draw(st.integers(0, len(node) - 1))]
+        node[draw(st.integers(0, len(node) - 1))] = draw(leaves)
+    elif corruption == "length":  # one list, at any depth, one element longer
+        node = value
+        for _ in range(draw(st.integers(0, len(shape) - 1))):
+            node = node[draw(st.integers(0, len(node) - 1))]
+        node.append(draw(leaves))
+    return value
+
+
+@given(
+    value=tensors(),
+    dtype=st.sampled_from(DTYPES),
+    key=st.sampled_from(["instances", "inputs"]),
+)
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_the_fast_path_agrees_with_the_general_path_or_declines(
+    value: Any, dtype: DataType, key: str
+) -> None:
+    assert_agrees(orjson.dumps({key: value}), signature(dtype))
+
+
+def test_a_typical_request_takes_the_fast_path_with_exact_values() -> None:
+    x = np.random.default_rng(0).standard_normal((8, 1024)).astype(np.float32)
+    body = orjson.dumps({"instances": x}, option=orjson.OPT_SERIALIZE_NUMPY)
+    decoded = jsonarrays.decode_predict(body, lambda name: signature(DataType.FP32))
+    assert decoded is not None
+    assert (decoded.signature_name, decoded.key) == (DEFAULT_SIGNATURE, "instances")
+    np.testing.assert_array_equal(decoded.inputs["in0"], x)
+    assert_agrees(body, signature(DataType.FP32))
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"instances": [[1, 2], [3]]}',  # ragged
+        b'{"instances": [[1, 2], [3, 4, 5], [6]]}',  # ragged with the right total
+        b'{"instances": [[1, 2], [[3], 4]]}',  # a leaf that is an array
+        b'{"instances": [[1, 2], [[], 3]]}',
+        b'{"instances": [[1, "2"], [3, 4]]}',  # a string
+        b'{"instances": [[1, true], [3, 4]]}',  # a boolean
+        b'{"instances": [[1, null], [3, 4]]}',
+        b'{"instances": []}',
+        b'{"instances": [[1, 2]], "instances": [[3, 4]]}',  # duplicate key
+        b'{"instances": [[1, 2]], "inputs": [[3, 4]]}',  # both
+        b'{"instances": [{"in0": [1, 2]}]}',  # named instance
+        b'{"inputs": {"in0": [[1, 2]]}}',  # named columnar
+        b'{"instances": [[1, 2]], "signature_name": "[x]"}',  # a [ in a string
+        b'{"instances": [[1, 2]]',  # not JSON
+        b'{"instances": [[1, 2]], "extra": 1}',
+    ],
+)
+def test_bodies_the_fast_path_must_leave_to_the_general_path(body: bytes) -> None:
+    assert fast(body, signature(DataType.FP32)) is None
+
+
+def test_integer_inputs_refuse_fractions_and_out_of_range_values_on_the_fast_path() -> None:
+    assert fast(b'{"instances": [[1, 2.5]]}', signature(DataType.INT64)) is None
+    assert fast(b'{"instances": [[1, 300]]}', signature(DataType.INT8)) is None
+    assert fast(b'{"instances": [[1, -1]]}', signature(DataType.UINT8)) is None
+    got = fast(b'{"instances": [[1, 127]]}', signature(DataType.INT8))
+    assert got is not None
+    assert got["in0"].dtype == np.int8
+
+
+def test_several_inputs_and_unknown_signatures_follow_the_general_path() -> None:
+    assert fast(b'{"instances": [[1, 2]]}', signature(DataType.FP32, inputs=2)) is None
+
+    def unknown(name: str) -> Signature:
+        raise NotFound(f"serving signature {name!r} not found")
+
+    with pytest.raises(NotFound, match="'other'"):
+        jsonarrays.decode_predict(b'{"signature_name": "other", "instances": [[1]]}', unknown)
