@@ -70,8 +70,11 @@ def test_health(client: Any) -> None:
     assert client.is_model_ready("linear", "2")
 
 
-def test_model_ready_unknown_model_is_not_found(client: Any) -> None:
-    error = _error(lambda: client.is_model_ready("nope"))
+def test_an_unknown_model_or_version_is_not_ready_rather_than_an_error(client: Any) -> None:
+    # Triton's contract: tritonclient's is_model_ready returns False, it does not raise.
+    assert client.is_model_ready("nope") is False
+    assert client.is_model_ready("linear", "9") is False
+    error = _error(lambda: client.get_model_metadata("nope"))
     assert error.status() == "StatusCode.NOT_FOUND"
     assert "nope" in error.message()
 

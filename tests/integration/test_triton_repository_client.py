@@ -80,6 +80,7 @@ def test_tritonclient_grpc_manages_the_repository(tmp_path: Path) -> None:
 
         client.unload_model("a", headers=metadata)
         assert states() == {"a": "UNAVAILABLE"}
+        assert client.is_model_ready("a") is False  # not an error, as Triton answers
         client.load_model("a", headers=metadata)
         assert client.is_model_ready("a")
 

@@ -179,8 +179,14 @@ class KServeServicer:
 
     @_rpc
     async def ModelReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        ref = model_ref(request.name, request.version)
-        return pb.ModelReadyResponse(ready=self._dataplane.model_ready(ref))
+        # As Triton answers: a model or version the server does not hold (never configured,
+        # unloaded, removed) is not ready, not an error, so tritonclient's is_model_ready
+        # returns False for it instead of raising.
+        try:
+            ready = self._dataplane.model_ready(model_ref(request.name, request.version))
+        except NotFound:
+            ready = False
+        return pb.ModelReadyResponse(ready=ready)
 
     @_rpc
     async def ServerMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
