@@ -29,6 +29,7 @@ class Report:
     seconds: float
     batching: dict[str, dict[str, Any]]
     floors: dict[str, list[FloorPoint]] = field(default_factory=dict)
+    floors_after: dict[str, list[FloorPoint]] = field(default_factory=dict)
     ceiling: dict[str, list[Any]] = field(default_factory=dict)
     runs: dict[tuple[str, str], list[Any]] = field(default_factory=dict)
     elapsed_s: float = 0.0
@@ -100,6 +101,18 @@ def _mode(result: dict[str, Any]) -> str:
     return f"open {result['target_rate']:.0f}/s"
 
 
+def floor_points(report: Report, model: str) -> list[FloorPoint]:
+    """Per batch size, the faster of the floor measured before and after the server runs.
+
+    The cores are shared with other machines' work, and the model's own speed drifts by 10-20 %
+    over a run; comparing the server with the faster measurement keeps that drift from ever
+    flattering the server.
+    """
+    before = report.floors[model]
+    after = {p.rows: p for p in report.floors_after.get(model, [])}
+    return [max(p, after.get(p.rows, p), key=lambda q: q.rows_per_s) for p in before]
+
+
 def _floor_summary(points: list[FloorPoint], rows: int) -> tuple[FloorPoint, FloorPoint]:
     unbatched = next(p for p in points if p.rows == rows)
     best = max(points, key=lambda p: p.rows_per_s)
@@ -130,11 +143,19 @@ def write_report(report: Report, out: Path) -> None:
     ]
     lines += _targets(report)
     lines += ["## In-process floor", ""]
-    lines += ["`LoadedModel.predict` called in a loop on one thread: no server at all.", ""]
-    lines += ["| model | rows per call | p50 ms | rows/s |", "|---|---:|---:|---:|"]
+    lines += [
+        "`LoadedModel.predict` called in a loop on one thread: no server at all. Measured before "
+        "the server starts and again after it stops; every ratio below is taken against the "
+        "faster of the two.",
+        "",
+        "| model | rows per call | p50 ms (before) | rows/s (before) | rows/s (after) |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for name, points in report.floors.items():
+        after = {p.rows: p for p in report.floors_after.get(name, [])}
         for p in points:
-            lines.append(f"| {name} | {p.rows} | {p.p50_ms:.3f} | {p.rows_per_s:,.0f} |")
+            later = f"{after[p.rows].rows_per_s:,.0f}" if p.rows in after else "-"
+            lines.append(f"| {name} | {p.rows} | {p.p50_ms:.3f} | {p.rows_per_s:,.0f} | {later} |")
     lines += ["", "## Load generator ceiling", ""]
     lines += [
         "The generator against endpoints that answer at once (`bench/trivial.py`; tiny-model "
@@ -151,7 +172,7 @@ def write_report(report: Report, out: Path) -> None:
     for model in MODELS:
         if model.name not in report.floors:
             continue
-        unbatched, best = _floor_summary(report.floors[model.name], model.rows_per_request)
+        unbatched, best = _floor_summary(floor_points(report, model.name), model.rows_per_request)
         lines += [
             "",
             f"## {model.name}: {model.rows_per_request} row(s) per request",
@@ -194,7 +215,7 @@ def _closed(report: Report, variant: str, protocol: str) -> dict[int, dict[str, 
 def _targets(report: Report) -> list[str]:
     lines = ["## Targets (issue 7)", ""]
     if MEDIUM.name in report.floors:
-        _, best = _floor_summary(report.floors[MEDIUM.name], MEDIUM.rows_per_request)
+        alone, best = _floor_summary(floor_points(report, MEDIUM.name), MEDIUM.rows_per_request)
         batched = _closed(report, f"{MEDIUM.name}_batched", "tfs_rest").get(64)
         plain = _closed(report, MEDIUM.name, "tfs_rest").get(64)
         if batched and plain:
@@ -206,10 +227,12 @@ def _targets(report: Report) -> list[str]:
             )
             lines.append(
                 f"- Batching vs no batching (same load): {gain:.2f}x (target ≥ 2.5x): "
-                f"**{'met' if gain >= 2.5 else 'missed'}**."
+                f"**{'met' if gain >= 2.5 else 'missed'}**. The model itself gains "
+                f"{best.rows_per_s / alone.rows_per_s:.2f}x in process ({best.rows} rows per "
+                f"call vs {alone.rows}); batching cannot make the model compute faster than that."
             )
     if TINY.name in report.floors:
-        unbatched, _ = _floor_summary(report.floors[TINY.name], TINY.rows_per_request)
+        unbatched, _ = _floor_summary(floor_points(report, TINY.name), TINY.rows_per_request)
         one = _closed(report, TINY.name, "tfs_rest").get(1)
         if one:
             added = one["p50"] - unbatched.p50_ms
@@ -241,7 +264,7 @@ def _plot(report: Report, model: str, rows_per_request: int, path: Path) -> None
                 label=label,
             )
             right.plot(xs, [closed[c]["p50"] for c in xs], style, marker="o", label=label)
-    unbatched, best = _floor_summary(report.floors[model], rows_per_request)
+    unbatched, best = _floor_summary(floor_points(report, model), rows_per_request)
     left.axhline(best.rows_per_s, color="k", linewidth=1, label=f"floor, batch {best.rows}")
     left.axhline(unbatched.rows_per_s, color="grey", linewidth=1, label="floor, unbatched")
     for axis, title, unit in ((left, "throughput", "rows/s"), (right, "p50 latency", "ms")):

@@ -2,7 +2,7 @@
 
 1. Build the tiny and medium ONNX MLPs (``bench_models``) and a config serving each twice:
    unbatched, and with dynamic batching (``<name>_batched``).
-2. Measure the in-process floor (``floor``) while nothing else runs.
+2. Measure the in-process floor (``floor``) while nothing else runs (and again at the end).
 3. Measure the load generator's own ceiling against trivial HTTP and gRPC endpoints.
 4. Start ``modelyard serve`` as its own process, as a user would, and for every model, variant
    and protocol run the load generator (its own process): closed loop at 1, 8 and 64 clients,
@@ -77,6 +77,11 @@ def main() -> None:
                         report.runs[(variant, protocol)] = load(
                             protocol, port, payload(protocol, variant, model.example()), args
                         )
+        for model in chosen:
+            _say(f"floor again: {model.name}")
+            report.floors_after[model.name] = measure(
+                model, root / model.name / "1", FLOOR_SIZES[model.name], max(0.5, args.seconds / 3)
+            )
     report.elapsed_s = time.monotonic() - began
     write_report(report, args.out)
     _say(f"wrote {args.out} in {report.elapsed_s:.0f} s")
