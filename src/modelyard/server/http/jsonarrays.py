@@ -92,21 +92,100 @@ def decode_predict(body: bytes, signature_of: Callable[[str], Signature]) -> Num
     return NumericPredict(name, signature, key, {spec.name: array})
 
 
+def decode_kserve(body: bytes) -> dict[str, Any] | None:
+    """A KServe v2 JSON inference request as Python values with every input's ``data``
+    already an array of its ``datatype``; None when any input's data is not a numeric array
+    this module can prove equal to the general decoding (the caller then parses the body the
+    general way, which also writes the error messages).
+
+    Everything but the ``data`` arrays (ids, names, shapes, parameters, requested outputs) is
+    small and converted as is; the ``[`` count covers the whole body: one per list in those
+    parts plus ``arrays_in(shape)`` per tensor.
+    """
+    if simdjson is None or not body:
+        return None
+    try:
+        doc = simdjson.Parser().parse(body)
+    except ValueError:
+        return None
+    if not isinstance(doc, simdjson.Object):
+        return None
+    tensors = doc.get("inputs")
+    if not isinstance(tensors, simdjson.Array):
+        return None
+    document = _plain_object(doc, skip="inputs")
+    if document is None:
+        return None
+    arrays = 1 + _lists_in(document)  # the "inputs" list and every list outside it
+    inputs = []
+    for tensor in tensors:
+        if not isinstance(tensor, simdjson.Object):
+            return None
+        entry = _plain_object(tensor, skip="data")
+        datatype = entry.get("datatype") if entry is not None else None
+        if entry is None or not isinstance(datatype, str) or datatype not in _DATATYPES:
+            return None
+        array = numbers(tensor.get("data"), DataType(datatype))
+        if array is None:
+            return None
+        arrays += _lists_in(entry) + arrays_in(array.shape)
+        entry["data"] = array
+        inputs.append(entry)
+    if body.count(b"[") != arrays:
+        return None
+    document["inputs"] = inputs
+    return document
+
+
+_DATATYPES = frozenset(t.value for t in DataType)
+
+
+def _plain_object(obj: Any, skip: str) -> dict[str, Any] | None:
+    """``obj``'s members but ``skip`` as Python values; None when a key repeats."""
+    keys = list(obj.keys())
+    if len(set(keys)) != len(keys):
+        return None
+    return {key: _plain(obj[key]) for key in keys if key != skip}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, simdjson.Object):
+        return value.as_dict()
+    if isinstance(value, simdjson.Array):
+        return value.as_list()
+    return value
+
+
+def _lists_in(value: Any) -> int:
+    if isinstance(value, list):
+        return 1 + sum(_lists_in(item) for item in value)
+    if isinstance(value, dict):
+        return sum(_lists_in(item) for item in value.values())
+    return 0
+
+
 def numeric_array(value: Any, body: bytes, spec: TensorSpec) -> np.ndarray | None:
-    """``value`` (a simdjson Array inside ``body``) as an array of ``spec``'s dtype, or None
-    when only the general path can decide (see the module docstring)."""
-    want = spec.datatype.numpy
+    """``value`` (a simdjson Array inside ``body``, the only array there) as an array of
+    ``spec``'s dtype, or None when only the general path can decide (see the module docstring)."""
+    array = numbers(value, spec.datatype)
+    if array is None or body.count(b"[") != arrays_in(array.shape):
+        return None
+    return array
+
+
+def numbers(value: Any, datatype: DataType) -> np.ndarray | None:
+    """``value`` as a rectangular array of ``datatype`` when it is a simdjson Array of
+    numbers of the right kind and every array above its innermost level has the same length;
+    None otherwise. The caller must still prove that no leaf is itself an array, by counting
+    ``[`` in the body against ``arrays_in(shape)``."""
+    want = datatype.numpy
     kind = _KINDS.get(want.kind)
-    if kind is None or spec.datatype is DataType.BOOL or not isinstance(value, simdjson.Array):
+    if kind is None or datatype is DataType.BOOL or not isinstance(value, simdjson.Array):
         return None
     shape = _first_shape(value)
     if shape is None:
         return None
-    above_leaves = math.prod(shape[:-1])
-    if above_leaves > MAX_CHECKED_ARRAYS or not _rectangular(value, shape, 0):
-        return None
-    arrays = sum(math.prod(shape[:depth]) for depth in range(len(shape)))
-    if body.count(b"[") != arrays:
+    if math.prod(shape[:-1]) > MAX_CHECKED_ARRAYS or not _rectangular(value, shape, 0):
         return None
     of_type, flat_dtype = kind
     try:
@@ -120,6 +199,11 @@ def numeric_array(value: Any, body: bytes, spec: TensorSpec) -> np.ndarray | Non
         if flat.min() < info.min or flat.max() > info.max:
             return None  # the general path names the value and the range
     return flat.astype(want).reshape(shape)
+
+
+def arrays_in(shape: tuple[int, ...]) -> int:
+    """How many JSON arrays nested lists of ``shape`` are written with: one per list."""
+    return sum(math.prod(shape[:depth]) for depth in range(len(shape)))
 
 
 def _first_shape(value: Any) -> list[int] | None:

@@ -34,6 +34,7 @@ import numpy as np
 import orjson
 
 from modelyard.errors import InvalidArgument, Unimplemented
+from modelyard.server.http import jsonarrays
 from modelyard.server.http.common import BodyTooLarge, parse_json
 from modelyard.tensors import DataType, format_shape
 
@@ -139,7 +140,8 @@ def decode_request(body: bytes, header_length: int | None = None) -> InferReques
     """Decode an inference request body (JSON, or JSON header + binary tensor data)."""
     raw: memoryview | None = None
     if header_length is None:
-        document = parse_json(body)
+        # Numeric tensors straight into numpy when provably equal; else the general parse.
+        document = jsonarrays.decode_kserve(body) or parse_json(body)
     else:
         document = parse_json(body[:header_length])
         # One copy of the binary section into a writable buffer; decoded arrays are views of
@@ -230,7 +232,9 @@ def decode_json_tensor(
     element count must equal the product of ``shape``.
     """
     what = f"input {name!r}"
-    if datatype is DataType.BYTES:
+    if isinstance(data, np.ndarray):  # decoded by jsonarrays, already checked against datatype
+        array = data
+    elif datatype is DataType.BYTES:
         array = _decode_json_bytes(what, data)
     else:
         array = _decode_json_numbers(what, datatype, data)

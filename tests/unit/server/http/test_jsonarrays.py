@@ -15,8 +15,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from modelyard.errors import InvalidArgument, NotFound
+from modelyard.errors import InvalidArgument, ModelyardError, NotFound
 from modelyard.server.http import jsonarrays
+from modelyard.server.http import kserve_codec as codec
 from modelyard.server.http.tfserving import decode_columnar, decode_instances
 from modelyard.tensors import DEFAULT_SIGNATURE, DataType, Signature, TensorSpec
 
@@ -159,3 +160,100 @@ def test_several_inputs_and_unknown_signatures_follow_the_general_path() -> None
 
     with pytest.raises(NotFound, match="'other'"):
         jsonarrays.decode_predict(b'{"signature_name": "other", "instances": [[1]]}', unknown)
+
+
+# -- KServe v2 JSON ------------------------------------------------------------------------
+
+
+def kserve_general(body: bytes) -> codec.InferRequest | ModelyardError:
+    """``decode_request`` with the fast path switched off: the reference."""
+    saved, jsonarrays.simdjson = jsonarrays.simdjson, None
+    try:
+        return codec.decode_request(body)
+    except ModelyardError as exc:
+        return exc
+    finally:
+        jsonarrays.simdjson = saved
+
+
+def assert_kserve_agrees(body: bytes) -> bool:
+    """Same request or same error either way; True when the fast path took the body."""
+    took = jsonarrays.decode_kserve(body) is not None
+    want = kserve_general(body)
+    try:
+        got: codec.InferRequest | ModelyardError = codec.decode_request(body)
+    except ModelyardError as exc:
+        got = exc
+    if isinstance(want, ModelyardError):
+        assert isinstance(got, ModelyardError), f"accepted what the general path refuses: {body!r}"
+        assert (got.code, got.message) == (want.code, want.message)
+        return took
+    assert isinstance(got, codec.InferRequest)
+    assert (got.id, got.outputs, got.binary_output) == (want.id, want.outputs, want.binary_output)
+    assert got.inputs.keys() == want.inputs.keys()
+    for name, array in want.inputs.items():
+        assert got.inputs[name].dtype == array.dtype
+        assert got.inputs[name].shape == array.shape
+        np.testing.assert_array_equal(got.inputs[name], array)
+    return took
+
+
+KSERVE_TYPES = ["FP32", "FP64", "FP16", "INT64", "INT8", "UINT8", "BOOL", "BYTES"]
+
+
+@given(
+    value=tensors(),
+    datatype=st.sampled_from(KSERVE_TYPES),
+    flat=st.booleans(),
+    declared=st.sampled_from(["right", "flat", "wrong"]),
+    extra=st.sampled_from([{}, {"id": "r1"}, {"outputs": [{"name": "y"}]}, {"id": ["[x"]}]),
+)
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_kserve_fast_path_builds_the_same_request_or_the_same_error(
+    value: Any, datatype: str, flat: bool, declared: str, extra: dict[str, Any]
+) -> None:
+    try:
+        shape = list(np.asarray(value).shape)
+    except ValueError:  # ragged: declare something, the decoders must refuse it alike
+        shape = [len(value)]
+    if flat and shape and len(shape) == len(np.asarray(value, dtype=object).shape):
+        value = np.asarray(value, dtype=object).ravel().tolist()
+    if declared == "flat":
+        shape = [int(np.prod(shape))]
+    elif declared == "wrong":
+        shape = [*shape, 2]
+    tensor = {"name": "x", "shape": shape, "datatype": datatype, "data": value}
+    assert_kserve_agrees(orjson.dumps({**extra, "inputs": [tensor]}))
+
+
+def test_a_typical_kserve_json_request_takes_the_fast_path() -> None:
+    x = np.random.default_rng(0).standard_normal((8, 1024)).astype(np.float32)
+    tensors = [
+        {"name": "x", "shape": [8, 1024], "datatype": "FP32", "data": x.ravel()},
+        {"name": "n", "shape": [2, 2], "datatype": "INT64", "data": [[1, 2], [3, 4]]},
+    ]
+    body = orjson.dumps(
+        {"id": "a", "inputs": tensors, "outputs": [{"name": "y"}]},
+        option=orjson.OPT_SERIALIZE_NUMPY,
+    )
+    assert assert_kserve_agrees(body)
+    np.testing.assert_array_equal(codec.decode_request(body).inputs["x"], x)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        "[[1, 2], [[3], 4]]",  # a leaf that is an array
+        "[[1, 2], [[], 3]]",
+        "[[1, 2], [3, 4, 5], [6]]",  # ragged with the right total
+        '[1, "2", 3, 4]',
+        "[1, true, 3, 4]",
+        "[1, null, 3, 4]",
+    ],
+)
+def test_kserve_bodies_left_to_the_general_path_get_its_error(data: str) -> None:
+    tensor = '{"name": "x", "shape": [2, 2], "datatype": "FP32", "data": ' + data + "}"
+    body = '{"inputs": [' + tensor + "]}"
+    assert jsonarrays.decode_kserve(body.encode()) is None
+    with pytest.raises(InvalidArgument):
+        codec.decode_request(body.encode())
