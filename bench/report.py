@@ -129,7 +129,8 @@ def write_report(report: Report, out: Path) -> None:
         "Written by `make bench` (`bench/run_all.py`); every figure below comes from one run.",
         "",
         f"- Date: {env['date']}; run took {report.elapsed_s:.0f} s; "
-        f"{report.seconds:g} s measured per point after 0.5 s warm-up",
+        f"{report.seconds:g} s measured per point (twice that for the medium model) after "
+        "0.5 s warm-up",
         f"- Machine: {env['cpu']}, {env['cores']} cores, {env['ram']} RAM, no GPU. The cores are "
         "shared with other work, so figures move by 10-30 % between runs.",
         f"- Versions: Python {env['python']}, torch {env['torch']}, onnxruntime "
