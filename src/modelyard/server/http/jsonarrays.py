@@ -64,16 +64,9 @@ def decode_predict(body: bytes, signature_of: Callable[[str], Signature]) -> Num
     ``signature_of(name)`` resolves the named signature (and raises what the general path
     would for an unknown one).
     """
-    if simdjson is None or not body:
-        return None
-    try:
-        doc = simdjson.Parser().parse(body)
-    except ValueError:  # not JSON: the general parser names the problem
-        return None
-    if not isinstance(doc, simdjson.Object):
-        return None
-    keys = list(doc.keys())
-    if len(set(keys)) != len(keys) or not set(keys) <= {"instances", "inputs", "signature_name"}:
+    doc = _parse_object(body)
+    keys = _keys(doc) if doc is not None else None
+    if keys is None or not set(keys) <= {"instances", "inputs", "signature_name"}:
         return None
     payload_keys = [k for k in keys if k != "signature_name"]
     if len(payload_keys) != 1:
@@ -102,13 +95,8 @@ def decode_kserve(body: bytes) -> dict[str, Any] | None:
     small and converted as is; the ``[`` count covers the whole body: one per list in those
     parts plus ``arrays_in(shape)`` per tensor.
     """
-    if simdjson is None or not body:
-        return None
-    try:
-        doc = simdjson.Parser().parse(body)
-    except ValueError:
-        return None
-    if not isinstance(doc, simdjson.Object):
+    doc = _parse_object(body)
+    if doc is None:
         return None
     tensors = doc.get("inputs")
     if not isinstance(tensors, simdjson.Array):
@@ -122,8 +110,10 @@ def decode_kserve(body: bytes) -> dict[str, Any] | None:
         if not isinstance(tensor, simdjson.Object):
             return None
         entry = _plain_object(tensor, skip="data")
-        datatype = entry.get("datatype") if entry is not None else None
-        if entry is None or not isinstance(datatype, str) or datatype not in _DATATYPES:
+        if entry is None:
+            return None
+        datatype = entry.get("datatype")
+        if not isinstance(datatype, str) or datatype not in _DATATYPES:
             return None
         array = numbers(tensor.get("data"), DataType(datatype))
         if array is None:
@@ -140,10 +130,29 @@ def decode_kserve(body: bytes) -> dict[str, Any] | None:
 _DATATYPES = frozenset(t.value for t in DataType)
 
 
+def _parse_object(body: bytes) -> Any:
+    """``body`` parsed by simdjson when it is a JSON object; None otherwise (simdjson missing,
+    an empty body, invalid JSON, another JSON type: the general parser names the problem)."""
+    if simdjson is None or not body:
+        return None
+    try:
+        doc = simdjson.Parser().parse(body)
+    except ValueError:
+        return None
+    return doc if isinstance(doc, simdjson.Object) else None
+
+
+def _keys(obj: Any) -> list[str] | None:
+    """``obj``'s keys in order; None when one repeats (simdjson keeps the first of a repeated
+    key, orjson the last, so only the general path may decide what such a body means)."""
+    keys = list(obj.keys())
+    return keys if len(set(keys)) == len(keys) else None
+
+
 def _plain_object(obj: Any, skip: str) -> dict[str, Any] | None:
     """``obj``'s members but ``skip`` as Python values; None when a key repeats."""
-    keys = list(obj.keys())
-    if len(set(keys)) != len(keys):
+    keys = _keys(obj)
+    if keys is None:
         return None
     return {key: _plain(obj[key]) for key in keys if key != skip}
 
