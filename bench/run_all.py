@@ -32,7 +32,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 
 from bench_models import MEDIUM, MODELS, TINY, BenchModel, write_mlp
-from floor import measure
+from floor import FloorPoint, measure
 from protocols import GRPC_METHOD, PROTOCOLS, payload
 from report import Report, environment, write_report
 
@@ -65,10 +65,7 @@ def main() -> None:
         config = build_repository(root, chosen)
         for model in chosen:
             _say(f"floor: {model.name}")
-            sizes = FLOOR_SIZES[model.name]
-            report.floors[model.name] = measure(
-                model, root / model.name / "1", sizes, max(0.5, args.seconds / 3)
-            )
+            report.floors[model.name] = measure_floor(model, root, args)
         _say("load generator ceiling")
         report.ceiling = ceiling(args.seconds)
         with serve(config, root) as ports:
@@ -85,12 +82,16 @@ def main() -> None:
                         )
         for model in chosen:
             _say(f"floor again: {model.name}")
-            report.floors_after[model.name] = measure(
-                model, root / model.name / "1", FLOOR_SIZES[model.name], max(0.5, args.seconds / 3)
-            )
+            report.floors_after[model.name] = measure_floor(model, root, args)
     report.elapsed_s = time.monotonic() - began
     write_report(report, args.out)
     _say(f"wrote {args.out} in {report.elapsed_s:.0f} s")
+
+
+def measure_floor(model: BenchModel, root: Path, args: argparse.Namespace) -> list[FloorPoint]:
+    """The model called in process over its batch sizes (before and after the server runs)."""
+    seconds = max(0.5, args.seconds / 3)
+    return measure(model, root / model.name / "1", FLOOR_SIZES[model.name], seconds)
 
 
 def build_repository(root: Path, models: list[BenchModel]) -> Path:
