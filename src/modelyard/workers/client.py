@@ -204,6 +204,10 @@ class WorkerProcess:
         """
         if self._dead is not None or self._writer is None:
             raise WorkerDied(self._dead or f"worker for device {self.device} is not running")
+        if self._writer.transport.is_closing():
+            # A write to a dead peer closed the transport before the read loop saw the end
+            # (uvloop then raises RuntimeError on the next write instead of OSError).
+            raise WorkerDied(f"worker for device {self.device} (pid {self.pid}): connection closed")
         request_id = next(self._ids)
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
