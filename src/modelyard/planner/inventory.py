@@ -10,6 +10,10 @@ works offline. Rules, per declared device:
 - ``kind: cuda`` with ``memory:`` is a slice capped at that size; when GPU ``index`` is present,
   its free memory bounds the slice. Absent, the slice is planned at its declared size.
 - ``kind: cuda`` without ``memory:`` needs the GPU to be present (its total and free are used).
+- Devices on one present GPU share it: their ``memory:`` (a whole GPU counts its total) may add
+  up to at most the GPU's total, else ConfigError; when they add up to more than it has free,
+  each is planned with its share of the free memory, in proportion to its size. Two slices are
+  never both promised the same bytes.
 - ``kind: cpu`` with ``memory:`` is a budget planned at exactly that size, whatever the host
   has: it is a stand-in for a device, not a measurement.
 - ``kind: cpu`` without ``memory:`` is the host: total RAM, and available RAM as free.
@@ -21,10 +25,11 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from modelyard.config.schema import DeviceConfig, DeviceKind
+from modelyard.config.sizes import format_size
 from modelyard.errors import ConfigError
 from modelyard.planner.plan import Device
 
@@ -96,7 +101,29 @@ def build_inventory(
             devices.append(Device(d.name, DeviceKind.CPU, 0, cap, cap, present=True))
         else:
             devices.append(_host_device(d.name, host()))
+    for gpu in by_index.values():
+        _share_gpu(devices, gpu)
     return tuple(devices)
+
+
+def _share_gpu(devices: list[Device], gpu: GpuInfo) -> None:
+    """Bound the devices declared on ``gpu`` by what it has, together (in place)."""
+    on_it = [i for i, d in enumerate(devices) if d.kind is DeviceKind.CUDA and d.index == gpu.index]
+    declared = sum(devices[i].capacity_bytes for i in on_it)
+    if len(on_it) < 2 or declared <= gpu.free_bytes:
+        return
+    names = ", ".join(repr(devices[i].name) for i in on_it)
+    if declared > gpu.total_bytes:
+        raise ConfigError(
+            f"devices {names} are all on GPU {gpu.index} ({gpu.name}) and declare "
+            f"{format_size(declared)} in all, but it has {format_size(gpu.total_bytes)}; "
+            f"give them memory: sizes that add up to at most that (a cuda device without "
+            f"memory: is the whole GPU)"
+        )
+    for i in on_it:
+        d = devices[i]
+        share = d.capacity_bytes * gpu.free_bytes // declared
+        devices[i] = replace(d, free_bytes=min(d.free_bytes, share))
 
 
 def _whole_gpu(name: str, g: GpuInfo) -> Device:

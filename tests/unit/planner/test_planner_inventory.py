@@ -50,10 +50,42 @@ def test_auto_without_gpus_is_the_cpu_with_its_ram() -> None:
 
 def test_a_slice_is_capped_and_bounded_by_what_the_gpu_has_free() -> None:
     small, big = build_inventory(
-        [cuda("a", 0, "20GiB"), cuda("b", 0, "75GiB")], gpus=two_gpus, host=host
+        [cuda("a", 0, "20GiB"), cuda("b", 1, "75GiB")], gpus=two_gpus, host=host
     )
     assert (small.capacity_bytes, small.free_bytes) == (20 * GiB, 20 * GiB)
-    assert (big.capacity_bytes, big.free_bytes) == (75 * GiB, 70 * GiB)
+    big_alone = build_inventory([cuda("b", 0, "75GiB")], gpus=two_gpus, host=host)[0]
+    assert (big_alone.capacity_bytes, big_alone.free_bytes) == (75 * GiB, 70 * GiB)
+    assert (big.capacity_bytes, big.free_bytes) == (75 * GiB, 75 * GiB)
+
+
+def test_slices_of_one_gpu_that_fit_in_its_free_memory_keep_their_sizes() -> None:
+    devices = build_inventory(
+        [cuda(f"s{i}", 0, "17GiB") for i in range(4)], gpus=two_gpus, host=host
+    )
+    assert [(d.capacity_bytes, d.free_bytes) for d in devices] == [(17 * GiB, 17 * GiB)] * 4
+
+
+def test_slices_of_one_gpu_share_its_free_memory_and_are_never_both_promised_it() -> None:
+    # GPU 0: 80 GiB, 70 GiB free. 40 + 20 + 20 = 80 GiB declared: 10 GiB are held elsewhere.
+    devices = build_inventory(
+        [cuda("a", 0, "40GiB"), cuda("b", 0, "20GiB"), cuda("c", 0, "20GiB")],
+        gpus=two_gpus,
+        host=host,
+    )
+    assert [d.capacity_bytes for d in devices] == [40 * GiB, 20 * GiB, 20 * GiB]
+    assert [d.free_bytes for d in devices] == [35 * GiB, 17.5 * GiB, 17.5 * GiB]
+    assert sum(d.free_bytes for d in devices) <= 70 * GiB
+
+
+def test_slices_declaring_more_than_their_gpu_has_are_refused_by_name() -> None:
+    with pytest.raises(ConfigError) as caught:
+        build_inventory([cuda("a", 0, "20GiB"), cuda("b", 0, "75GiB")], gpus=two_gpus, host=host)
+    message = str(caught.value)
+    assert "'a', 'b' are all on GPU 0" in message
+    assert "95.0 GiB in all, but it has 80.0 GiB" in message
+    # A whole GPU beside a slice of it declares its total: refused too.
+    with pytest.raises(ConfigError, match=r"'whole', 'part' are all on GPU 1"):
+        build_inventory([cuda("whole", 1), cuda("part", 1, "1GiB")], gpus=two_gpus, host=host)
 
 
 def test_an_absent_gpu_with_memory_is_planned_offline() -> None:
