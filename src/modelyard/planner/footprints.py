@@ -7,16 +7,21 @@ unchanged, so a replaced artifact is estimated afresh. Measurements are kept per
 (GPU bytes and CPU RSS differ); ``lookup`` returns the largest, since the planner wants an upper
 bound.
 
-Writes replace the file atomically (write a temporary file, then rename). Two processes recording
-at the same moment may lose one of the two records, never corrupt the file: a lost record only
-means the next plan estimates that version again.
+Writes replace the file atomically (write a temporary file, then rename), so a reader never
+sees half a file. A record is a read-modify-write of the whole file; it holds an exclusive
+``flock`` on ``footprints.json.lock`` throughout, so servers sharing a cache never lose each
+other's records. Where ``fcntl`` does not exist (Windows) there is no lock: two processes
+recording at the same moment may lose one record, which only means the next plan estimates that
+version again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,6 +91,10 @@ class FootprintCache:
         """
         if measured_bytes < 0:
             raise ValueError(f"measured_bytes must be >= 0, got {measured_bytes}")
+        with self._locked():
+            self._record(artifact, measured_bytes, kind)
+
+    def _record(self, artifact: Path, measured_bytes: int, kind: DeviceKind) -> None:
         data = self._read()
         stamp = Stamp.of(artifact)
         key = _key(artifact)
@@ -104,6 +113,20 @@ class FootprintCache:
             "measured_bytes": measured,
         }
         self._write(data)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the cache's lock file exclusively (a no-op where fcntl does not exist)."""
+        try:
+            import fcntl
+        except ImportError:  # Windows
+            yield
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lock = self.path.with_name(self.path.name + ".lock")
+        with open(lock, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes
+            yield
 
     def _read(self) -> dict[str, Any]:
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 from pathlib import Path
 
@@ -77,3 +78,39 @@ def test_memory_in_config_overrides_any_measurement(tmp_path: Path) -> None:
     config = parse_config(f"models: [{{name: m, base_path: {folder.parent}, memory: 64MiB}}]")
     demand = demands_for_config(config, cache=cache).demands[0]
     assert (demand.bytes, demand.source) == (64 * MiB, FootprintSource.CONFIG)
+
+
+def _record_many(cache_path: str, folders: list[str], worker: int) -> None:
+    cache = FootprintCache(Path(cache_path))
+    for i, folder in enumerate(folders):
+        cache.record_measured(Path(folder), (worker * 1000 + i) * MiB, DeviceKind.CPU)
+
+
+def test_servers_recording_at_once_keep_every_record(tmp_path: Path) -> None:
+    """Four processes record 30 versions each into one cache file at the same time."""
+    workers, each = 4, 30
+    folders = []
+    for w in range(workers):
+        mine = []
+        for i in range(each):
+            folder = tmp_path / f"m{w}" / str(i + 1)
+            folder.mkdir(parents=True)
+            (folder / "model.onnx").write_bytes(b"\0" * (i + 1))
+            mine.append(str(folder))
+        folders.append(mine)
+    cache_path = tmp_path / "cache" / "footprints.json"
+    context = multiprocessing.get_context("spawn")
+    procs = [
+        context.Process(target=_record_many, args=(str(cache_path), folders[w], w))
+        for w in range(workers)
+    ]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(60)
+        assert proc.exitcode == 0
+    cache = FootprintCache(cache_path)
+    found = {(w, i): cache.lookup(Path(folders[w][i])) for w in range(workers) for i in range(each)}
+    missing = [k for k, v in found.items() if v is None]
+    assert not missing, f"{len(missing)} of {workers * each} records lost: {missing[:5]}"
+    assert all(v == (w * 1000 + i) * MiB for (w, i), v in found.items())
