@@ -9,6 +9,7 @@ on input of the wrong name, dtype or shape.
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -109,6 +110,42 @@ _TO_TF: dict[DataType, str] = {
 def format_shape(shape: Sequence[int]) -> str:
     """``[-1, 4]`` -> ``[?, 4]``: how shapes appear in error messages."""
     return "[" + ", ".join("?" if d < 0 else str(d) for d in shape) + "]"
+
+
+def overflowed(array: np.ndarray) -> bool:
+    """True when ``array``, cast from numbers parsed from JSON, holds an infinity. JSON has no
+    infinities, so that is a number too large for the type (1e39 as FP32, 70000 as FP16): an
+    error to report, not an input of inf. Cast under ``np.errstate(over="ignore")``."""
+    return array.dtype.kind == "f" and array.size > 0 and bool(np.isinf(array).any())
+
+
+MAX_REQUEST_RANK = 32
+"""The most dimensions a request's tensor may have (numpy before 2.0 allowed no more)."""
+
+MAX_REQUEST_SPAN = 2**56
+"""Bound on the product of a request shape's non-zero dimensions. numpy refuses an array whose
+non-zero dimensions multiply past its index range in bytes even when another dimension is 0, so a
+shape such as ``[0, 2**20, 2**20, 2**30]`` holds no data and still cannot be built."""
+
+
+def request_element_count(shape: Sequence[int], what: str) -> int:
+    """The number of elements of a request tensor's ``shape``; InvalidArgument naming ``what``
+    for a negative dimension, more than ``MAX_REQUEST_RANK`` dimensions, or dimensions no array
+    can have."""
+    if any(d < 0 for d in shape):
+        raise InvalidArgument(
+            f"{what} has shape {list(shape)}; dimensions of a request must be >= 0"
+        )
+    if len(shape) > MAX_REQUEST_RANK:
+        raise InvalidArgument(
+            f"{what} has {len(shape)} dimensions; at most {MAX_REQUEST_RANK} are supported"
+        )
+    if math.prod(d for d in shape if d) > MAX_REQUEST_SPAN:
+        raise InvalidArgument(
+            f"{what} has shape {list(shape)}; its dimensions multiply to more than 2**56, "
+            "which no tensor can have"
+        )
+    return math.prod(shape)
 
 
 @dataclass(frozen=True, slots=True)

@@ -166,7 +166,9 @@ class Server:
             self.host,
             self.grpc_port,
             max_message_bytes=self.max_request_bytes,
-            extra_servicers=tfserving_servicers(self.dataplane, self.reconfigure),
+            extra_servicers=tfserving_servicers(
+                self.dataplane, self.reconfigure, self.max_request_bytes
+            ),
             management=self.management,
             management_token=self._token,
         )

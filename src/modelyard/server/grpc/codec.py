@@ -12,25 +12,20 @@ copy them first.
 
 from __future__ import annotations
 
-import math
 import struct
 from collections.abc import Sequence
 
 import numpy as np
 
 from modelyard.errors import InvalidArgument
-from modelyard.tensors import DataType, format_shape
+from modelyard.tensors import DataType, format_shape, request_element_count
 
 _LENGTH = struct.Struct("<I")
 
 
 def element_count(shape: Sequence[int], name: str) -> int:
-    """The number of elements of ``shape``; InvalidArgument for a negative dimension."""
-    if any(dim < 0 for dim in shape):
-        raise InvalidArgument(
-            f"input {name!r} has shape {list(shape)}; dimensions of a request must be >= 0"
-        )
-    return math.prod(shape)
+    """The number of elements of input ``name``'s ``shape`` (see ``request_element_count``)."""
+    return request_element_count(shape, f"input {name!r}")
 
 
 def decode_raw(data: bytes, datatype: DataType, shape: Sequence[int], name: str) -> np.ndarray:

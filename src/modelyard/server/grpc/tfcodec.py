@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from modelyard.errors import InvalidArgument
+from modelyard.server.defaults import DEFAULT_MAX_REQUEST_BYTES
 from modelyard.server.grpc.codec import decode_raw, element_count, encode_raw
 from modelyard.tensors import DataType, format_shape
 from modelyard.tfproto.generated import tensorflow_core_pb2 as core
@@ -50,8 +51,15 @@ def datatype_of(dtype: int, name: str) -> DataType:
         ) from None
 
 
-def tensor_to_array(tensor: Any, name: str) -> np.ndarray:
-    """The array a ``TensorProto`` holds; InvalidArgument naming ``name`` for a malformed one."""
+def tensor_to_array(
+    tensor: Any, name: str, max_fill_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+) -> np.ndarray:
+    """The array a ``TensorProto`` holds; InvalidArgument naming ``name`` for a malformed one.
+
+    TensorFlow fills a whole tensor from a single value; such a fill may make at most
+    ``max_fill_bytes`` (the server's request size limit), so that a message of a few bytes
+    cannot make the server allocate gigabytes.
+    """
     datatype = datatype_of(tensor.dtype, name)
     if tensor.tensor_shape.unknown_rank:
         raise InvalidArgument(f"input {name!r} has unknown rank; send its shape")
@@ -65,11 +73,28 @@ def tensor_to_array(tensor: Any, name: str) -> np.ndarray:
         flat[:] = list(values)
     elif datatype is DataType.FP16:
         flat = np.asarray(values, dtype=np.uint16).view(np.float16)
+    elif datatype.numpy.kind in "iu":
+        # int_val carries INT8/INT16/UINT8/UINT16 widened to int32: narrow it, and refuse a
+        # value that would wrap around instead of answering for another input.
+        wide = np.asarray(values, dtype=np.int64 if datatype is not DataType.UINT64 else np.uint64)
+        flat = wide.astype(datatype.numpy)
+        if not np.array_equal(flat, wide):
+            raise InvalidArgument(
+                f"input {name!r} has values outside the range of {datatype.value} "
+                f"in {_VAL_FIELD[datatype]}"
+            )
     else:
         flat = np.asarray(values, dtype=datatype.numpy)
     if len(flat) == count:
         return flat.reshape(shape)
     if len(flat) == 1:  # TensorFlow's rule: one value fills the whole tensor
+        filled = count * flat.dtype.itemsize
+        if filled > max_fill_bytes:
+            raise InvalidArgument(
+                f"input {name!r} holds one value to fill shape {format_shape(shape)}: "
+                f"{filled} bytes, more than the {max_fill_bytes} a request may hold; "
+                f"send the values"
+            )
         return np.full(shape, flat[0], dtype=flat.dtype)
     raise InvalidArgument(
         f"input {name!r} holds {len(flat)} values in {_VAL_FIELD[datatype]}; shape "

@@ -25,6 +25,7 @@ from modelyard.errors import InvalidArgument, ModelyardError
 from modelyard.lifecycle.states import ModelState
 from modelyard.server import tfexamples
 from modelyard.server.dataplane import DataPlane, ModelRef
+from modelyard.server.defaults import DEFAULT_MAX_REQUEST_BYTES
 from modelyard.server.grpc.status import rpc_errors
 from modelyard.server.grpc.tfcodec import array_to_tensor, tensor_to_array
 from modelyard.tensors import DEFAULT_SIGNATURE, Signature, TensorSpec
@@ -82,8 +83,11 @@ def _examples(request: Any) -> list[bytes]:
 class PredictionServicer:
     """``tensorflow.serving.PredictionService``; register with ``add_to_server``."""
 
-    def __init__(self, dataplane: DataPlane) -> None:
+    def __init__(
+        self, dataplane: DataPlane, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    ) -> None:
         self._dataplane = dataplane
+        self._limit = max_request_bytes
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         pb_grpc.add_PredictionServiceServicer_to_server(self, server)
@@ -92,7 +96,7 @@ class PredictionServicer:
     async def Predict(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         ref = model_ref(request.model_spec)
         name = request.model_spec.signature_name or DEFAULT_SIGNATURE
-        inputs = {key: tensor_to_array(t, key) for key, t in request.inputs.items()}
+        inputs = {key: tensor_to_array(t, key, self._limit) for key, t in request.inputs.items()}
         result = await self._dataplane.infer(
             ref, inputs, list(request.output_filter) or None, signature_name=name
         )
@@ -205,11 +209,13 @@ def _tensor_info(spec: TensorSpec, out: Any) -> None:
 
 
 def tfserving_servicers(
-    dataplane: DataPlane, reconfigure: Reconfigure | None = None
+    dataplane: DataPlane,
+    reconfigure: Reconfigure | None = None,
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
 ) -> list[Callable[[grpc.aio.Server], None]]:
     """The ``extra_servicers`` for ``start_grpc_server`` that add TF Serving's two services."""
     return [
-        PredictionServicer(dataplane).add_to_server,
+        PredictionServicer(dataplane, max_request_bytes).add_to_server,
         ModelServicer(dataplane, reconfigure).add_to_server,
     ]
 

@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from modelyard.tensors import DEFAULT_SIGNATURE, DataType, Signature, TensorSpec
+from modelyard.tensors import DEFAULT_SIGNATURE, DataType, Signature, TensorSpec, overflowed
 
 try:
     import simdjson
@@ -137,7 +137,7 @@ def _parse_object(body: bytes) -> Any:
         return None
     try:
         doc = simdjson.Parser().parse(body)
-    except ValueError:
+    except (ValueError, RuntimeError):  # RuntimeError: e.g. BIGINT_ERROR, an integer over 64 bits
         return None
     return doc if isinstance(doc, simdjson.Object) else None
 
@@ -207,7 +207,9 @@ def numbers(value: Any, datatype: DataType) -> np.ndarray | None:
         info = np.iinfo(want.type)  # type: ignore[type-var]
         if flat.min() < info.min or flat.max() > info.max:
             return None  # the general path names the value and the range
-    return flat.astype(want).reshape(shape)
+    with np.errstate(over="ignore"):
+        narrowed = flat.astype(want)
+    return None if overflowed(narrowed) else narrowed.reshape(shape)
 
 
 def arrays_in(shape: tuple[int, ...]) -> int:

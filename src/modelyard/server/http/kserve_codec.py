@@ -36,7 +36,7 @@ import orjson
 from modelyard.errors import InvalidArgument, Unimplemented
 from modelyard.server.http import jsonarrays
 from modelyard.server.http.common import BodyTooLarge, parse_json
-from modelyard.tensors import DataType, format_shape
+from modelyard.tensors import DataType, format_shape, overflowed, request_element_count
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
@@ -243,7 +243,10 @@ def decode_json_tensor(
 
 def _decode_json_numbers(what: str, datatype: DataType, data: Any) -> np.ndarray:
     try:
-        array = np.asarray(data, dtype=datatype.numpy)
+        with np.errstate(over="ignore"):
+            array = np.asarray(data, dtype=datatype.numpy)
+        if overflowed(array):
+            raise OverflowError
     except OverflowError:
         raise InvalidArgument(
             f"{what} has a value out of range for {datatype.value}; expected "
@@ -445,6 +448,7 @@ def _shape(value: Any, what: str) -> tuple[int, ...]:
         raise InvalidArgument(
             f'{what} has "shape" {value!r}; expected a list of non-negative integers'
         )
+    request_element_count(value, what)  # no more dimensions, or larger ones, than numpy takes
     return tuple(value)
 
 

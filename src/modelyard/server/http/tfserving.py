@@ -31,7 +31,14 @@ from modelyard.server import tfexamples
 from modelyard.server.dataplane import DataPlane, InferResult, ModelRef
 from modelyard.server.http import jsonarrays
 from modelyard.server.http.common import JSONResponse, parse_json, read_body
-from modelyard.tensors import DEFAULT_SIGNATURE, DataType, Signature, TensorSpec, format_shape
+from modelyard.tensors import (
+    DEFAULT_SIGNATURE,
+    DataType,
+    Signature,
+    TensorSpec,
+    format_shape,
+    overflowed,
+)
 
 # Which JSON value kinds (numpy's dtype.kind after np.asarray) each datatype accepts. TF Serving
 # accepts integers for float inputs but not floats for integer inputs, and never strings for
@@ -234,7 +241,14 @@ def to_array(value: Any, spec: TensorSpec, where: str) -> np.ndarray:
                 f"{where} holds {low if low < info.min else high}, outside the range of "
                 f"{spec.datatype.value} [{info.min}, {info.max}]"
             )
-    return array.astype(want, copy=False)
+    with np.errstate(over="ignore"):
+        narrowed = array.astype(want, copy=False)
+    if overflowed(narrowed):
+        raise InvalidArgument(
+            f"{where} holds a number too large for {spec.datatype.value} "
+            f"(largest {float(np.finfo(narrowed.dtype).max):g}); expected {spec.describe()}"
+        )
+    return narrowed
 
 
 def _kind_name(array: np.ndarray) -> str:

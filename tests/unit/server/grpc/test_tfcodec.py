@@ -42,6 +42,9 @@ def test_typed_fields_and_one_value_fills() -> None:
     np.testing.assert_array_equal(filled, np.full((2, 2), 7, np.int32))
     half = np.array([1.0, -2.0], np.float16).view(np.uint16).tolist()
     halves = tensor_to_array(_typed(core.DT_HALF, "half_val", half, [2]), "h")
+    narrow = tensor_to_array(_typed(core.DT_INT8, "int_val", [-128, 127], [2]), "i")
+    np.testing.assert_array_equal(narrow, np.array([-128, 127], np.int8))
+    assert narrow.dtype == np.int8
     np.testing.assert_array_equal(halves, np.array([1.0, -2.0], np.float16))
 
 
@@ -52,8 +55,23 @@ def test_typed_fields_and_one_value_fills() -> None:
         (_typed(core.DT_FLOAT, "float_val", [], [2]), "holds 0 values"),
         (_typed(core.DT_RESOURCE, "float_val", [], [0]), "DT_RESOURCE"),
         (_typed(core.DT_FLOAT, "float_val", [], [-1]), "must be >= 0"),
+        # 8 bytes of message asking for 4 TiB: refused, not allocated
+        (_typed(core.DT_FLOAT, "float_val", [1.0], [2**20, 2**20]), "4398046511104 bytes, more"),
+        (_typed(core.DT_FLOAT, "float_val", [], [0, 2**30, 2**30]), "more than 2\\*\\*56"),
+        (_typed(core.DT_FLOAT, "float_val", [], [1] * 33), "at most 32 are supported"),
+        (_typed(core.DT_UINT8, "int_val", [-1], [1]), "outside the range of UINT8"),
+        (_typed(core.DT_INT8, "int_val", [1, 128], [2]), "outside the range of INT8"),
     ],
 )
 def test_errors(tensor: object, expected: str) -> None:
     with pytest.raises(InvalidArgument, match=expected):
         tensor_to_array(tensor, "x")
+
+
+def test_a_fill_up_to_the_limit_is_made() -> None:
+    tensor = _typed(core.DT_FLOAT, "float_val", [2.0], [4, 256])
+    np.testing.assert_array_equal(
+        tensor_to_array(tensor, "x", max_fill_bytes=4096), np.full((4, 256), 2.0, np.float32)
+    )
+    with pytest.raises(InvalidArgument, match="4096 bytes, more than the 4095"):
+        tensor_to_array(tensor, "x", max_fill_bytes=4095)

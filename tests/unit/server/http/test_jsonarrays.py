@@ -257,3 +257,16 @@ def test_kserve_bodies_left_to_the_general_path_get_its_error(data: str) -> None
     assert jsonarrays.decode_kserve(body.encode()) is None
     with pytest.raises(InvalidArgument):
         codec.decode_request(body.encode())
+
+
+@pytest.mark.parametrize("big", ["18446744073709551616", "-9223372036854775809", "1" * 40])
+def test_integers_beyond_64_bits_are_left_to_the_general_path(big: str) -> None:
+    """simdjson cannot hold them (BIGINT_ERROR): the fast path declines, the general path says
+    what is wrong (found by tests/integration/test_hostile_requests.py as a 500)."""
+    predict = ('{"instances": [[1, ' + big + "]]}").encode()
+    assert jsonarrays.decode_predict(predict, lambda name: signature(DataType.INT64)) is None
+    tensor = '{"name": "x", "shape": [2], "datatype": "INT64", "data": [1, ' + big + "]}"
+    body = ('{"inputs": [' + tensor + "]}").encode()
+    assert jsonarrays.decode_kserve(body) is None
+    with pytest.raises(InvalidArgument):
+        codec.decode_request(body)

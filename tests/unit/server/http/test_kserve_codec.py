@@ -8,9 +8,11 @@ import zlib
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 
 from modelyard.errors import InvalidArgument, Unimplemented
+from modelyard.server.http import jsonarrays
 from modelyard.server.http.common import BodyTooLarge
 from modelyard.server.http.kserve_codec import (
     decode_binary_tensor,
@@ -272,6 +274,17 @@ def test_integers_out_of_range_are_rejected(datatype: DataType, value: int) -> N
     message = _error(decode_json_tensor, "x", datatype, (1,), [value])
     assert f"out of range for {datatype.value}" in message
     assert "expected JSON integers from" in message
+
+
+@pytest.mark.parametrize(("datatype", "value"), [(DataType.FP32, 1e39), (DataType.FP16, 70000.0)])
+def test_a_float_too_large_for_its_type_is_rejected_not_made_infinite(
+    datatype: DataType, value: float
+) -> None:
+    message = _error(decode_json_tensor, "x", datatype, (2,), [1.0, value])
+    assert f"out of range for {datatype.value}" in message
+    body = orjson.dumps({"inputs": [{"name": "x", "shape": [2], "datatype": datatype.value,
+                                     "data": [1.0, value]}]})  # fmt: skip
+    assert jsonarrays.decode_kserve(body) is None  # the fast path leaves it to the general one
 
 
 def test_binary_size_mismatch_names_expected_and_actual_bytes() -> None:

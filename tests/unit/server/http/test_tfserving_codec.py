@@ -86,6 +86,16 @@ def test_integer_out_of_range_rejected() -> None:
         decode_columnar([1, 300], sig)
 
 
+@pytest.mark.parametrize(("datatype", "value"), [(DataType.FP32, 1e39), (DataType.FP16, 70000)])
+def test_a_float_too_large_for_its_type_is_rejected_not_made_infinite(
+    datatype: DataType, value: float
+) -> None:
+    sig = Signature((TensorSpec("f", datatype, (-1,)),), ONE_IN.outputs)
+    with pytest.raises(InvalidArgument, match=f"a number too large for {datatype.value}"):
+        decode_columnar([1.0, value], sig)
+    assert decode_columnar([1.0, 65504.0], sig)["f"].tolist() == [1.0, 65504.0]
+
+
 def test_columnar_bare_value_for_single_input() -> None:
     inputs = decode_columnar([[1, 2, 3]], ONE_IN)
     np.testing.assert_array_equal(inputs["x"], [[1, 2, 3]])
