@@ -6,9 +6,11 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modelyard.errors import Internal, ModelyardError
 from modelyard.management import Management
@@ -26,11 +28,37 @@ async def _on_modelyard_error(request: Request, exc: Exception) -> Response:
     return error_response(exc)
 
 
-async def _on_unexpected(request: Request, exc: Exception) -> Response:
-    # A bug, never the client's fault: log it with the traceback and answer 500 in the
-    # protocol's error shape instead of Starlette's plain-text page.
-    log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return error_response(Internal(f"internal error: {type(exc).__name__}: {exc}"))
+class _AnswerBugs:
+    """An exception no route handled (a bug, never the client's fault) is logged with its
+    traceback and answered 500 in the protocol's error shape; the connection stays open.
+
+    Starlette's own handler for ``Exception`` answers too, but then re-raises to the server,
+    which logs it again and closes the connection, so a keep-alive client's *next* request
+    failed with "server disconnected". This pure ASGI middleware sits inside that handler.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self._app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        started = False
+
+        async def send_tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self._app(scope, receive, send_tracked)
+        except Exception as exc:
+            log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            if started:
+                raise  # half a response is out: only closing the connection can say more
+            response = error_response(Internal(f"internal error: {type(exc).__name__}: {exc}"))
+            await response(scope, receive, send)
 
 
 def _metrics_endpoint(dataplane: DataPlane) -> Callable[[Request], Awaitable[Response]]:
@@ -62,5 +90,6 @@ def build_app(
     ]
     return Starlette(
         routes=routes,
-        exception_handlers={ModelyardError: _on_modelyard_error, Exception: _on_unexpected},
+        middleware=[Middleware(_AnswerBugs)],
+        exception_handlers={ModelyardError: _on_modelyard_error},
     )

@@ -19,6 +19,7 @@ from modelyard.lifecycle.registry import ModelRegistry, Replica, VersionEntry
 from modelyard.lifecycle.states import ModelState
 from modelyard.server.dataplane import DataPlane
 from modelyard.server.http import kserve
+from modelyard.server.http.app import build_app
 from modelyard.tensors import DataType, Signature, TensorSpec
 
 SIGNATURE = Signature(
@@ -109,6 +110,22 @@ async def test_an_unexpected_exception_is_a_500_and_the_next_request_works(
     status, body = await infer(1.5)
     assert status == 200
     assert body["outputs"] == [{"name": "y", "datatype": "FP32", "shape": [1], "data": [3.0]}]
+
+
+async def test_a_bug_under_any_route_is_a_500_and_never_reaches_the_server(
+    dataplane: DataPlane,
+) -> None:
+    """Over the whole app, TF Serving's route included. An exception that escaped to the
+    server made uvicorn close the connection: the client's next request on it failed.
+    ASGITransport re-raises what escapes, so such an escape fails this test."""
+    app = build_app(dataplane, max_request_bytes=1024)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=True)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        response = await client.post("/v1/models/double:predict", json={"instances": [-1.0]})
+        assert response.status_code == 500
+        assert response.json() == {"error": "internal error: RuntimeError: backend exploded"}
+        response = await client.post("/v1/models/double:predict", json={"instances": [2.0]})
+        assert response.json() == {"predictions": [4.0]}
 
 
 async def test_declared_oversize_body_is_413(client: httpx.AsyncClient) -> None:
