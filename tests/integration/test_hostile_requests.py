@@ -138,6 +138,13 @@ def _rows_of(model: BuiltModel) -> Any:
 
 # -- TF Serving REST -------------------------------------------------------------------------
 
+features = (
+    json_values
+    | number_rows
+    | st.lists(st.integers(-(2**70), 2**70) | st.floats(allow_nan=False), max_size=4)
+    | st.fixed_dictionaries({"b64": st.text(max_size=12) | json_values})
+    | st.lists(st.fixed_dictionaries({"b64": st.text(max_size=12)}), max_size=3)
+)
 tf_paths = st.builds(
     lambda name, where, verb: f"/v1/models/{name}{where}:{verb}",
     st.sampled_from(MODEL_NAMES),
@@ -158,11 +165,24 @@ tf_bodies = st.one_of(
     st.fixed_dictionaries(
         {"instances": st.lists(st.dictionaries(st.sampled_from(TENSOR_NAMES), json_values))}
     ),
+    st.fixed_dictionaries(  # tf.Example features for :classify and :regress
+        {
+            "examples": st.lists(
+                st.dictionaries(st.sampled_from(TENSOR_NAMES), features) | json_values
+            )
+        },
+        optional={
+            "context": st.dictionaries(st.sampled_from(TENSOR_NAMES), features) | json_values
+        },
+    ),
 )
 
 
 @FUZZ
 @given(path=tf_paths, body=tf_bodies)
+@example(  # found by this test: a non-ASCII b64 string was a ValueError, a 500
+    path="/v1/models/linear:classify", body={"examples": [{"x": {"b64": "\u00e4"}}]}
+)
 def test_tf_serving_rest_answers_any_json_with_a_4xx_or_an_answer(
     http: httpx.Client, path: str, body: Any
 ) -> None:

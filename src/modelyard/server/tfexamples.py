@@ -11,7 +11,6 @@ call ``classify``/``regress`` here, and encode what comes back.
 from __future__ import annotations
 
 import base64
-import binascii
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -165,9 +164,16 @@ def _is_b64(value: Any) -> bool:
 def _bytes(value: Any, where: str) -> bytes:
     if isinstance(value, str):
         return value.encode()
+    return b64_bytes(value["b64"], where)
+
+
+def b64_bytes(encoded: Any, where: str) -> bytes:
+    """The bytes of TF Serving JSON's ``{"b64": encoded}``; InvalidArgument naming ``where``
+    for anything but a string of base64 (binascii.Error and the ValueError of a non-ASCII
+    string are both ValueErrors; a number or a list is a TypeError)."""
     try:
-        return base64.b64decode(value["b64"], validate=True)
-    except (binascii.Error, TypeError):
+        return base64.b64decode(encoded, validate=True)
+    except (ValueError, TypeError):
         raise InvalidArgument(f"{where} has a b64 value that is not valid base64") from None
 
 

@@ -16,7 +16,6 @@ signature's dtype strictly: numbers for numeric inputs, booleans for BOOL, strin
 from __future__ import annotations
 
 import base64
-import binascii
 from collections.abc import Mapping
 from typing import Any
 
@@ -262,10 +261,7 @@ def _to_bytes_array(value: Any, where: str) -> np.ndarray:
         if isinstance(item, list):
             return [convert(x) for x in item]
         if isinstance(item, dict) and set(item) == {"b64"}:
-            try:
-                return base64.b64decode(item["b64"], validate=True)
-            except (binascii.Error, TypeError):
-                raise InvalidArgument(f"{where} has a b64 value that is not valid base64") from None
+            return tfexamples.b64_bytes(item["b64"], where)
         if isinstance(item, str):
             return item.encode()
         raise InvalidArgument(

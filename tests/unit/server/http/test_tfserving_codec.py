@@ -13,6 +13,7 @@ from modelyard.server.http.tfserving import (
     encode_predictions,
     parse_path,
 )
+from modelyard.server.tfexamples import examples_from_json
 from modelyard.tensors import DataType, Signature, TensorSpec
 
 ONE_IN = Signature(
@@ -131,3 +132,13 @@ def test_columnar_outputs() -> None:
     dump = lambda v: orjson.loads(orjson.dumps(v, option=orjson.OPT_SERIALIZE_NUMPY))  # noqa: E731
     assert dump(encode_outputs(one)) == [[1.0, 2.0]]
     assert dump(encode_outputs(two)) == {"s": [[1.0, 2.0]], "k": [5]}
+
+
+@pytest.mark.parametrize("encoded", ["\u00e4", "not base64!", 12, ["YQ=="], {"b64": "YQ=="}])
+def test_a_b64_value_that_is_not_base64_is_rejected(encoded: object) -> None:
+    sig = Signature((TensorSpec("s", DataType.BYTES, (-1,)),), ONE_IN.outputs)
+    with pytest.raises(InvalidArgument, match=r"input 's'.* has a b64 value that is not valid"):
+        decode_instances([{"b64": encoded}], sig)
+    with pytest.raises(InvalidArgument, match=r"examples\[0\].s has a b64 value that is not"):
+        examples_from_json([{"s": {"b64": encoded}}])
+    assert decode_instances([{"b64": "YQ=="}], sig)["s"].tolist() == [b"a"]
