@@ -28,6 +28,8 @@ def parse_size(value: int | float | str) -> int:
         if value < 0:
             raise ValueError(f"size {value} is negative")
         return int(value)
+    if not isinstance(value, str):  # a list or an object in YAML/JSON; ValueError for pydantic
+        raise ValueError(f"{value!r} is not a size; write bytes or a number with a unit, e.g. 4GiB")
     match = _SIZE.match(value)
     unit = match.group(2).lower() if match else None
     if match is None or unit not in _UNITS:

@@ -69,6 +69,16 @@ def test_unknown_key_is_named_with_its_line() -> None:
     assert "replicas" in message  # the allowed keys are listed, so the typo is obvious
 
 
+@pytest.mark.parametrize("memory", ["[]", "{a: 1}", "[4GiB]"])
+def test_a_size_that_is_a_list_or_an_object_is_a_config_error(memory: str) -> None:
+    """Was a TypeError out of load_config (and a 500 from a management load)."""
+    text = f"models:\n  - name: a\n    base_path: /x\n    memory: {memory}\n"
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, source="m.yaml")
+    assert "m.yaml:4" in info.value.message
+    assert "is not a size" in info.value.message
+
+
 def test_unknown_nested_key_lists_that_sections_keys() -> None:
     text = "models:\n  - name: a\n    base_path: /x\n    batching: {max_batch: 8}\n"
     with pytest.raises(ConfigError) as info:
