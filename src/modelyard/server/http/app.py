@@ -6,9 +6,10 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -26,6 +27,17 @@ log = logging.getLogger(__name__)
 async def _on_modelyard_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ModelyardError)
     return error_response(exc)
+
+
+async def _on_http_exception(request: Request, exc: Exception) -> Response:
+    # The router's own 404 (no route) and 405 (wrong method), in the protocols' JSON error
+    # shape instead of Starlette's plain text.
+    assert isinstance(exc, HTTPException)
+    return JSONResponse(
+        {"error": f"{exc.detail}: {request.method} {request.url.path}"},
+        status_code=exc.status_code,
+        headers=exc.headers,
+    )
 
 
 class _AnswerBugs:
@@ -91,5 +103,8 @@ def build_app(
     return Starlette(
         routes=routes,
         middleware=[Middleware(_AnswerBugs)],
-        exception_handlers={ModelyardError: _on_modelyard_error},
+        exception_handlers={
+            ModelyardError: _on_modelyard_error,
+            HTTPException: _on_http_exception,
+        },
     )
