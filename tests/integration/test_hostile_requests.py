@@ -330,13 +330,16 @@ def model_infer_requests(draw: st.DrawFn) -> Any:
     return request
 
 
-def _grpc_outcome(call: Any, request: Any) -> tuple[grpc.StatusCode, str]:
-    """The status code and message of ``call(request)``."""
+def _assert_client_status(call: Any, request: Any) -> None:
+    """``call(request)`` succeeds, or fails with a client status and a message."""
     try:
         call(request, timeout=30)
     except grpc.RpcError as exc:
-        return exc.code(), exc.details() or ""
-    return grpc.StatusCode.OK, ""
+        code, message = exc.code(), exc.details() or ""
+    else:
+        return
+    assert code in CLIENT_STATUSES, f"{code}: {message} for {request}"
+    assert message, f"{code} without a message for {request}"
 
 
 def _huge_empty_infer() -> Any:
@@ -353,10 +356,7 @@ def test_kserve_grpc_answers_any_model_infer_with_a_client_status(
     channel: grpc.Channel, request: Any
 ) -> None:
     stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
-    code, message = _grpc_outcome(stub.ModelInfer, request)
-    if code is not grpc.StatusCode.OK:
-        assert code in CLIENT_STATUSES, f"{code}: {message} for {request}"
-        assert message, f"{code} without a message for {request}"
+    _assert_client_status(stub.ModelInfer, request)
 
 
 # -- TF Serving gRPC -------------------------------------------------------------------------
@@ -414,10 +414,7 @@ def test_tf_serving_grpc_answers_any_predict_with_a_client_status(
     channel: grpc.Channel, request: Any
 ) -> None:
     stub = tf_apis_grpc.PredictionServiceStub(channel)
-    code, message = _grpc_outcome(stub.Predict, request)
-    if code is not grpc.StatusCode.OK:
-        assert code in CLIENT_STATUSES, f"{code}: {message} for {request}"
-        assert message, f"{code} without a message for {request}"
+    _assert_client_status(stub.Predict, request)
 
 
 # -- afterwards --------------------------------------------------------------------------------
