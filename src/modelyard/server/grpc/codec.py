@@ -28,6 +28,16 @@ def element_count(shape: Sequence[int], name: str) -> int:
     return request_element_count(shape, f"input {name!r}")
 
 
+def narrow(wide: np.ndarray, datatype: DataType, name: str) -> np.ndarray:
+    """Typed-contents values of input ``name``, which protobuf hands back widened (8- and
+    16-bit integers travel as 32-bit), as ``datatype``. A value that does not survive the
+    narrowing would silently wrap around and answer for another input: InvalidArgument."""
+    array = wide.astype(datatype.numpy, copy=False)
+    if array.dtype != wide.dtype and not np.array_equal(array, wide):
+        raise InvalidArgument(f"input {name!r} has values outside the range of {datatype.value}")
+    return array
+
+
 def decode_raw(data: bytes, datatype: DataType, shape: Sequence[int], name: str) -> np.ndarray:
     """The array that ``data`` encodes for a tensor ``name`` of ``datatype`` and ``shape``.
 

@@ -26,7 +26,7 @@ from modelyard.errors import InvalidArgument, NotFound, Unimplemented
 from modelyard.management import Management
 from modelyard.management.requests import authorize, model_entry
 from modelyard.server.dataplane import DataPlane, ModelRef
-from modelyard.server.grpc.codec import decode_raw, element_count, encode_raw
+from modelyard.server.grpc.codec import decode_raw, element_count, encode_raw, narrow
 from modelyard.server.grpc.generated import grpc_service_pb2 as pb
 from modelyard.server.grpc.generated import grpc_service_pb2_grpc as pb_grpc
 from modelyard.server.grpc.status import rpc_errors
@@ -125,13 +125,7 @@ def _decode_contents(
         array = np.empty(count, dtype=object)
         array[:] = list(values)
         return array.reshape(shape)
-    wide = np.array(values, dtype=wire_dtype)
-    array = wide.astype(datatype.numpy, copy=False)
-    # INT8/INT16/UINT8/UINT16 arrive widened; a value that does not survive narrowing would
-    # silently wrap around, so it is an error instead.
-    if array.dtype != wide.dtype and not np.array_equal(array, wide):
-        raise InvalidArgument(f"input {name!r} has values outside the range of {datatype.value}")
-    return array.reshape(shape)
+    return narrow(np.array(values, dtype=wire_dtype), datatype, name).reshape(shape)
 
 
 def _reject_parameters(

@@ -15,7 +15,7 @@ import numpy as np
 
 from modelyard.errors import InvalidArgument
 from modelyard.server.defaults import DEFAULT_MAX_REQUEST_BYTES
-from modelyard.server.grpc.codec import decode_raw, element_count, encode_raw
+from modelyard.server.grpc.codec import decode_raw, element_count, encode_raw, narrow
 from modelyard.tensors import DataType, format_shape
 from modelyard.tfproto.generated import tensorflow_core_pb2 as core
 
@@ -73,16 +73,9 @@ def tensor_to_array(
         flat[:] = list(values)
     elif datatype is DataType.FP16:
         flat = np.asarray(values, dtype=np.uint16).view(np.float16)
-    elif datatype.numpy.kind in "iu":
-        # int_val carries INT8/INT16/UINT8/UINT16 widened to int32: narrow it, and refuse a
-        # value that would wrap around instead of answering for another input.
-        wide = np.asarray(values, dtype=np.int64 if datatype is not DataType.UINT64 else np.uint64)
-        flat = wide.astype(datatype.numpy)
-        if not np.array_equal(flat, wide):
-            raise InvalidArgument(
-                f"input {name!r} has values outside the range of {datatype.value} "
-                f"in {_VAL_FIELD[datatype]}"
-            )
+    elif datatype.numpy.kind in "iu":  # int_val carries INT8/INT16/UINT8/UINT16 as int32
+        wide = np.asarray(values, dtype=np.uint64 if datatype is DataType.UINT64 else np.int64)
+        flat = narrow(wide, datatype, name)
     else:
         flat = np.asarray(values, dtype=datatype.numpy)
     if len(flat) == count:
