@@ -39,7 +39,7 @@ from modelyard.codec import JSON_NAMES
 from modelyard.errors import InvalidArgument, Unimplemented
 from modelyard.server.http import jsonarrays
 from modelyard.server.http.common import BodyTooLarge, parse_json
-from modelyard.tensors import DataType, request_element_count
+from modelyard.tensors import DataType
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
@@ -326,12 +326,14 @@ def _output_datatype(name: str, array: np.ndarray) -> DataType:
 
 def _shape(value: Any, what: str) -> tuple[int, ...]:
     if not isinstance(value, list) or not all(
-        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value
+        isinstance(d, int) and not isinstance(d, bool) for d in value
     ):
         raise InvalidArgument(
             f'{what} has "shape" {value!r}; expected a list of non-negative integers'
         )
-    request_element_count(value, what)  # no more dimensions, or larger ones, than numpy takes
+    # A negative dimension, or more or larger ones than numpy takes: the message every
+    # protocol gives.
+    codec.element_count(value, what)
     return tuple(value)
 
 

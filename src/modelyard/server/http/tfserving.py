@@ -290,12 +290,12 @@ def _jsonable(array: np.ndarray) -> Any:
 
 
 def _bytes_value(value: Any) -> Any:
-    if isinstance(value, bytes):
-        try:
-            return value.decode()
-        except UnicodeDecodeError:
-            return {"b64": base64.b64encode(value).decode()}
-    return value
+    """A BYTES element as TF Serving writes it: its text, or ``{"b64": ...}`` if not UTF-8."""
+    data = codec.bytes_element(value)
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        return {"b64": base64.b64encode(data).decode()}
 
 
 def encode_predictions(result: InferResult, signature: Signature) -> Any:

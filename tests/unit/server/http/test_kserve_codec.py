@@ -298,7 +298,9 @@ def test_truncated_bytes_elements_are_rejected() -> None:
     assert "5 bytes but only 2 bytes follow" in message
     message = _error(decode_binary_tensor, "s", DataType.BYTES, (1,), b"\x01\x00")
     assert "2 bytes of raw BYTES data, too few for 1 elements" in message
-    message = _error(decode_binary_tensor, "s", DataType.BYTES, (2,), b"\x01\x00\x00\x00a\x00\x00\x00")
+    message = _error(
+        decode_binary_tensor, "s", DataType.BYTES, (2,), b"\x01\x00\x00\x00a\x00\x00\x00"
+    )
     assert "ends after 1 elements; expected 2" in message
 
 
@@ -329,7 +331,7 @@ def test_binary_section_sizes_must_add_up() -> None:
         ),
         (
             {"inputs": [{"name": "x", "shape": [-1], "datatype": "FP32", "data": [1]}]},
-            "list of non-negative integers",
+            "input 'x' has shape [-1]; dimensions of a request must be >= 0",
         ),
         ({"inputs": [{"name": "x", "shape": [1], "datatype": "FP32"}]}, 'no "data"'),
         (
