@@ -114,7 +114,7 @@ def kserve_json_body(wire: Wire, **document: Any) -> bytes:
 def kserve_binary_body(wire: Wire, **document: Any) -> tuple[bytes, int]:
     """The body and its ``Inference-Header-Content-Length``."""
     assert wire.raw is not None
-    tensor = {"name": "x", "datatype": wire.datatype, "shape": list(wire.shape)}
+    tensor: dict[str, Any] = {"name": "x", "datatype": wire.datatype, "shape": list(wire.shape)}
     tensor["parameters"] = {"binary_data_size": len(wire.raw)}
     header = json.dumps({**document, "inputs": [tensor]}).encode()
     return header + wire.raw, len(header)
