@@ -209,11 +209,15 @@ def to_array(value: Any, spec: TensorSpec, where: str) -> np.ndarray:
     """A JSON value as an array of ``spec``'s dtype; InvalidArgument naming ``where`` otherwise.
 
     The rules and messages are ``modelyard.codec``'s, as for KServe's JSON tensors; strings
-    may also be ``{"b64": ...}`` here, as in TF Serving.
+    may also be ``{"b64": ...}`` here, as in TF Serving. The signature is known here (the JSON
+    has no datatypes), so a message also says what the model expects.
     """
-    if spec.datatype is DataType.BYTES:
-        return codec.json_strings(where, value, lambda item: _b64(item, where), _STRINGS)
-    return codec.json_numbers(where, spec.datatype, value)
+    try:
+        if spec.datatype is DataType.BYTES:
+            return codec.json_strings(where, value, lambda item: _b64(item, where), _STRINGS)
+        return codec.json_numbers(where, spec.datatype, value)
+    except InvalidArgument as exc:
+        raise InvalidArgument(f"{exc.message}; the model expects {spec.describe()}") from None
 
 
 _STRINGS = 'strings or {"b64": ...} objects'
