@@ -41,6 +41,11 @@ Buffer = bytes | bytearray | memoryview
 
 _LENGTH = struct.Struct("<I")
 
+_LITTLE: dict[DataType, np.dtype[Any]] = {
+    d: d.numpy.newbyteorder("<") for d in DataType if d is not DataType.BYTES
+}
+"""Each numeric datatype's little-endian numpy dtype (the native one on every host we run on)."""
+
 # -- datatype names -------------------------------------------------------------------------
 
 _KSERVE_NAMES: dict[str, DataType] = {d.value: d for d in DataType}
@@ -143,7 +148,7 @@ def decode_raw(data: Buffer, datatype: DataType, shape: Sequence[int], what: str
         )
     if count == 0:
         return np.empty(tuple(shape), dtype=datatype.numpy)
-    little = datatype.numpy.newbyteorder("<")
+    little = _LITTLE[datatype]
     array = np.frombuffer(data, dtype=little, count=count)
     # A view where numpy can use it as is; else a copy (a memcpy, or a byte swap elsewhere).
     if not (array.flags.aligned and little.isnative):
@@ -156,8 +161,9 @@ def raw_buffer(array: np.ndarray, datatype: DataType) -> memoryview | bytes:
     view of ``array`` when it is C-contiguous and little-endian already, so no copy."""
     if datatype is DataType.BYTES:
         return encode_bytes(array)
-    contiguous = np.ascontiguousarray(array, dtype=datatype.numpy.newbyteorder("<"))
-    return contiguous.reshape(-1).data.cast("B")
+    if array.dtype.byteorder == ">":  # the wire is little-endian, like every host we run on
+        array = array.astype(_LITTLE[datatype])
+    return np.ascontiguousarray(array).reshape(-1).data.cast("B")
 
 
 def encode_raw(array: np.ndarray, datatype: DataType) -> bytes:
@@ -180,38 +186,43 @@ def decode_bytes(data: Buffer, count: int, what: str) -> np.ndarray:
             f"{what} has {end} bytes of raw BYTES data, too few for {count} elements "
             f"(each a {_LENGTH.size}-byte little-endian length and its bytes)"
         )
-    out = np.empty(count, dtype=object)
+    items: list[bytes] = []
+    append = items.append
+    unpack = _LENGTH.unpack_from
     offset = 0
     for index in range(count):
-        if offset + _LENGTH.size > end:
+        if offset + 4 > end:
             raise InvalidArgument(
                 f"{what} has raw BYTES data that ends after {index} elements; expected {count} "
                 "elements, each a 4-byte little-endian length and its bytes"
             )
-        (length,) = _LENGTH.unpack_from(view, offset)
-        offset += _LENGTH.size
+        (length,) = unpack(view, offset)
+        offset += 4
         if offset + length > end:
             raise InvalidArgument(
                 f"{what} has a BYTES element (number {index}) of {length} bytes but only "
                 f"{end - offset} bytes follow in its raw data"
             )
-        out[index] = bytes(view[offset : offset + length])
+        append(view[offset : offset + length].tobytes())
         offset += length
     if offset != end:
         raise InvalidArgument(
             f"{what} has {end - offset} bytes of raw BYTES data after the {count} elements "
             "its shape calls for"
         )
+    out = np.empty(count, dtype=object)
+    out[:] = items
     return out
 
 
 def encode_bytes(array: np.ndarray) -> bytes:
     """Length-prefixed BYTES elements of ``array`` in row-major order (see ``bytes_element``)."""
     parts: list[bytes] = []
+    append, pack = parts.append, _LENGTH.pack
     for item in np.asarray(array).ravel(order="C").tolist():
-        data = bytes_element(item)
-        parts.append(_LENGTH.pack(len(data)))
-        parts.append(data)
+        data = item if type(item) is bytes else bytes_element(item)
+        append(pack(len(data)))
+        append(data)
     return b"".join(parts)
 
 

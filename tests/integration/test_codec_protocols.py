@@ -47,8 +47,14 @@ from modelyard.tfproto.generated import tensorflow_serving_apis_pb2_grpc as tf_a
 service_pb2_grpc = pytest.importorskip("tritonclient.grpc.service_pb2_grpc")
 onnx = pytest.importorskip("onnx")
 
-ECHOED = (DataType.FP32, DataType.FP16, DataType.INT8, DataType.INT64, DataType.UINT8)
-ECHOED += (DataType.BOOL,)
+ECHOED = (
+    DataType.FP32,
+    DataType.FP16,
+    DataType.INT8,
+    DataType.INT64,
+    DataType.UINT8,
+    DataType.BOOL,
+)
 """The datatypes with an echo model (ONNX Runtime serves every numeric type and BOOL)."""
 
 
