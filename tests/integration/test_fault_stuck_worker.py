@@ -21,6 +21,8 @@ from pathlib import Path
 
 import httpx
 import psutil
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
 
 from modelyard.config import load_config
 from modelyard.planner.demands import plan_for_config
@@ -84,7 +86,7 @@ class Call:
 class Load:
     """Clients sending predict requests to one model in a loop until told to stop."""
 
-    def __init__(self, url: str, model: str, built: BuiltModel, clients: int = 2) -> None:
+    def __init__(self, url: str, model: str, built: BuiltModel, clients: int = 1) -> None:
         self.calls: list[Call] = []
         self._stop = threading.Event()
         self._body = {"instances": built.example["x"][:1].tolist()}
@@ -149,11 +151,12 @@ def test_a_stopped_worker_is_found_failed_fast_and_replaced(tmp_path: Path) -> N
             r = httpx.post(f"{url}/v2/repository/models/b2/load", headers=auth, timeout=30)
             load_s = time.monotonic() - started
             assert r.status_code == 200, r.text
-            assert time.monotonic() - t0 < HEARTBEAT.timeout_s, "not measured while stuck"
+            load_at = started - t0  # before the heartbeat's timeout: sim0 was still stuck
 
             not_ready_s = _until(lambda: not _ready(url, "a"), t0, 10)
             status = httpx.get(f"{url}/v1/models/a", timeout=5).json()
             tf_state = status["model_version_status"][0]["state"]
+            grpc_ready, grpc_code, grpc_s = _grpc_while_down(server.grpc_target, built["a"])
             serving_again_s = _until(lambda: _serves(url, built["a"]), t0, 30)
             calls_a, calls_b = sick.stop(), healthy.stop()
             replaced = _worker_pids(os.getpid())["sim0"]
@@ -169,7 +172,7 @@ def test_a_stopped_worker_is_found_failed_fast_and_replaced(tmp_path: Path) -> N
         f"{max((c.seconds for c in failed_a), default=0):.2f} s; not ready after "
         f"{not_ready_s:.2f} s (TF Serving state {tf_state}); serving again after "
         f"{serving_again_s:.2f} s; management on sim1 while stuck: unload {unload_s:.3f} s, "
-        f"load {load_s:.3f} s"
+        f"load {load_s:.3f} s; gRPC infer while down: {grpc_code} in {grpc_s:.3f} s"
     )
     # The healthy device never noticed.
     assert calls_b
@@ -182,8 +185,12 @@ def test_a_stopped_worker_is_found_failed_fast_and_replaced(tmp_path: Path) -> N
     assert any("sim0" in c.body and "heartbeat" in c.body for c in failed_a), failed_a[:3]
     assert not_ready_s <= 5.0
     assert tf_state != "AVAILABLE"
+    assert not grpc_ready
+    assert "UNAVAILABLE" in grpc_code
+    assert grpc_s < 1.0
     assert serving_again_s <= 15.0
-    assert unload_s < 1.0
+    assert unload_s < 1.0  # started 0.5 s after SIGSTOP: all of it while sim0 was stuck
+    assert load_at < HEARTBEAT.timeout_s
     # A load runs a model load on sim1 (slower on a loaded box); it never waits for sim0.
     assert load_s < HEARTBEAT.timeout_s
 
@@ -195,6 +202,25 @@ def _until(condition: object, t0: float, limit_s: float) -> float:
         assert time.monotonic() - t0 < limit_s, f"not within {limit_s} s"
         time.sleep(0.05)
     return time.monotonic() - t0
+
+
+def _grpc_while_down(target: str, built: BuiltModel) -> tuple[bool, str, float]:
+    """KServe gRPC on the replaced worker's model: ready?, an infer's status code, its time."""
+    x = built.example["x"][:1]
+    client = grpcclient.InferenceServerClient(target)
+    try:
+        ready = client.is_model_ready("a")
+        tensor = grpcclient.InferInput("x", list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x)
+        started = time.monotonic()
+        try:
+            client.infer("a", [tensor], client_timeout=30)
+            code = "OK"
+        except InferenceServerException as exc:
+            code = str(exc.status())
+        return ready, code, time.monotonic() - started
+    finally:
+        client.close()
 
 
 def _serves(url: str, built: BuiltModel) -> bool:
@@ -257,7 +283,7 @@ def test_sigterm_with_a_stopped_worker_exits_0_in_time(tmp_path: Path) -> None:
 
         stopped = pids["sim0"]
         os.kill(stopped, signal.SIGSTOP)
-        waiting = Load(url, "a", built["a"], clients=1)
+        waiting = Load(url, "a", built["a"])
         time.sleep(0.3)  # a request is in flight to the stopped worker
         signalled = time.monotonic()
         proc.send_signal(signal.SIGTERM)
@@ -277,3 +303,42 @@ def test_sigterm_with_a_stopped_worker_exits_0_in_time(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_the_heartbeat_tells_a_busy_process_from_a_stuck_one() -> None:
+    """On real processes, as the heartbeat samples a silent worker: one that keeps computing
+    (a regex that backtracks: a C call that holds the GIL, as a big model's load can) is busy,
+    not stuck; a SIGSTOPped one and one blocked forever are stuck."""
+    from modelyard.workers.heartbeat import HeartbeatWatch, Verdict, sample_process
+
+    policy = HeartbeatPolicy(interval_s=0.25, timeout_s=1.5, busy_timeout_s=60.0)
+    programs = {
+        "computing": "import re; re.match(r'(a*)*b', 'a' * 40)",
+        "stopped": "import time; time.sleep(60)",
+        "blocked": "import threading; threading.Event().wait(60)",
+    }
+    procs = {
+        name: subprocess.Popen([sys.executable, "-c", code]) for name, code in programs.items()
+    }
+    try:
+        time.sleep(0.5)  # past interpreter start-up
+        os.kill(procs["stopped"].pid, signal.SIGSTOP)
+        start = time.monotonic()
+        watches = {name: HeartbeatWatch(policy, start) for name in procs}
+        verdicts = dict.fromkeys(procs, Verdict.ALIVE)
+        while time.monotonic() - start < policy.timeout_s + 1.0:
+            time.sleep(policy.interval_s)
+            now = time.monotonic()
+            for name, proc in procs.items():
+                if verdicts[name] is not Verdict.STUCK:
+                    pid = proc.pid
+                    verdicts[name] = watches[name].judge(now, lambda p=pid: sample_process(p))
+    finally:
+        for proc in procs.values():
+            proc.kill()
+            proc.wait()
+    assert verdicts == {
+        "computing": Verdict.BUSY,
+        "stopped": Verdict.STUCK,
+        "blocked": Verdict.STUCK,
+    }, {name: watches[name].why for name in procs}

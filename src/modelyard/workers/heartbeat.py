@@ -8,7 +8,8 @@ the process itself is looked at (``ProcessSample``: its scheduler state and CPU 
 - stopped (SIGSTOP, a debugger), a zombie, gone, or it used (almost) no CPU while silent
   (a deadlock, a wait that never ends): **stuck**, at once;
 - it used CPU while silent (a framework call that holds the GIL: a big model's load, an
-  import): **busy**, given up to ``busy_timeout_s`` of silence before it is declared stuck.
+  import), or it is waiting on the disk: **busy**, given up to ``busy_timeout_s`` of silence
+  before it is declared stuck.
 
 ``HeartbeatWatch`` holds no clock and does no I/O: the caller passes the time and the sample,
 so every rule is tested on plain values (tests/unit/workers/test_heartbeat.py).
@@ -115,7 +116,7 @@ class HeartbeatWatch:
         if silent <= self.policy.timeout_s:
             return Verdict.ALIVE
         used = seen.cpu_s - self._silent_since_cpu
-        if used < self.policy.idle_cpu_s:
+        if used < self.policy.idle_cpu_s and seen.status != psutil.STATUS_DISK_SLEEP:
             self.why = f"its process used {used:.2f} s of CPU while silent ({seen.status})"
             return Verdict.STUCK
         if silent > self.policy.busy_timeout_s:

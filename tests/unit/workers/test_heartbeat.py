@@ -123,3 +123,8 @@ def test_the_worker_environment_keeps_what_frameworks_need_and_drops_secrets() -
     assert (gpu["CUDA_VISIBLE_DEVICES"], gpu["CUDA_DEVICE_ORDER"]) == ("1", "PCI_BUS_ID")
     assert not is_allowed("ORT_SECRET")
     assert is_allowed("ORT_LOGGING_LEVEL")
+
+
+def test_a_silent_worker_waiting_on_the_disk_is_busy_not_stuck() -> None:
+    watch, proc = HeartbeatWatch(POLICY, 0.0), Process("disk-sleep")
+    assert _silent_until(watch, proc, 10.0, cpu_per_s=0.0) is Verdict.BUSY
