@@ -242,6 +242,50 @@ def _check_replaced_process(stopped: int | None, replaced: int) -> None:
         assert psutil.Process(stopped).status() == psutil.STATUS_ZOMBIE
 
 
+def test_management_on_a_stuck_device_holds_the_others_only_until_the_heartbeat(
+    tmp_path: Path,
+) -> None:
+    """Management calls are serialised (one lock), so a call that needs the stuck worker (unload
+    its model: drain its requests, unload it there) holds the next one; the heartbeat bounds
+    both: the first ends when the worker is found stuck, the next right after."""
+    config_path, built = _repository(tmp_path)
+    config = load_config(config_path)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    stopped: int | None = None
+    with serving(config, plan=plan_for_config(config), management_token=TOKEN) as server:
+        url = server.rest_url
+        try:
+            stopped = _worker_pids(os.getpid())["sim0"]
+            hanging = Load(url, "a", built["a"])  # a request in flight that the unload drains
+            time.sleep(0.3)
+            os.kill(stopped, signal.SIGSTOP)
+            answers: dict[str, tuple[int, float]] = {}
+
+            def unload(model: str) -> None:
+                started = time.monotonic()
+                r = httpx.post(
+                    f"{url}/v2/repository/models/{model}/unload", headers=auth, timeout=30
+                )
+                answers[model] = (r.status_code, time.monotonic() - started)
+
+            first = threading.Thread(target=unload, args=("a",))
+            first.start()
+            time.sleep(0.5)
+            unload("b2")  # on the healthy device, queued behind the first
+            first.join(30)
+            hanging.stop()
+        finally:
+            _release(stopped)
+    print(
+        f"\nmanagement while sim0 is stuck: unload a (on sim0) {answers['a'][1]:.2f} s, "
+        f"unload b2 (on sim1, sent 0.5 s later) {answers['b2'][1]:.2f} s"
+    )
+    assert answers["a"][0] == 200
+    assert answers["b2"][0] == 200
+    assert answers["a"][1] <= DETECTION_S + 1.0
+    assert answers["b2"][1] <= DETECTION_S + 1.0
+
+
 def test_sigterm_with_a_stopped_worker_exits_0_in_time(tmp_path: Path) -> None:
     """Through the CLI, with the management token (and another secret) in its environment:
     the workers do not inherit them; SIGTERM while a worker is SIGSTOPped exits 0 in time."""
