@@ -200,10 +200,10 @@ class WorkerProcess:
         finally:
             child.close()
         self.started_at = time.monotonic()
-        self._reader, self._writer = await asyncio.open_unix_connection(
-            sock=parent, limit=READ_CHUNK_BYTES
-        )
         try:
+            self._reader, self._writer = await asyncio.open_unix_connection(
+                sock=parent, limit=READ_CHUNK_BYTES
+            )
             first = await asyncio.wait_for(self._read_message(), wait_s)
         except (TimeoutError, asyncio.IncompleteReadError, ProtocolError) as exc:
             self.kill()

@@ -10,9 +10,11 @@ whatever else the operator's shell holds. The allowlist, by reason:
 - Python: ``PYTHON*`` (``PYTHONPATH``, ``PYTHONHASHSEED``, ``PYTHONDONTWRITEBYTECODE``, ...),
   ``VIRTUAL_ENV``, ``COVERAGE_*`` (coverage of worker code in tests);
 - native libraries and devices: ``LD_LIBRARY_PATH``, ``LD_PRELOAD``, ``CUDA_*``, ``NVIDIA_*``,
-  ``CUDNN_*``, ``NCCL_*``, ``HIP_*``/``ROCR_*``, ``XLA_FLAGS``;
+  ``CUDNN_*``, ``NCCL_*``, ``HIP_*``/``ROCR_*``, ``XLA_FLAGS``, ``XDG_CACHE_HOME`` (kernel
+  caches);
 - thread pools and framework switches: ``OMP_*``, ``KMP_*``, ``MKL_*``, ``OPENBLAS_*``,
-  ``TF_*``, ``TORCH_*``, ``PYTORCH_*``, ``ORT_*``, ``ONNXRUNTIME_*``;
+  ``BLIS_*``, ``NUMEXPR_*``, ``VECLIB_*``, ``TF_*``, ``TORCH_*``, ``PYTORCH_*``, ``ORT_*``,
+  ``ONNXRUNTIME_*``;
 - modelyard's own worker settings: ``MODELYARD_INTRA_OP_THREADS``,
   ``MODELYARD_GPU_MEMORY_LIMIT_BYTES``.
 
@@ -40,6 +42,7 @@ ALLOWED_NAMES = frozenset(
         "LD_LIBRARY_PATH",
         "LD_PRELOAD",
         "XLA_FLAGS",
+        "XDG_CACHE_HOME",
         "MODELYARD_INTRA_OP_THREADS",
         "MODELYARD_GPU_MEMORY_LIMIT_BYTES",
     }
@@ -58,6 +61,9 @@ ALLOWED_PREFIXES = (
     "KMP_",
     "MKL_",
     "OPENBLAS_",
+    "BLIS_",
+    "NUMEXPR_",
+    "VECLIB_",
     "TF_",
     "TORCH_",
     "PYTORCH_",
