@@ -9,6 +9,7 @@ device for a management call). Figures are printed (``pytest -s``) for docs/reli
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -16,10 +17,12 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import numpy as np
 import psutil
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
@@ -159,10 +162,9 @@ def test_a_stopped_worker_is_found_failed_fast_and_replaced(tmp_path: Path) -> N
             grpc_ready, grpc_code, grpc_s = _grpc_while_down(server.grpc_target, built["a"])
             serving_again_s = _until(lambda: _serves(url, built["a"]), t0, 30)
             calls_a, calls_b = sick.stop(), healthy.stop()
-            replaced = _worker_pids(os.getpid())["sim0"]
+            _check_replaced_process(stopped, _worker_pids(os.getpid())["sim0"])
         finally:
             _release(stopped)
-        _check_replaced_process(stopped, replaced)
 
     failed_a = [c for c in calls_a if c.status != 200 and c.started < t0 + not_ready_s]
     print(
@@ -195,9 +197,8 @@ def test_a_stopped_worker_is_found_failed_fast_and_replaced(tmp_path: Path) -> N
     assert load_s < HEARTBEAT.timeout_s
 
 
-def _until(condition: object, t0: float, limit_s: float) -> float:
+def _until(condition: Callable[[], bool], t0: float, limit_s: float) -> float:
     """Seconds from ``t0`` until ``condition()`` holds (polled every 50 ms, up to the limit)."""
-    assert callable(condition)
     while not condition():
         assert time.monotonic() - t0 < limit_s, f"not within {limit_s} s"
         time.sleep(0.05)
@@ -229,14 +230,13 @@ def _serves(url: str, built: BuiltModel) -> bool:
     return r.status_code == 200 and _close(r.json()["predictions"], built.reference({"x": x})["y"])
 
 
-def _close(got: object, expected: object) -> bool:
-    import numpy as np
-
+def _close(got: object, expected: np.ndarray) -> bool:
     return bool(np.allclose(np.asarray(got, dtype=np.float32), expected, rtol=1e-5))
 
 
-def _check_replaced_process(stopped: int | None, replaced: int) -> None:
-    assert stopped is not None
+def _check_replaced_process(stopped: int, replaced: int) -> None:
+    """A new process serves the device, and the stopped one was killed (by the server: this
+    runs before the test's own clean-up kills it)."""
     assert replaced != stopped
     with contextlib.suppress(psutil.NoSuchProcess):
         assert psutil.Process(stopped).status() == psutil.STATUS_ZOMBIE
@@ -375,8 +375,9 @@ def test_the_heartbeat_tells_a_busy_process_from_a_stuck_one() -> None:
             now = time.monotonic()
             for name, proc in procs.items():
                 if verdicts[name] is not Verdict.STUCK:
-                    pid = proc.pid
-                    verdicts[name] = watches[name].judge(now, lambda p=pid: sample_process(p))
+                    verdicts[name] = watches[name].judge(
+                        now, functools.partial(sample_process, proc.pid)
+                    )
     finally:
         for proc in procs.values():
             proc.kill()
