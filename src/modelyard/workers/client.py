@@ -340,6 +340,8 @@ class WorkerProcess:
         busy_logged = False
         while self._dead is None:
             await asyncio.sleep(interval)
+            if self._dead is not None:
+                return  # it ended while we slept: the read loop has it
             now = time.monotonic()
             late = now - expected
             expected = now + interval

@@ -6,7 +6,7 @@ Any frame the worker sends counts as an answer. When nothing has come back for `
 the process itself is looked at (``ProcessSample``: its scheduler state and CPU time):
 
 - stopped (SIGSTOP, a debugger), a zombie, gone, or it used (almost) no CPU while silent
-  (a deadlock, a wait that never ends): **stuck**, at once;
+  (a deadlock, a wait that never ends): **stuck**;
 - it used CPU while silent (a framework call that holds the GIL: a big model's load, an
   import), or it is waiting on the disk: **busy**, given up to ``busy_timeout_s`` of silence
   before it is declared stuck.
@@ -103,8 +103,10 @@ class HeartbeatWatch:
             return Verdict.ALIVE
         seen = sample()
         if seen is None:
+            # Normally the end of its stream says so first; this is for a stream that stays
+            # open (a child process holding the socket) after the worker died.
             self.why = "its process is gone"
-            return Verdict.STUCK
+            return Verdict.STUCK if silent > self.policy.timeout_s else Verdict.ALIVE
         if self._silent_since_cpu is None:
             # The first missed ping: the CPU time now is the baseline of the silence.
             self._silent_since_cpu = seen.cpu_s

@@ -85,10 +85,11 @@ def test_a_process_that_cannot_run_is_stuck(status: str) -> None:
     assert watch.judge(3.5, Process(status)) is Verdict.STUCK
 
 
-def test_a_vanished_process_is_stuck_at_once() -> None:
+def test_a_vanished_process_is_left_to_the_end_of_its_stream_until_the_timeout() -> None:
     watch, proc = HeartbeatWatch(POLICY, 0.0), Process()
     proc.gone = True
-    assert watch.judge(1.0, proc) is Verdict.STUCK
+    assert watch.judge(1.0, proc) is Verdict.ALIVE  # its death is the read loop's news
+    assert watch.judge(3.1, proc) is Verdict.STUCK  # a stream that never ends is not
     assert "gone" in watch.why
 
 
