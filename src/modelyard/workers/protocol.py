@@ -51,6 +51,8 @@ class MessageKind(enum.IntEnum):
     REPORT = 9
     REPORTED = 10  # worker -> front end
     SHUTDOWN = 11
+    PING = 12  # the heartbeat; answered by the worker's reader, never queued behind inference
+    PONG = 13  # worker -> front end
 
 
 class ProtocolError(Exception):
@@ -160,6 +162,18 @@ class Shutdown(Message):
     KIND = MessageKind.SHUTDOWN
 
 
+@dataclass(frozen=True, slots=True)
+class Ping(Message):
+    """Are you there? The worker answers ``Pong`` from the thread that reads the socket."""
+
+    KIND = MessageKind.PING
+
+
+@dataclass(frozen=True, slots=True)
+class Pong(Message):
+    KIND = MessageKind.PONG
+
+
 _CLASSES: dict[MessageKind, type[Message]] = {
     cls.KIND: cls
     for cls in (
@@ -174,6 +188,8 @@ _CLASSES: dict[MessageKind, type[Message]] = {
         Report,
         Reported,
         Shutdown,
+        Ping,
+        Pong,
     )
 }
 _SIGNATURE_FIELDS = frozenset({"signature", "declared"})
