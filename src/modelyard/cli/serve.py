@@ -179,6 +179,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "Prefer the environment variable: a token on the command line is visible in ps",
     )
     parser.add_argument(
+        "--model-root",
+        action="append",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="a folder management calls may load models from (repeatable): a load's base_path "
+        "(or a new one in a TF Serving config reload) must resolve, symlinks followed, under "
+        "one of them, else 403. Default: the folder holding each configured model's "
+        "base_path (its model repository)",
+    )
+    parser.add_argument(
         "--state-dir",
         type=Path,
         default=None,
@@ -287,6 +298,7 @@ async def _serve(config: ServerConfig, plan: Plan, args: argparse.Namespace, is_
         config_files=_watched_files(args),
         read_config=lambda: resolve_config(args)[0],
         config_poll_s=args.model_config_file_poll_wait_seconds,
+        model_roots=args.model_root,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
