@@ -17,6 +17,7 @@ model with a version folder numbered past int64.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -36,9 +37,12 @@ import pytest
 from starlette.routing import Route
 
 from modelyard.config import load_config
+from modelyard.lifecycle.registry import ModelRegistry
 from modelyard.management import StateStore, apply_overrides
 from modelyard.planner.demands import plan_for_config
+from modelyard.server.dataplane import DataPlane
 from modelyard.server.grpc.generated import grpc_service_pb2 as kserve_pb
+from modelyard.server.grpc.server import start_grpc_server
 from modelyard.testing.models import (
     BuiltModel,
     model_config,
@@ -268,6 +272,39 @@ def test_every_guarded_route_and_method_refuses_without_the_token(
     print(f"\n{len(refused)} of {len(refused) + len(answered)} REST routes and "
           f"{len(rpc_refused)} of {len(rpc_codes)} gRPC methods refused without the token "
           f"(4 and 3 ways each) in {seconds:.2f} s; nothing changed")  # fmt: skip
+
+
+def test_a_grpc_method_added_later_is_guarded_until_listed_as_open() -> None:
+    """A servicer nobody told about the gate registers a method that would change things."""
+    changed: list[bytes] = []
+
+    async def change(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        changed.append(request)
+        return b""
+
+    def add(server: grpc.aio.Server) -> None:
+        handlers = {"Change": grpc.unary_unary_rpc_method_handler(change)}
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("new.S", handlers),))
+        server.add_registered_method_handlers("new.S", handlers)
+
+    async def scenario() -> None:
+        plane = DataPlane(ModelRegistry())
+        server = await start_grpc_server(
+            plane, "127.0.0.1", 0, max_message_bytes=1 << 20, extra_servicers=[add]
+        )
+        try:
+            assert "/new.S/Change" in server.methods
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+                call = channel.unary_unary("/new.S/Change")
+                for metadata in ((), tuple(AUTH.items())):
+                    with pytest.raises(grpc.aio.AioRpcError) as info:
+                        await call(b"x", metadata=metadata, timeout=10)
+                    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        finally:
+            await server.stop(0)
+
+    asyncio.run(scenario())
+    assert changed == []
 
 
 def test_management_off_refuses_every_guarded_entry_with_403(repo: Repo, tmp_path: Path) -> None:
