@@ -16,6 +16,7 @@ from modelyard.cli.plan import render_table
 from modelyard.config import BatchingConfig, ModelConfig, ServerConfig, load_config, parse_size
 from modelyard.config.tfserving import parse_batching_parameters, with_batching
 from modelyard.errors import ConfigError, ModelyardError
+from modelyard.management.roots import ModelRoots
 from modelyard.management.state import StateStore, apply_overrides
 from modelyard.planner import Plan
 from modelyard.planner.demands import plan_for_config
@@ -253,7 +254,8 @@ def run(args: argparse.Namespace) -> int:
         file_config, is_demo = resolve_config(args)
         store = StateStore(_state_path(args))
         state = store.load()
-        config, state = apply_overrides(file_config, state)
+        roots = ModelRoots.chosen(args.model_root, file_config)
+        config, state = apply_overrides(file_config, state, roots)
         plan = plan_for_config(config)
         print(render_table(plan), flush=True)
         if not plan.feasible:

@@ -8,7 +8,9 @@ changes. Without ``--model-root`` the roots are the model repositories of the co
 the parent folder of each model's ``base_path`` in the config the server started with (for
 ``/models/resnet`` the root is ``/models``). A base path directly under the filesystem root
 contributes itself, never ``/``. Models of the config file itself (loaded by name, or kept by
-a reload) are the operator's and are not checked.
+a reload) are the operator's and are not checked. A model added earlier and saved in the
+management state is checked again at each start: outside today's roots it is dropped, with an
+error in the log.
 
 The check runs when the call is made; the resolved folder is what was checked. Whoever can
 write under a root can still place files there: a root is a promise about the operator's
@@ -40,6 +42,12 @@ class ModelRoots:
             if path not in resolved:
                 resolved.append(path)
         return ModelRoots(tuple(resolved))
+
+    @staticmethod
+    def chosen(folders: Iterable[Path] | None, config: ServerConfig) -> ModelRoots:
+        """``--model-root`` ``folders`` when given (not empty), else ``default_for(config)``."""
+        given = list(folders or ())
+        return ModelRoots.of(given) if given else ModelRoots.default_for(config)
 
     @staticmethod
     def default_for(config: ServerConfig) -> ModelRoots:

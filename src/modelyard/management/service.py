@@ -195,7 +195,7 @@ class Management:
         """The config file changed: serve it with the overrides that still apply."""
         async with self._lock:
             file_config = await asyncio.to_thread(read)
-            desired, kept = apply_overrides(file_config, self._state)
+            desired, kept = apply_overrides(file_config, self._state, self.roots)
             await self._controller.reconfigure(desired)
             self._file = file_config
             if kept != self._state:

@@ -124,7 +124,7 @@ class Server:
             file_config=file_config if file_config is not None else config,
             store=state_store,
             state=management_state,
-            roots=ModelRoots.of(model_roots) if model_roots else None,
+            roots=ModelRoots.chosen(model_roots, file_config or config),
         )
         self._token = management_token
         interval = poll_interval_s if poll_interval_s is not None else config.poll_interval_seconds
