@@ -16,6 +16,7 @@ from modelyard.cli.plan import render_table
 from modelyard.config import BatchingConfig, ModelConfig, ServerConfig, load_config, parse_size
 from modelyard.config.tfserving import parse_batching_parameters, with_batching
 from modelyard.errors import ConfigError, ModelyardError
+from modelyard.management.roots import ModelRoots
 from modelyard.management.state import StateStore, apply_overrides
 from modelyard.planner import Plan
 from modelyard.planner.demands import plan_for_config
@@ -185,6 +186,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "Prefer the environment variable: a token on the command line is visible in ps",
     )
     parser.add_argument(
+        "--model-root",
+        action="append",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="a folder management calls may load models from (repeatable): a load's base_path "
+        "(or a new one in a TF Serving config reload) must resolve, symlinks followed, under "
+        "one of them, else 403. Default: the folder holding each configured model's "
+        "base_path (its model repository)",
+    )
+    parser.add_argument(
         "--state-dir",
         type=Path,
         default=None,
@@ -248,7 +260,8 @@ def run(args: argparse.Namespace) -> int:
         file_config, is_demo = resolve_config(args)
         store = StateStore(_state_path(args))
         state = store.load()
-        config, state = apply_overrides(file_config, state)
+        roots = ModelRoots.chosen(args.model_root, file_config)
+        config, state = apply_overrides(file_config, state, roots)
         plan = plan_for_config(config)
         print(render_table(plan), flush=True)
         if not plan.feasible:
@@ -293,6 +306,7 @@ async def _serve(config: ServerConfig, plan: Plan, args: argparse.Namespace, is_
         config_files=_watched_files(args),
         read_config=lambda: resolve_config(args)[0],
         config_poll_s=args.model_config_file_poll_wait_seconds,
+        model_roots=args.model_root,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
