@@ -423,9 +423,7 @@ class Controller:
                     demand = None
                     if self._placement.needs_demand(key):
                         try:
-                            demand = await asyncio.to_thread(
-                                self._placement.demand, model, version
-                            )
+                            demand = await asyncio.to_thread(self._placement.demand, model, version)
                         except ModelyardError:
                             continue
                     self._placement.add(model, version, demand)

@@ -116,9 +116,7 @@ def plan_for_config(
         headroom_fraction=config.headroom_fraction,
         options=options,
     )
-    return dataclasses.replace(
-        plan, notes=plan.notes + found.notes, unreadable=found.unreadable
-    )
+    return dataclasses.replace(plan, notes=plan.notes + found.notes, unreadable=found.unreadable)
 
 
 def _aspired(model: ModelConfig) -> list[int]:
