@@ -116,13 +116,11 @@ def weights_bytes(version_dir: Path, platform: Platform = Platform.AUTO) -> int:
         )
     artifact = version_dir / platform.artifact
     if artifact.is_dir():
-        raise InvalidArgument(
-            f"{artifact} is a folder; a {platform.value} model is one file of that name"
-        )
+        raise InvalidArgument(f"{artifact} is a folder; expected {_KIND[platform]}, one file")
     if not artifact.is_file():
         raise InvalidArgument(f"{artifact} not found for platform {platform.value}")
     if artifact.stat().st_size == 0:
-        raise InvalidArgument(f"{artifact} is empty (0 bytes); expected a {platform.value} model")
+        raise InvalidArgument(f"{artifact} is empty (0 bytes); expected {_KIND[platform]}")
     return reader(artifact) + extra
 
 
@@ -153,7 +151,7 @@ def torch_archive_bytes(path: Path, platform: Platform = Platform.TORCH_EXPORT) 
     if not torch_like:
         listed = ", ".join(sorted(i.filename for i in infos)[:5]) or "nothing"
         raise InvalidArgument(
-            f"{path} is a zip archive but not a {platform.value} archive: it holds {listed}, "
+            f"{path} is a zip archive but not {_KIND[platform]}: it holds {listed}, "
             f"not the records PyTorch writes under one root folder "
             f"({'<root>/data.pkl' if platform is Platform.TORCHSCRIPT else '<root>/version'}"
             f", ...); expected a file written by {_WRITER[platform]}"
@@ -165,6 +163,12 @@ def torch_archive_bytes(path: Path, platform: Platform = Platform.TORCH_EXPORT) 
 
 _TORCH_RECORDS = {("version",), (".data", "version"), ("archive_format",), ("data.pkl",)}
 """Records PyTorch's stream writer puts under an archive's root folder (any torch version)."""
+_KIND = {
+    Platform.TORCH_EXPORT: "a torch.export archive",
+    Platform.TORCHSCRIPT: "a TorchScript archive",
+    Platform.ONNX: "an ONNX model",
+    Platform.TENSORFLOW: "a TensorFlow SavedModel",
+}
 _WRITER = {
     Platform.TORCH_EXPORT: "torch.export.save",
     Platform.TORCHSCRIPT: "torch.jit.save",

@@ -130,8 +130,8 @@ class _Walker:
             return None
         tag = self._varint(end)
         number, wire = tag >> 3, tag & 7
-        if number == 0:
-            raise self._bad("field number 0")
+        if not 0 < number < 2**29:
+            raise self._bad("an invalid field number")
         if wire == _VARINT:
             value_end = end
         elif wire == _I64:
