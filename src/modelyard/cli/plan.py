@@ -36,6 +36,10 @@ EXIT_UNREADABLE = 3
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = (
+        "exit status: 0 every replica fits; 1 the config cannot be read; 2 not every replica "
+        "fits; 3 the rest fits but some versions cannot be read (listed with the reason)"
+    )
     parser.add_argument("config", type=Path, help="modelyard YAML config")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
 

@@ -38,6 +38,8 @@ class Arrivals:
         self._recheck = recheck
         self._tried: dict[VersionKey, Fingerprint] = {}
         self._rechecks: dict[str, asyncio.Task[None]] = {}
+        self._waiting: set[Path] = set()
+        """Folders already logged as waiting: one line per wait, not one per look."""
         self._closed = False
 
     async def tried(self, key: VersionKey, folder: Path) -> None:
@@ -91,9 +93,12 @@ class Arrivals:
                     waiting = True
             unsettled = [v for v in new if not self._tracker.settled(candidates[v], looked[v])]
             for v in unsettled:
-                log.info("model %s version %d: waiting for its files to stop changing",
-                         model.name, v)  # fmt: skip
+                if candidates[v] not in self._waiting:
+                    self._waiting.add(candidates[v])
+                    log.info("model %s version %d: waiting for its files to stop changing",
+                             model.name, v)  # fmt: skip
                 del candidates[v]
+            self._waiting.difference_update(candidates[v] for v in new if v in candidates)
             waiting = waiting or bool(unsettled)
             if not unsettled:
                 break
