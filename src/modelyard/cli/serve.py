@@ -263,6 +263,8 @@ def run(args: argparse.Namespace) -> int:
         roots = ModelRoots.chosen(args.model_root, file_config)
         config, state = apply_overrides(file_config, state, roots)
         plan = plan_for_config(config)
+        # Versions that cannot be read are in the table and start FAILED: a version's fault
+        # is that version's, not a reason to refuse the rest (nor "a set that does not fit").
         print(render_table(plan), flush=True)
         if not plan.feasible:
             if not args.serve_what_fits:

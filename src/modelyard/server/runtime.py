@@ -241,7 +241,7 @@ class Server:
         """The plan of what is placed now (changes as models load, unload and move)."""
         return self.controller.plan
 
-    def _aspired(self) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    def _aspired(self) -> tuple[tuple[str, tuple[object, ...]], ...]:
         models = [(m.name, m.base_path, m.version_policy) for m in self.controller.config.models]
         return tuple(sorted(aspired_snapshot(models).items()))
 
