@@ -19,6 +19,7 @@ from modelyard.metrics.server_metrics import CONTENT_TYPE
 from modelyard.server.dataplane import DataPlane
 from modelyard.server.http import kserve, management, status, tfserving, ui
 from modelyard.server.http.common import error_response
+from modelyard.server.http.deadline import InferenceCalls
 from modelyard.server.http.status import StatusSource
 
 log = logging.getLogger(__name__)
@@ -102,7 +103,11 @@ def build_app(
     ]
     return Starlette(
         routes=routes,
-        middleware=[Middleware(_AnswerBugs)],
+        # Inference calls get their REST deadline and are cancelled when the client goes away.
+        middleware=[
+            Middleware(_AnswerBugs),
+            Middleware(InferenceCalls, policy=dataplane.deadlines),
+        ],
         exception_handlers={
             ModelyardError: _on_modelyard_error,
             HTTPException: _on_http_exception,
