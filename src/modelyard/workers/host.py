@@ -78,8 +78,8 @@ class WorkerHost:
         per_model_threads: int | None = None,
     ) -> None:
         """``infer_threads`` inferences run at once, at most ``per_model_threads`` of one model
-        (default ``infer_threads - 1``: one slot is always left for the device's other models;
-        see ``modelyard.workers.slots``)."""
+        (default ``per_model_slots``: one slot, and on a CPU device one core, is always left for
+        the device's other models; see ``modelyard.workers.slots``)."""
         self._sock = sock
         self._device = device
         self._target = target
@@ -87,6 +87,8 @@ class WorkerHost:
         self._send_lock = threading.Lock()
         self._models: dict[tuple[str, int], HeldModel] = {}
         self._load_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="load")
+        if per_model_threads is None:
+            per_model_threads = per_model_slots(infer_threads, target)
         self._slots = FairSlots(infer_threads, per_model_threads)
         # Per model: inferences run, withdrawn by their caller, skipped past their deadline.
         self._counts: dict[str, dict[str, int]] = {}
@@ -300,6 +302,21 @@ class WorkerHost:
     def _send(self, message: Message) -> None:
         with self._send_lock:
             send_message(self._sock, message)
+
+
+def per_model_slots(threads: int, target: str, cores: int | None = None) -> int:
+    """How many of a worker's ``threads`` execution slots one model may hold at once.
+
+    One fewer than all of them, so another model always finds a slot free. On a CPU device the
+    slots share the machine's cores (``cores``, default: the cores this process may use): a
+    model may keep at most all cores but one busy, else a slow model's running inferences leave
+    a fast one's no CPU to run on, however many threads are free. At least 1.
+    """
+    limit = threads - 1
+    if not target.startswith("cuda"):
+        usable = cores if cores is not None else len(os.sched_getaffinity(0))
+        limit = min(limit, usable - 1)
+    return max(1, limit)
 
 
 def _placed_on(model: LoadedModel) -> str:
