@@ -141,7 +141,9 @@ class RequestClock:
         if self.deadline is None:  # not raised without a deadline; kept total for safety
             return DeadlineExceeded(f"deadline exceeded after {total_ms:.0f} ms")
         spent = self.spent(end)
-        parts = [f"{spent[p] * 1000:.0f} ms {self._describe(p)}" for p in Phase if p in spent]
+        # Phases under a millisecond are noise in a message about where the time went.
+        shown = [p for p in Phase if p in spent and spent[p] >= 0.001] or [self.phase]
+        parts = [f"{spent.get(p, 0.0) * 1000:.0f} ms {self._describe(p)}" for p in shown]
         return DeadlineExceeded(
             f"deadline exceeded: the request's deadline of {self.deadline.budget_ms:.0f} ms "
             f"({self.deadline.source}) passed after {total_ms:.0f} ms: " + ", ".join(parts)

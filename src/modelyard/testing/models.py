@@ -234,7 +234,9 @@ def loop_turns_per_second(built: BuiltModel, turns: int = 50_000) -> float:
 
     import torch
 
-    model = torch.jit.load(str(built.artifact))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        model = torch.jit.load(str(built.artifact))  # type: ignore[no-untyped-call]
     x = torch.from_numpy(built.example["x"])
     model(x, torch.tensor([10, 10]))  # TorchScript profiles and optimises the first runs
     model(x, torch.tensor([10, 10]))
