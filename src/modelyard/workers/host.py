@@ -314,9 +314,17 @@ def per_model_slots(threads: int, target: str, cores: int | None = None) -> int:
     """
     limit = threads - 1
     if not target.startswith("cuda"):
-        usable = cores if cores is not None else len(os.sched_getaffinity(0))
+        usable = cores if cores is not None else _usable_cores()
         limit = min(limit, usable - 1)
     return max(1, limit)
+
+
+def _usable_cores() -> int:
+    """The cores this process may run on (its affinity where the platform has one)."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    if affinity is not None:
+        return len(affinity(0))
+    return os.cpu_count() or 1
 
 
 def _placed_on(model: LoadedModel) -> str:
