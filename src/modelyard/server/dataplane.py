@@ -189,6 +189,8 @@ class DataPlane:
         if deadline is None:
             given = deadlines.given_deadline()
             deadline = given[0] if given is not None else self.deadlines.default(started)
+        if started is None and deadline is not None:  # its time counts from the deadline's start
+            started = deadline.at - deadline.budget_ms / 1000.0
         clock = RequestClock(deadline, model=ref.name, start=started)
         entry: VersionEntry | None = None
         try:
