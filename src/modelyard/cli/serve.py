@@ -34,6 +34,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("modelyard")
 
+DRAIN_TIMEOUT_S = 30.0
+"""After SIGTERM/SIGINT, requests in flight get this long to finish."""
+STOP_MARGIN_S = 4.5
+"""Beyond the drain, the longest stop may take (unloads, workers exiting) before the workers are
+killed and the process exits anyway: shutdown always ends within drain + 5 s."""
+
 
 IGNORED_TF_SERVING_FLAGS = (
     "tensorflow_intra_op_parallelism",
@@ -328,15 +334,28 @@ async def _serve(config: ServerConfig, plan: Plan, args: argparse.Namespace, is_
     )
     if starting not in done:  # signalled while loading
         starting.cancel()
-        await server.stop(grace_seconds=0)
-        return 0
+        return await _stop(server, 0.0)
     starting.result()
     if args.ports_file is not None:
         _write_ports(args.ports_file, server)
     print(_banner(server, is_demo), flush=True)
     await stop.wait()
     log.info("stopping: readiness is now false; finishing in-flight requests")
-    await server.stop()
+    return await _stop(server, DRAIN_TIMEOUT_S)
+
+
+async def _stop(server: Server, drain_s: float) -> int:
+    """Stop ``server`` within ``drain_s`` + ``STOP_MARGIN_S``; 0 when it stopped cleanly.
+
+    A stuck worker cannot hold this up: the heartbeat kills it within seconds. Past the bound
+    (a bug) the workers are killed, so none stays behind, and the exit status says so (1).
+    """
+    try:
+        await asyncio.wait_for(server.stop(grace_seconds=drain_s), drain_s + STOP_MARGIN_S)
+    except TimeoutError:
+        log.error("stop did not finish within %.1f s; killing the workers", drain_s + STOP_MARGIN_S)
+        server.kill_workers()
+        return 1
     log.info("stopped")
     return 0
 

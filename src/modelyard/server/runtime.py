@@ -190,19 +190,41 @@ class Server:
         self._poller.start()
 
     async def stop(self, grace_seconds: float = 30.0) -> None:
-        """Readiness false now; let in-flight requests finish; unload every model."""
+        """Readiness false now; let in-flight requests finish; unload every model.
+
+        Bounded whatever a worker does: in-flight requests get ``grace_seconds`` (the drain),
+        and every request or control call to a worker that stopped answering fails within the
+        heartbeat's timeout (``modelyard.workers.heartbeat``), which kills that worker; no
+        worker is restarted once stopping began. So a SIGSTOPped worker delays stop by a few
+        seconds at most, never by the drain timeout plus the time it stays stopped.
+        """
         self.dataplane.stopping = True
+        if isinstance(self._loader, WorkerLoader):
+            self._loader.stop_restarting()
         await self._poller.stop()
-        if self._grpc is not None:
-            await self._grpc.stop(grace_seconds)
-        if self._http is not None and self._http_task is not None:
-            self._http.should_exit = True
-            await self._http_task
+        # Both front ends drain at once: the drain is grace_seconds in all, not once each.
+        await asyncio.gather(self._stop_grpc(grace_seconds), self._stop_http(grace_seconds))
         await self.controller.stop()
         if self._owns_loader and isinstance(self._loader, InProcessLoader):
             self._loader.shutdown()
         if self._owns_loader and isinstance(self._loader, WorkerLoader):
             await self._loader.aclose()  # returns once every worker process has exited
+
+    async def _stop_grpc(self, grace_seconds: float) -> None:
+        if self._grpc is not None:
+            await self._grpc.stop(grace_seconds)
+
+    async def _stop_http(self, grace_seconds: float) -> None:
+        if self._http is not None and self._http_task is not None:
+            self._http.config.timeout_graceful_shutdown = max(0, round(grace_seconds))
+            self._http.should_exit = True
+            await self._http_task
+
+    def kill_workers(self) -> None:
+        """SIGKILL every worker process now: the last resort of a stop that overran (a
+        stopped worker would never see its server exit and would stay behind)."""
+        if isinstance(self._loader, WorkerLoader):
+            self._loader.kill_all()
 
     async def reconfigure(self, config: ServerConfig) -> None:
         """Serve ``config`` from now on (TF Serving's HandleReloadConfigRequest): plan the added

@@ -38,6 +38,8 @@ from modelyard.workers.protocol import (
     Loaded,
     Message,
     Outputs,
+    Ping,
+    Pong,
     Report,
     Reported,
     Shutdown,
@@ -104,10 +106,12 @@ class WorkerHost:
             message = recv_message(self._sock)
             if message is None:  # the server is gone: nothing left to serve
                 return 0
-            if isinstance(message, Infer):
+            if isinstance(message, Ping):  # the heartbeat: answered here, never queued
+                self._send(Pong(message.request_id))
+            elif isinstance(message, Infer):
                 self._submit(message)
             elif isinstance(message, Cancel):
-                cancelled = self._slots.cancel(message.request_id)  # False: started or done
+                cancelled = self._slots.cancel(message.request_id)  # None: started or done
                 if cancelled is not None:
                     self._count(cancelled.key, "cancelled")
             elif isinstance(message, Load):
