@@ -31,15 +31,25 @@ def artifact_name(platform: Platform) -> str:
 
 
 def detect_platform(version_dir: Path, configured: Platform = Platform.AUTO) -> Platform:
-    """The platform of a version folder: the configured one, else the one whose file is there."""
+    """The platform of a version folder: the configured one, else the one whose file is there.
+
+    InvalidArgument names the folder and what was expected: no model file, more than one, or
+    a folder where the file should be (a TF SavedModel's ``saved_model.pb`` is a file too).
+    """
+    for platform in _REGISTRY:
+        if (version_dir / platform.artifact).is_dir():
+            raise InvalidArgument(
+                f"{version_dir / platform.artifact} is a folder; a {platform.value} model is "
+                "one file of that name"
+            )
     if configured is not Platform.AUTO:
         artifact = configured.artifact
-        if not (version_dir / artifact).exists():
+        if not (version_dir / artifact).is_file():
             raise InvalidArgument(
                 f"{version_dir} has no {artifact}, which platform {configured.value} needs"
             )
         return configured
-    found = [p for p in _REGISTRY if (version_dir / p.artifact).exists()]
+    found = [p for p in _REGISTRY if (version_dir / p.artifact).is_file()]
     if len(found) != 1:
         expected = ", ".join(f"{p.artifact} ({p.value})" for p in _REGISTRY)
         what = "no model file" if not found else "more than one model file"

@@ -1,8 +1,17 @@
 """``modelyard plan CONFIG [--json]``: where each model would go; loads nothing.
 
-Exit status: 0 when every replica fits, 2 when not (the explanation goes to stderr, and into
-the JSON as ``explanation``), 1 when the config cannot be read or sized. Artifacts are not needed
-for models that give ``memory:`` (see ``modelyard.planner.demands``).
+Exit status (``EXIT_*``):
+
+- 0: every replica fits;
+- 1: the config cannot be read (a bad key, a missing base path without ``memory:``);
+- 2: not every replica fits (the explanation goes to stderr, and into the JSON as
+  ``explanation``);
+- 3: the rest fits, but some versions cannot be read (a corrupt, truncated or empty artifact, a
+  folder in the file's place): they are listed with the reason under "cannot be read" (JSON
+  ``unreadable``), are left out of the plan, and ``serve`` starts with them FAILED.
+
+2 wins over 3 when both hold. Artifacts are not needed for models that give ``memory:`` (see
+``modelyard.planner.demands``).
 """
 
 from __future__ import annotations
@@ -23,9 +32,14 @@ from modelyard.planner.plan import DeviceUsage, Plan
 EXIT_FITS = 0
 EXIT_ERROR = 1
 EXIT_DOES_NOT_FIT = 2
+EXIT_UNREADABLE = 3
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = (
+        "exit status: 0 every replica fits; 1 the config cannot be read; 2 not every replica "
+        "fits; 3 the rest fits but some versions cannot be read (listed with the reason)"
+    )
     parser.add_argument("config", type=Path, help="modelyard YAML config")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
 
@@ -44,6 +58,14 @@ def run(args: argparse.Namespace) -> int:
     if not plan.feasible:
         print(f"\nNo plan: not every model fits.\n{plan.explanation}", file=sys.stderr)
         return EXIT_DOES_NOT_FIT
+    if plan.unreadable:
+        print(
+            f"\n{len(plan.unreadable)} version(s) cannot be read; they would be FAILED when "
+            "served, and the rest fits:\n"
+            + "\n".join(f"  {u.key}: {u.reason}" for u in plan.unreadable),
+            file=sys.stderr,
+        )
+        return EXIT_UNREADABLE
     return EXIT_FITS
 
 
@@ -77,6 +99,10 @@ def render_table(plan: Plan) -> str:
                 f"  {a.key!s:<{width}}  {format_size(a.bytes):>10}  "
                 f"{missing} of {a.wanted} replica(s)"
             )
+    if plan.unreadable:
+        lines.append("")
+        lines.append("cannot be read (FAILED when served):")
+        lines.extend(f"  {u.key}  {u.reason}" for u in plan.unreadable)
     for note in plan.notes:
         lines.append(f"note: {note}")
     return "\n".join(lines)
@@ -133,6 +159,10 @@ def plan_to_json(plan: Plan) -> dict[str, Any]:
                 "replicas_placed": len(a.devices),
             }
             for a in plan.short
+        ],
+        "unreadable": [
+            {"model": u.key.model, "version": u.key.version, "reason": u.reason}
+            for u in plan.unreadable
         ],
         "explanation": plan.explanation,
         "notes": list(plan.notes),

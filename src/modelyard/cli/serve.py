@@ -17,6 +17,7 @@ from modelyard.config import BatchingConfig, ModelConfig, ServerConfig, load_con
 from modelyard.config.tfserving import parse_batching_parameters, with_batching
 from modelyard.deadlines import DeadlinePolicy
 from modelyard.errors import ConfigError, ModelyardError
+from modelyard.management.roots import ModelRoots
 from modelyard.management.state import StateStore, apply_overrides
 from modelyard.planner import Plan
 from modelyard.planner.demands import plan_for_config
@@ -214,6 +215,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "Prefer the environment variable: a token on the command line is visible in ps",
     )
     parser.add_argument(
+        "--model-root",
+        action="append",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="a folder management calls may load models from (repeatable): a load's base_path "
+        "(or a new one in a TF Serving config reload) must resolve, symlinks followed, under "
+        "one of them, else 403. Default: the folder holding each configured model's "
+        "base_path (its model repository)",
+    )
+    parser.add_argument(
         "--state-dir",
         type=Path,
         default=None,
@@ -277,8 +289,11 @@ def run(args: argparse.Namespace) -> int:
         file_config, is_demo = resolve_config(args)
         store = StateStore(_state_path(args))
         state = store.load()
-        config, state = apply_overrides(file_config, state)
+        roots = ModelRoots.chosen(args.model_root, file_config)
+        config, state = apply_overrides(file_config, state, roots)
         plan = plan_for_config(config)
+        # Versions that cannot be read are in the table and start FAILED: a version's fault
+        # is that version's, not a reason to refuse the rest (nor "a set that does not fit").
         print(render_table(plan), flush=True)
         if not plan.feasible:
             if not args.serve_what_fits:
@@ -323,6 +338,7 @@ async def _serve(config: ServerConfig, plan: Plan, args: argparse.Namespace, is_
         config_files=_watched_files(args),
         read_config=lambda: resolve_config(args)[0],
         config_poll_s=args.model_config_file_poll_wait_seconds,
+        model_roots=args.model_root,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -13,9 +13,16 @@ Invariants, each one a thing users notice:
 - A change that does not fit raises ``DoesNotFit`` before anything loads or unloads; nothing
   serving is ever evicted to make room (except the model's own old version under
   ``swap: resource``, which is its owner's choice).
+- A version's failure is that version's: any exception while sizing, reading or loading it
+  (of any type, from any backend) makes that version FAILED with the reason; converging one
+  model never stops because another failed, and no management call fails because some
+  version somewhere is broken.
+- A version found while serving is loaded once its files have settled; a FAILED version is
+  loaded again when its files change and settle (``arrivals``, ``repository.settle``).
 
 Async safety: one event loop. Changes are serialised by one lock (one change at a time), so
-loads of one change run concurrently but two changes never interleave.
+loads of one change run concurrently but two changes never interleave. Sizing and file scans
+run on threads, never on the loop.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from modelyard.backends import detect_platform
 from modelyard.config.schema import ModelConfig, ServerConfig
 from modelyard.errors import DoesNotFit, FailedPrecondition, ModelyardError, NotFound
 from modelyard.ids import VersionKey
+from modelyard.lifecycle.arrivals import Arrivals
 from modelyard.lifecycle.loading import (
     InProcessLoader,
     Loader,
@@ -52,7 +60,14 @@ from modelyard.lifecycle.registry import ModelRegistry, Replica, VersionEntry
 from modelyard.lifecycle.servable import Servable
 from modelyard.lifecycle.states import ALLOWED_TRANSITIONS, ModelState
 from modelyard.planner import Plan
-from modelyard.repository import aspired_versions, check_labels, scan_versions
+from modelyard.repository import (
+    aspired_versions,
+    check_labels,
+    scan_versions,
+    version_dir,
+    version_folders,
+)
+from modelyard.repository.settle import DEFAULT_SETTLE_S
 
 __all__ = ["Controller", "InProcessLoader", "LoadRequest", "Loader", "declared_signature"]
 
@@ -69,7 +84,9 @@ class Controller:
     ``placement`` (a fixed version -> device names map) or ``default_device`` says where
     versions load. ``device_targets`` maps a device name to what a backend loads onto
     (``cuda:0``, ``cpu``). Versions the start-up plan could not place are FAILED with
-    ``unplaced_reason``.
+    ``unplaced_reason``, those it could not size (``plan.unreadable``) with their own reason.
+    ``settle_s``: how long a version found while serving must keep its files unchanged
+    before it is loaded (``repository.settle``).
     """
 
     def __init__(
@@ -86,6 +103,7 @@ class Controller:
         plan: Plan | None = None,
         demand: DemandOf | None = None,
         drain_timeout_s: float = 30.0,
+        settle_s: float = DEFAULT_SETTLE_S,
     ) -> None:
         self._config = config
         self._registry = registry
@@ -105,6 +123,8 @@ class Controller:
         self._partial: dict[VersionKey, list[Replica]] = {}
         self._lock = asyncio.Lock()
         self._started = False
+        self._unreadable = {u.key: u.reason for u in plan.unreadable} if plan else {}
+        self._arrivals = Arrivals(settle_s, lambda name: self.converge([name]))
 
     # -- views -------------------------------------------------------------------------------
 
@@ -150,14 +170,17 @@ class Controller:
             loads = []
             for model, version in desired:
                 entry = self._register(VersionKey(model.name, version), model)
+                await self._arrivals.tried(entry.key, version_dir(model.base_path, version))
                 if self._placement.planned:
                     devices = self._placement.devices_of(entry.key)
                 else:
                     devices = self._placement.add(model, version)
                 if not devices:
-                    entry.transition(ModelState.LOADING)
+                    if entry.key in self._unreadable:
+                        self._fail(entry, self._unreadable[entry.key])
+                        continue
                     reason = self._unplaced_reason or "the plan has no device for it"
-                    entry.transition(ModelState.FAILED, f"not loaded: {reason}")
+                    self._fail(entry, f"not loaded: {reason}")
                     continue
                 loads.append(self._load(model, entry, devices))
             await asyncio.gather(*loads)
@@ -169,17 +192,34 @@ class Controller:
         async with self._lock:
             await self._converge(names)
 
-    async def _converge(self, names: list[str] | None = None) -> None:
+    async def _converge(
+        self, names: list[str] | None = None, fresh: frozenset[str] = frozenset()
+    ) -> None:
+        """Converge every model (or ``names``), each on its own: one model's failure is logged
+        and the others go on. Models in ``fresh`` (just added) load their versions as they are
+        on disk; the others wait for new versions' files to settle."""
         models = [m for m in self._config.models if names is None or m.name in names]
-        await asyncio.gather(*(self._converge_model(m) for m in models))
+        await asyncio.gather(*(self._converge_model(m, m.name not in fresh) for m in models))
 
-    async def _converge_model(self, model: ModelConfig) -> None:
+    async def _converge_model(self, model: ModelConfig, settle: bool) -> None:
         try:
-            found = scan_versions(model.base_path)
+            await self._converge_steps(model, settle)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug: contained to this model, so other models still converge
+            log.exception("model %s: converging failed; other models are not affected", model.name)
+
+    async def _converge_steps(self, model: ModelConfig, settle: bool) -> None:
+        try:
+            folders = await asyncio.to_thread(version_folders, model.base_path)
         except ModelyardError as exc:
             # A base path that vanished (an unmounted volume) is not an order to unload.
             log.warning("model %s: %s; keeping what is loaded", model.name, exc.message)
             return
+        states = {k.version: e.state for k, e in self._entries.items() if k.model == model.name}
+        found, retry = await self._arrivals.loadable(model, folders, states, settle=settle)
+        for version in retry:  # forgotten, then loaded afresh below as a new version
+            self._forget(VersionKey(model.name, version))
         aspired = frozenset(aspired_versions(found, model.version_policy))
         for _ in range(_MAX_STEPS):
             snapshot = self._snapshot(model, aspired)
@@ -217,25 +257,34 @@ class Controller:
         if self._fallback.get(model.name) == version:
             del self._fallback[model.name]  # one try: a failing fallback must not loop
         entry = self._entries.get(key) or self._register(key, model)
+        await self._arrivals.tried(key, version_dir(model.base_path, version))
         try:
-            devices = self._placement.add(model, version)
+            demand = None
+            if self._placement.needs_demand(key):  # sizing reads files: off the loop
+                demand = await asyncio.to_thread(self._placement.demand, model, version)
+            devices = self._placement.add(model, version, demand)
         except DoesNotFit as exc:
             step = when_full(snapshot, version, exc.message)
             if isinstance(step, Refuse) and entry.error != step.reason:
                 entry.error = step.reason  # still START: tried again on every converge
                 log.warning("model %s: %s", key, step.reason)
             return step
-        except ModelyardError as exc:  # cannot be sized: a corrupt or unreadable artifact
-            entry.transition(ModelState.LOADING)
-            entry.transition(ModelState.FAILED, exc.message)
-            log.error("model %s failed: %s", key, exc.message)
+        except Exception as exc:  # cannot be sized: a corrupt or unreadable artifact
+            self._fail(entry, _reason(exc))
             return None
         if not devices:
-            entry.transition(ModelState.LOADING)
-            entry.transition(ModelState.FAILED, "not loaded: no device for it")
+            self._fail(entry, "not loaded: no device for it")
             return None
         await self._load(model, entry, devices)
         return None
+
+    def _fail(self, entry: VersionEntry, reason: str) -> None:
+        """FAILED with ``reason``, from START (never tried) or LOADING."""
+        if entry.state is ModelState.START:
+            entry.transition(ModelState.LOADING)
+        if entry.state is ModelState.LOADING:
+            entry.transition(ModelState.FAILED, reason)
+            log.error("model %s FAILED: %s", entry.key, reason)
 
     def _register(self, key: VersionKey, model: ModelConfig) -> VersionEntry:
         entry = VersionEntry(key, model.platform)
@@ -252,19 +301,15 @@ class Controller:
         entry.transition(ModelState.LOADING)
         try:
             entry.platform = detect_platform(
-                model.base_path / str(entry.key.version), model.platform
+                version_dir(model.base_path, entry.key.version), model.platform
             )
             replicas = [await self._load_replica(model, entry, d) for d in devices]
         except Exception as exc:
-            if isinstance(exc, ModelyardError):
-                reason = exc.message
-                log.error("model %s failed to load: %s", entry.key, reason)
-            else:  # a backend failing in a way it did not foresee
-                reason = f"{type(exc).__name__}: {exc}"
+            if not isinstance(exc, ModelyardError):  # a backend failing in a way not foreseen
                 log.exception("model %s failed to load", entry.key)
             await self._close_all(entry.key, list(self._partial.pop(entry.key, [])))
             self._placement.remove(entry.key)
-            entry.transition(ModelState.FAILED, reason)
+            self._fail(entry, _reason(exc))
             return
         self._partial.pop(entry.key, None)
         entry.signature = replicas[0].servable.signature
@@ -277,7 +322,7 @@ class Controller:
         caller releases it instead of leaking it on its device."""
         request = LoadRequest(
             entry.key,
-            model.base_path / str(entry.key.version),
+            version_dir(model.base_path, entry.key.version),
             entry.platform,
             self._targets.get(device, device),
             declared_signature(model),
@@ -324,6 +369,7 @@ class Controller:
                 await self._loader.released(replica.device)
 
     def _forget(self, key: VersionKey) -> None:
+        self._arrivals.forget(key)
         entry = self._entries.pop(key, None)
         if entry is not None and ModelState.END in ALLOWED_TRANSITIONS[entry.state]:
             entry.transition(ModelState.END, entry.error)
@@ -357,22 +403,31 @@ class Controller:
             for model in config.models:
                 self._registry.ensure_model(model.name)
                 self._registry.set_labels(model.name, dict(model.version_labels))
-            await self._converge([m.name for m in config.models])
+            fresh = frozenset(m.name for m in added)
+            await self._converge([m.name for m in config.models], fresh)
             for name in dropped:
                 await self._drop(name)
             names = ", ".join(m.name for m in added) or "none"
             log.info("reconfigured: added %s, removed %s", names, ", ".join(dropped) or "none")
 
     async def _reserve(self, added: list[ModelConfig]) -> None:
-        """Plan every version of ``added``, all or nothing."""
+        """Plan every version of ``added``, all or nothing. A version that cannot be sized is
+        left out here: converging makes it FAILED with its reason, and the rest loads."""
         done: list[VersionKey] = []
         try:
             for model in added:
                 versions = aspired_versions(scan_versions(model.base_path), model.version_policy)
                 check_labels(model.name, model.version_labels, versions)
                 for version in versions:
-                    self._placement.add(model, version)
-                    done.append(VersionKey(model.name, version))
+                    key = VersionKey(model.name, version)
+                    demand = None
+                    if self._placement.needs_demand(key):
+                        try:
+                            demand = await asyncio.to_thread(self._placement.demand, model, version)
+                        except ModelyardError:
+                            continue
+                    self._placement.add(model, version, demand)
+                    done.append(key)
         except BaseException:
             for key in done:
                 self._placement.remove(key)
@@ -461,6 +516,7 @@ class Controller:
 
     async def stop(self) -> None:
         """Unload every version; each replica's ``close`` is awaited."""
+        await self._arrivals.close()  # before the lock: a pending look may be waiting for it
         async with self._lock:
             for entry in list(self._registry.entries()):
                 if entry.state is ModelState.AVAILABLE:
@@ -511,3 +567,10 @@ class Controller:
                 entry.transition(ModelState.LOADING)
             entry.transition(ModelState.FAILED, reason)
             log.error("model %s FAILED: %s", key, reason)
+
+
+def _reason(exc: BaseException) -> str:
+    """What a user is told about a failure: our message, else the foreign exception named."""
+    if isinstance(exc, ModelyardError):
+        return exc.message
+    return f"{type(exc).__name__}: {exc}"

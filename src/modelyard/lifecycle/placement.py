@@ -13,7 +13,8 @@ Without a plan (models load in one place, e.g. tests with ``InProcessLoader``), 
 checked: every version goes on the default device, or where a fixed ``placement`` says.
 
 Not thread-safe; owned by the controller, on its event loop. No I/O except the footprint
-estimate of a new version (reads the artifact's header).
+estimate of a new version (reads the artifact's headers) when ``add`` is not given the demand:
+the controller sizes on a thread (``demand``) and passes it in.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import dataclasses
 from collections.abc import Callable, Iterable, Mapping
 
 from modelyard.config.schema import ModelConfig, ServerConfig, VersionPolicy
-from modelyard.errors import DoesNotFit
+from modelyard.errors import DoesNotFit, InvalidArgument
 from modelyard.ids import VersionKey
 from modelyard.planner import Device, ModelDemand, Plan, place
 from modelyard.planner.demands import demands_for_config
@@ -33,13 +34,24 @@ DemandOf = Callable[[ModelConfig, int], ModelDemand]
 
 
 def demand_of(cache: FootprintCache | None = None) -> DemandOf:
-    """A ``DemandOf`` that sizes a version as ``modelyard plan`` would."""
+    """A ``DemandOf`` that sizes a version as ``modelyard plan`` would.
+
+    Raises InvalidArgument (the reason names the file) when the version cannot be sized. Reads
+    the artifact's headers (disk I/O, flat memory): call it off the event loop.
+    """
 
     def one(model: ModelConfig, version: int) -> ModelDemand:
         only = model.model_copy(update={"version_policy": VersionPolicy(specific=(version,))})
         found = demands_for_config(ServerConfig(models=(only,)), cache=cache)
-        [demand] = [d for d in found.demands if d.key.version == version]
-        return demand
+        for bad in found.unreadable:
+            raise InvalidArgument(bad.reason)
+        matching = [d for d in found.demands if d.key.version == version]
+        if not matching:  # the folder vanished between the scan and now
+            raise InvalidArgument(
+                f"model {model.name!r} version {version}: no version folder under "
+                f"{model.base_path} to size"
+            )
+        return matching[0]
 
     return one
 
@@ -79,6 +91,10 @@ class Placement:
         """True when changes go through the planner (a start-up plan was given)."""
         return self._plan is not None
 
+    def demand(self, model: ModelConfig, version: int) -> ModelDemand:
+        """Size ``version`` of ``model`` (blocking: disk I/O); InvalidArgument when it cannot."""
+        return self._demand(model, version)
+
     @property
     def plan(self) -> Plan | None:
         """The plan of what is placed now (for the status API and the live page)."""
@@ -96,11 +112,19 @@ class Placement:
 
     # -- changes (each one planned, committed only when feasible) ----------------------------
 
-    def add(self, model: ModelConfig, version: int) -> tuple[str, ...]:
+    def needs_demand(self, key: VersionKey) -> bool:
+        """True when ``add`` would size ``key`` (pass it ``demand``, sized off the loop)."""
+        return self._plan is not None and key not in self._where
+
+    def add(
+        self, model: ModelConfig, version: int, demand: ModelDemand | None = None
+    ) -> tuple[str, ...]:
         """Reserve room for ``version`` of ``model`` and return its devices.
 
-        Raises DoesNotFit (nothing reserved) when the planner cannot place every replica
-        without moving a placed version; ConfigError when the version cannot be sized.
+        ``demand``: the version's size, when the caller sized it already (off the event loop);
+        else it is sized here. Raises DoesNotFit (nothing reserved) when the planner cannot
+        place every replica without moving a placed version; InvalidArgument when the version
+        cannot be sized.
         """
         key = VersionKey(model.name, version)
         if key in self._where:
@@ -111,7 +135,8 @@ class Placement:
                 return siblings[0] if siblings else ()
             self._where[key] = (self._default,)
             return self._where[key]
-        demand = self._demand(model, version)
+        if demand is None:
+            demand = self._demand(model, version)
         plan = self._place({**self._pinned(), key: demand})
         if not plan.feasible:
             raise DoesNotFit(plan.explanation)

@@ -15,6 +15,7 @@ from modelyard.planner.plan import (
     ModelDemand,
     Plan,
     Strategy,
+    UnreadableVersion,
 )
 
 __all__ = [
@@ -27,5 +28,6 @@ __all__ = [
     "Plan",
     "SolverUse",
     "Strategy",
+    "UnreadableVersion",
     "place",
 ]

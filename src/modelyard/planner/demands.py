@@ -8,6 +8,11 @@ model whose ``base_path`` is missing or holds no version yet is planned as a pla
 reserves ``memory:`` for one version, shown as version 0 (``m1:0``), or for each version of a
 ``specific`` policy. Without ``memory:``, a missing ``base_path`` is a ConfigError and an empty
 one is left out with a note (there is nothing to load yet).
+
+A version whose artifact cannot be sized (corrupt, truncated, empty, a folder in the file's
+place, unreadable) is a fault of that version, not of the config: it is left out of the
+demands and listed in ``Demands.unreadable`` / ``Plan.unreadable`` with the reason, and the
+rest is planned as if it were absent. ``serve`` marks it FAILED with that reason.
 """
 
 from __future__ import annotations
@@ -17,14 +22,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from modelyard.config.schema import ModelConfig, ServerConfig
-from modelyard.errors import ConfigError, ModelyardError
+from modelyard.errors import ConfigError, InvalidArgument
 from modelyard.ids import VersionKey
 from modelyard.planner.estimate import estimate_footprint
 from modelyard.planner.footprints import FootprintCache
 from modelyard.planner.inventory import GpuProbe, HostProbe, build_inventory, probe_gpus, probe_host
 from modelyard.planner.place import PlacerOptions, place
-from modelyard.planner.plan import FootprintSource, ModelDemand, Plan
-from modelyard.repository import aspired_versions, scan_versions
+from modelyard.planner.plan import FootprintSource, ModelDemand, Plan, UnreadableVersion
+from modelyard.repository import aspired_versions, scan_versions, version_dir
 
 PLACEHOLDER_VERSION = 0
 """Version number of a placeholder demand: a model with ``memory:`` but no version on disk."""
@@ -36,6 +41,7 @@ class Demands:
 
     demands: tuple[ModelDemand, ...]
     notes: tuple[str, ...]
+    unreadable: tuple[UnreadableVersion, ...] = ()
 
 
 def demands_for_config(config: ServerConfig, *, cache: FootprintCache | None = None) -> Demands:
@@ -45,6 +51,7 @@ def demands_for_config(config: ServerConfig, *, cache: FootprintCache | None = N
     """
     demands: list[ModelDemand] = []
     notes: list[str] = []
+    unreadable: list[UnreadableVersion] = []
     placeholders_for: list[str] = []
     for model in config.models:
         versions = _aspired(model)
@@ -60,7 +67,11 @@ def demands_for_config(config: ServerConfig, *, cache: FootprintCache | None = N
             placeholders_for.append(model.name)
             versions = list(model.version_policy.specific or (PLACEHOLDER_VERSION,))
         for version in versions:
-            size, source = _footprint(model, model.base_path / str(version), cache)
+            try:
+                size, source = _footprint(model, version_dir(model.base_path, version), cache)
+            except InvalidArgument as exc:
+                unreadable.append(UnreadableVersion(VersionKey(model.name, version), exc.message))
+                continue
             demands.append(
                 ModelDemand(
                     key=VersionKey(model.name, version),
@@ -76,7 +87,7 @@ def demands_for_config(config: ServerConfig, *, cache: FootprintCache | None = N
             f"({', '.join(placeholders_for)}): planned with their memory: "
             f"(version {PLACEHOLDER_VERSION} stands for the version to come)"
         )
-    return Demands(tuple(demands), tuple(notes))
+    return Demands(tuple(demands), tuple(notes), tuple(unreadable))
 
 
 def plan_for_config(
@@ -93,7 +104,8 @@ def plan_for_config(
     Returns the Plan even when infeasible: ``plan.feasible`` says whether every replica fits,
     ``plan.explanation`` why not, and ``plan.raise_if_infeasible()`` raises ResourceExhausted
     with it. ``serve --serve-what-fits`` loads ``plan.placement()`` (the versions that fit).
-    Raises ConfigError for devices or models the planner cannot size.
+    Versions that cannot be sized are in ``plan.unreadable`` (not planned; see the module doc).
+    Raises ConfigError for devices, or for models with neither files nor ``memory:``.
     """
     devices = build_inventory(config.devices, gpus=gpus, host=host)
     found = demands_for_config(config, cache=cache if cache is not None else FootprintCache())
@@ -104,7 +116,7 @@ def plan_for_config(
         headroom_fraction=config.headroom_fraction,
         options=options,
     )
-    return dataclasses.replace(plan, notes=plan.notes + found.notes)
+    return dataclasses.replace(plan, notes=plan.notes + found.notes, unreadable=found.unreadable)
 
 
 def _aspired(model: ModelConfig) -> list[int]:
@@ -119,15 +131,12 @@ def _footprint(
     if model.memory_bytes is not None:
         return model.memory_bytes, FootprintSource.CONFIG
     if cache is not None:
-        measured = cache.lookup(version_dir)
+        try:
+            measured = cache.lookup(version_dir)
+        except OSError:
+            measured = None  # the cache is an optimisation; the estimate says what is wrong
         if measured is not None:
             return measured, FootprintSource.MEASURED
-    try:
-        estimate = estimate_footprint(
-            version_dir, model.platform, batching=model.batching is not None
-        )
-    except ModelyardError as exc:
-        raise ConfigError(f"model {model.name!r}: {exc.message}") from exc
-    except OSError as exc:
-        raise ConfigError(f"model {model.name!r}: cannot read {version_dir}: {exc}") from exc
+    # InvalidArgument (and nothing else) for an artifact that cannot be sized.
+    estimate = estimate_footprint(version_dir, model.platform, batching=model.batching is not None)
     return estimate.total_bytes, FootprintSource.ESTIMATED

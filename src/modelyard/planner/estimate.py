@@ -10,19 +10,25 @@ once per device worker, not per model: it belongs in the device's headroom
 docs/planner.md. Estimates aim to be an upper bound; a measured footprint, when recorded, wins
 (see ``footprints``), and ``memory:`` in config wins over both.
 
+Sizing reads headers and directories, never weights: memory stays flat whatever the model's
+size, so it may run in the serving process (on a thread: it does disk I/O). Every way an
+artifact can be unreadable -- not the format its name says, truncated, empty, a folder where
+the file should be, sizes its directory cannot hold, an I/O error -- is one ``InvalidArgument``
+from ``estimate_footprint`` naming the file, what was wrong and what was expected; no other
+exception leaves it (this is the boundary where files from outside come in).
+
 Weights, per artifact in a version folder:
-- ONNX ``model.onnx``: initializer (and Constant node) tensor bytes, read with the ``onnx``
-  package when installed (``load_external_data=False``) plus the sizes of external data files;
-  without ``onnx``, the file size plus external data files.
+- ONNX ``model.onnx``: initializer (and Constant node) tensor bytes, read by walking the
+  protobuf without loading it (``onnxscan``), plus the sizes of the external data files it names.
 - torch.export ``model.pt2`` / TorchScript ``model.pt``: zip archives; the sizes of their tensor
-  data entries (``*/data/<n>``, ``*/constants/<n>``, ``*/data/weights/*``, ``*/data/constants/*``).
+  data entries (``*/data/<n>``, ``*/constants/<n>``, ``*/data/weights/*``, ``*/data/constants/*``)
+  from the zip's central directory.
 - TF SavedModel ``saved_model.pb``: the files under ``variables/``.
 - ``*.safetensors`` files beside any of these (or alone): tensor bytes from their JSON header.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import struct
@@ -30,10 +36,11 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
 
 from modelyard.config.schema import Platform
+from modelyard.config.sizes import format_size
 from modelyard.errors import InvalidArgument
+from modelyard.planner.onnxscan import scan_onnx
 
 MiB = 2**20
 OVERHEAD_FIXED_BYTES = 32 * MiB
@@ -59,9 +66,10 @@ class Estimate:
 
 
 def detect_platform(version_dir: Path) -> Platform | None:
-    """The platform whose artifact file is in ``version_dir`` (first match in FORMATS)."""
+    """The platform whose artifact is in ``version_dir`` (first match in FORMATS); a folder in
+    the artifact's place counts, so that sizing says what is wrong with it."""
     for platform in FORMATS:
-        if (version_dir / platform.artifact).is_file():
+        if (version_dir / platform.artifact).exists():
             return platform
     return None
 
@@ -71,9 +79,20 @@ def estimate_footprint(
 ) -> Estimate:
     """Estimate the footprint of the version in ``version_dir`` (formula in the module doc).
 
-    Raises InvalidArgument when the folder holds no artifact this module can read.
+    Raises InvalidArgument, naming the file and what was expected, when the folder holds no
+    artifact this module can read (see the module doc); never any other exception.
     """
-    weights = weights_bytes(version_dir, platform)
+    try:
+        weights = weights_bytes(version_dir, platform)
+    except InvalidArgument:
+        raise
+    except OSError as exc:
+        what = exc.filename or version_dir
+        raise InvalidArgument(f"cannot read {what}: {exc.strerror or exc}") from exc
+    except Exception as exc:  # a reader meeting a file it did not foresee
+        raise InvalidArgument(
+            f"{version_dir} cannot be sized: {type(exc).__name__}: {exc}"
+        ) from exc
     workspace = WORKSPACE_FRACTION_BATCHING if batching else WORKSPACE_FRACTION
     return Estimate(
         weights_bytes=weights,
@@ -96,18 +115,82 @@ def weights_bytes(version_dir: Path, platform: Platform = Platform.AUTO) -> int:
             f"{', '.join(p.artifact for p in FORMATS)} or *.safetensors (or give memory: in config)"
         )
     artifact = version_dir / platform.artifact
+    if artifact.is_dir():
+        raise InvalidArgument(f"{artifact} is a folder; expected {_KIND[platform]}, one file")
     if not artifact.is_file():
         raise InvalidArgument(f"{artifact} not found for platform {platform.value}")
+    if artifact.stat().st_size == 0:
+        raise InvalidArgument(f"{artifact} is empty (0 bytes); expected {_KIND[platform]}")
     return reader(artifact) + extra
 
 
-def torch_archive_bytes(path: Path) -> int:
-    """Tensor bytes in a TorchScript or torch.export zip archive (uncompressed entry sizes)."""
+def torch_archive_bytes(path: Path, platform: Platform = Platform.TORCH_EXPORT) -> int:
+    """Tensor bytes in a TorchScript or torch.export zip archive (uncompressed entry sizes).
+
+    Reads the zip's central directory only. Raises InvalidArgument for a file that is not a
+    zip, a zip that PyTorch did not write (for TorchScript: no ``<root>/data.pkl``; for
+    torch.export: none of ``_TORCH_RECORDS`` and no tensor entry), or an entry whose declared
+    size the archive cannot hold (a corrupt or forged directory).
+    """
+    size = path.stat().st_size
     try:
         with zipfile.ZipFile(path) as archive:
-            return sum(i.file_size for i in archive.infolist() if _is_tensor_entry(i.filename))
+            infos = archive.infolist()
     except zipfile.BadZipFile as exc:
-        raise InvalidArgument(f"{path} is not a torch archive (not a zip file)") from exc
+        raise InvalidArgument(
+            f"{path} is not a torch archive: not a zip file ({exc}); expected a file written "
+            f"by {_WRITER[platform]} (a truncated copy reads like this too)"
+        ) from exc
+    names = {PurePosixPath(i.filename).parts[1:] for i in infos}
+    if platform is Platform.TORCHSCRIPT:
+        torch_like = ("data.pkl",) in names
+    else:
+        torch_like = bool(_TORCH_RECORDS & names) or any(
+            _is_tensor_entry(i.filename) for i in infos
+        )
+    if not torch_like:
+        listed = ", ".join(sorted(i.filename for i in infos)[:5]) or "nothing"
+        raise InvalidArgument(
+            f"{path} is a zip archive but not {_KIND[platform]}: it holds {listed}, "
+            f"not the records PyTorch writes under one root folder "
+            f"({'<root>/data.pkl' if platform is Platform.TORCHSCRIPT else '<root>/version'}"
+            f", ...); expected a file written by {_WRITER[platform]}"
+        )
+    for info in infos:
+        _check_declared_size(path, size, info)
+    return sum(i.file_size for i in infos if _is_tensor_entry(i.filename))
+
+
+_TORCH_RECORDS = {("version",), (".data", "version"), ("archive_format",), ("data.pkl",)}
+"""Records PyTorch's stream writer puts under an archive's root folder (any torch version)."""
+_KIND = {
+    Platform.TORCH_EXPORT: "a torch.export archive",
+    Platform.TORCHSCRIPT: "a TorchScript archive",
+    Platform.ONNX: "an ONNX model",
+    Platform.TENSORFLOW: "a TensorFlow SavedModel",
+}
+_WRITER = {
+    Platform.TORCH_EXPORT: "torch.export.save",
+    Platform.TORCHSCRIPT: "torch.jit.save",
+}
+_DEFLATE_MAX_RATIO = 1032
+"""Deflate cannot expand data more than this (RFC 1951: 258 bytes from 2 bits, plus blocks)."""
+
+
+def _check_declared_size(path: Path, archive_bytes: int, info: zipfile.ZipInfo) -> None:
+    stored = info.compress_type == zipfile.ZIP_STORED
+    too_big = info.header_offset + info.compress_size > archive_bytes or (
+        info.file_size != info.compress_size
+        if stored
+        else info.compress_type == zipfile.ZIP_DEFLATED
+        and info.file_size > info.compress_size * _DEFLATE_MAX_RATIO + 64
+    )
+    if too_big:
+        raise InvalidArgument(
+            f"{path}: entry {info.filename!r} declares {format_size(info.file_size)} "
+            f"({format_size(info.compress_size)} stored) but the archive is "
+            f"{format_size(archive_bytes)}; the archive is corrupt or truncated"
+        )
 
 
 def _is_tensor_entry(name: str) -> bool:
@@ -156,71 +239,21 @@ def safetensors_bytes(path: Path) -> int:
     return total
 
 
-# Bytes per element for ONNX TensorProto.DataType values (onnx.proto); 4-bit types count 1/2.
-_ONNX_ITEMSIZE: dict[int, float] = {
-    1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 12: 4, 13: 8, 14: 8, 15: 16,
-    16: 2, 17: 1, 18: 1, 19: 1, 20: 1, 21: 0.5, 22: 0.5, 23: 0.5,
-}  # fmt: skip
-_ONNX_STRING = 8
-_ONNX_EXTERNAL = 1  # TensorProto.DataLocation.EXTERNAL
-
-
 def onnx_bytes(path: Path) -> int:
-    """Initializer bytes of an ONNX model (see the module doc); file sizes without ``onnx``."""
-    try:
-        onnx: Any = importlib.import_module("onnx")
-    except ImportError:
-        return path.stat().st_size + _external_files_bytes(path)
-    model = onnx.load(str(path), load_external_data=False)
-    graphs = [model.graph]
-    tensors: list[Any] = []
-    while graphs:  # subgraphs (If/Loop bodies) carry initializers too
-        graph = graphs.pop()
-        tensors.extend(graph.initializer)
-        tensors.extend(s.values for s in graph.sparse_initializer)
-        for node in graph.node:
-            for attr in node.attribute:
-                if attr.HasField("t"):
-                    tensors.append(attr.t)
-                tensors.extend(attr.tensors)
-                if attr.HasField("g"):
-                    graphs.append(attr.g)
-                graphs.extend(attr.graphs)
-    external: set[str] = set()
-    total = 0
-    for t in tensors:
-        if t.data_location == _ONNX_EXTERNAL:
-            entries = {e.key: e.value for e in t.external_data}
-            if "location" in entries:
-                external.add(entries["location"])
-            continue
-        total += _onnx_tensor_bytes(t)
-    for location in sorted(external):
+    """Initializer bytes of an ONNX model plus the sizes of the external data files it names,
+    read without loading it (``onnxscan``: flat memory, no framework)."""
+    found = scan_onnx(path)
+    total = found.inline_bytes
+    for location in sorted(found.external):
         file = path.parent / location
         if file.is_file():
             total += file.stat().st_size
     return total
 
 
-def _onnx_tensor_bytes(t: Any) -> int:
-    if t.raw_data:
-        return len(t.raw_data)
-    if t.data_type == _ONNX_STRING:
-        return sum(len(s) for s in t.string_data)
-    count = math.prod(int(n) for n in t.dims)
-    return math.ceil(count * _ONNX_ITEMSIZE.get(t.data_type, 8))
-
-
-def _external_files_bytes(onnx_path: Path) -> int:
-    # Without the onnx package we cannot read which files the model names; by convention
-    # exporters put them beside model.onnx under one of these names.
-    files = [onnx_path.parent / n for n in ("model.onnx.data", "model.onnx_data", "model.data")]
-    return sum(f.stat().st_size for f in files if f.is_file())
-
-
 _READERS: dict[Platform, Callable[[Path], int]] = {
-    Platform.TORCH_EXPORT: torch_archive_bytes,
-    Platform.TORCHSCRIPT: torch_archive_bytes,
+    Platform.TORCH_EXPORT: lambda p: torch_archive_bytes(p, Platform.TORCH_EXPORT),
+    Platform.TORCHSCRIPT: lambda p: torch_archive_bytes(p, Platform.TORCHSCRIPT),
     Platform.ONNX: onnx_bytes,
     Platform.TENSORFLOW: savedmodel_bytes,
 }

@@ -120,6 +120,15 @@ class DeviceUsage:
 
 
 @dataclass(frozen=True, slots=True)
+class UnreadableVersion:
+    """A version whose artifact could not be sized, and why (names the file and what was
+    expected)."""
+
+    key: VersionKey
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Plan:
     """The planner's answer: assignments per version, usage per device, and, when some replica
     has no place, an explanation naming models, devices and bytes, with what would make it fit.
@@ -135,6 +144,9 @@ class Plan:
     moves: int = 0
     explanation: str = ""
     notes: tuple[str, ...] = field(default=())
+    unreadable: tuple[UnreadableVersion, ...] = field(default=())
+    """Versions that could not be sized (a corrupt or unreadable artifact): not planned, and
+    FAILED with ``reason`` when served; they do not make a plan infeasible."""
 
     @property
     def feasible(self) -> bool:

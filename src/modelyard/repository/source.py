@@ -4,8 +4,10 @@ TF Serving's file-system source polls each base path every ``--file_system_poll_
 and announces the aspired versions; its server re-reads ``--model_config_file`` every
 ``--model_config_file_poll_wait_seconds``. ``PollingSource`` does both, but announces only that
 something changed: the callbacks (the server's) re-read what they need and hand it to the
-controller, which converges. So a poll that finds nothing new costs one directory scan per
-model and one file read, and calls nothing.
+controller, which converges. The versions snapshot carries each aspired version's fingerprint
+(its files' sizes and mtimes, ``settle``), so a version still being written, or a FAILED one
+being replaced, is noticed too. A poll that finds nothing new costs one directory scan per
+model, a stat per file of its aspired versions and one file read, and calls nothing.
 
 Ownership and async safety: ``start`` creates its tasks on the running loop; ``stop`` cancels
 them and waits. Scans run on a thread (``asyncio.to_thread``) so a slow disk never holds the

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
+from starlette.applications import Starlette
 
 from modelyard.batching import batching_wrapper
 from modelyard.config.schema import DeviceKind, ServerConfig
@@ -25,6 +26,7 @@ from modelyard.lifecycle.controller import Controller, InProcessLoader, Loader
 from modelyard.lifecycle.placement import demand_of
 from modelyard.lifecycle.registry import ModelRegistry
 from modelyard.management import Management, ManagementState, StateStore
+from modelyard.management.roots import ModelRoots
 from modelyard.metrics import ServerMetrics
 from modelyard.planner import Plan
 from modelyard.planner.footprints import FootprintCache
@@ -83,6 +85,7 @@ class Server:
         config_files: Sequence[Path] = (),
         read_config: Callable[[], ServerConfig] | None = None,
         config_poll_s: float = 0.0,
+        model_roots: Sequence[Path] | None = None,
     ) -> None:
         """``loader``: default a ``WorkerLoader`` (one worker process per plan device); pass
         ``InProcessLoader()`` to load in this process. ``footprints``: where measured
@@ -95,7 +98,9 @@ class Server:
         are polled every ``config_poll_s`` (0: never) and, when they change, ``read_config``
         gives the new config. Management: on only with ``management_token``; changes are
         saved to ``state_store`` before they are answered; ``config`` is the desired state
-        (``file_config`` + ``management_state`` overrides, see ``apply_overrides``)."""
+        (``file_config`` + ``management_state`` overrides, see ``apply_overrides``); models
+        added through it must be under ``model_roots`` (default: the folders holding the
+        configured models, ``ModelRoots.default_for``)."""
         self.config = config
         self.host = host
         self.rest_port = rest_port
@@ -127,6 +132,7 @@ class Server:
             file_config=file_config if file_config is not None else config,
             store=state_store,
             state=management_state,
+            roots=ModelRoots.chosen(model_roots, file_config or config),
         )
         self._token = management_token
         interval = poll_interval_s if poll_interval_s is not None else config.poll_interval_seconds
@@ -145,13 +151,14 @@ class Server:
         self._http: _Uvicorn | None = None
         self._http_task: asyncio.Task[None] | None = None
         self._grpc: GrpcServer | None = None
+        self.rest_app: Starlette | None = None  # the REST routes, once started
 
     async def start(self) -> None:
         """Bind both ports (port 0 picks a free one), then load every model."""
         self.controller.desired()  # config errors (missing base paths, labels) before binding
         sock = _bind(self.host, self.rest_port)
         self.rest_port = sock.getsockname()[1]
-        app = build_app(
+        app = self.rest_app = build_app(
             self.dataplane,
             max_request_bytes=self.max_request_bytes,
             status_source=self,
@@ -231,9 +238,10 @@ class Server:
         models around the current placement, load them, then unload the dropped ones.
 
         Raises DoesNotFit (a ResourceExhausted; nothing changed) when the added models do not
-        fit. Management overrides (models unloaded or added through the API) still apply.
+        fit, PermissionDenied (nothing changed) for a new base path outside the model roots.
+        Management overrides (models unloaded or added through the API) still apply.
         """
-        await self.management.reload_file(lambda: config)
+        await self.management.reload_config(config)
         self.config = self.controller.config
 
     @property
@@ -241,7 +249,7 @@ class Server:
         """The plan of what is placed now (changes as models load, unload and move)."""
         return self.controller.plan
 
-    def _aspired(self) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    def _aspired(self) -> tuple[tuple[str, tuple[object, ...]], ...]:
         models = [(m.name, m.base_path, m.version_policy) for m in self.controller.config.models]
         return tuple(sorted(aspired_snapshot(models).items()))
 
@@ -249,6 +257,11 @@ class Server:
         assert self._read_config is not None
         await self.management.reload_file(self._read_config)
         self.config = self.controller.config
+
+    @property
+    def grpc_methods(self) -> tuple[str, ...]:
+        """Every gRPC method the server registered (``/package.Service/Method``)."""
+        return self._grpc.methods if self._grpc is not None else ()
 
     @property
     def loader(self) -> Loader:

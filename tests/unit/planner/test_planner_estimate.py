@@ -109,3 +109,96 @@ def test_onnx_initializers_and_external_data_are_counted(tmp_path: Path) -> None
         size_threshold=512 * 1024,  # only `outer` goes to the external file
     )
     assert weights_bytes(tmp_path) == 256 * 1024 + 1024 * 256 * 4
+
+
+def _onnx_with(tmp_path: Path, *tensors: object) -> Path:
+    onnx = pytest.importorskip("onnx")
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Identity", ["x"], ["y"])],
+        "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
+        initializer=list(tensors),
+    )
+    onnx.save_model(onnx.helper.make_model(graph), str(tmp_path / "model.onnx"))
+    return tmp_path / "model.onnx"
+
+
+def test_onnx_is_sized_without_reading_its_weights_into_memory(tmp_path: Path) -> None:
+    numpy_helper = pytest.importorskip("onnx.numpy_helper")
+    import tracemalloc
+
+    import numpy as np
+
+    big = numpy_helper.from_array(np.zeros((16, 2**20), np.float32), "w")  # 64 MiB
+    path = _onnx_with(tmp_path, big)
+    del big
+    tracemalloc.start()
+    try:
+        assert weights_bytes(tmp_path) == 64 * MiB
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 * MiB, f"sizing a {path.stat().st_size}-byte model allocated {peak} bytes"
+
+
+def test_onnx_typed_data_counts_what_is_present_not_what_is_declared(tmp_path: Path) -> None:
+    onnx = pytest.importorskip("onnx")
+    floats = onnx.helper.make_tensor("f", onnx.TensorProto.FLOAT, [3], [1.0, 2.0, 3.0])
+    halves = onnx.helper.make_tensor("h", onnx.TensorProto.INT8, [5], [1, -2, 3, 127, -128])
+    claims = onnx.TensorProto(name="c", data_type=onnx.TensorProto.FLOAT, dims=[2**40])  # no data
+    _onnx_with(tmp_path, floats, halves, claims)
+    assert weights_bytes(tmp_path) == 3 * 4 + 5 * 1
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"", r"is empty \(0 bytes\)"),
+        (b"\xff" * 64, "not a valid ONNX model"),
+        (b"\x08\x08\x3a\xff\xff\x03", "runs past the end"),  # graph field longer than the file
+        (b"\x08\x08", "holds no graph"),  # ir_version only
+    ],
+)
+def test_an_unreadable_onnx_file_is_refused_by_name(
+    tmp_path: Path, content: bytes, reason: str
+) -> None:
+    (tmp_path / "model.onnx").write_bytes(content)
+    with pytest.raises(InvalidArgument, match=reason) as caught:
+        estimate_footprint(tmp_path)
+    assert "model.onnx" in caught.value.message
+
+
+def test_a_folder_in_the_file_s_place_is_refused_by_name(tmp_path: Path) -> None:
+    (tmp_path / "model.pt2").mkdir()
+    with pytest.raises(InvalidArgument, match=r"model\.pt2 is a folder"):
+        estimate_footprint(tmp_path)
+
+
+def test_a_zip_that_is_not_a_torch_archive_is_refused(tmp_path: Path) -> None:
+    with zipfile.ZipFile(tmp_path / "model.pt", "w") as z:
+        z.writestr("readme.txt", "hello")
+    with pytest.raises(InvalidArgument, match="not a TorchScript archive"):
+        estimate_footprint(tmp_path)
+
+
+def test_a_zip_entry_declaring_more_than_the_archive_holds_is_refused(tmp_path: Path) -> None:
+    with zipfile.ZipFile(tmp_path / "model.pt", "w") as z:
+        z.writestr("model/data.pkl", b"\0" * 10)
+        z.writestr("model/data/0", b"\0" * 100)
+    data = bytearray((tmp_path / "model.pt").read_bytes())
+    at = data.rfind(b"PK\x01\x02")  # the central directory record of model/data/0
+    struct.pack_into("<I", data, at + 24, 2**31)
+    (tmp_path / "model.pt").write_bytes(bytes(data))
+    with pytest.raises(InvalidArgument, match=r"'model/data/0' declares 2\.0 GiB"):
+        estimate_footprint(tmp_path)
+
+
+def test_no_foreign_exception_leaves_sizing(tmp_path: Path) -> None:
+    (tmp_path / "model.safetensors").write_bytes(struct.pack("<Q", 2) + b"[]")
+    with pytest.raises(InvalidArgument, match="safetensors"):
+        estimate_footprint(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(struct.pack("<Q", 2) + b"{}")
+    (tmp_path / "w.safetensors").write_bytes(struct.pack("<Q", 8) + b'{"a": 1}')
+    with pytest.raises(InvalidArgument, match="cannot be sized: TypeError"):
+        estimate_footprint(tmp_path)

@@ -23,9 +23,10 @@ import grpc
 import numpy as np
 
 from modelyard import codec
-from modelyard.errors import InvalidArgument, NotFound, Unimplemented
+from modelyard.errors import InvalidArgument, NotFound, PermissionDenied, Unimplemented
 from modelyard.management import Management
-from modelyard.management.requests import authorize, model_entry
+from modelyard.management.access import OFF_MESSAGE
+from modelyard.management.requests import model_entry
 from modelyard.server.dataplane import DataPlane, ModelRef
 from modelyard.server.grpc.generated import grpc_service_pb2 as pb
 from modelyard.server.grpc.generated import grpc_service_pb2_grpc as pb_grpc
@@ -134,17 +135,12 @@ _rpc = rpc_errors("inference.GRPCInferenceService")
 class KServeServicer:
     """Handlers of ``inference.GRPCInferenceService``; register with ``add_to_server``."""
 
-    def __init__(
-        self,
-        dataplane: DataPlane,
-        management: Management | None = None,
-        management_token: str | None = None,
-    ) -> None:
-        """``management`` with ``management_token`` turns the repository RPCs on (as the REST
-        repository extension); without them those RPCs answer PERMISSION_DENIED."""
+    def __init__(self, dataplane: DataPlane, management: Management | None = None) -> None:
+        """``management`` turns the repository RPCs on (as the REST repository extension);
+        without it they answer PERMISSION_DENIED. Who may call them is the gRPC server's gate
+        (``start_grpc_server``), not this servicer's business."""
         self._dataplane = dataplane
         self._management = management
-        self._token = management_token
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(self, server)
@@ -209,17 +205,16 @@ class KServeServicer:
 
     # -- Triton's repository extension (the management API) --------------------------------
 
-    def _authorized(self, context: grpc.aio.ServicerContext, repository: str) -> Management:
-        metadata = {k.lower(): v for k, v in (context.invocation_metadata() or ())}
-        authorization = metadata.get("authorization", "")
-        management = authorize(self._management, self._token, str(authorization))
+    def _manager(self, context: grpc.aio.ServicerContext, repository: str) -> Management:
+        if self._management is None:
+            raise PermissionDenied(OFF_MESSAGE)
         if repository:
             raise NotFound(f"repository {repository!r} is not served; leave repository_name empty")
-        return management
+        return self._management
 
     @_rpc
     async def RepositoryIndex(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        rows = self._authorized(context, request.repository_name).index()
+        rows = self._manager(context, request.repository_name).index()
         if request.ready:
             rows = [r for r in rows if r["state"] == "READY"]
         return pb.RepositoryIndexResponse(
@@ -236,7 +231,7 @@ class KServeServicer:
 
     @_rpc
     async def RepositoryModelLoad(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        management = self._authorized(context, request.repository_name)
+        management = self._manager(context, request.repository_name)
         config = (
             request.parameters["config"].string_param if "config" in request.parameters else None
         )
@@ -245,5 +240,5 @@ class KServeServicer:
 
     @_rpc
     async def RepositoryModelUnload(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await self._authorized(context, request.repository_name).unload(request.model_name)
+        await self._manager(context, request.repository_name).unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()
