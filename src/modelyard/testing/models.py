@@ -240,9 +240,14 @@ def loop_turns_per_second(built: BuiltModel, turns: int = 50_000) -> float:
     x = torch.from_numpy(built.example["x"])
     model(x, torch.tensor([10, 10]))  # TorchScript profiles and optimises the first runs
     model(x, torch.tensor([10, 10]))
-    started = time.perf_counter()
-    model(x, torch.tensor([turns, turns]))
-    return turns / max(time.perf_counter() - started, 1e-6)
+    # The fastest of three: on a loaded machine one timing can run slow, and a pace taken too
+    # low makes a "long" request end early; too high only makes it longer.
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        model(x, torch.tensor([turns, turns]))
+        best = min(best, time.perf_counter() - started)
+    return turns / max(best, 1e-6)
 
 
 def write_onnx_linear(
