@@ -29,7 +29,12 @@ class JSONResponse(Response):
     media_type = "application/json"
 
     def render(self, content: Any) -> bytes:
-        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+        return encode_json(content)
+
+
+def encode_json(content: Any) -> bytes:
+    """``content`` as JSON (numpy arrays allowed), as every JSON answer is written."""
+    return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def error_response(exc: ModelyardError) -> JSONResponse:
