@@ -24,6 +24,7 @@ import numpy as np
 import orjson
 import pytest
 
+from modelyard.server.http import offload
 from modelyard.testing.models import (
     BuiltModel,
     model_config,
@@ -180,3 +181,32 @@ def test_a_28_mb_request_does_not_stall_a_small_model(server: RunningServer, pro
         f"max {max(latencies) * 1e3:.1f} ms"
     )
     assert p99_during - p99_before < 0.050
+
+
+def test_a_bad_body_gets_the_same_400_decoded_inline_or_in_the_helper(
+    server: RunningServer,
+) -> None:
+    def bodies(rows: int) -> dict[str, bytes]:
+        ragged: list[list[float]] = [[1.0, 2.0, 3.0, 4.0]] * rows + [[1.0]]
+        tensor = {"name": "x", "datatype": "FP32", "shape": [rows + 1, 4], "data": ragged}
+        named = {"signature_name": "nope", "instances": ragged[:-1]}
+        return {
+            "/v1/models/bulk:predict": orjson.dumps({"instances": ragged}),
+            "/v1/models/bulk:predict?named": orjson.dumps(named),
+            "/v1/models/bulk:regress": orjson.dumps({"examples": 7, "pad": ragged}),
+            "/v2/models/bulk/infer": orjson.dumps({"inputs": [tensor]}),
+        }
+
+    errors: dict[str, set[str]] = {}
+    with httpx.Client(timeout=30) as client:
+        for rows in (2, 40_000):
+            for path, body in bodies(rows).items():
+                assert (len(body) > offload.OFF_LOOP_BYTES) == (rows > 2)
+                response = client.post(server.rest_url + path.split("?")[0], content=body)
+                assert response.status_code == 400, (path, response.text)
+                errors.setdefault(path, set()).add(response.json()["error"])
+    # The same message whichever side decoded it.
+    assert all(len(e) == 1 for e in errors.values()), errors
+    assert errors["/v1/models/bulk:predict?named"] == {
+        "serving signature 'nope' not found; this model has 'serving_default'"
+    }
