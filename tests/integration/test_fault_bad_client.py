@@ -12,6 +12,8 @@ A real server with real worker processes, real clients on 127.0.0.1:
 
 from __future__ import annotations
 
+import logging
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -19,11 +21,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import numpy as np
 import orjson
 import pytest
+from google.protobuf.message_factory import GetMessageClass
 
+from modelyard.server.grpc.generated import POOL as kserve_pool
 from modelyard.server.http import offload
 from modelyard.testing.models import (
     BuiltModel,
@@ -33,6 +38,7 @@ from modelyard.testing.models import (
     write_onnx_linear,
 )
 from modelyard.testing.server import RunningServer, serving
+from modelyard.tfproto.generated import POOL as tf_pool
 
 VOCABULARY = 50
 GOOD_CLIENTS = 4
@@ -210,3 +216,125 @@ def test_a_bad_body_gets_the_same_400_decoded_inline_or_in_the_helper(
     assert errors["/v1/models/bulk:predict?named"] == {
         "serving signature 'nope' not found; this model has 'serving_default'"
     }
+
+
+# -- odd requests get a clear client error -------------------------------------------------
+
+BEYOND_INT64 = str(2**63)
+GRPC_SERVICES = [
+    ("inference.GRPCInferenceService", kserve_pool),
+    ("tensorflow.serving.PredictionService", tf_pool),
+    ("tensorflow.serving.ModelService", tf_pool),
+]
+
+
+def test_a_version_beyond_int64_is_refused_alike_on_every_api(server: RunningServer) -> None:
+    limit = f"larger than the largest version number, {2**63 - 1} (int64)"
+    tensor = {"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}
+    rest = [
+        ("GET", f"/v1/models/linear/versions/{BEYOND_INT64}", None),
+        ("GET", f"/v1/models/linear/versions/{BEYOND_INT64}/metadata", None),
+        ("POST", f"/v1/models/linear/versions/{BEYOND_INT64}:predict", {"instances": [[1] * 4]}),
+        ("GET", f"/v2/models/linear/versions/{BEYOND_INT64}", None),
+        ("GET", f"/v2/models/linear/versions/{BEYOND_INT64}/ready", None),
+        ("POST", f"/v2/models/linear/versions/{BEYOND_INT64}/infer", {"inputs": [tensor]}),
+        ("GET", f"/v1/models/linear/versions/{'9' * 5000}", None),  # int() refuses 4300 digits
+    ]
+    with httpx.Client(base_url=server.rest_url, timeout=30) as client:
+        for method, path, body in rest:
+            response = client.request(method, path, json=body)
+            assert response.status_code == 400, (path[:60], response.text)
+            assert limit in response.json()["error"], path[:60]
+
+    kserve = kserve_pool.FindMessageTypeByName
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        for method, message in [
+            ("ModelReady", kserve("inference.ModelReadyRequest")),
+            ("ModelMetadata", kserve("inference.ModelMetadataRequest")),
+            ("ModelInfer", kserve("inference.ModelInferRequest")),
+        ]:
+            fields = {"name" if "name" in message.fields_by_name else "model_name": "linear"}
+            fields["version" if "version" in message.fields_by_name else "model_version"] = (
+                BEYOND_INT64
+            )
+            request = GetMessageClass(message)(**fields).SerializeToString()
+            call = channel.unary_unary(f"/inference.GRPCInferenceService/{method}")
+            with pytest.raises(grpc.RpcError) as raised:
+                call(request, timeout=30)
+            assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT, method
+            assert limit in raised.value.details(), method
+        # TF Serving's version is an int64 on the wire: 2**63 as a varint arrives as -2**63.
+        varint = bytes([0x80] * 9 + [0x01])
+        version = b"\x08" + varint  # Int64Value.value
+        spec = b"\x0a\x06linear" + b"\x12" + bytes([len(version)]) + version
+        predict = b"\x0a" + bytes([len(spec)]) + spec
+        call = channel.unary_unary("/tensorflow.serving.PredictionService/Predict")
+        with pytest.raises(grpc.RpcError) as raised:
+            call(predict, timeout=30)
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert f"version {-(2**63)} is not a positive integer" in raised.value.details()
+
+
+def test_bytes_that_are_not_a_protobuf_get_invalid_argument_on_every_grpc_method(
+    server: RunningServer,
+) -> None:
+    garbage = b"\xff\xff\xff\xff not a protobuf"
+    methods = [
+        f"/{name}/{method.name}"
+        for name, pool in GRPC_SERVICES
+        for method in pool.FindServiceByName(name).methods
+    ]
+    assert len(methods) >= 12
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        for method in methods:
+            with pytest.raises(grpc.RpcError) as raised:
+                channel.unary_unary(method)(garbage, timeout=30)
+            assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT, method
+            assert "is not a valid protobuf message" in raised.value.details(), method
+        # And the port still serves.
+        ready = kserve_pool.FindMessageTypeByName("inference.ServerReadyRequest")
+        answer = channel.unary_unary("/inference.GRPCInferenceService/ServerReady")(
+            GetMessageClass(ready)().SerializeToString(), timeout=30
+        )
+        assert answer == b"\x08\x01"  # ready: true
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_a_client_that_disconnects_mid_body_is_not_logged_as_an_error(
+    server: RunningServer,
+) -> None:
+    records = _Records()
+    loggers = [
+        logging.getLogger(),
+        logging.getLogger("uvicorn"),
+        logging.getLogger("uvicorn.error"),
+    ]
+    for logger in loggers:
+        logger.addHandler(records)
+    host, port = server.rest_url.removeprefix("http://").rsplit(":", 1)
+    try:
+        for path in ("/v1/models/linear:predict", "/v2/models/linear/infer"):
+            with socket.create_connection((host, int(port)), timeout=10) as sock:
+                sock.sendall(
+                    f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    "Content-Length: 100000\r\n\r\n".encode()
+                    + b'{"instances": [[1, 2,'
+                )
+                time.sleep(0.2)  # the handler is reading the body now
+            # The next request runs after the server has seen the disconnect.
+            time.sleep(0.3)
+            with httpx.Client(timeout=30) as client:
+                assert predict(client, server, "linear", x=SMALL).status_code == 200
+    finally:
+        for logger in loggers:
+            logger.removeHandler(records)
+    logged = [f"{r.levelname} {r.name}: {r.getMessage()}" for r in records.records]
+    assert not [r for r in records.records if r.exc_info or r.levelno >= logging.ERROR], logged

@@ -14,6 +14,7 @@ from modelyard.errors import Unavailable
 from modelyard.management import Management
 from modelyard.server.dataplane import DataPlane
 from modelyard.server.grpc.kserve import KServeServicer
+from modelyard.server.grpc.status import MalformedRequests
 
 
 class GrpcServer:
@@ -53,7 +54,8 @@ async def start_grpc_server(
             ("grpc.max_send_message_length", max_message_bytes),
             # Two servers on one port would split the traffic between them silently.
             ("grpc.so_reuseport", 0),
-        ]
+        ],
+        interceptors=[MalformedRequests()],
     )
     KServeServicer(dataplane, management, management_token).add_to_server(server)
     for add in extra_servicers:
