@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import signal
 import threading
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -68,7 +69,9 @@ class _Decoder:
             if self._pool is None:
                 # spawn, never fork: the front end runs threads and an event loop.
                 context = multiprocessing.get_context("spawn")
-                self._pool = ProcessPoolExecutor(DECODE_PROCESSES, mp_context=context)
+                self._pool = ProcessPoolExecutor(
+                    DECODE_PROCESSES, mp_context=context, initializer=_ignore_interrupts
+                )
             return self._pool
 
     def discard(self, broken: ProcessPoolExecutor) -> None:
@@ -111,6 +114,12 @@ class _Failed:
 
     code: str
     message: str
+
+
+def _ignore_interrupts() -> None:
+    """Runs first in the helper: Ctrl-C reaches the whole process group, and the server, not
+    the helper, decides when the helper stops (it is shut down at interpreter exit)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _call(function: Callable[..., Any], args: tuple[Any, ...]) -> Any:
