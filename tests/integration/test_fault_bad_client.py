@@ -13,6 +13,9 @@ A real server with real worker processes, real clients on 127.0.0.1:
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
+import signal
 import socket
 import threading
 import time
@@ -187,6 +190,28 @@ def test_a_28_mb_request_does_not_stall_a_small_model(server: RunningServer, pro
         f"max {max(latencies) * 1e3:.1f} ms"
     )
     assert p99_during - p99_before < 0.050
+
+
+def test_a_killed_decoding_helper_is_replaced_without_failing_a_request(
+    server: RunningServer,
+) -> None:
+    x = np.random.default_rng(8).standard_normal((20_000, 4)).astype(np.float32)
+    body = orjson.dumps({"instances": x.tolist()})
+    assert len(body) > offload.OFF_LOOP_BYTES
+    url = server.rest_url + "/v1/models/bulk:predict"
+    with httpx.Client(timeout=60) as client:
+        assert client.post(url, content=body).status_code == 200  # the helper is up
+        helpers = multiprocessing.active_children()  # the server runs in this process
+        assert len(helpers) == offload.DECODE_PROCESSES
+        for helper in helpers:
+            os.kill(helper.pid or 0, signal.SIGKILL)
+            helper.join(10)
+        response = client.post(url, content=body)
+        assert response.status_code == 200, response.text
+        assert np.array(response.json()["predictions"]).shape == (20_000, 2)
+        assert {h.pid for h in multiprocessing.active_children()}.isdisjoint(
+            {h.pid for h in helpers}
+        )
 
 
 def test_a_bad_body_gets_the_same_400_decoded_inline_or_in_the_helper(

@@ -21,8 +21,8 @@ code, only the pure decode functions of the REST adapters. ``DECODE_PROCESSES`` 
 at once; further large bodies wait their turn, small requests never do.
 
 Errors cross the process boundary as ``(code, message)``, never pickled exceptions. If the
-helper dies (killed, out of memory) the request gets Unavailable and the next large body
-starts a new one.
+helper dies (killed, out of memory) a new one starts and takes the request over, once; a request
+that sees two helpers die gets Unavailable.
 """
 
 from __future__ import annotations
@@ -51,6 +51,10 @@ path costs about 3-6 ms on the loop (measured: 0.8 MB took 11-19 ms), the hop ab
 JSON_EXPANSION = 4
 """About how many bytes of JSON one byte of a numeric array becomes (a float32 is 4 bytes in
 an array, 8 to 12 characters in JSON): answers are sized by their arrays before encoding."""
+
+HELPER_ATTEMPTS = 2
+"""Helpers a request may go through: a helper that died idle costs its next request nothing;
+a body that kills the helper costs two helpers, then gets Unavailable."""
 
 DECODE_PROCESSES = 1
 """Large bodies decoded at once: one keeps the front end's CPU use for them bounded (a flood of
@@ -93,15 +97,23 @@ async def run(size: int, function: Callable[..., T], *args: Any) -> T:
     """
     if size <= OFF_LOOP_BYTES:
         return function(*args)
-    pool = _DECODER.pool()
-    try:
-        outcome = await asyncio.get_running_loop().run_in_executor(pool, _call, function, args)
-    except BrokenProcessPool:
-        _DECODER.discard(pool)
+    for attempt in range(HELPER_ATTEMPTS):
+        pool = _DECODER.pool()
+        try:
+            outcome = await asyncio.wrap_future(pool.submit(_call, function, args))
+            break
+        except BrokenProcessPool:
+            # It died, maybe between requests (killed, out of memory elsewhere), maybe on this
+            # body: a new helper tries once more, then the request gives up.
+            _DECODER.discard(pool)
+            log.warning(
+                "the body decoding process died; attempt %d of %d", attempt + 1, HELPER_ATTEMPTS
+            )
+    else:
         raise Unavailable(
-            "the process that decodes large request bodies died while working on this "
-            "request; retry (a new one starts)"
-        ) from None
+            f"the process that decodes large request bodies died {HELPER_ATTEMPTS} times "
+            "while working on this request; retry later"
+        )
     if isinstance(outcome, _Failed):
         raise ModelyardError.from_wire(outcome.code, outcome.message)
     result: T = outcome
