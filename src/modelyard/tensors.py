@@ -65,9 +65,12 @@ class DataType(enum.Enum):
 
     @classmethod
     def from_numpy(cls, dtype: np.dtype[np.generic]) -> DataType:
-        """The DataType of a numpy dtype; strings and objects map to BYTES."""
+        """The DataType of a numpy dtype, in either byte order; strings and objects map to
+        BYTES."""
         if dtype.kind in ("O", "S", "U"):
             return cls.BYTES
+        if not dtype.isnative:  # a big-endian array is the same datatype (the codec swaps it)
+            dtype = dtype.newbyteorder("=")
         for data_type, np_dtype in _TO_NUMPY.items():
             if np_dtype == dtype and data_type is not cls.BYTES:
                 return data_type

@@ -181,7 +181,7 @@ BAD_REQUESTS = [
         400,
         ["ragged", "x: FP32 [?, 4]"],
     ),
-    ("POST", "/v1/models/int64_affine:predict", b'{"instances": [1.5]}', 400, ["float", "INT64"]),
+    ("POST", "/v1/models/int64_affine:predict", b'{"instances": [1.5]}', 400, ["number", "INT64"]),
     (
         "POST",
         "/v1/models/linear:predict",

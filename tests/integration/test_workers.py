@@ -211,18 +211,22 @@ def test_kill_9_of_one_worker_spares_the_others_and_its_models_come_back(
     ][:3]
     assert any(o.status == 503 for o in mine)
     # They serve again within 10 s of the kill, each one.
+    # (Measured here, not from the load loop: on a loaded machine the restart can outlast it.)
     deadline = killed_at + 10
+    back: list[float] = [o.started for o in mine if o.correct and o.started > killed_at]
     with httpx.Client(timeout=5) as client:
         for name in sorted(victims):
             while True:
                 x = repo.models[name].example["x"]
+                asked = time.monotonic()
                 response = _infer(client, server.rest_url, name, x)
                 if response.status_code == 200:
                     assert _correct(response, repo.models[name], x)
+                    back.append(asked)
                     break
                 assert time.monotonic() < deadline, f"{name} still {response.status_code}"
                 time.sleep(0.05)
-    recovered = min(o.started for o in mine if o.correct and o.started > killed_at)
+    recovered = min(back)
     print(f"\nkill -9 -> first good answer from {victim}: {recovered - killed_at:.2f} s")
     after = {d["name"]: d for d in _status(server)["devices"]}
     assert after[victim]["pid"] != before[victim]["pid"]

@@ -5,6 +5,7 @@ shaped as in TF Serving's docs) get what in-process TensorFlow computes."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -36,6 +37,9 @@ from modelyard.testing.tf_models import (  # noqa: E402
     export_half_plus_two,
     export_strings,
 )
+
+TOKEN = "drop-in-management-token"
+"""HandleReloadConfigRequest changes the server: it needs the management token."""
 
 
 def _models_config(entries: dict[str, Path]) -> str:
@@ -89,6 +93,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
             str(ports_file),
             "--tensorflow_intra_op_parallelism=2",
         ],
+        env={**os.environ, "MODELYARD_MANAGEMENT_TOKEN": TOKEN},
         stdout=subprocess.DEVNULL,
         stderr=(root / "server.log").open("wb"),
     )
@@ -262,7 +267,12 @@ def test_reload_config_adds_and_removes_without_failing_the_staying_model(served
             entry.name, entry.base_path = name, str(served.root / path)
             entry.model_platform = "tensorflow"
         request = model_management_pb2.ReloadConfigRequest(config=config)
-        response = served.models.HandleReloadConfigRequest(request, timeout=120)
+        with pytest.raises(grpc.RpcError) as refused:  # no token: refused, nothing changes
+            served.models.HandleReloadConfigRequest(request, timeout=120)
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert httpx.get(f"{served.rest}/v1/models/strings").status_code == 200
+        metadata = (("authorization", f"Bearer {TOKEN}"),)
+        response = served.models.HandleReloadConfigRequest(request, metadata=metadata, timeout=120)
         assert response.status.error_code == 0, response.status.error_message
         time.sleep(0.5)
     finally:

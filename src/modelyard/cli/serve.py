@@ -16,6 +16,7 @@ from modelyard.cli.plan import render_table
 from modelyard.config import BatchingConfig, ModelConfig, ServerConfig, load_config, parse_size
 from modelyard.config.tfserving import parse_batching_parameters, with_batching
 from modelyard.errors import ConfigError, ModelyardError
+from modelyard.management.roots import ModelRoots
 from modelyard.management.state import StateStore, apply_overrides
 from modelyard.planner import Plan
 from modelyard.planner.demands import plan_for_config
@@ -31,6 +32,12 @@ if TYPE_CHECKING:
     from modelyard.server.runtime import Server
 
 log = logging.getLogger("modelyard")
+
+DRAIN_TIMEOUT_S = 30.0
+"""After SIGTERM/SIGINT, requests in flight get this long to finish."""
+STOP_MARGIN_S = 4.5
+"""Beyond the drain, the longest stop may take (unloads, workers exiting) before the workers are
+killed and the process exits anyway: shutdown always ends within drain + 5 s."""
 
 
 IGNORED_TF_SERVING_FLAGS = (
@@ -179,6 +186,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "Prefer the environment variable: a token on the command line is visible in ps",
     )
     parser.add_argument(
+        "--model-root",
+        action="append",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="a folder management calls may load models from (repeatable): a load's base_path "
+        "(or a new one in a TF Serving config reload) must resolve, symlinks followed, under "
+        "one of them, else 403. Default: the folder holding each configured model's "
+        "base_path (its model repository)",
+    )
+    parser.add_argument(
         "--state-dir",
         type=Path,
         default=None,
@@ -242,7 +260,8 @@ def run(args: argparse.Namespace) -> int:
         file_config, is_demo = resolve_config(args)
         store = StateStore(_state_path(args))
         state = store.load()
-        config, state = apply_overrides(file_config, state)
+        roots = ModelRoots.chosen(args.model_root, file_config)
+        config, state = apply_overrides(file_config, state, roots)
         plan = plan_for_config(config)
         print(render_table(plan), flush=True)
         if not plan.feasible:
@@ -287,6 +306,7 @@ async def _serve(config: ServerConfig, plan: Plan, args: argparse.Namespace, is_
         config_files=_watched_files(args),
         read_config=lambda: resolve_config(args)[0],
         config_poll_s=args.model_config_file_poll_wait_seconds,
+        model_roots=args.model_root,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -298,15 +318,28 @@ async def _serve(config: ServerConfig, plan: Plan, args: argparse.Namespace, is_
     )
     if starting not in done:  # signalled while loading
         starting.cancel()
-        await server.stop(grace_seconds=0)
-        return 0
+        return await _stop(server, 0.0)
     starting.result()
     if args.ports_file is not None:
         _write_ports(args.ports_file, server)
     print(_banner(server, is_demo), flush=True)
     await stop.wait()
     log.info("stopping: readiness is now false; finishing in-flight requests")
-    await server.stop()
+    return await _stop(server, DRAIN_TIMEOUT_S)
+
+
+async def _stop(server: Server, drain_s: float) -> int:
+    """Stop ``server`` within ``drain_s`` + ``STOP_MARGIN_S``; 0 when it stopped cleanly.
+
+    A stuck worker cannot hold this up: the heartbeat kills it within seconds. Past the bound
+    (a bug) the workers are killed, so none stays behind, and the exit status says so (1).
+    """
+    try:
+        await asyncio.wait_for(server.stop(grace_seconds=drain_s), drain_s + STOP_MARGIN_S)
+    except TimeoutError:
+        log.error("stop did not finish within %.1f s; killing the workers", drain_s + STOP_MARGIN_S)
+        server.kill_workers()
+        return 1
     log.info("stopped")
     return 0
 

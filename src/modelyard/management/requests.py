@@ -1,37 +1,13 @@
-"""What every protocol's management calls share: who may call (REST headers, gRPC metadata),
-and how a load's ``config`` parameter becomes a model entry.
-
-The API is off unless the server has a token; then a call must present ``Bearer <token>``,
-compared in constant time. Off: PermissionDenied (403) saying how to turn it on. Missing or
-wrong token: Unauthenticated (401). Either way nothing changes.
-"""
+"""What every protocol's management load shares: how its ``config`` parameter becomes a model
+entry. (Who may call: ``modelyard.management.access``.)"""
 
 from __future__ import annotations
 
-import hmac
 from typing import Any
 
 import orjson
 
-from modelyard.errors import InvalidArgument, PermissionDenied, Unauthenticated
-from modelyard.management.service import Management
-
-OFF_MESSAGE = (
-    "the management API is off; start the server with --management-token TOKEN (or set "
-    "MODELYARD_MANAGEMENT_TOKEN) and send 'Authorization: Bearer TOKEN'"
-)
-
-
-def authorize(management: Management | None, token: str | None, authorization: str) -> Management:
-    """The management service when ``authorization`` (``Bearer <token>``) is right; else raise."""
-    if not token or management is None:
-        raise PermissionDenied(OFF_MESSAGE)
-    scheme, _, given = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-        given.strip().encode(), token.encode()
-    ):
-        raise Unauthenticated("missing or wrong management token (Authorization: Bearer)")
-    return management
+from modelyard.errors import InvalidArgument
 
 
 def model_entry(config: object) -> dict[str, Any] | None:

@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from modelyard.config.schema import ModelConfig, ServerConfig
-from modelyard.errors import ConfigError
+from modelyard.errors import ConfigError, PermissionDenied
+from modelyard.management.roots import ModelRoots
 
 log = logging.getLogger(__name__)
 
@@ -110,9 +111,12 @@ def model_from_json(name: str, entry: dict[str, Any]) -> ModelConfig:
 
 
 def apply_overrides(
-    config: ServerConfig, state: ManagementState
+    config: ServerConfig, state: ManagementState, roots: ModelRoots | None = None
 ) -> tuple[ServerConfig, ManagementState]:
-    """The desired config (``config`` + overrides) and the overrides still in force."""
+    """The desired config (``config`` + overrides) and the overrides still in force.
+
+    A model added through the API whose base_path is outside ``roots`` (when given) is
+    dropped, with an error in the log: the operator narrowed the roots since."""
     by_name = {m.name: m for m in config.models}
     kept = ManagementState()
     models: list[ModelConfig] = []
@@ -132,10 +136,13 @@ def apply_overrides(
         if name in by_name or override.added is None or override.unloaded:
             continue
         try:
-            models.append(_overridden(model_from_json(name, override.added), override))
-        except ConfigError as exc:
+            added = model_from_json(name, override.added)
+            if roots is not None:
+                roots.check(name, added.base_path)
+        except (ConfigError, PermissionDenied) as exc:
             log.error("dropping model %s added through the management API: %s", name, exc)
             continue
+        models.append(_overridden(added, override))
         kept = kept.with_model(name, override)
     return config.model_copy(update={"models": tuple(models)}), kept
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
+from starlette.applications import Starlette
 
 from modelyard.batching import batching_wrapper
 from modelyard.config.schema import DeviceKind, ServerConfig
@@ -24,6 +25,7 @@ from modelyard.lifecycle.controller import Controller, InProcessLoader, Loader
 from modelyard.lifecycle.placement import demand_of
 from modelyard.lifecycle.registry import ModelRegistry
 from modelyard.management import Management, ManagementState, StateStore
+from modelyard.management.roots import ModelRoots
 from modelyard.metrics import ServerMetrics
 from modelyard.planner import Plan
 from modelyard.planner.footprints import FootprintCache
@@ -80,6 +82,7 @@ class Server:
         config_files: Sequence[Path] = (),
         read_config: Callable[[], ServerConfig] | None = None,
         config_poll_s: float = 0.0,
+        model_roots: Sequence[Path] | None = None,
     ) -> None:
         """``loader``: default a ``WorkerLoader`` (one worker process per plan device); pass
         ``InProcessLoader()`` to load in this process. ``footprints``: where measured
@@ -90,7 +93,9 @@ class Server:
         are polled every ``config_poll_s`` (0: never) and, when they change, ``read_config``
         gives the new config. Management: on only with ``management_token``; changes are
         saved to ``state_store`` before they are answered; ``config`` is the desired state
-        (``file_config`` + ``management_state`` overrides, see ``apply_overrides``)."""
+        (``file_config`` + ``management_state`` overrides, see ``apply_overrides``); models
+        added through it must be under ``model_roots`` (default: the folders holding the
+        configured models, ``ModelRoots.default_for``)."""
         self.config = config
         self.host = host
         self.rest_port = rest_port
@@ -119,6 +124,7 @@ class Server:
             file_config=file_config if file_config is not None else config,
             store=state_store,
             state=management_state,
+            roots=ModelRoots.chosen(model_roots, file_config or config),
         )
         self._token = management_token
         interval = poll_interval_s if poll_interval_s is not None else config.poll_interval_seconds
@@ -137,13 +143,14 @@ class Server:
         self._http: _Uvicorn | None = None
         self._http_task: asyncio.Task[None] | None = None
         self._grpc: GrpcServer | None = None
+        self.rest_app: Starlette | None = None  # the REST routes, once started
 
     async def start(self) -> None:
         """Bind both ports (port 0 picks a free one), then load every model."""
         self.controller.desired()  # config errors (missing base paths, labels) before binding
         sock = _bind(self.host, self.rest_port)
         self.rest_port = sock.getsockname()[1]
-        app = build_app(
+        app = self.rest_app = build_app(
             self.dataplane,
             max_request_bytes=self.max_request_bytes,
             status_source=self,
@@ -182,28 +189,51 @@ class Server:
         self._poller.start()
 
     async def stop(self, grace_seconds: float = 30.0) -> None:
-        """Readiness false now; let in-flight requests finish; unload every model."""
+        """Readiness false now; let in-flight requests finish; unload every model.
+
+        Bounded whatever a worker does: in-flight requests get ``grace_seconds`` (the drain),
+        and every request or control call to a worker that stopped answering fails within the
+        heartbeat's timeout (``modelyard.workers.heartbeat``), which kills that worker; no
+        worker is restarted once stopping began. So a SIGSTOPped worker delays stop by a few
+        seconds at most, never by the drain timeout plus the time it stays stopped.
+        """
         self.dataplane.stopping = True
+        if isinstance(self._loader, WorkerLoader):
+            self._loader.stop_restarting()
         await self._poller.stop()
-        if self._grpc is not None:
-            await self._grpc.stop(grace_seconds)
-        if self._http is not None and self._http_task is not None:
-            self._http.should_exit = True
-            await self._http_task
+        # Both front ends drain at once: the drain is grace_seconds in all, not once each.
+        await asyncio.gather(self._stop_grpc(grace_seconds), self._stop_http(grace_seconds))
         await self.controller.stop()
         if self._owns_loader and isinstance(self._loader, InProcessLoader):
             self._loader.shutdown()
         if self._owns_loader and isinstance(self._loader, WorkerLoader):
             await self._loader.aclose()  # returns once every worker process has exited
 
+    async def _stop_grpc(self, grace_seconds: float) -> None:
+        if self._grpc is not None:
+            await self._grpc.stop(grace_seconds)
+
+    async def _stop_http(self, grace_seconds: float) -> None:
+        if self._http is not None and self._http_task is not None:
+            self._http.config.timeout_graceful_shutdown = max(0, round(grace_seconds))
+            self._http.should_exit = True
+            await self._http_task
+
+    def kill_workers(self) -> None:
+        """SIGKILL every worker process now: the last resort of a stop that overran (a
+        stopped worker would never see its server exit and would stay behind)."""
+        if isinstance(self._loader, WorkerLoader):
+            self._loader.kill_all()
+
     async def reconfigure(self, config: ServerConfig) -> None:
         """Serve ``config`` from now on (TF Serving's HandleReloadConfigRequest): plan the added
         models around the current placement, load them, then unload the dropped ones.
 
         Raises DoesNotFit (a ResourceExhausted; nothing changed) when the added models do not
-        fit. Management overrides (models unloaded or added through the API) still apply.
+        fit, PermissionDenied (nothing changed) for a new base path outside the model roots.
+        Management overrides (models unloaded or added through the API) still apply.
         """
-        await self.management.reload_file(lambda: config)
+        await self.management.reload_config(config)
         self.config = self.controller.config
 
     @property
@@ -219,6 +249,11 @@ class Server:
         assert self._read_config is not None
         await self.management.reload_file(self._read_config)
         self.config = self.controller.config
+
+    @property
+    def grpc_methods(self) -> tuple[str, ...]:
+        """Every gRPC method the server registered (``/package.Service/Method``)."""
+        return self._grpc.methods if self._grpc is not None else ()
 
     @property
     def loader(self) -> Loader:

@@ -6,6 +6,17 @@ waiting requests by request id. When the stream ends (the worker exited, crashed
 every request in flight fails at once with ``WorkerDied`` (an ``Unavailable``: 503 /
 UNAVAILABLE), and ``on_exit`` is called once with the reason.
 
+A heartbeat watches each incarnation (``modelyard.workers.heartbeat``): a ``Ping`` every
+``HeartbeatPolicy.interval_s``, answered by the worker's reader thread. A worker that stops
+answering (SIGSTOP, a deadlock) is declared stuck within about ``timeout_s`` + ``interval_s``:
+its requests in flight fail at once with ``WorkerDied`` naming the device and why, it is
+SIGKILLed, and its end is handled like any other death (``on_exit``: the supervisor restarts
+it). So no request and no control call (load, unload, report, shutdown) to a stuck worker
+waits longer than that.
+
+A worker starts with a clean environment (``modelyard.workers.environment``): never the
+management token or any other secret of the server's environment.
+
 ``WorkerServable`` is what the registry holds for a model in a worker: a ``Servable`` whose
 calls go to a ``ModelHost`` (the supervisor's per-device worker), so the same servable keeps
 working across restarts of the process behind it.
@@ -32,12 +43,21 @@ import numpy as np
 from modelyard.errors import Internal, Unavailable
 from modelyard.ids import VersionKey
 from modelyard.tensors import DEFAULT_SIGNATURE, Signature
+from modelyard.workers.environment import worker_environment
+from modelyard.workers.heartbeat import (
+    HeartbeatPolicy,
+    HeartbeatWatch,
+    ProcessSample,
+    Verdict,
+    sample_process,
+)
 from modelyard.workers.protocol import (
     LEN_BYTES,
     PREFIX_BYTES,
     Error,
     Hello,
     Message,
+    Ping,
     ProtocolError,
     Shutdown,
     buffer_len,
@@ -60,7 +80,8 @@ large reply instead of pausing the transport every 128 KiB (asyncio's default li
 
 
 class WorkerDied(Unavailable):
-    """The worker process ended while a request was in flight (or before it was sent)."""
+    """The worker process ended while a request was in flight (or before it was sent), or was
+    found stuck and killed."""
 
 
 class ModelHost(Protocol):
@@ -124,6 +145,7 @@ class WorkerProcess:
         memory_cap_bytes: int = 0,
         infer_threads: int = 4,
         on_exit: ExitCallback | None = None,
+        heartbeat: HeartbeatPolicy | None = None,
     ) -> None:
         self.device = device
         self.target = target
@@ -138,6 +160,10 @@ class WorkerProcess:
         self._task: asyncio.Task[None] | None = None
         self._dead: str | None = None
         self._stopping = False
+        self._heartbeat = heartbeat or HeartbeatPolicy()
+        self._watch = HeartbeatWatch(self._heartbeat, time.monotonic())
+        self._beat_task: asyncio.Task[None] | None = None
+        self._stuck: str | None = None
         self.started_at = 0.0
         self.hello: Hello | None = None
 
@@ -154,13 +180,7 @@ class WorkerProcess:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         for end in (parent, child):
             _widen_buffers(end)
-        env = dict(os.environ)
-        if self.target.startswith("cuda"):
-            # Pinned before the interpreter starts; worker.main sets it again before imports.
-            env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
-            env["CUDA_VISIBLE_DEVICES"] = self.target.partition(":")[2] or "0"
-        else:
-            env["CUDA_VISIBLE_DEVICES"] = ""
+        env = worker_environment(os.environ, self.target)
         argv = [
             sys.executable,
             "-m",
@@ -180,10 +200,10 @@ class WorkerProcess:
         finally:
             child.close()
         self.started_at = time.monotonic()
-        self._reader, self._writer = await asyncio.open_unix_connection(
-            sock=parent, limit=READ_CHUNK_BYTES
-        )
         try:
+            self._reader, self._writer = await asyncio.open_unix_connection(
+                sock=parent, limit=READ_CHUNK_BYTES
+            )
             first = await asyncio.wait_for(self._read_message(), wait_s)
         except (TimeoutError, asyncio.IncompleteReadError, ProtocolError) as exc:
             self.kill()
@@ -191,11 +211,19 @@ class WorkerProcess:
                 f"worker for device {self.device} did not start ({type(exc).__name__}); "
                 f"{self._exit_status()}"
             ) from exc
+        except BaseException:  # cancelled (the server is stopping): no orphan process
+            self.kill()
+            raise
         if not isinstance(first, Hello):
             self.kill()
             raise Unavailable(f"worker for device {self.device} sent {first.KIND.name} first")
         self.hello = first
+        self._watch.heard(time.monotonic())
         self._task = asyncio.create_task(self._read_loop(), name=f"worker-{self.device}")
+        if self._heartbeat.interval_s > 0:
+            self._beat_task = asyncio.create_task(
+                self._beat(), name=f"worker-{self.device}-heartbeat"
+            )
 
     async def request(self, message_of: Callable[[int], Message]) -> Message:
         """Send the message built for a fresh request id; return the reply.
@@ -228,21 +256,31 @@ class WorkerProcess:
         return len(self._pending)
 
     async def stop(self, wait_s: float = 10.0) -> None:
-        """Ask the worker to unload and exit; kill it when it does not within ``wait_s``."""
+        """Ask the worker to unload and exit; kill it when it does not within ``wait_s``.
+
+        The heartbeat keeps watching meanwhile: a worker that is stuck (stopped, deadlocked)
+        is killed as soon as that is known instead of after ``wait_s``.
+        """
         self._stopping = True
+        answered = False
         if self.alive:
             try:
                 await asyncio.wait_for(self.request(lambda rid: Shutdown(rid)), wait_s)
+                answered = True
             except (TimeoutError, Unavailable, Internal) as exc:
                 log.warning("worker %s did not shut down cleanly: %s", self.device, exc)
-        await self._wait_exit(wait_s)
+        # After its DONE a worker exits at once; one that did not answer gets no more time.
+        await self._wait_exit(2.0 if answered else 0.0)
         if self._proc is not None and self._proc.poll() is None:
             self.kill()
             await self._wait_exit(5.0)
         if self._writer is not None:
-            self._writer.close()
+            self._writer.transport.abort()  # close() would wait to flush to a stuck peer
         if self._task is not None:
             await asyncio.gather(self._task, return_exceptions=True)
+        if self._beat_task is not None:
+            self._beat_task.cancel()
+            await asyncio.gather(self._beat_task, return_exceptions=True)
 
     def kill(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
@@ -270,6 +308,7 @@ class WorkerProcess:
         try:
             while True:
                 message = await self._read_message()
+                self._watch.heard(time.monotonic())  # any frame answers the heartbeat
                 future = self._pending.get(message.request_id)
                 if future is not None and not future.done():
                     future.set_result(message)
@@ -278,15 +317,73 @@ class WorkerProcess:
         except ProtocolError as exc:
             reason = f"it sent a malformed frame ({exc})"
             self.kill()
-        # Fail what is in flight now; the exit status comes a moment later.
-        self._dead = f"worker for device {self.device} (pid {self.pid}) stopped: {reason}"
-        self._fail_pending(self._dead)
+        if self._stuck is None:
+            # Fail what is in flight now; the exit status comes a moment later.
+            self._dead = f"worker for device {self.device} (pid {self.pid}) stopped: {reason}"
+            self._fail_pending(self._dead)
         await self._wait_exit(2.0)
-        self._dead = f"worker for device {self.device} (pid {self.pid}) {self._exit_status()}"
+        if self._stuck is not None:
+            self._dead = f"{self._stuck} and {self._exit_status()}"
+        else:
+            self._dead = f"worker for device {self.device} (pid {self.pid}) {self._exit_status()}"
         if self._writer is not None:
-            self._writer.close()
+            self._writer.transport.abort()
         if not self._stopping and self._on_exit is not None:
             self._on_exit(self, self._dead)
+
+    # -- the heartbeat -------------------------------------------------------------------
+
+    async def _beat(self) -> None:
+        """Ping every ``interval_s``; declare the worker stuck when the watch says so."""
+        interval = self._heartbeat.interval_s
+        expected = time.monotonic() + interval
+        busy_logged = False
+        while self._dead is None:
+            await asyncio.sleep(interval)
+            if self._dead is not None:
+                return  # it ended while we slept: the read loop has it
+            now = time.monotonic()
+            late = now - expected
+            expected = now + interval
+            self._ping()
+            if late > interval:
+                # This event loop itself was held (a long callback): answers may be waiting
+                # unread in the socket, so judge on the next tick, not on this one.
+                continue
+            verdict = self._watch.judge(now, self._sample)
+            if verdict is Verdict.STUCK:
+                silent = self._watch.silence(now)
+                self._declare_stuck(
+                    f"no answer to heartbeats for {silent:.1f} s ({self._watch.why})"
+                )
+                return
+            if verdict is Verdict.BUSY and not busy_logged:
+                log.warning("worker %s (pid %s) is not answering heartbeats but is working "
+                            "(%s); waiting", self.device, self.pid, self._watch.why)  # fmt: skip
+            busy_logged = verdict is Verdict.BUSY
+
+    def _sample(self) -> ProcessSample | None:
+        return sample_process(self._proc.pid) if self._proc is not None else None
+
+    def _ping(self) -> None:
+        writer = self._writer
+        if writer is None or writer.transport.is_closing():
+            return
+        try:
+            writer.writelines(encode(Ping(next(self._ids))))  # no reply awaited: any frame counts
+        except (ConnectionError, OSError, RuntimeError):
+            return  # the read loop notices the end of the stream
+
+    def _declare_stuck(self, why: str) -> None:
+        """Fail every request in flight with the reason, SIGKILL the process, and close the
+        stream, so the read loop ends at once and ``on_exit`` follows (a restart)."""
+        self._stuck = f"worker for device {self.device} (pid {self.pid}) stopped answering: {why}"
+        log.error("%s; killing it", self._stuck)
+        self._dead = self._stuck
+        self._fail_pending(self._stuck)
+        self.kill()
+        if self._writer is not None:
+            self._writer.transport.abort()  # wakes writers blocked on a full socket too
 
     def _fail_pending(self, reason: str) -> None:
         for future in self._pending.values():

@@ -36,6 +36,8 @@ from modelyard.workers.protocol import (
     Loaded,
     Message,
     Outputs,
+    Ping,
+    Pong,
     Report,
     Reported,
     Shutdown,
@@ -92,7 +94,9 @@ class WorkerHost:
             message = recv_message(self._sock)
             if message is None:  # the server is gone: nothing left to serve
                 return 0
-            if isinstance(message, Infer):
+            if isinstance(message, Ping):  # the heartbeat: answered here, never queued
+                self._send(Pong(message.request_id))
+            elif isinstance(message, Infer):
                 self._infer_pool.submit(self._guard, self._infer, message)
             elif isinstance(message, Load):
                 self._load_pool.submit(self._guard, self._load, message)

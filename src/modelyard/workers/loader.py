@@ -126,6 +126,16 @@ class WorkerLoader:
             raise NotFound(f"no worker for device {device!r}; devices: {', '.join(self._workers)}")
         return await worker.report()
 
+    def stop_restarting(self) -> None:
+        """The server is stopping: no worker is restarted from now on."""
+        for worker in self._workers.values():
+            worker.stop_restarting()
+
+    def kill_all(self) -> None:
+        """SIGKILL every worker process at once (see ``Server.kill_workers``)."""
+        for worker in self._workers.values():
+            worker.kill()
+
     async def aclose(self, wait_s: float = 10.0) -> None:
         """Stop every worker (they unload and exit; killed after ``wait_s``)."""
         if self._progress is not None:

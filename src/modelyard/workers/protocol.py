@@ -5,8 +5,8 @@ A frame is::
     u32 header_len | u32 n_buffers | header (JSON, UTF-8) | n_buffers x (u64 len | bytes)
 
 The header names the message kind, its scalar fields and, for messages that carry tensors, each
-tensor's name, datatype and shape; the tensor bytes follow as raw buffers (C order, native
-little-endian). BYTES tensors travel as the KServe layout (u32 length + bytes per element). So
+tensor's name, datatype and shape; the tensor bytes follow as raw buffers in the raw layout of
+``modelyard.codec`` (C order, little-endian; BYTES elements each a u32 length and bytes). So
 nothing is pickled: a worker never unpickles data a client sent, and neither does the front end.
 Errors travel as ``(code, message)`` (``ModelyardError.to_wire``).
 
@@ -27,12 +27,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from modelyard import codec
 from modelyard.errors import InvalidArgument, ModelyardError
 from modelyard.tensors import DataType, Signature, SignatureMethod, TensorSpec
 
 _PREFIX = struct.Struct("<II")
 _LEN = struct.Struct("<Q")
-_ELEM = struct.Struct("<I")
 MAX_HEADER_BYTES = 16 * 1024 * 1024
 """A header larger than this is a corrupt stream, not a message."""
 
@@ -51,6 +51,8 @@ class MessageKind(enum.IntEnum):
     REPORT = 9
     REPORTED = 10  # worker -> front end
     SHUTDOWN = 11
+    PING = 12  # the heartbeat; answered by the worker's reader, never queued behind inference
+    PONG = 13  # worker -> front end
 
 
 class ProtocolError(Exception):
@@ -160,6 +162,18 @@ class Shutdown(Message):
     KIND = MessageKind.SHUTDOWN
 
 
+@dataclass(frozen=True, slots=True)
+class Ping(Message):
+    """Are you there? The worker answers ``Pong`` from the thread that reads the socket."""
+
+    KIND = MessageKind.PING
+
+
+@dataclass(frozen=True, slots=True)
+class Pong(Message):
+    KIND = MessageKind.PONG
+
+
 _CLASSES: dict[MessageKind, type[Message]] = {
     cls.KIND: cls
     for cls in (
@@ -174,6 +188,8 @@ _CLASSES: dict[MessageKind, type[Message]] = {
         Report,
         Reported,
         Shutdown,
+        Ping,
+        Pong,
     )
 }
 _SIGNATURE_FIELDS = frozenset({"signature", "declared"})
@@ -206,44 +222,17 @@ def signature_from_json(data: Mapping[str, Any]) -> Signature:
 
 def tensor_buffers(array: np.ndarray) -> tuple[list[Any], list[memoryview | bytes]]:
     """``[datatype, shape]`` and the raw buffer of one array (no copy when it is contiguous)."""
-    if array.dtype.byteorder == ">":  # the wire is little-endian, like every host we run on
-        array = array.astype(array.dtype.newbyteorder("<"))
     datatype = DataType.from_numpy(array.dtype)
-    shape = list(array.shape)
-    if datatype is DataType.BYTES:
-        parts: list[bytes] = []
-        for item in array.reshape(-1):
-            raw = item.encode() if isinstance(item, str) else bytes(item)
-            parts.append(_ELEM.pack(len(raw)))
-            parts.append(raw)
-        return [datatype.value, shape], [b"".join(parts)]
-    contiguous = np.ascontiguousarray(array)
-    return [datatype.value, shape], [contiguous.reshape(-1).data.cast("B")]
+    return [datatype.value, list(array.shape)], [codec.raw_buffer(array, datatype)]
 
 
-def tensor_from_buffer(meta: Sequence[Any], buffer: bytes | bytearray | memoryview) -> np.ndarray:
-    """Rebuild one array from its ``[datatype, shape]`` and raw buffer; ProtocolError if they
-    disagree (so a bad frame never turns into a wrong answer)."""
-    datatype = DataType(meta[0])
+def tensor_from_buffer(
+    meta: Sequence[Any], buffer: bytes | bytearray | memoryview, name: str = ""
+) -> np.ndarray:
+    """Rebuild tensor ``name`` from its ``[datatype, shape]`` and raw buffer; InvalidArgument if
+    they disagree (``decode`` makes it a ProtocolError: a bad frame never becomes an answer)."""
     shape = tuple(int(d) for d in meta[1])
-    count = int(np.prod(shape, dtype=np.int64))
-    if datatype is DataType.BYTES:
-        view = memoryview(buffer)
-        items: list[bytes] = []
-        offset = 0
-        while offset < len(view):
-            (n,) = _ELEM.unpack_from(view, offset)
-            items.append(bytes(view[offset + 4 : offset + 4 + n]))
-            offset += 4 + n
-        if len(items) != count or offset != len(view):
-            raise ProtocolError(f"BYTES tensor holds {len(items)} elements, shape says {count}")
-        out = np.empty(count, dtype=object)
-        out[:] = items
-        return out.reshape(shape)
-    dtype = datatype.numpy
-    if len(buffer) != count * dtype.itemsize:
-        raise ProtocolError(f"{datatype.value} {list(shape)} needs {count * dtype.itemsize} bytes")
-    return np.frombuffer(buffer, dtype=dtype).reshape(shape)
+    return codec.decode_raw(buffer, DataType(meta[0]), shape, f"tensor {name!r}")
 
 
 # -- frames ------------------------------------------------------------------------------
@@ -291,7 +280,8 @@ def decode(header: bytes, buffers: Sequence[bytes | bytearray | memoryview]) -> 
             raise ProtocolError(f"{len(metas)} tensors described, {len(buffers)} buffers sent")
         if metas or "tensors" in {f.name for f in dataclasses.fields(cls)}:
             fields["tensors"] = {
-                m[0]: tensor_from_buffer(m[1:], b) for m, b in zip(metas, buffers, strict=True)
+                m[0]: tensor_from_buffer(m[1:], b, m[0])
+                for m, b in zip(metas, buffers, strict=True)
             }
         return cls(**fields)
     except ProtocolError:

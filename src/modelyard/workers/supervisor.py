@@ -18,6 +18,12 @@ What happens when a worker dies:
   A model charged ``max_crashes`` times in a row is given up: FAILED, with the reason. Deaths
   after ``stable_seconds`` of uptime start the count afresh.
 
+A stuck worker (it stops answering the heartbeat: SIGSTOP, a deadlock; see
+``modelyard.workers.heartbeat``) is one more way to die: ``WorkerProcess`` fails its requests
+with the reason and SIGKILLs it within ``RestartPolicy.heartbeat.timeout_s`` + ``interval_s``
+(3.5 s by default), and it is restarted and reloaded like any dead worker. Once the server is
+stopping (``stop_restarting``) a worker that dies is not restarted.
+
 Async safety: one event loop; the listener is called on it.
 """
 
@@ -29,7 +35,7 @@ import enum
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -38,6 +44,7 @@ from modelyard.errors import ModelyardError, Unavailable
 from modelyard.ids import VersionKey
 from modelyard.lifecycle.controller import LoadRequest
 from modelyard.workers.client import WorkerDied, WorkerProcess, WorkerServable
+from modelyard.workers.heartbeat import HeartbeatPolicy
 from modelyard.workers.protocol import Infer, Load, Loaded, Outputs, Report, Reported, Unload
 
 log = logging.getLogger(__name__)
@@ -64,6 +71,8 @@ class RestartPolicy:
     stable_seconds: float = 60.0
     """A worker up this long has recovered: its next death starts the counts afresh."""
     start_timeout_s: float = 60.0
+    heartbeat: HeartbeatPolicy = field(default_factory=HeartbeatPolicy)
+    """How a stuck worker is found (pinged every 0.5 s; stuck after 3 s without an answer)."""
 
     def delay(self, consecutive_deaths: int) -> float:
         return float(
@@ -128,6 +137,7 @@ class DeviceWorker:
         self._start_lock = asyncio.Lock()
         self._deaths = 0
         self._restart_task: asyncio.Task[None] | None = None
+        self._no_restarts = False
 
     @property
     def pid(self) -> int | None:
@@ -283,6 +293,7 @@ class DeviceWorker:
                 memory_cap_bytes=self._cap,
                 infer_threads=self._threads,
                 on_exit=self._on_exit,
+                heartbeat=self.policy.heartbeat,
             )
             try:
                 await proc.start(self.policy.start_timeout_s)
@@ -321,7 +332,22 @@ class DeviceWorker:
                 slot.loaded = False
                 if self.listener is not None:
                     self.listener.replica_down(key, self.name, reason)
+        if self._no_restarts:  # the server is stopping: nothing would be served by a new one
+            self._halt()
+            return
         self._restart_task = asyncio.get_running_loop().create_task(self._restart())
+
+    def stop_restarting(self) -> None:
+        """The server is stopping: a worker that dies from now on is not restarted (a restart
+        under way is cancelled), so shutdown never waits for a spawn or a reload."""
+        self._no_restarts = True
+        if self._restart_task is not None and not self._restart_task.done():
+            self._restart_task.cancel()
+            self._halt()
+
+    def _halt(self) -> None:
+        self.state = WorkerState.STOPPED
+        self._ready.set()  # loads waiting for a restart see STOPPED and raise
 
     async def _restart(self) -> None:
         await asyncio.sleep(self.policy.delay(self._deaths))
@@ -384,6 +410,12 @@ class DeviceWorker:
             await proc.stop(wait_s)
         log.info("device %s: worker pid %s recycled", self.name, proc.pid)
         return True
+
+    def kill(self) -> None:
+        """SIGKILL the worker process now (no restart follows once stopping)."""
+        self._no_restarts = True
+        if self._proc is not None:
+            self._proc.kill()
 
     async def stop(self, wait_s: float = 10.0) -> None:
         """Stop supervising, ask the worker to exit, and wait until it has (kill if needed)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from modelyard.config import parse_config
+from modelyard.management.roots import ModelRoots
 from modelyard.management.state import (
     ManagementState,
     ModelOverride,
@@ -45,3 +46,18 @@ def test_overrides_apply_until_the_config_entry_changes(tmp_path: Path) -> None:
     desired, kept = apply_overrides(edited, state)
     assert [m.name for m in desired.models] == ["a", "b", "c"]  # the newer intent wins
     assert set(kept.models) == {"c"}
+
+
+def test_an_added_model_outside_todays_roots_is_dropped_at_start(tmp_path: Path) -> None:
+    config = parse_config(CONFIG, base_dir=tmp_path / "repo")
+    state = ManagementState(
+        {
+            "inside": ModelOverride(added={"base_path": str(tmp_path / "repo" / "c")}),
+            "outside": ModelOverride(added={"base_path": str(tmp_path / "elsewhere" / "d")}),
+        }
+    )
+    desired, kept = apply_overrides(config, state, ModelRoots.default_for(config))
+    assert [m.name for m in desired.models] == ["a", "b", "inside"]
+    assert set(kept.models) == {"inside"}
+    desired, _ = apply_overrides(config, state, ModelRoots.of([tmp_path / "elsewhere"]))
+    assert [m.name for m in desired.models] == ["a", "b", "outside"]

@@ -156,7 +156,7 @@ def test_end_of_stream_between_frames_is_none_inside_a_frame_an_error() -> None:
 def test_a_buffer_that_disagrees_with_its_shape_is_refused_not_misread() -> None:
     parts = encode(Outputs(1, {"y": np.ones((2, 3), np.float32)}))
     header = bytes(parts[1])
-    with pytest.raises(ProtocolError, match="needs 24 bytes"):
+    with pytest.raises(ProtocolError, match="expected 24 bytes"):
         decode(header, [b"\x00" * 20])
     with pytest.raises(ProtocolError, match="tensors described"):
         decode(header, [])

@@ -22,11 +22,12 @@ from typing import Any
 import grpc
 import numpy as np
 
-from modelyard.errors import InvalidArgument, NotFound, Unimplemented
+from modelyard import codec
+from modelyard.errors import InvalidArgument, NotFound, PermissionDenied, Unimplemented
 from modelyard.management import Management
-from modelyard.management.requests import authorize, model_entry
+from modelyard.management.access import OFF_MESSAGE
+from modelyard.management.requests import model_entry
 from modelyard.server.dataplane import DataPlane, ModelRef
-from modelyard.server.grpc.codec import decode_raw, element_count, encode_raw, narrow
 from modelyard.server.grpc.generated import grpc_service_pb2 as pb
 from modelyard.server.grpc.generated import grpc_service_pb2_grpc as pb_grpc
 from modelyard.server.grpc.status import rpc_errors
@@ -57,17 +58,6 @@ _UNSUPPORTED_INPUT_PARAMETERS = ("shared_memory_region",)
 _UNSUPPORTED_OUTPUT_PARAMETERS = ("shared_memory_region", "classification")
 
 
-def parse_datatype(name: str, tensor: str) -> DataType:
-    """A KServe datatype name (``FP32``); InvalidArgument naming the tensor otherwise."""
-    try:
-        return DataType(name)
-    except ValueError:
-        known = ", ".join(d.value for d in DataType)
-        raise InvalidArgument(
-            f"input {tensor!r} has unknown datatype {name!r}; expected one of {known}"
-        ) from None
-
-
 def model_ref(name: str, version: str) -> ModelRef:
     """The model a request names; an empty version means the default version."""
     return ModelRef(name, ModelRef.parse_version(version) if version else None)
@@ -91,7 +81,7 @@ def decode_inputs(request: Any) -> dict[str, np.ndarray]:
         if name in inputs:
             raise InvalidArgument(f"input {name!r} appears more than once in the request")
         _reject_parameters(tensor.parameters, _UNSUPPORTED_INPUT_PARAMETERS, f"input {name!r}")
-        datatype = parse_datatype(tensor.datatype, name)
+        datatype = codec.kserve_datatype(tensor.datatype, f"input {name!r}")
         shape = tuple(tensor.shape)
         if raw:
             if tensor.HasField("contents"):
@@ -99,7 +89,7 @@ def decode_inputs(request: Any) -> dict[str, np.ndarray]:
                     f"input {name!r} has typed contents but the request uses "
                     "raw_input_contents; use one or the other for all inputs"
                 )
-            inputs[name] = decode_raw(raw[index], datatype, shape, name)
+            inputs[name] = codec.decode_raw(raw[index], datatype, shape, f"input {name!r}")
         else:
             inputs[name] = _decode_contents(tensor.contents, datatype, shape, name)
     return inputs
@@ -108,24 +98,21 @@ def decode_inputs(request: Any) -> dict[str, np.ndarray]:
 def _decode_contents(
     contents: Any, datatype: DataType, shape: tuple[int, ...], name: str
 ) -> np.ndarray:
-    count = element_count(shape, name)
+    what = f"input {name!r}"
+    codec.element_count(shape, what)
     if datatype not in _CONTENTS_FIELD:
         raise InvalidArgument(
-            f"input {name!r} is {datatype.value}, which has no typed contents field; "
+            f"{what} is {datatype.value}, which has no typed contents field; "
             "send it in raw_input_contents"
         )
     field, wire_dtype = _CONTENTS_FIELD[datatype]
     values = getattr(contents, field)
-    if len(values) != count:
-        raise InvalidArgument(
-            f"input {name!r} has {len(values)} elements in contents.{field}; expected {count} "
-            f"for shape {list(shape)}"
-        )
+    codec.check_count(what, len(values), f"contents.{field}", shape)
     if datatype is DataType.BYTES:
-        array = np.empty(count, dtype=object)
+        array = np.empty(len(values), dtype=object)
         array[:] = list(values)
         return array.reshape(shape)
-    return narrow(np.array(values, dtype=wire_dtype), datatype, name).reshape(shape)
+    return codec.narrow(np.array(values, dtype=wire_dtype), datatype, what).reshape(shape)
 
 
 def _reject_parameters(
@@ -148,17 +135,12 @@ _rpc = rpc_errors("inference.GRPCInferenceService")
 class KServeServicer:
     """Handlers of ``inference.GRPCInferenceService``; register with ``add_to_server``."""
 
-    def __init__(
-        self,
-        dataplane: DataPlane,
-        management: Management | None = None,
-        management_token: str | None = None,
-    ) -> None:
-        """``management`` with ``management_token`` turns the repository RPCs on (as the REST
-        repository extension); without them those RPCs answer PERMISSION_DENIED."""
+    def __init__(self, dataplane: DataPlane, management: Management | None = None) -> None:
+        """``management`` turns the repository RPCs on (as the REST repository extension);
+        without it they answer PERMISSION_DENIED. Who may call them is the gRPC server's gate
+        (``start_grpc_server``), not this servicer's business."""
         self._dataplane = dataplane
         self._management = management
-        self._token = management_token
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(self, server)
@@ -217,22 +199,21 @@ class KServeServicer:
         for name, array in result.outputs.items():
             datatype = DataType.from_numpy(array.dtype)
             response.outputs.add(name=name, datatype=datatype.value, shape=array.shape)
-            response.raw_output_contents.append(encode_raw(array, datatype))
+            response.raw_output_contents.append(codec.encode_raw(array, datatype))
         return response
 
     # -- Triton's repository extension (the management API) --------------------------------
 
-    def _authorized(self, context: grpc.aio.ServicerContext, repository: str) -> Management:
-        metadata = {k.lower(): v for k, v in (context.invocation_metadata() or ())}
-        authorization = metadata.get("authorization", "")
-        management = authorize(self._management, self._token, str(authorization))
+    def _manager(self, context: grpc.aio.ServicerContext, repository: str) -> Management:
+        if self._management is None:
+            raise PermissionDenied(OFF_MESSAGE)
         if repository:
             raise NotFound(f"repository {repository!r} is not served; leave repository_name empty")
-        return management
+        return self._management
 
     @_rpc
     async def RepositoryIndex(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        rows = self._authorized(context, request.repository_name).index()
+        rows = self._manager(context, request.repository_name).index()
         if request.ready:
             rows = [r for r in rows if r["state"] == "READY"]
         return pb.RepositoryIndexResponse(
@@ -249,7 +230,7 @@ class KServeServicer:
 
     @_rpc
     async def RepositoryModelLoad(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        management = self._authorized(context, request.repository_name)
+        management = self._manager(context, request.repository_name)
         config = (
             request.parameters["config"].string_param if "config" in request.parameters else None
         )
@@ -258,5 +239,5 @@ class KServeServicer:
 
     @_rpc
     async def RepositoryModelUnload(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await self._authorized(context, request.repository_name).unload(request.model_name)
+        await self._manager(context, request.repository_name).unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()

@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from modelyard import codec
 from modelyard.errors import InvalidArgument
 from modelyard.server.defaults import DEFAULT_MAX_REQUEST_BYTES
-from modelyard.server.grpc.codec import decode_raw, element_count, encode_raw, narrow
 from modelyard.tensors import DataType, format_shape
 from modelyard.tfproto.generated import tensorflow_core_pb2 as core
 
@@ -43,12 +43,7 @@ def datatype_of(dtype: int, name: str) -> DataType:
         tf_name = core.DataType.Name(dtype)
     except ValueError:
         tf_name = str(dtype)
-    try:
-        return DataType.parse(tf_name)
-    except InvalidArgument:
-        raise InvalidArgument(
-            f"input {name!r} has dtype {tf_name}, which modelyard cannot serve"
-        ) from None
+    return codec.tf_datatype(tf_name, f"input {name!r}")
 
 
 def tensor_to_array(
@@ -60,14 +55,16 @@ def tensor_to_array(
     ``max_fill_bytes`` (the server's request size limit), so that a message of a few bytes
     cannot make the server allocate gigabytes.
     """
+    what = f"input {name!r}"
     datatype = datatype_of(tensor.dtype, name)
     if tensor.tensor_shape.unknown_rank:
-        raise InvalidArgument(f"input {name!r} has unknown rank; send its shape")
+        raise InvalidArgument(f"{what} has unknown rank; send its shape")
     shape = tuple(d.size for d in tensor.tensor_shape.dim)
-    count = element_count(shape, name)
+    count = codec.element_count(shape, what)
     if tensor.tensor_content and datatype is not DataType.BYTES:
-        return decode_raw(tensor.tensor_content, datatype, shape, name)
-    values = getattr(tensor, _VAL_FIELD[datatype])
+        return codec.decode_raw(tensor.tensor_content, datatype, shape, what)
+    field = _VAL_FIELD[datatype]
+    values = getattr(tensor, field)
     if datatype is DataType.BYTES:
         flat = np.empty(len(values), dtype=object)
         flat[:] = list(values)
@@ -75,7 +72,7 @@ def tensor_to_array(
         flat = np.asarray(values, dtype=np.uint16).view(np.float16)
     elif datatype.numpy.kind in "iu":  # int_val carries INT8/INT16/UINT8/UINT16 as int32
         wide = np.asarray(values, dtype=np.uint64 if datatype is DataType.UINT64 else np.int64)
-        flat = narrow(wide, datatype, name)
+        flat = codec.narrow(wide, datatype, what)
     else:
         flat = np.asarray(values, dtype=datatype.numpy)
     if len(flat) == count:
@@ -84,15 +81,12 @@ def tensor_to_array(
         filled = count * flat.dtype.itemsize
         if filled > max_fill_bytes:
             raise InvalidArgument(
-                f"input {name!r} holds one value to fill shape {format_shape(shape)}: "
+                f"{what} holds one value to fill shape {format_shape(shape)}: "
                 f"{filled} bytes, more than the {max_fill_bytes} a request may hold; "
                 f"send the values"
             )
         return np.full(shape, flat[0], dtype=flat.dtype)
-    raise InvalidArgument(
-        f"input {name!r} holds {len(flat)} values in {_VAL_FIELD[datatype]}; shape "
-        f"{format_shape(shape)} needs {count} (or 1, to fill it)"
-    )
+    raise codec.count_mismatch(what, len(flat), field, shape, " (or 1, to fill it)")
 
 
 def array_to_tensor(array: np.ndarray, out: Any | None = None) -> Any:
@@ -103,11 +97,9 @@ def array_to_tensor(array: np.ndarray, out: Any | None = None) -> Any:
     for size in array.shape:
         tensor.tensor_shape.dim.add(size=size)
     if datatype is DataType.BYTES:
-        tensor.string_val.extend(
-            v if isinstance(v, bytes) else str(v).encode() for v in array.ravel(order="C")
-        )
+        tensor.string_val.extend(map(codec.bytes_element, array.ravel(order="C").tolist()))
     else:
-        tensor.tensor_content = encode_raw(array, datatype)
+        tensor.tensor_content = codec.encode_raw(array, datatype)
     return tensor
 
 

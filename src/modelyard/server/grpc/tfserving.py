@@ -5,7 +5,10 @@
 Messages are the project's own declarations (``modelyard.tfproto``) with TF Serving's names and
 numbers, so ``tensorflow-serving-api`` clients work unchanged. Errors: a ``ModelyardError``
 aborts the RPC with its status (as in ``kserve``); anything else is logged and aborts with
-INTERNAL. ``HandleReloadConfigRequest`` answers in its ``status`` field, as TF Serving does.
+INTERNAL. ``HandleReloadConfigRequest`` answers in its ``status`` field, as TF Serving does;
+it is a guarded method (``modelyard.management.access``): without the management token the
+server's gate aborts it with UNAUTHENTICATED (PERMISSION_DENIED when management is off) before
+it runs, and a new base path outside the model roots is PERMISSION_DENIED in ``status``.
 
 Async safety: one servicer per server and event loop; handlers run on that loop only.
 """
@@ -48,6 +51,8 @@ _STATE = {
 }
 
 _rpc = rpc_errors("tensorflow.serving")
+
+_INT64_MAX = 2**63 - 1
 
 
 def model_ref(spec: Any) -> ModelRef:
@@ -158,15 +163,22 @@ class ModelServicer:
 
     @_rpc
     async def GetModelStatus(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """Every version's state. A version folder numbered past int64 (``ModelVersionStatus``
+        cannot carry it, and no TF Serving client can name it) is left out rather than failing
+        the whole answer; an error message is sent as valid UTF-8 whatever bytes it quotes
+        (a file name that is not UTF-8)."""
         ref = model_ref(request.model_spec)
         response = pb.GetModelStatusResponse()
         for status in self._dataplane.status(ref):
+            if status.version > _INT64_MAX:
+                continue
             failed = status.state is ModelState.FAILED
             response.model_version_status.add(
                 version=status.version,
                 state=_STATE[status.state],
                 status=pb.StatusProto(
-                    error_code=pb.UNKNOWN if failed else pb.OK, error_message=status.error
+                    error_code=pb.UNKNOWN if failed else pb.OK,
+                    error_message=_utf8(status.error),
                 ),
             )
         return response
@@ -189,7 +201,14 @@ class ModelServicer:
 
 
 def _reload_status(code: int, message: str) -> Any:
-    return pb.ReloadConfigResponse(status=pb.StatusProto(error_code=code, error_message=message))
+    status = pb.StatusProto(error_code=code, error_message=_utf8(message))
+    return pb.ReloadConfigResponse(status=status)
+
+
+def _utf8(text: str) -> str:
+    """``text`` as protobuf can send it: lone surrogates (undecodable bytes of a file name,
+    kept by ``os.fsdecode``) become "?" instead of failing the serialisation."""
+    return text.encode("utf-8", errors="replace").decode("utf-8")
 
 
 def _signature_def(signature: Signature, out: Any) -> None:

@@ -1,4 +1,9 @@
-"""The ASGI application: TF Serving and KServe v2 REST routes over one data plane."""
+"""The ASGI application: TF Serving and KServe v2 REST routes over one data plane, and the
+management routes behind the management gate.
+
+Every route that ``modelyard.management.access`` does not list as open gets the gate in front
+of its handler (``_Gated``): a route added later is guarded until someone lists it as open.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +11,17 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from modelyard.errors import Internal, ModelyardError
+from modelyard.errors import Internal, ModelyardError, Unauthenticated
 from modelyard.management import Management
+from modelyard.management.access import Access, Gate, route_access
 from modelyard.metrics.server_metrics import CONTENT_TYPE
 from modelyard.server.dataplane import DataPlane
 from modelyard.server.http import kserve, management, status, tfserving, ui
@@ -73,6 +80,41 @@ class _AnswerBugs:
             await response(scope, receive, send)
 
 
+class _Gated:
+    """A route's ASGI app behind the management gate: the caller's ``Authorization`` header is
+    checked before the handler runs (before the body is even read); a refusal is answered
+    here, in the protocols' error shape (401 with ``WWW-Authenticate: Bearer``, or 403)."""
+
+    def __init__(self, app: ASGIApp, gate: Gate) -> None:
+        self._app = app
+        self._gate = gate
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            self._gate.check(Headers(scope=scope).get("authorization", ""))
+        except ModelyardError as exc:
+            response = error_response(exc)
+            if isinstance(exc, Unauthenticated):
+                response.headers["www-authenticate"] = 'Bearer realm="modelyard management"'
+            await response(scope, receive, send)
+            return
+        await self._app(scope, receive, send)
+
+
+def gate_routes(routes: list[BaseRoute], gate: Gate) -> list[BaseRoute]:
+    """``routes`` with the gate in front of every route that is not open for all its methods.
+
+    Only plain ``Route``s can be classified; anything else (a Mount, a WebSocket route) is a
+    programming error here, refused at start-up rather than served unguarded."""
+    for route in routes:
+        if not isinstance(route, Route):
+            raise TypeError(f"cannot classify route {route!r}; add it as a Route")
+        methods = route.methods or {"*"}  # no methods: every method, so never open
+        if any(route_access(m, route.path) is Access.GUARDED for m in methods):
+            route.app = _Gated(route.app, gate)
+    return routes
+
+
 def _metrics_endpoint(dataplane: DataPlane) -> Callable[[Request], Awaitable[Response]]:
     async def metrics(request: Request) -> Response:
         if dataplane.metrics is None:
@@ -91,17 +133,18 @@ def build_app(
     management_token: str | None = None,
 ) -> Starlette:
     """The REST routes. The management routes are always there: without ``management_token``
-    they answer 403 with how to turn them on."""
-    routes = [
+    (or without ``manager``) they answer 403 with how to turn them on."""
+    routes: list[BaseRoute] = [
         Route("/metrics", _metrics_endpoint(dataplane), methods=["GET"]),
         *ui.routes(),
         *tfserving.routes(dataplane, max_request_bytes=max_request_bytes),
         *kserve.routes(dataplane, max_request_bytes=max_request_bytes),
         *(status.routes(status_source) if status_source is not None else []),
-        *management.routes(manager, management_token),
+        *management.routes(manager),
     ]
+    gate = Gate(management_token if manager is not None else None)
     return Starlette(
-        routes=routes,
+        routes=gate_routes(routes, gate),
         middleware=[Middleware(_AnswerBugs)],
         exception_handlers={
             ModelyardError: _on_modelyard_error,

@@ -12,6 +12,9 @@ speaks it:
   that when it lists no outputs). Binary outputs carry ``parameters.binary_data_size`` and their
   bytes follow the JSON header in output order.
 
+The raw layout, the datatype names and the rules for JSON values are ``modelyard.codec``'s, which
+every protocol shares; this module adds the KServe REST document around them.
+
 Every function here is pure: it raises ``InvalidArgument`` (or ``Unimplemented`` /
 ``BodyTooLarge``) with a message that names the tensor, what was wrong and what was expected,
 and never returns an array that disagrees with what the client declared. Datatypes are taken as
@@ -23,8 +26,6 @@ reuses. BYTES tensors decode to object arrays of ``bytes``.
 
 from __future__ import annotations
 
-import itertools
-import math
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -33,29 +34,14 @@ from typing import Any
 import numpy as np
 import orjson
 
+from modelyard import codec
+from modelyard.codec import JSON_NAMES
 from modelyard.errors import InvalidArgument, Unimplemented
 from modelyard.server.http import jsonarrays
 from modelyard.server.http.common import BodyTooLarge, parse_json
-from modelyard.tensors import DataType, format_shape, overflowed, request_element_count
+from modelyard.tensors import DataType
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
-
-# Python types a JSON value may have, per datatype kind. ``bool`` is a subclass of ``int`` but
-# ``type()`` tells them apart, so ``true`` is refused for numbers and ``1`` for BOOL.
-_FLOAT_TYPES = frozenset({float, int})
-_INT_TYPES = frozenset({int})
-_BOOL_TYPES = frozenset({bool})
-_JSON_NAMES: dict[type, str] = {
-    float: "number",
-    int: "integer",
-    bool: "boolean",
-    str: "string",
-    dict: "object",
-    list: "array",
-    type(None): "null",
-}
-
-_BYTES_LENGTH = np.dtype("<u4")
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,7 +181,7 @@ def _decode_input(
     datatype_name = spec.get("datatype")
     if not isinstance(datatype_name, str):
         raise InvalidArgument(f'{what} has no "datatype"; expected a name such as "FP32"')
-    datatype = DataType.parse(datatype_name)
+    datatype = codec.kserve_datatype(datatype_name, what)
     shape = _shape(spec.get("shape"), what)
     parameters = _parameters(spec, what)
     _refuse_unsupported(parameters, what, ("shared_memory_region",))
@@ -235,106 +221,18 @@ def decode_json_tensor(
     if isinstance(data, np.ndarray):  # decoded by jsonarrays, already checked against datatype
         array = data
     elif datatype is DataType.BYTES:
-        array = _decode_json_bytes(what, data)
+        array = codec.json_strings(what, data)
     else:
-        array = _decode_json_numbers(what, datatype, data)
-    return _reshape(what, array, shape, f"{array.size} values in its data")
-
-
-def _decode_json_numbers(what: str, datatype: DataType, data: Any) -> np.ndarray:
-    try:
-        with np.errstate(over="ignore"):
-            array = np.asarray(data, dtype=datatype.numpy)
-        if overflowed(array):
-            raise OverflowError
-    except OverflowError:
-        raise InvalidArgument(
-            f"{what} has a value out of range for {datatype.value}; expected "
-            f"{_expected_json(datatype)}"
-        ) from None
-    except (ValueError, TypeError):
-        _check_rectangular(what, data)
-        raise InvalidArgument(
-            f"{what} has data that is not {datatype.value}: "
-            f"{_describe_types(_leaf_types_any(data))}; expected {_expected_json(datatype)}"
-        ) from None
-    # np.asarray converts too eagerly (strings "1.5" and booleans to floats, 1.7 to the int 1),
-    # so check the JSON types of the leaves: a C-level pass, no per-element Python code.
-    allowed = _allowed_types(datatype)
-    found = _leaf_types(data, array.ndim)
-    if not found <= allowed:
-        raise InvalidArgument(
-            f"{what} has data that is not {datatype.value}: "
-            f"{_describe_types(found - allowed)}; expected {_expected_json(datatype)}"
-        )
-    return array
-
-
-def _decode_json_bytes(what: str, data: Any) -> np.ndarray:
-    # dtype=object keeps strings as references (no fixed-width copy sized by the longest) and
-    # leaves a ragged level as list elements, which the type check below reports.
-    objects = np.asarray(data, dtype=object)
-    flat = objects.ravel().tolist()
-    found = set(map(type, flat))
-    if list in found:
-        _check_rectangular(what, data)
-    if not found <= {str}:
-        raise InvalidArgument(
-            f"{what} has data that is not BYTES: {_describe_types(found - {str})}; expected strings"
-        )
-    array = np.empty(len(flat), dtype=object)
-    array[:] = [text.encode() for text in flat]
-    return array.reshape(objects.shape)
+        array = codec.json_numbers(what, datatype, data)
+    codec.check_count(what, array.size, "its data", shape)
+    return array.reshape(shape)
 
 
 def decode_binary_tensor(
     name: str, datatype: DataType, shape: Sequence[int], raw: memoryview | bytes
 ) -> np.ndarray:
     """A tensor of ``shape`` from its raw little-endian bytes (BYTES: length-prefixed)."""
-    what = f"input {name!r}"
-    count = math.prod(shape)
-    if datatype is DataType.BYTES:
-        elements = _split_bytes_elements(what, raw)
-        array = np.empty(len(elements), dtype=object)
-        array[:] = elements
-        return _reshape(what, array, shape, f"{len(elements)} BYTES elements in its binary data")
-    expected = count * datatype.itemsize
-    if len(raw) != expected:
-        raise InvalidArgument(
-            f"{what} has {len(raw)} bytes of binary data; expected {expected} bytes for "
-            f"{datatype.value} {format_shape(shape)} ({count} x {datatype.itemsize} bytes)"
-        )
-    little = datatype.numpy.newbyteorder("<")
-    if count == 0:
-        return np.empty(shape, dtype=datatype.numpy)
-    array = np.frombuffer(raw, dtype=little, count=count)
-    # A view is kept only where it is aligned and writable; otherwise copy (cheap, memcpy).
-    if not (array.flags.aligned and array.flags.writeable and little.isnative):
-        array = array.astype(datatype.numpy)
-    return array.reshape(shape)
-
-
-def _split_bytes_elements(what: str, raw: memoryview | bytes) -> list[bytes]:
-    view = memoryview(raw)
-    elements: list[bytes] = []
-    offset = 0
-    end = len(view)
-    while offset < end:
-        if offset + 4 > end:
-            raise InvalidArgument(
-                f"{what} has a truncated BYTES length prefix at byte {offset}; expected a "
-                "4-byte little-endian length before each element"
-            )
-        length = int.from_bytes(view[offset : offset + 4], "little")
-        offset += 4
-        if offset + length > end:
-            raise InvalidArgument(
-                f"{what} has a BYTES element of {length} bytes at byte {offset - 4} but only "
-                f"{end - offset} bytes follow"
-            )
-        elements.append(bytes(view[offset : offset + length]))
-        offset += length
-    return elements
+    return codec.decode_raw(raw, datatype, shape, f"input {name!r}")
 
 
 def _requested_outputs(document: dict[str, Any]) -> tuple[RequestedOutput, ...] | None:
@@ -377,7 +275,7 @@ def encode_response(
     if request_id is not None:
         document["id"] = request_id
     tensors: list[dict[str, Any]] = []
-    chunks: list[bytes] = []
+    chunks: list[memoryview | bytes] = []
     for name, array in outputs.items():
         datatype = _output_datatype(name, array)
         tensor: dict[str, Any] = {"name": name, "datatype": datatype.value, "shape": array.shape}
@@ -399,7 +297,7 @@ def encode_json_data(name: str, datatype: DataType, array: np.ndarray) -> Any:
     """Flat JSON-ready data: a native-endian 1-D array (orjson serialises it) or a str list."""
     if datatype is DataType.BYTES:
         try:
-            return [_as_bytes(item).decode() for item in array.ravel().tolist()]
+            return [codec.bytes_element(item).decode() for item in array.ravel().tolist()]
         except UnicodeDecodeError:
             raise InvalidArgument(
                 f"output {name!r} holds bytes that are not UTF-8 and cannot be sent as JSON; "
@@ -410,17 +308,10 @@ def encode_json_data(name: str, datatype: DataType, array: np.ndarray) -> Any:
     return np.ascontiguousarray(array).ravel()
 
 
-def encode_binary_tensor(datatype: DataType, array: np.ndarray) -> bytes:
-    """Raw little-endian bytes of ``array`` (BYTES: each element length-prefixed)."""
-    if datatype is DataType.BYTES:
-        parts: list[bytes] = []
-        for item in array.ravel().tolist():
-            data = _as_bytes(item)
-            parts.append(len(data).to_bytes(4, "little"))
-            parts.append(data)
-        return b"".join(parts)
-    little = array.dtype.newbyteorder("<")
-    return np.ascontiguousarray(array, dtype=little).tobytes()
+def encode_binary_tensor(datatype: DataType, array: np.ndarray) -> memoryview | bytes:
+    """Raw little-endian bytes of ``array`` (BYTES: each element length-prefixed); a view of
+    ``array`` when it is contiguous and little-endian already."""
+    return codec.raw_buffer(array, datatype)
 
 
 def _output_datatype(name: str, array: np.ndarray) -> DataType:
@@ -430,35 +321,20 @@ def _output_datatype(name: str, array: np.ndarray) -> DataType:
         raise InvalidArgument(f"output {name!r}: {exc.message}") from None
 
 
-def _as_bytes(item: Any) -> bytes:
-    if isinstance(item, bytes):
-        return item
-    if isinstance(item, str):
-        return item.encode()
-    return str(item).encode()
-
-
 # -- helpers --------------------------------------------------------------------------------
 
 
 def _shape(value: Any, what: str) -> tuple[int, ...]:
     if not isinstance(value, list) or not all(
-        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value
+        isinstance(d, int) and not isinstance(d, bool) for d in value
     ):
         raise InvalidArgument(
             f'{what} has "shape" {value!r}; expected a list of non-negative integers'
         )
-    request_element_count(value, what)  # no more dimensions, or larger ones, than numpy takes
+    # A negative dimension, or more or larger ones than numpy takes: the message every
+    # protocol gives.
+    codec.element_count(value, what)
     return tuple(value)
-
-
-def _reshape(what: str, array: np.ndarray, shape: Sequence[int], counted: str) -> np.ndarray:
-    count = math.prod(shape)
-    if array.size != count:
-        raise InvalidArgument(
-            f"{what} has {counted}; expected {count} for shape {format_shape(shape)}"
-        )
-    return array.reshape(shape)
 
 
 def _parameters(holder: dict[str, Any], what: str) -> dict[str, Any]:
@@ -485,79 +361,5 @@ def _refuse_unsupported(parameters: Mapping[str, Any], what: str, keys: Sequence
             raise Unimplemented(f"{what} uses parameter {key!r}, which modelyard does not support")
 
 
-def _check_rectangular(what: str, data: Any) -> None:
-    """Raise InvalidArgument naming the first ragged level of nested lists (error path only)."""
-    level: list[Any] = [data]
-    depth = 0
-    while True:
-        lists = [isinstance(item, list) for item in level]
-        if not any(lists):
-            return
-        if not all(lists):
-            raise InvalidArgument(
-                f"{what} has ragged data: at nesting depth {depth} some entries are lists and "
-                "some are values; expected a flat list or rectangular nested lists"
-            )
-        lengths = {len(item) for item in level}
-        if len(lengths) > 1:
-            raise InvalidArgument(
-                f"{what} has ragged data: lists at nesting depth {depth + 1} have lengths "
-                f"{sorted(lengths)[:5]}; expected a flat list or rectangular nested lists "
-                "(all rows of equal length)"
-            )
-        level = list(itertools.chain.from_iterable(level))
-        depth += 1
-
-
-def _leaf_types(data: Any, ndim: int) -> set[type]:
-    """The Python types of the leaves of rectangular nested lists ``ndim`` deep."""
-    if ndim == 0:
-        return {type(data)}
-    flat = data
-    for _ in range(ndim - 1):
-        flat = itertools.chain.from_iterable(flat)
-    return set(map(type, flat))
-
-
-def _leaf_types_any(data: Any) -> set[type]:
-    """Leaf types of arbitrary nested lists (error path only)."""
-    found: set[type] = set()
-    stack = [data]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, list):
-            stack.extend(item)
-        else:
-            found.add(type(item))
-    return found
-
-
-def _allowed_types(datatype: DataType) -> frozenset[type]:
-    if datatype is DataType.BOOL:
-        return _BOOL_TYPES
-    if datatype.value.startswith("FP"):
-        return _FLOAT_TYPES
-    return _INT_TYPES
-
-
-def _expected_json(datatype: DataType) -> str:
-    if datatype is DataType.BOOL:
-        return "JSON booleans"
-    if datatype.value.startswith("FP"):
-        return "JSON numbers"
-    low, high = _int_range(datatype)
-    return f"JSON integers from {low} to {high}"
-
-
-def _int_range(datatype: DataType) -> tuple[int, int]:
-    info = np.iinfo(datatype.numpy.name)
-    return int(info.min), int(info.max)
-
-
-def _describe_types(types: set[type]) -> str:
-    names = sorted({_JSON_NAMES.get(t, t.__name__) for t in types})
-    return "found " + ", ".join(names) + " values"
-
-
 def _json_name(value: Any) -> str:
-    return _JSON_NAMES.get(type(value), type(value).__name__)
+    return JSON_NAMES.get(type(value), type(value).__name__)

@@ -7,10 +7,12 @@
     POST /modelyard/v1/replan
     PUT  /modelyard/v1/models/{m}/labels/{label}       {"version": 2}
 
-Off unless the server has a management token: then every call is 403 with how to turn it on.
-With one, every call needs ``Authorization: Bearer <token>`` (compared in constant time);
-without it, or with another token, 401 and nothing changes. A change that does not fit is 507
-with the planner's explanation, and nothing changes.
+Who may call them is not decided here: none of these routes is open
+(``modelyard.management.access``), so ``build_app`` puts the management gate in front of each.
+Off unless the server has a management token (403 with how to turn it on); with one, 401
+without ``Authorization: Bearer <token>``. A load whose base_path is outside the model roots is
+403 naming the roots; a change that does not fit is 507 with the planner's explanation; either
+way nothing changes.
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from modelyard.errors import InvalidArgument
+from modelyard.errors import InvalidArgument, PermissionDenied
 from modelyard.management import Management
-from modelyard.management.requests import authorize, model_entry
+from modelyard.management.access import OFF_MESSAGE
+from modelyard.management.requests import model_entry
 from modelyard.server.dataplane import ModelRef
 from modelyard.server.http.common import JSONResponse, parse_json, read_body
 
@@ -32,25 +35,24 @@ MANAGEMENT_BODY_LIMIT = 1024 * 1024
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def routes(management: Management | None, token: str | None) -> list[Route]:
-    def guarded(handler: Callable[[Request, Management], Awaitable[Response]]) -> Handler:
+def routes(management: Management | None) -> list[Route]:
+    """The management routes (always there; without ``management`` they answer 403)."""
+
+    def on(handler: Callable[[Request, Management], Awaitable[Response]]) -> Handler:
         async def endpoint(request: Request) -> Response:
-            allowed = authorize(management, token, request.headers.get("authorization", ""))
-            return await handler(request, allowed)
+            if management is None:
+                raise PermissionDenied(OFF_MESSAGE)
+            return await handler(request, management)
 
         return endpoint
 
     return [
-        Route("/v2/repository/index", guarded(_index), methods=["POST"]),
-        Route("/v2/repository/models/{model}/load", guarded(_load), methods=["POST"]),
-        Route("/v2/repository/models/{model}/unload", guarded(_unload), methods=["POST"]),
-        Route(
-            "/modelyard/v1/models/{model}/versions/{version}/move",
-            guarded(_move),
-            methods=["POST"],
-        ),
-        Route("/modelyard/v1/replan", guarded(_replan), methods=["POST"]),
-        Route("/modelyard/v1/models/{model}/labels/{label}", guarded(_label), methods=["PUT"]),
+        Route("/v2/repository/index", on(_index), methods=["POST"]),
+        Route("/v2/repository/models/{model}/load", on(_load), methods=["POST"]),
+        Route("/v2/repository/models/{model}/unload", on(_unload), methods=["POST"]),
+        Route("/modelyard/v1/models/{model}/versions/{version}/move", on(_move), methods=["POST"]),
+        Route("/modelyard/v1/replan", on(_replan), methods=["POST"]),
+        Route("/modelyard/v1/models/{model}/labels/{label}", on(_label), methods=["PUT"]),
     ]
 
 

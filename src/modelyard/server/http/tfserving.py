@@ -26,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from modelyard import codec
 from modelyard.errors import InvalidArgument, NotFound
 from modelyard.lifecycle.states import ModelState
 from modelyard.server import tfexamples
@@ -38,18 +39,7 @@ from modelyard.tensors import (
     Signature,
     TensorSpec,
     format_shape,
-    overflowed,
 )
-
-# Which JSON value kinds (numpy's dtype.kind after np.asarray) each datatype accepts. TF Serving
-# accepts integers for float inputs but not floats for integer inputs, and never strings for
-# numbers; we keep to that so a request never silently means something else.
-_ACCEPTED_KINDS: dict[str, frozenset[str]] = {
-    "f": frozenset("fiu"),
-    "i": frozenset("iu"),
-    "u": frozenset("iu"),
-    "b": frozenset("b"),
-}
 
 
 def routes(dataplane: DataPlane, *, max_request_bytes: int) -> list[BaseRoute]:
@@ -265,64 +255,27 @@ def decode_post(verb: str, raw: bytes, lookup: SignatureLookup) -> PredictBody |
 
 
 def to_array(value: Any, spec: TensorSpec, where: str) -> np.ndarray:
-    """A JSON value as an array of ``spec``'s dtype; InvalidArgument naming ``where`` otherwise."""
-    if spec.datatype is DataType.BYTES:
-        return _to_bytes_array(value, where)
+    """A JSON value as an array of ``spec``'s dtype; InvalidArgument naming ``where`` otherwise.
+
+    The rules and messages are ``modelyard.codec``'s, as for KServe's JSON tensors; strings
+    may also be ``{"b64": ...}`` here, as in TF Serving. The signature is known here (the JSON
+    has no datatypes), so a message also says what the model expects.
+    """
     try:
-        array = np.asarray(value)
-    except ValueError:
-        raise InvalidArgument(
-            f"{where} is a ragged list: every row must have the same length; "
-            f"expected {spec.describe()}"
-        ) from None
-    want = spec.datatype.numpy
-    if array.size and array.dtype.kind not in _ACCEPTED_KINDS[want.kind]:
-        raise InvalidArgument(
-            f"{where} holds {_kind_name(array)} values; expected {spec.datatype.value} "
-            f"numbers for {spec.describe()}"
-        )
-    if want.kind in "iu" and array.size and array.dtype.kind in "iu":
-        info = np.iinfo(want.type)  # type: ignore[type-var]
-        low, high = array.min(), array.max()
-        if low < info.min or high > info.max:
-            raise InvalidArgument(
-                f"{where} holds {low if low < info.min else high}, outside the range of "
-                f"{spec.datatype.value} [{info.min}, {info.max}]"
-            )
-    with np.errstate(over="ignore"):
-        narrowed = array.astype(want, copy=False)
-    if overflowed(narrowed):
-        raise InvalidArgument(
-            f"{where} holds a number too large for {spec.datatype.value} "
-            f"(largest {float(np.finfo(narrowed.dtype).max):g}); expected {spec.describe()}"
-        )
-    return narrowed
+        if spec.datatype is DataType.BYTES:
+            return codec.json_strings(where, value, lambda item: _b64(item, where), _STRINGS)
+        return codec.json_numbers(where, spec.datatype, value)
+    except InvalidArgument as exc:
+        raise InvalidArgument(f"{exc.message}; the model expects {spec.describe()}") from None
 
 
-def _kind_name(array: np.ndarray) -> str:
-    return {"U": "string", "S": "string", "O": "mixed or object", "b": "boolean", "f": "float"}.get(
-        array.dtype.kind, str(array.dtype)
-    )
+_STRINGS = 'strings or {"b64": ...} objects'
 
 
-def _to_bytes_array(value: Any, where: str) -> np.ndarray:
-    def convert(item: Any) -> Any:
-        if isinstance(item, list):
-            return [convert(x) for x in item]
-        if isinstance(item, dict) and set(item) == {"b64"}:
-            return tfexamples.b64_bytes(item["b64"], where)
-        if isinstance(item, str):
-            return item.encode()
-        raise InvalidArgument(
-            f"{where} holds {type(item).__name__}; expected strings or {{'b64': ...}}"
-        )
-
-    converted = convert(value)
-    try:
-        array = np.array(converted, dtype=object)
-    except ValueError:
-        raise InvalidArgument(f"{where} is a ragged list") from None
-    return array
+def _b64(item: Any, where: str) -> bytes | None:
+    if isinstance(item, dict) and set(item) == {"b64"}:
+        return tfexamples.b64_bytes(item["b64"], where)
+    return None
 
 
 def decode_instances(instances: Any, signature: Signature) -> dict[str, np.ndarray]:
@@ -390,12 +343,12 @@ def _jsonable(array: np.ndarray) -> Any:
 
 
 def _bytes_value(value: Any) -> Any:
-    if isinstance(value, bytes):
-        try:
-            return value.decode()
-        except UnicodeDecodeError:
-            return {"b64": base64.b64encode(value).decode()}
-    return value
+    """A BYTES element as TF Serving writes it: its text, or ``{"b64": ...}`` if not UTF-8."""
+    data = codec.bytes_element(value)
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        return {"b64": base64.b64encode(data).decode()}
 
 
 def encode_answer(key: str, result: InferResult, signature: Signature) -> bytes:

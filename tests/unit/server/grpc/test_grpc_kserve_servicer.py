@@ -9,10 +9,10 @@ import grpc
 import numpy as np
 import pytest
 
+from modelyard.codec import encode_raw
 from modelyard.errors import Code, InvalidArgument, Unimplemented
 from modelyard.lifecycle.registry import ModelRegistry
 from modelyard.server.dataplane import DataPlane, ModelMetadata, ModelRef
-from modelyard.server.grpc.codec import encode_raw
 from modelyard.server.grpc.generated import grpc_service_pb2 as pb
 from modelyard.server.grpc.kserve import KServeServicer, decode_inputs, model_ref
 from modelyard.server.grpc.status import GRPC_STATUS
@@ -93,7 +93,7 @@ def test_narrow_integers_out_of_range_are_rejected() -> None:
 def test_typed_element_count_must_match_shape() -> None:
     request = _request(DataType.FP32, np.zeros(3, np.float32), raw=False)
     request.inputs[0].shape[:] = [2, 2]
-    with pytest.raises(InvalidArgument, match=r"3 elements in contents.fp32_contents; expected 4"):
+    with pytest.raises(InvalidArgument, match=r"3 values in contents.fp32_contents; expected 4"):
         decode_inputs(request)
 
 

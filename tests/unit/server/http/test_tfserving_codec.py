@@ -72,12 +72,16 @@ def test_ragged_rows_rejected() -> None:
 
 
 def test_strings_for_numbers_rejected() -> None:
-    with pytest.raises(InvalidArgument, match="string values; expected FP32"):
+    with pytest.raises(
+        InvalidArgument, match="not FP32: found string values; expected JSON numbers"
+    ):
         decode_instances([["1", "2", "3"]], ONE_IN)
 
 
 def test_floats_for_integers_rejected() -> None:
-    with pytest.raises(InvalidArgument, match="float values; expected INT64"):
+    with pytest.raises(
+        InvalidArgument, match="not INT64: found number values; expected JSON integers"
+    ):
         decode_columnar({"a": [[1, 2]], "n": [1.5]}, TWO_IN)
 
 
