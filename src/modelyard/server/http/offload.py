@@ -20,7 +20,8 @@ one thread of a small pool that does the blocking pipe I/O (the GIL is released 
 waits), shared by every server in this process and started on the first large body (a few
 hundred ms, once). A helper runs no model code, only the pure decode and encode functions of the
 REST adapters; it runs at a lower CPU priority (``HELPER_NICE``) so that on a busy machine
-small requests get the CPU first, and without the management token in its environment. It is
+small requests get the CPU first, and with a worker's environment (an allowlist: never the
+management token). It is
 a plain subprocess, not ``multiprocessing``: that would import the embedding program's main
 module again in the child. It exits when its pipe closes (this process exited).
 
@@ -48,6 +49,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any, TypeVar
 
 from modelyard.errors import Internal, ModelyardError, Unavailable
+from modelyard.workers.environment import worker_environment
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +73,6 @@ a body that kills the helper costs two helpers, then gets Unavailable."""
 
 HELPER_NICE = 5
 """Added to a helper's nice value: large bodies yield the CPU to small requests."""
-
-SECRET_VARIABLES = ("MODELYARD_MANAGEMENT_TOKEN",)
-"""Left out of a helper's environment."""
 
 ANSWER_TYPES = frozenset(
     {
@@ -187,7 +186,8 @@ class _Helper:
     """One helper process and its pipes; used by one thread only."""
 
     def __init__(self) -> None:
-        env = {k: v for k, v in os.environ.items() if k not in SECRET_VARIABLES}
+        # A worker's allowlisted environment, on no GPU: never the server's secrets.
+        env = worker_environment(os.environ, "cpu")
         self._proc = subprocess.Popen(
             [sys.executable, "-m", __name__],
             stdin=subprocess.PIPE,
