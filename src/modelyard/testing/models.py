@@ -351,6 +351,38 @@ def write_onnx_int64_affine(version_dir: Path, scale: int = 2, offset: int = 1) 
     )
 
 
+def write_onnx_embedding(
+    version_dir: Path, vocabulary: int = 100, width: int = 4, seed: int = 0
+) -> BuiltModel:
+    """Write ``model.onnx``: ``ids`` INT64 [-1, -1] -> ``vectors`` FP32 [-1, -1, width], the rows
+    of a ``vocabulary`` x ``width`` table (an ONNX Gather).
+
+    An id outside ``[-vocabulary, vocabulary)`` is a bad input only the model can detect (the
+    signature cannot express it): onnxruntime refuses the whole call, as an embedding lookup in
+    any framework does. The reference raises IndexError for such an id.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    table = np.random.default_rng(seed).standard_normal((vocabulary, width)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "ids"], ["vectors"], axis=0)],
+        "embedding",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "length"])],
+        [helper.make_tensor_value_info("vectors", TensorProto.FLOAT, ["batch", "length", width])],
+        initializer=[numpy_helper.from_array(table, "table")],
+    )
+    return BuiltModel(
+        artifact=_save_onnx(graph, version_dir),
+        platform=Platform.ONNX,
+        signature=Signature(
+            (TensorSpec("ids", DataType.INT64, (-1, -1)),),
+            (TensorSpec("vectors", DataType.FP32, (-1, -1, width)),),
+        ),
+        reference=lambda i: {"vectors": table[np.asarray(i["ids"], dtype=np.int64)]},
+        example={"ids": np.array([[0, 1, 2], [vocabulary - 1, -1, 7]], dtype=np.int64)},
+    )
+
+
 def write_corrupt(version_dir: Path, artifact: str = "model.onnx", size: int = 512) -> Path:
     """Write ``size`` deterministic random bytes as ``artifact``; returns its path."""
     path = _artifact(version_dir, artifact)
@@ -475,6 +507,7 @@ __all__ = [
     "truncate",
     "write_config",
     "write_corrupt",
+    "write_onnx_embedding",
     "write_onnx_int64_affine",
     "write_onnx_linear",
     "write_onnx_sum_product",

@@ -112,6 +112,7 @@ async def _label(request: Request, management: Management) -> Response:
         version = int(version)
     if not isinstance(version, int) or isinstance(version, bool) or version <= 0:
         raise InvalidArgument('expected {"version": <positive integer>}')
+    ModelRef.check_version(version)
     name, label = request.path_params["model"], request.path_params["label"]
     await management.set_label(name, label, version)
     return JSONResponse({"model": name, "label": label, "version": version})
