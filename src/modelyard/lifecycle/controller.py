@@ -81,10 +81,10 @@ class Controller:
     """Loads the aspired versions of every model, swaps and moves them, unloads them at stop.
 
     ``plan``: the start-up plan; with it every change is planned (``Placement``). Without it,
-    ``placement`` (a fixed version -> device names map) or ``default_device`` says where
-    versions load. ``device_targets`` maps a device name to what a backend loads onto
-    (``cuda:0``, ``cpu``). Versions the start-up plan could not place are FAILED with
-    ``unplaced_reason``, those it could not size (``plan.unreadable``) with their own reason.
+    every version loads on ``default_device``. ``device_targets`` maps a device name to what a
+    backend loads onto (``cuda:0``, ``cpu``). Versions the start-up plan could not place are
+    FAILED with ``unplaced_reason``, those it could not size (``plan.unreadable``) with their
+    own reason.
     ``settle_s``: how long a version found while serving must keep its files unchanged
     before it is loaded (``repository.settle``).
     """
@@ -95,7 +95,6 @@ class Controller:
         registry: ModelRegistry,
         loader: Loader,
         *,
-        placement: Mapping[VersionKey, tuple[str, ...]] | None = None,
         device_targets: Mapping[str, str] | None = None,
         default_device: str = "cpu",
         unplaced_reason: str = "",
@@ -108,9 +107,7 @@ class Controller:
         self._config = config
         self._registry = registry
         self._loader = loader
-        self._placement = Placement(
-            plan, fixed=placement, default_device=default_device, demand=demand
-        )
+        self._placement = Placement(plan, default_device=default_device, demand=demand)
         self._targets = dict(device_targets or {})
         self._unplaced_reason = unplaced_reason
         self._wrap = wrap
@@ -381,7 +378,6 @@ class Controller:
     async def reconfigure(
         self,
         config: ServerConfig,
-        placement: Mapping[VersionKey, tuple[str, ...]] | None = None,
         device_targets: Mapping[str, str] | None = None,
     ) -> None:
         """Serve ``config``: load the models it adds, apply the changed settings (version
@@ -389,10 +385,8 @@ class Controller:
 
         The added models' versions are planned first: DoesNotFit (nothing changed) when they
         do not fit, ConfigError for missing base paths or labels. Pins, replicas and batching
-        of a model already served take effect when it is next loaded. ``placement`` is
-        ignored (kept for callers that planned themselves: the controller plans now).
+        of a model already served take effect when it is next loaded.
         """
-        del placement
         async with self._lock:
             self._targets.update(device_targets or {})
             kept = {m.name for m in self._config.models}
