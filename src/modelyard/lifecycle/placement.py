@@ -22,11 +22,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterable, Mapping
 
-from modelyard.config.schema import ModelConfig, ServerConfig, VersionPolicy
-from modelyard.errors import DoesNotFit, InvalidArgument
+from modelyard.config.schema import ModelConfig
+from modelyard.errors import DoesNotFit
 from modelyard.ids import VersionKey
 from modelyard.planner import Device, ModelDemand, Plan, place
-from modelyard.planner.demands import demands_for_config
+from modelyard.planner.demands import demand_for_version
 from modelyard.planner.footprints import FootprintCache
 
 DemandOf = Callable[[ModelConfig, int], ModelDemand]
@@ -41,17 +41,7 @@ def demand_of(cache: FootprintCache | None = None) -> DemandOf:
     """
 
     def one(model: ModelConfig, version: int) -> ModelDemand:
-        only = model.model_copy(update={"version_policy": VersionPolicy(specific=(version,))})
-        found = demands_for_config(ServerConfig(models=(only,)), cache=cache)
-        for bad in found.unreadable:
-            raise InvalidArgument(bad.reason)
-        matching = [d for d in found.demands if d.key.version == version]
-        if not matching:  # the folder vanished between the scan and now
-            raise InvalidArgument(
-                f"model {model.name!r} version {version}: no version folder under "
-                f"{model.base_path} to size"
-            )
-        return matching[0]
+        return demand_for_version(model, version, cache=cache)
 
     return one
 
