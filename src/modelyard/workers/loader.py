@@ -22,7 +22,8 @@ from modelyard.lifecycle.controller import LoadRequest
 from modelyard.lifecycle.servable import Servable
 from modelyard.planner.footprints import FootprintCache
 from modelyard.workers.progress import LoadProgress
-from modelyard.workers.supervisor import DeviceWorker, ReplicaListener, RestartPolicy
+from modelyard.workers.restart import ReplicaListener, RestartPolicy
+from modelyard.workers.supervisor import DeviceWorker
 
 log = logging.getLogger(__name__)
 

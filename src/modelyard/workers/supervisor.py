@@ -1,11 +1,9 @@
 """Supervision of one device's worker: restart with capped backoff, reload, give up on a culprit.
 
-``DeviceWorker`` is the long-lived object for one plan device (``sim0``, ``gpu1``); the process
-behind it (``WorkerProcess``) is replaced on every restart. Its states::
-
-    STARTING ──> READY ──(process died)──> RESTARTING ──> READY
-        │                                      │
-        └──(cannot start, N tries)──> FAILED <─┘          any ──(stop)──> STOPPED
+``DeviceWorker`` is the long-lived object for one plan device (``sim0``, ``gpu1``); the worker
+behind it (a ``WorkerHandle`` from its ``WorkerLauncher``, see ``modelyard.workers.launcher``) is
+replaced on every restart. Its states, its policy and its listener are in
+``modelyard.workers.restart``.
 
 What happens when a worker dies:
 
@@ -19,10 +17,14 @@ What happens when a worker dies:
   after ``stable_seconds`` of uptime start the count afresh.
 
 A stuck worker (it stops answering the heartbeat: SIGSTOP, a deadlock; see
-``modelyard.workers.heartbeat``) is one more way to die: ``WorkerProcess`` fails its requests
-with the reason and SIGKILLs it within ``RestartPolicy.heartbeat.timeout_s`` + ``interval_s``
-(3.5 s by default), and it is restarted and reloaded like any dead worker. Once the server is
-stopping (``stop_restarting``) a worker that dies is not restarted.
+``modelyard.workers.heartbeat``) is one more way to die: the ``Heartbeat`` this supervisor runs
+on each worker kills it through its handle within ``RestartPolicy.heartbeat.timeout_s`` +
+``interval_s`` (3.5 s by default), its requests failing with the reason, and it is restarted and
+reloaded like any dead worker. Once the server is stopping (``stop_restarting``) a worker that
+dies is not restarted.
+
+Every wait here is on the ``Clock`` and every worker comes from the launcher, so these rules are
+unit-tested without processes or sleeps (tests/unit/workers/test_supervisor_logic.py).
 
 Async safety: one event loop; the listener is called on it.
 """
@@ -31,63 +33,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
-import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from modelyard.errors import ModelyardError, Unavailable
 from modelyard.ids import VersionKey
 from modelyard.lifecycle.controller import LoadRequest
-from modelyard.workers.client import WorkerDied, WorkerProcess, WorkerServable
-from modelyard.workers.heartbeat import HeartbeatPolicy
+from modelyard.workers.client import SubprocessLauncher, WorkerServable
+from modelyard.workers.heartbeat import Heartbeat
+from modelyard.workers.launcher import (
+    SYSTEM_CLOCK,
+    Clock,
+    WorkerDied,
+    WorkerHandle,
+    WorkerLauncher,
+    WorkerSpec,
+)
 from modelyard.workers.protocol import Infer, Load, Loaded, Outputs, Report, Reported, Unload
+from modelyard.workers.restart import ReplicaListener, RestartPolicy, WorkerState
+
+__all__ = ["DeviceWorker", "ReplicaListener", "RestartPolicy", "WorkerState"]
 
 log = logging.getLogger(__name__)
-
-
-class WorkerState(enum.Enum):
-    STARTING = "starting"
-    READY = "ready"
-    RESTARTING = "restarting"
-    FAILED = "failed"
-    STOPPED = "stopped"
-
-
-@dataclass(frozen=True, slots=True)
-class RestartPolicy:
-    """How hard to try. Delays double from ``initial_delay_s`` up to ``max_delay_s``."""
-
-    initial_delay_s: float = 0.2
-    max_delay_s: float = 30.0
-    max_crashes: int = 3
-    """A model charged with this many worker deaths in a row is given up."""
-    max_start_failures: int = 5
-    """Consecutive failed spawns (no HELLO) before the device is FAILED."""
-    stable_seconds: float = 60.0
-    """A worker up this long has recovered: its next death starts the counts afresh."""
-    start_timeout_s: float = 60.0
-    heartbeat: HeartbeatPolicy = field(default_factory=HeartbeatPolicy)
-    """How a stuck worker is found (pinged every 0.5 s; stuck after 3 s without an answer)."""
-
-    def delay(self, consecutive_deaths: int) -> float:
-        return float(
-            min(self.max_delay_s, self.initial_delay_s * 2 ** max(0, consecutive_deaths - 1))
-        )
-
-
-class ReplicaListener(Protocol):
-    """Told when a replica on a worker leaves or rejoins service; the controller implements it."""
-
-    def replica_down(self, key: VersionKey, device: str, reason: str) -> None: ...
-
-    def replica_up(self, key: VersionKey, device: str) -> None: ...
-
-    def replica_failed(self, key: VersionKey, device: str, reason: str) -> None: ...
 
 
 @dataclass(eq=False)
@@ -101,14 +72,18 @@ class _Slot:
     placed_on: str = ""
     crashes: int = 0
     in_flight: int = 0
-    attempt: WorkerProcess | None = None
+    attempt: WorkerHandle | None = None
     """The worker the last load of this slot was sent to (None: there was none alive)."""
-    charged: WorkerProcess | None = None
+    charged: WorkerHandle | None = None
     """The last worker whose death was charged to this slot (each death counts once)."""
 
 
 class DeviceWorker:
-    """The supervised worker of one device; also the ``ModelHost`` of its models' servables."""
+    """The supervised worker of one device; also the ``ModelHost`` of its models' servables.
+
+    ``launcher`` starts its workers (default: a local subprocess each); ``clock`` times its
+    restart delays, back-off, ``stable_seconds`` and heartbeats (default: the real clock).
+    """
 
     def __init__(
         self,
@@ -119,18 +94,25 @@ class DeviceWorker:
         infer_threads: int = 4,
         policy: RestartPolicy | None = None,
         listener: ReplicaListener | None = None,
+        launcher: WorkerLauncher | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.name = name
         self.target = target
-        self._cap = memory_cap_bytes
-        self._threads = infer_threads
         self.policy = policy or RestartPolicy()
+        self._spec = WorkerSpec(
+            name, target, memory_cap_bytes, infer_threads, self.policy.start_timeout_s
+        )
+        self._launcher: WorkerLauncher = launcher or SubprocessLauncher()
+        self._clock = clock
         self.listener = listener
         self.state = WorkerState.STARTING
         self.restarts = 0
         self.recycles = 0
         self.last_exit = ""
-        self._proc: WorkerProcess | None = None
+        self._proc: WorkerHandle | None = None
+        self._beat: Heartbeat | None = None
+        self._started_at = 0.0
         self._slots: dict[VersionKey, _Slot] = {}
         self._load_lock = asyncio.Lock()
         self._ready = asyncio.Event()
@@ -287,16 +269,10 @@ class DeviceWorker:
         """Start a process, retrying with backoff; FAILED after ``max_start_failures``."""
         failures = 0
         while self.state not in (WorkerState.STOPPED, WorkerState.FAILED):
-            proc = WorkerProcess(
-                self.name,
-                self.target,
-                memory_cap_bytes=self._cap,
-                infer_threads=self._threads,
-                on_exit=self._on_exit,
-                heartbeat=self.policy.heartbeat,
-            )
+            beat = Heartbeat(self.policy.heartbeat, self._clock, self.name, self._on_exit)
+            started_at = self._clock.monotonic()
             try:
-                await proc.start(self.policy.start_timeout_s)
+                proc = await self._launcher.launch(self._spec, beat)
             except (ModelyardError, OSError) as exc:
                 failures += 1
                 self.last_exit = str(exc)
@@ -304,19 +280,20 @@ class DeviceWorker:
                 if failures >= self.policy.max_start_failures:
                     self._fail(f"worker for device {self.name} could not start: {exc}")
                     return
-                await asyncio.sleep(self.policy.delay(failures))
+                await self._clock.sleep(self.policy.delay(failures))
                 continue
-            self._proc = proc
+            beat.start(proc)
+            self._proc, self._beat, self._started_at = proc, beat, started_at
             self.state = WorkerState.READY
             self._ready.set()
             log.info("device %s: worker pid %s ready", self.name, proc.pid)
             return
 
-    def _on_exit(self, proc: WorkerProcess, reason: str) -> None:
+    def _on_exit(self, proc: WorkerHandle, reason: str) -> None:
         if proc is not self._proc or self.state in (WorkerState.STOPPED, WorkerState.FAILED):
             return
         log.error("device %s: %s; restarting", self.name, reason)
-        if time.monotonic() - proc.started_at >= self.policy.stable_seconds:
+        if self._clock.monotonic() - self._started_at >= self.policy.stable_seconds:
             self._deaths = 0
             for slot in self._slots.values():
                 slot.crashes = 0
@@ -324,7 +301,7 @@ class DeviceWorker:
         self.state = WorkerState.RESTARTING
         self.last_exit = reason
         self._ready.clear()
-        self._proc = None
+        self._proc, self._beat = None, None
         for key, slot in self._slots.items():
             if slot.in_flight:
                 slot.crashes += 1
@@ -350,7 +327,7 @@ class DeviceWorker:
         self._ready.set()  # loads waiting for a restart see STOPPED and raise
 
     async def _restart(self) -> None:
-        await asyncio.sleep(self.policy.delay(self._deaths))
+        await self._clock.sleep(self.policy.delay(self._deaths))
         if self.state is not WorkerState.RESTARTING:
             return
         self.restarts += 1
@@ -403,11 +380,11 @@ class DeviceWorker:
         if self._slots or proc is None or self.state is not WorkerState.READY:
             return False
         async with self._load_lock:
-            self._proc = None  # its exit is expected: _on_exit ignores a process not current
-            self._ready.clear()
+            beat, self._proc, self._beat = self._beat, None, None  # its exit is expected:
+            self._ready.clear()  # _on_exit ignores a worker that is not current
             self.state = WorkerState.STARTING
             self.recycles += 1
-            await proc.stop(wait_s)
+            await _retire(proc, beat, wait_s)
         log.info("device %s: worker pid %s recycled", self.name, proc.pid)
         return True
 
@@ -425,8 +402,15 @@ class DeviceWorker:
             self._restart_task.cancel()
             await asyncio.gather(self._restart_task, return_exceptions=True)
         if self._proc is not None:
-            await self._proc.stop(wait_s)
-            self._proc = None
+            await _retire(self._proc, self._beat, wait_s)
+        self._proc, self._beat = None, None
+
+
+async def _retire(proc: WorkerHandle, beat: Heartbeat | None, wait_s: float) -> None:
+    """Stop a worker; its heartbeat watches until it has ended (a stuck one is killed)."""
+    await proc.stop(wait_s)
+    if beat is not None:
+        await beat.close()
 
 
 def _worker_target(target: str) -> str:
