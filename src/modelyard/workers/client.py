@@ -165,7 +165,6 @@ class WorkerProcess:
         self._dead: str | None = None
         self._stopping = False
         self._stuck: str | None = None
-        self.started_at = 0.0
         self.hello: Hello | None = None
 
     @property
@@ -200,7 +199,6 @@ class WorkerProcess:
             )
         finally:
             child.close()
-        self.started_at = time.monotonic()
         try:
             self._reader, self._writer = await asyncio.open_unix_connection(
                 sock=parent, limit=READ_CHUNK_BYTES

@@ -11,10 +11,10 @@ What happens when a worker dies:
   requests for its models get Unavailable until they are reloaded (the listener takes their
   replicas out of rotation);
 - it is restarted after ``RestartPolicy.delay`` (doubling, capped) and its models reloaded;
-- blame: a death during a load is charged to the one model loading (loads are serialised per
-  device, so there is exactly one); a death while serving to the models with requests in flight.
-  A model charged ``max_crashes`` times in a row is given up: FAILED, with the reason. Deaths
-  after ``stable_seconds`` of uptime start the count afresh.
+- blame (``modelyard.workers.blame``): a death during a load is charged to the one model loading
+  (loads are serialised per device, so there is exactly one); a death while serving to the
+  models with requests in flight. A model charged ``max_crashes`` times in a row is given up:
+  FAILED, with the reason. Deaths after ``stable_seconds`` of uptime start the count afresh.
 
 A stuck worker (it stops answering the heartbeat: SIGSTOP, a deadlock; see
 ``modelyard.workers.heartbeat``) is one more way to die: the ``Heartbeat`` this supervisor runs
@@ -35,7 +35,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -43,6 +42,7 @@ import numpy as np
 from modelyard.errors import ModelyardError, Unavailable
 from modelyard.ids import VersionKey
 from modelyard.lifecycle.controller import LoadRequest
+from modelyard.workers.blame import Slot
 from modelyard.workers.client import SubprocessLauncher, WorkerServable
 from modelyard.workers.heartbeat import Heartbeat
 from modelyard.workers.launcher import (
@@ -59,23 +59,6 @@ from modelyard.workers.restart import ReplicaListener, RestartPolicy, WorkerStat
 __all__ = ["DeviceWorker", "ReplicaListener", "RestartPolicy", "WorkerState"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(eq=False)
-class _Slot:
-    """A model version this device should hold."""
-
-    request: LoadRequest
-    servable: WorkerServable | None = None
-    loaded: bool = False
-    measured_bytes: int | None = None
-    placed_on: str = ""
-    crashes: int = 0
-    in_flight: int = 0
-    attempt: WorkerHandle | None = None
-    """The worker the last load of this slot was sent to (None: there was none alive)."""
-    charged: WorkerHandle | None = None
-    """The last worker whose death was charged to this slot (each death counts once)."""
 
 
 class DeviceWorker:
@@ -113,7 +96,7 @@ class DeviceWorker:
         self._proc: WorkerHandle | None = None
         self._beat: Heartbeat | None = None
         self._started_at = 0.0
-        self._slots: dict[VersionKey, _Slot] = {}
+        self._slots: dict[VersionKey, Slot] = {}
         self._load_lock = asyncio.Lock()
         self._ready = asyncio.Event()
         self._start_lock = asyncio.Lock()
@@ -134,7 +117,7 @@ class DeviceWorker:
         ``max_crashes`` deaths; then raises Unavailable with the reason. A load error the worker
         reports (corrupt file, missing extra) is raised as is.
         """
-        slot = self._slots.setdefault(request.key, _Slot(request))
+        slot = self._slots.setdefault(request.key, Slot(request))
         try:
             await self._ensure_started()
             while True:
@@ -145,14 +128,8 @@ class DeviceWorker:
                     break
                 except WorkerDied as exc:
                     died = slot.attempt
-                    # Charge each worker's death once: a retry that finds the same process
-                    # dead (before _on_exit has noticed) is not a new crash.
-                    if died is not None and died is not slot.charged:
-                        slot.charged = died
-                        slot.crashes += 1
-                        if slot.crashes >= self.policy.max_crashes:
-                            reason = self._given_up(request.key, slot, exc.message)
-                            raise Unavailable(reason) from exc
+                    if slot.charge_load() and slot.crashes >= self.policy.max_crashes:
+                        raise Unavailable(self._given_up(request.key, slot, exc.message)) from exc
                     # Retry only once the death has been handled (readiness cleared, a restart
                     # under way), so the retry waits for the new worker.
                     if died is not None:
@@ -164,7 +141,7 @@ class DeviceWorker:
         assert slot.servable is not None
         return slot.servable
 
-    async def _load_slot(self, slot: _Slot) -> None:
+    async def _load_slot(self, slot: Slot) -> None:
         proc = self._proc
         slot.attempt = proc if proc is not None and proc.alive else None
         if proc is None or not proc.alive:
@@ -183,11 +160,8 @@ class DeviceWorker:
             slot.servable = WorkerServable(self, r.key, reply.signature, reply.signatures)
         slot.loaded = True
 
-    def _given_up(self, key: VersionKey, slot: _Slot, last: str) -> str:
-        reason = (
-            f"given up: its load crashed the worker of device {self.name} "
-            f"{slot.crashes} times in a row (last: {last})"
-        )
+    def _given_up(self, key: VersionKey, slot: Slot, last: str) -> str:
+        reason = slot.give_up_reason(self.name, last)
         log.error("%s %s", key, reason)
         return reason
 
@@ -358,7 +332,7 @@ class DeviceWorker:
                     self.listener.replica_up(key, self.name)
         log.info("device %s: worker pid %s serving again", self.name, self.pid)
 
-    def _give_up(self, key: VersionKey, slot: _Slot, last: str) -> None:
+    def _give_up(self, key: VersionKey, slot: Slot, last: str) -> None:
         self._slots.pop(key, None)
         if self.listener is not None:
             self.listener.replica_failed(key, self.name, self._given_up(key, slot, last))
@@ -380,8 +354,9 @@ class DeviceWorker:
         if self._slots or proc is None or self.state is not WorkerState.READY:
             return False
         async with self._load_lock:
-            beat, self._proc, self._beat = self._beat, None, None  # its exit is expected:
-            self._ready.clear()  # _on_exit ignores a worker that is not current
+            # Its exit is expected: _on_exit ignores a worker that is not current.
+            beat, self._proc, self._beat = self._beat, None, None
+            self._ready.clear()
             self.state = WorkerState.STARTING
             self.recycles += 1
             await _retire(proc, beat, wait_s)
