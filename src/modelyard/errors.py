@@ -9,6 +9,7 @@
     ├── ResourceExhausted     a queue is full, a body too large, a plan does not fit
     │   └── DoesNotFit        a run-time change the planner cannot place (REST 507)
     ├── Unavailable           the model exists but cannot serve right now (loading, worker died)
+    ├── DeadlineExceeded      the request's deadline passed before it was answered
     ├── Unauthenticated       a management call without a valid token
     ├── PermissionDenied      the management API is disabled
     ├── Unimplemented
@@ -34,6 +35,7 @@ class Code(enum.Enum):
     FAILED_PRECONDITION = "FAILED_PRECONDITION"
     RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
     UNAVAILABLE = "UNAVAILABLE"
+    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
     UNAUTHENTICATED = "UNAUTHENTICATED"
     PERMISSION_DENIED = "PERMISSION_DENIED"
     UNIMPLEMENTED = "UNIMPLEMENTED"
@@ -49,6 +51,7 @@ HTTP_STATUS: dict[Code, int] = {
     Code.FAILED_PRECONDITION: 400,
     Code.RESOURCE_EXHAUSTED: 503,
     Code.UNAVAILABLE: 503,
+    Code.DEADLINE_EXCEEDED: 504,
     Code.UNAUTHENTICATED: 401,
     Code.PERMISSION_DENIED: 403,
     Code.UNIMPLEMENTED: 501,
@@ -106,6 +109,14 @@ class Unavailable(ModelyardError):
     code = Code.UNAVAILABLE
 
 
+class DeadlineExceeded(ModelyardError):
+    """The request's deadline (``--request-timeout-ms``, TF Serving's ``--rest_api_timeout_in_ms``
+    or the client's gRPC deadline) passed; the message says the deadline and where the time
+    went. HTTP 504, gRPC DEADLINE_EXCEEDED."""
+
+    code = Code.DEADLINE_EXCEEDED
+
+
 class Unauthenticated(ModelyardError):
     code = Code.UNAUTHENTICATED
 
@@ -139,6 +150,7 @@ _BY_CODE: dict[Code, type[ModelyardError]] = {
         FailedPrecondition,
         ResourceExhausted,
         Unavailable,
+        DeadlineExceeded,
         Unauthenticated,
         PermissionDenied,
         Unimplemented,

@@ -11,6 +11,7 @@ models keep answering 200.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import json
@@ -50,6 +51,10 @@ pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 def _status(url: str, model: str) -> dict[int, dict[str, Any]]:
     doc = httpx.get(f"{url}/modelyard/v1/status", timeout=10).json()
     return {m["version"]: m for m in doc["models"] if m["model"] == model}
+
+
+def _is_failed(url: str, version: int) -> bool:
+    return bool(_status(url, "m").get(version, {}).get("state") == "FAILED")
 
 
 def _wait(predicate: Callable[[], bool], seconds: float, what: str) -> float:
@@ -303,7 +308,7 @@ def test_corrupt_new_versions_under_load_fail_no_request_and_management_keeps_an
             for version, kind in enumerate(CORRUPT_KINDS, start=2):
                 dropped = time.monotonic()
                 _drop_in(base, version, kind.write)
-                _wait(lambda v=version: _status(url, "m").get(v, {}).get("state") == "FAILED",
+                _wait(functools.partial(_is_failed, url, version),
                       20, f"{kind.name} as m:{version} FAILED")  # fmt: skip
                 to_failed[kind.name] = time.monotonic() - dropped
                 reason = str(_status(url, "m")[version]["error"]).lower()

@@ -166,16 +166,17 @@ def _http_call(method: str, path: str, repo: Repo) -> tuple[str, str, Any]:
 def _grpc_request(method: str, repo: Repo) -> bytes:
     """A request for a gRPC method: for a change, one that would succeed with the token."""
     if method.endswith("/RepositoryModelUnload"):
-        return kserve_pb.RepositoryModelUnloadRequest(model_name="a").SerializeToString()
+        unload = kserve_pb.RepositoryModelUnloadRequest(model_name="a")
+        return bytes(unload.SerializeToString())
     if method.endswith("/RepositoryModelLoad"):
         request = kserve_pb.RepositoryModelLoadRequest(model_name="c")
         config = json.loads(_entry(repo.root / "c")["parameters"]["config"])
         request.parameters["config"].string_param = json.dumps(config)
-        return request.SerializeToString()
+        return bytes(request.SerializeToString())
     if method.endswith("/HandleReloadConfigRequest"):  # drop every model
         config = tf_config.ModelServerConfig()
         config.model_config_list.SetInParent()
-        return tf_pb.ReloadConfigRequest(config=config).SerializeToString()
+        return bytes(tf_pb.ReloadConfigRequest(config=config).SerializeToString())
     return b""
 
 
@@ -409,7 +410,7 @@ def test_reload_config_without_the_token_changes_nothing(
                 tf_pb.ReloadConfigRequest(config=config), metadata=metadata, timeout=120
             )
 
-    hostile = {"evil": "/etc"}  # every model dropped, one read from /etc
+    hostile: dict[str, Path | str] = {"evil": "/etc"}  # every model dropped, one read from /etc
     for metadata in ((), (("authorization", "Bearer wrong"),)):
         with pytest.raises(grpc.RpcError) as info:
             reload(hostile, metadata)

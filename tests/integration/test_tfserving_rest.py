@@ -23,7 +23,8 @@ def _rows(model: BuiltModel) -> list[Any]:
     """The example input in row format: one entry per row."""
     example = model.example
     if len(example) == 1:
-        return next(iter(example.values())).tolist()
+        rows: list[Any] = next(iter(example.values())).tolist()
+        return rows
     batch = len(next(iter(example.values())))
     return [{name: a[i].tolist() for name, a in example.items()} for i in range(batch)]
 

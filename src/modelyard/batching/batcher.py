@@ -25,8 +25,11 @@ Rules a user can rely on:
   and closed batches, not the running ones); a request that would pass the bound is refused at
   once with ``ResourceExhausted`` (HTTP 503, gRPC RESOURCE_EXHAUSTED).
 * A batch that fails fails every request in it with the same error (code and message).
-* A request whose caller is cancelled (client gone) leaves the queue at once; if its batch is
-  already running the rows are computed and dropped.
+* A request whose caller is cancelled (client gone, or its deadline passed in the data plane)
+  leaves the queue at once; if its batch is already running the rows are computed and dropped.
+* A request whose deadline (``modelyard.deadlines``) has passed when its batch is about to run
+  is answered ``DeadlineExceeded`` and left out of the batch. A batch is sent to the model with
+  the latest deadline of its requests (its work is wanted until then).
 
 Async safety: every method runs on one event loop (the server's); nothing here is thread-safe,
 and nothing needs a lock because no ``await`` sits between reading and updating the queue.
@@ -44,6 +47,7 @@ from typing import Protocol
 
 import numpy as np
 
+from modelyard import deadlines
 from modelyard.batching.batch import BatchKey, batch_key, count_rows, join, padded_size, split
 from modelyard.config.schema import BatchingConfig
 from modelyard.errors import (
@@ -79,15 +83,20 @@ class _Stage(enum.Enum):
 
 
 class _Request:
-    __slots__ = ("batch", "future", "inputs", "rows")
+    __slots__ = ("batch", "clock", "future", "inputs", "rows")
 
     def __init__(
-        self, inputs: Mapping[str, np.ndarray], rows: int, future: asyncio.Future[Outputs]
+        self,
+        inputs: Mapping[str, np.ndarray],
+        rows: int,
+        future: asyncio.Future[Outputs],
+        clock: deadlines.RequestClock | None = None,
     ) -> None:
         self.inputs = inputs
         self.rows = rows
         self.future = future
         self.batch: _Batch | None = None
+        self.clock = clock  # the caller's deadline and phases (None: no deadline)
 
 
 class _Batch:
@@ -165,7 +174,9 @@ class DynamicBatcher:
                 f"request adds {cost}; retry later, or raise batching.max_enqueued_batches "
                 "or add replicas"
             )
-        request = _Request(inputs, rows or 0, loop.create_future())
+        request = _Request(inputs, rows or 0, loop.create_future(), deadlines.current())
+        if request.clock is not None:
+            request.clock.enter(deadlines.Phase.BATCH_QUEUE)
         if alone:
             batch = _Batch(None)
             self._add(batch, request, cost)
@@ -255,10 +266,19 @@ class DynamicBatcher:
             if batch is None:
                 return
             self._queued -= batch.cost
-            if not batch.requests:  # every request in it was cancelled
+            _drop_expired(batch)
+            if not batch.requests:  # every request in it was cancelled or expired
                 continue
             batch.stage = _Stage.RUNNING
-            task = loop.create_task(self._run(batch))
+            clocks = [r.clock for r in batch.requests if r.clock is not None]
+            for clock in clocks:
+                clock.enter(deadlines.Phase.DEVICE)
+            # The batch's task runs under a clock of its own: the latest deadline of its
+            # requests (none if one has none), which the worker client sends with the batch.
+            shared = None
+            if len(clocks) == len(batch.requests):
+                shared = deadlines.RequestClock(deadlines.latest(clocks), model=self._model)
+            task = loop.create_task(self._run(batch), context=deadlines.context_with(shared))
             self._running.add(task)
             task.add_done_callback(self._finished)
 
@@ -333,3 +353,18 @@ class DynamicBatcher:
 def _fail(request: _Request, exc: ModelyardError) -> None:
     if not request.future.done():
         request.future.set_exception(exc)
+
+
+def _drop_expired(batch: _Batch) -> None:
+    """Answer DeadlineExceeded to the requests of ``batch`` whose deadline has passed, and take
+    them out of it: nobody waits for their rows any more. ``batch`` is not running yet."""
+    kept = []
+    for request in batch.requests:
+        if request.clock is not None and request.clock.expired():
+            if not request.future.done():
+                request.future.set_exception(request.clock.exceeded())
+        else:
+            kept.append(request)
+    if len(kept) != len(batch.requests):
+        batch.requests = kept
+        batch.rows = sum(r.rows for r in kept)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from modelyard.cli.plan import render_table
 from modelyard.config import BatchingConfig, ModelConfig, ServerConfig, load_config, parse_size
 from modelyard.config.tfserving import parse_batching_parameters, with_batching
+from modelyard.deadlines import DeadlinePolicy
 from modelyard.errors import ConfigError, ModelyardError
 from modelyard.management.roots import ModelRoots
 from modelyard.management.state import StateStore, apply_overrides
@@ -25,6 +26,7 @@ from modelyard.server.defaults import (
     DEFAULT_GRPC_PORT,
     DEFAULT_MAX_IN_FLIGHT,
     DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_REQUEST_TIMEOUT_MS,
     DEFAULT_REST_PORT,
 )
 
@@ -46,7 +48,6 @@ IGNORED_TF_SERVING_FLAGS = (
     "tensorflow_session_parallelism",
     "enable_model_warmup",
     "rest_api_num_threads",
-    "rest_api_timeout_in_ms",
     "grpc_channel_arguments",
     "grpc_max_threads",
     "per_process_gpu_memory_fraction",
@@ -73,6 +74,19 @@ class _IgnoredFlag(argparse.Action):
     ) -> None:
         ignored: list[str] = getattr(namespace, "ignored_tf_flags", [])
         namespace.ignored_tf_flags = [*ignored, self.dest]
+
+
+def _milliseconds(text: str) -> int:
+    """A deadline flag's value: whole milliseconds, 0 or more (0: no deadline)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected milliseconds (an integer), got {text!r}"
+        ) from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 (no deadline) or more ms, got {value}")
+    return value
 
 
 def _flag_bool(text: str) -> bool:
@@ -136,6 +150,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0.0,
         help="seconds between polls of the config file for changes (default 0: never)",
     )
+    tf.add_argument(
+        "--rest_api_timeout_in_ms",
+        "--rest-api-timeout-in-ms",
+        type=_milliseconds,
+        default=None,
+        help="deadline of a REST request, in ms (0: none); default: --request-timeout-ms",
+    )
     for flag in IGNORED_TF_SERVING_FLAGS:
         tf.add_argument(
             f"--{flag}",
@@ -165,8 +186,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-concurrent-requests",
         type=int,
         default=DEFAULT_MAX_IN_FLIGHT,
-        help="inference requests served at once over all protocols; more get 503 / "
-        f"RESOURCE_EXHAUSTED at once (default {DEFAULT_MAX_IN_FLIGHT})",
+        help="inference requests served at once per device, over all protocols; more for a "
+        f"full device get 503 / RESOURCE_EXHAUSTED at once (default {DEFAULT_MAX_IN_FLIGHT})",
+    )
+    parser.add_argument(
+        "--request-timeout-ms",
+        type=_milliseconds,
+        default=DEFAULT_REQUEST_TIMEOUT_MS,
+        help="deadline of every request, any protocol, in ms (0: none); a gRPC client's sooner "
+        "deadline wins; past it: 504 / DEADLINE_EXCEEDED and queued work is dropped "
+        f"(default {DEFAULT_REQUEST_TIMEOUT_MS})",
     )
     parser.add_argument(
         "--ports-file",
@@ -298,6 +327,7 @@ async def _serve(config: ServerConfig, plan: Plan, args: argparse.Namespace, is_
         grpc_port=args.port,
         max_request_bytes=args.max_request_bytes,
         max_concurrent_requests=args.max_concurrent_requests,
+        deadline_policy=DeadlinePolicy(args.request_timeout_ms, args.rest_api_timeout_in_ms),
         # What each worker measures after a load is preferred over the estimate next time.
         footprints=FootprintCache(),
         management_token=args.management_token or os.environ.get("MODELYARD_MANAGEMENT_TOKEN"),

@@ -10,6 +10,7 @@ Async safety: one instance per event loop; methods are called from that loop onl
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -17,9 +18,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from modelyard import __version__
+from modelyard import __version__, deadlines
 from modelyard.backends import PROTOCOL_PLATFORM
 from modelyard.config.schema import Platform
+from modelyard.deadlines import Deadline, DeadlinePolicy, Phase, RequestClock
 from modelyard.errors import (
     Internal,
     InvalidArgument,
@@ -86,14 +88,18 @@ class DataPlane:
         server_name: str = "modelyard",
         metrics: ServerMetrics | None = None,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        deadline_policy: DeadlinePolicy | None = None,
     ) -> None:
-        """``max_in_flight`` bounds the inference requests being served at once, over every
-        protocol and model; one more is refused at once (ResourceExhausted: HTTP 503, gRPC
-        RESOURCE_EXHAUSTED) instead of queueing without bound."""
+        """``max_in_flight`` bounds the inference requests being served at once *per device*
+        (each device its own budget, so slow requests to one device cannot take another
+        device's); one more for a full device is refused at once (ResourceExhausted: HTTP 503,
+        gRPC RESOURCE_EXHAUSTED) instead of queueing without bound. ``deadline_policy``: the
+        deadlines requests get (default: none)."""
         self._registry = registry
         self.metrics = metrics
         self.max_in_flight = max_in_flight
-        self._in_flight = 0
+        self.deadlines = deadline_policy or DeadlinePolicy()
+        self._in_flight: dict[str, int] = {}
         self.server_name = server_name
         self.version = __version__
         self.started = False
@@ -164,27 +170,33 @@ class DataPlane:
         inputs: Mapping[str, np.ndarray],
         outputs: Sequence[str] | None = None,
         signature_name: str | None = None,
+        *,
+        deadline: Deadline | None = None,
+        started: float | None = None,
     ) -> InferResult:
         """Run one request. Inputs are checked against the signature before the model runs.
 
         ``outputs`` names the outputs to return, in that order; None returns all of them in
         signature order. ``signature_name`` picks a named signature (TF Serving's
-        ``signature_name``); None is the default one. Raises InvalidArgument for bad input or
-        an unknown signature, NotFound for unknown names, Unavailable when no replica can serve.
+        ``signature_name``); None is the default one. ``deadline``: when the request must be
+        answered by (None: the one ``deadlines.given`` set around this call, else the policy's
+        default from ``started`` or now). Raises InvalidArgument for bad input or an unknown
+        signature, NotFound for unknown names, Unavailable when no replica can serve,
+        ResourceExhausted when the replica's device is at its in-flight limit, DeadlineExceeded
+        once the deadline has passed (the request's queued work is then dropped; work already
+        running on a device finishes there and its result is discarded).
         """
+        if deadline is None:
+            given = deadlines.given_deadline()
+            deadline = given[0] if given is not None else self.deadlines.default(started)
+        if started is None and deadline is not None:  # its time counts from the deadline's start
+            started = deadline.at - deadline.budget_ms / 1000.0
+        clock = RequestClock(deadline, model=ref.name, start=started)
         entry: VersionEntry | None = None
         try:
             entry = self._available(ref)
-            if self._in_flight >= self.max_in_flight:
-                raise ResourceExhausted(
-                    f"the server is serving its limit of {self.max_in_flight} requests at once; "
-                    "retry shortly, or raise --max-concurrent-requests"
-                )
-            self._in_flight += 1
-            try:
-                result, seconds = await self._run(entry, inputs, outputs, signature_name)
-            finally:
-                self._in_flight -= 1
+            with deadlines.serving(clock):
+                result, seconds = await self._bounded(clock, entry, inputs, outputs, signature_name)
         except ModelyardError as exc:
             if self.metrics is not None:
                 key = entry.key if entry is not None else None
@@ -195,6 +207,27 @@ class DataPlane:
         if self.metrics is not None:
             self.metrics.observe_ok(entry.key.model, entry.key.version, seconds)
         return result
+
+    async def _bounded(
+        self,
+        clock: RequestClock,
+        entry: VersionEntry,
+        inputs: Mapping[str, np.ndarray],
+        outputs: Sequence[str] | None,
+        signature_name: str | None,
+    ) -> tuple[InferResult, float]:
+        """``_run`` within the clock's deadline: cancelled there (which takes the request out of
+        a batcher's queue and tells the worker to skip it) and answered DeadlineExceeded."""
+        if clock.deadline is None:
+            return await self._run(entry, inputs, outputs, signature_name)
+        left = clock.deadline.remaining_s()
+        if left <= 0:
+            raise clock.exceeded()
+        try:
+            async with asyncio.timeout(left):
+                return await self._run(entry, inputs, outputs, signature_name)
+        except TimeoutError:
+            raise clock.exceeded() from None
 
     async def _run(
         self,
@@ -219,12 +252,25 @@ class DataPlane:
         if wanted is not None and len(set(wanted)) != len(wanted):
             repeated = sorted({n for n in wanted if wanted.count(n) > 1})
             raise InvalidArgument(f"output {', '.join(map(repr, repeated))} is requested twice")
+        device = replica.device
+        busy = self._in_flight.get(device, 0)
+        if busy >= self.max_in_flight:
+            raise ResourceExhausted(
+                f"device {device} is serving its limit of {self.max_in_flight} requests at "
+                "once; retry shortly, or raise --max-concurrent-requests (a limit per device)"
+            )
+        clock = deadlines.current()
+        if clock is not None:
+            clock.device = device
+            clock.enter(Phase.DEVICE)  # the batcher, if there is one, says it queues first
+        self._in_flight[device] = busy + 1
         replica.in_flight += 1
         started = time.perf_counter()
         try:
             produced = await run(inputs)
         finally:
             replica.in_flight -= 1
+            self._in_flight[device] -= 1
         seconds = time.perf_counter() - started
         names = wanted if wanted is not None else [s.name for s in signature.outputs]
         try:
@@ -232,6 +278,12 @@ class DataPlane:
         except KeyError as exc:
             raise Internal(f"model {entry.key} did not return output {exc.args[0]!r}") from None
         return InferResult(entry.key.model, entry.key.version, result), seconds
+
+    def in_flight(self, device: str | None = None) -> int:
+        """Inference requests being served now, on ``device`` or on all devices."""
+        if device is not None:
+            return self._in_flight.get(device, 0)
+        return sum(self._in_flight.values())
 
     def _available(self, ref: ModelRef) -> VersionEntry:
         if self.stopping:

@@ -20,6 +20,7 @@ from starlette.applications import Starlette
 
 from modelyard.batching import batching_wrapper
 from modelyard.config.schema import DeviceKind, ServerConfig
+from modelyard.deadlines import DeadlinePolicy
 from modelyard.errors import NotFound
 from modelyard.lifecycle.controller import Controller, InProcessLoader, Loader
 from modelyard.lifecycle.placement import demand_of
@@ -35,6 +36,7 @@ from modelyard.server.defaults import (
     DEFAULT_GRPC_PORT,
     DEFAULT_MAX_IN_FLIGHT,
     DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_REQUEST_TIMEOUT_MS,
     DEFAULT_REST_PORT,
 )
 from modelyard.server.grpc.server import GrpcServer, start_grpc_server
@@ -70,6 +72,7 @@ class Server:
         grpc_port: int = DEFAULT_GRPC_PORT,
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
         max_concurrent_requests: int = DEFAULT_MAX_IN_FLIGHT,
+        deadline_policy: DeadlinePolicy | None = None,
         loader: Loader | None = None,
         plan: Plan | None = None,
         access_log: bool = False,
@@ -86,7 +89,9 @@ class Server:
     ) -> None:
         """``loader``: default a ``WorkerLoader`` (one worker process per plan device); pass
         ``InProcessLoader()`` to load in this process. ``footprints``: where measured
-        footprints are recorded after each load (None: not recorded).
+        footprints are recorded after each load (None: not recorded). ``deadline_policy``:
+        requests' deadlines (default: ``--request-timeout-ms``'s default for every protocol);
+        ``max_concurrent_requests``: in-flight inference requests per device.
 
         Lifecycle: base paths are polled every ``poll_interval_s`` (default: the config's
         ``poll_interval_seconds``, else 1 s; 0 or less: never after start). ``config_files``
@@ -104,7 +109,10 @@ class Server:
         self.registry = ModelRegistry()
         self.metrics = ServerMetrics(self.registry, lambda: self.plan)
         self.dataplane = DataPlane(
-            self.registry, metrics=self.metrics, max_in_flight=max_concurrent_requests
+            self.registry,
+            metrics=self.metrics,
+            max_in_flight=max_concurrent_requests,
+            deadline_policy=deadline_policy or DeadlinePolicy(DEFAULT_REQUEST_TIMEOUT_MS),
         )
         self._owns_loader = loader is None
         self._loader: Loader = loader if loader is not None else _worker_loader(plan, footprints)

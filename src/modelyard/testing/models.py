@@ -185,6 +185,71 @@ def write_torchscript_mlp(
     )
 
 
+def write_torchscript_loop(version_dir: Path, width: int = 4) -> BuiltModel:
+    """Write ``model.pt`` (scripted): ``x`` FP32 [-1, width] and ``n`` INT64 [-1] -> ``y`` FP32
+    [-1, width], ``x`` moved halfway towards 2, ``max(n)`` times over.
+
+    A slow model on demand: a request's ``n`` sets how long it runs (a few microseconds a turn
+    on a CPU), so tests hold a device busy for as long as they need. TorchScript runs the loop
+    in C++ without the GIL, as a real model's kernels run.
+    """
+    import torch
+
+    from modelyard.testing._torch_models import Loop
+
+    artifact = _artifact(version_dir, "model.pt")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        torch.jit.save(torch.jit.script(Loop()), str(artifact))
+
+    def reference(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        x = np.asarray(inputs["x"], dtype=np.float32)
+        turns = int(np.max(inputs["n"])) if np.size(inputs["n"]) else 0
+        y = x.copy()
+        for _ in range(min(turns, 64)):  # float32 reaches 2 exactly well before 64 turns
+            y = y * np.float32(0.5) + np.float32(1.0)
+        return {"y": y}
+
+    return BuiltModel(
+        artifact=artifact,
+        platform=Platform.TORCHSCRIPT,
+        signature=Signature(
+            (
+                TensorSpec("x", DataType.FP32, (-1, width)),
+                TensorSpec("n", DataType.INT64, (-1,)),
+            ),
+            (TensorSpec("y", DataType.FP32, (-1, width)),),
+        ),
+        reference=reference,
+        example={"x": _example(0, 2, width), "n": np.array([3, 3], dtype=np.int64)},
+        declared=True,
+    )
+
+
+def loop_turns_per_second(built: BuiltModel, turns: int = 50_000) -> float:
+    """How many turns a second ``write_torchscript_loop``'s model makes on this machine, timed
+    in this process after a warm-up run (a worker process on the CPU runs at about this pace),
+    so a test can ask for a request of a given length: ``n = seconds * turns_per_second``."""
+    import time
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        model = torch.jit.load(str(built.artifact))  # type: ignore[no-untyped-call]
+    x = torch.from_numpy(built.example["x"])
+    model(x, torch.tensor([10, 10]))  # TorchScript profiles and optimises the first runs
+    model(x, torch.tensor([10, 10]))
+    # The fastest of three: on a loaded machine one timing can run slow, and a pace taken too
+    # low makes a "long" request end early; too high only makes it longer.
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        model(x, torch.tensor([turns, turns]))
+        best = min(best, time.perf_counter() - started)
+    return turns / max(best, 1e-6)
+
+
 def write_onnx_linear(
     version_dir: Path,
     in_features: int = 4,

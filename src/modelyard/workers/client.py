@@ -51,8 +51,10 @@ from modelyard.workers.launcher import ProcessSample, WorkerDied, WorkerEvents, 
 from modelyard.workers.protocol import (
     LEN_BYTES,
     PREFIX_BYTES,
+    Cancel,
     Error,
     Hello,
+    Infer,
     Message,
     Ping,
     ProtocolError,
@@ -233,10 +235,17 @@ class WorkerProcess:
         request_id = next(self._ids)
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
+        message = message_of(request_id)
         try:
-            self._writer.writelines(encode(message_of(request_id)))
+            self._writer.writelines(encode(message))
             await self._writer.drain()
             reply = await future
+        except asyncio.CancelledError:
+            # The caller is gone (client disconnected, deadline passed): an inference it
+            # still waits for in the worker's queue is not run (no reply comes for it).
+            if isinstance(message, Infer) and not self._writer.transport.is_closing():
+                self._writer.writelines(encode(Cancel(request_id)))
+            raise
         except (ConnectionError, OSError) as exc:
             raise WorkerDied(self._dead or f"worker for {self.device}: {exc}") from exc
         finally:

@@ -3,7 +3,7 @@
 ``WorkerHost`` is created by ``worker.main`` after the device is pinned. Ownership: it owns the
 socket and every model it loads; the front end only ever names models by (model, version).
 Thread safety: ``serve`` runs on the main thread; replies are sent from the load thread and the
-inference pool under ``_send_lock``; ``_models`` is written by the load thread only and read by
+execution slots under ``_send_lock``; ``_models`` is written by the load thread only and read by
 the others (dict reads and single assignments are atomic in CPython).
 """
 
@@ -15,6 +15,7 @@ import os
 import socket
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +26,10 @@ import psutil
 from modelyard.backends import LoadedModel, get_backend
 from modelyard.backends.base import Backend, MultiSignatureModel
 from modelyard.config.schema import Platform
-from modelyard.errors import Internal, InvalidArgument, ModelyardError, NotFound
+from modelyard.errors import DeadlineExceeded, Internal, InvalidArgument, ModelyardError, NotFound
 from modelyard.tensors import DEFAULT_SIGNATURE
 from modelyard.workers.protocol import (
+    Cancel,
     Done,
     Error,
     Hello,
@@ -45,6 +47,7 @@ from modelyard.workers.protocol import (
     recv_message,
     send_message,
 )
+from modelyard.workers.slots import FairSlots, Job
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +77,11 @@ class WorkerHost:
         target: str,
         memory_cap_bytes: int = 0,
         infer_threads: int = 4,
+        per_model_threads: int | None = None,
     ) -> None:
+        """``infer_threads`` inferences run at once, at most ``per_model_threads`` of one model
+        (default ``per_model_slots``: one slot, and on a CPU device one core, is always left for
+        the device's other models; see ``modelyard.workers.slots``)."""
         self._sock = sock
         self._device = device
         self._target = target
@@ -82,7 +89,12 @@ class WorkerHost:
         self._send_lock = threading.Lock()
         self._models: dict[tuple[str, int], HeldModel] = {}
         self._load_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="load")
-        self._infer_pool = ThreadPoolExecutor(infer_threads, thread_name_prefix="infer")
+        if per_model_threads is None:
+            per_model_threads = per_model_slots(infer_threads, target)
+        self._slots = FairSlots(infer_threads, per_model_threads)
+        # Per model: inferences run, withdrawn by their caller, skipped past their deadline.
+        self._counts: dict[str, dict[str, int]] = {}
+        self._counts_lock = threading.Lock()
         self._torch_capped = False
         self._prepared: set[Platform] = set()
         self._process = psutil.Process()
@@ -97,7 +109,11 @@ class WorkerHost:
             if isinstance(message, Ping):  # the heartbeat: answered here, never queued
                 self._send(Pong(message.request_id))
             elif isinstance(message, Infer):
-                self._infer_pool.submit(self._guard, self._infer, message)
+                self._submit(message)
+            elif isinstance(message, Cancel):
+                cancelled = self._slots.cancel(message.request_id)  # None: started or done
+                if cancelled is not None:
+                    self._count(cancelled.key, "cancelled")
             elif isinstance(message, Load):
                 self._load_pool.submit(self._guard, self._load, message)
             elif isinstance(message, Unload):
@@ -106,7 +122,7 @@ class WorkerHost:
                 self._send(Reported(message.request_id, self.report()))
             elif isinstance(message, Shutdown):
                 # Let running inferences finish before their models go away.
-                self._infer_pool.shutdown(wait=True)
+                self._slots.close()
                 self._load_pool.submit(self._unload_all).result()
                 self._send(Done(message.request_id))
                 return 0
@@ -125,7 +141,43 @@ class WorkerHost:
             log.exception("worker %s: %s failed", self._device, message.KIND.name)
             self._send(Error.of(message.request_id, Internal(f"{type(exc).__name__}: {exc}")))
 
+    def _submit(self, message: Infer) -> None:
+        """Queue ``message`` for an execution slot; past its budget it is answered
+        DEADLINE_EXCEEDED instead of run."""
+        received = time.monotonic()
+        budget = message.budget_ms
+        deadline = None if budget is None else received + budget / 1000.0
+
+        def expired(waited_s: float) -> None:
+            self._count(message.model, "expired")
+            self._send(
+                Error.of(
+                    message.request_id,
+                    DeadlineExceeded(
+                        f"deadline exceeded: model {message.model!r} waited {waited_s * 1000:.0f} "
+                        f"ms on device {self._device} for an execution slot, past the "
+                        f"{budget or 0:.0f} ms its deadline left; it was not run"
+                    ),
+                )
+            )
+
+        job = Job(
+            message.model,
+            message.request_id,
+            lambda: self._guard(self._infer, message),
+            expired,
+            deadline,
+            received,
+        )
+        self._slots.submit(job)
+
+    def _count(self, model: str, what: str) -> None:
+        with self._counts_lock:
+            counts = self._counts.setdefault(model, {"run": 0, "cancelled": 0, "expired": 0})
+            counts[what] += 1
+
     def _infer(self, message: Infer) -> None:
+        self._count(message.model, "run")
         held = self._models.get((message.model, message.version))
         if held is None:
             raise NotFound(f"{message.model}:{message.version} is not loaded on {self._device}")
@@ -189,6 +241,13 @@ class WorkerHost:
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
             "rss_bytes": self._process.memory_info().rss,
             "models": models,
+            "inferences": self._inference_counts(),
+            "execution_slots": {
+                "threads": self._slots.threads,
+                "per_model": self._slots.per_model,
+                "running": self._slots.running(),
+                "queued": self._slots.queued(),
+            },
         }
         if "torch" in sys.modules and self._target.startswith("cuda"):
             import torch
@@ -198,6 +257,12 @@ class WorkerHost:
                 report["cuda_device_name"] = torch.cuda.get_device_name(0)
                 report["cuda_allocated_bytes"] = torch.cuda.memory_allocated(0)
         return report
+
+    def _inference_counts(self) -> dict[str, dict[str, int]]:
+        """Per model: how many inferences ran, were withdrawn (caller gone) or were skipped
+        (deadline passed while queued), since the process started."""
+        with self._counts_lock:
+            return {model: dict(counts) for model, counts in sorted(self._counts.items())}
 
     # -- memory --------------------------------------------------------------------------
 
@@ -241,6 +306,29 @@ class WorkerHost:
     def _send(self, message: Message) -> None:
         with self._send_lock:
             send_message(self._sock, message)
+
+
+def per_model_slots(threads: int, target: str, cores: int | None = None) -> int:
+    """How many of a worker's ``threads`` execution slots one model may hold at once.
+
+    One fewer than all of them, so another model always finds a slot free. On a CPU device the
+    slots share the machine's cores (``cores``, default: the cores this process may use): a
+    model may keep at most all cores but one busy, else a slow model's running inferences leave
+    a fast one's no CPU to run on, however many threads are free. At least 1.
+    """
+    limit = threads - 1
+    if not target.startswith("cuda"):
+        usable = cores if cores is not None else _usable_cores()
+        limit = min(limit, usable - 1)
+    return max(1, limit)
+
+
+def _usable_cores() -> int:
+    """The cores this process may run on (its affinity where the platform has one)."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    if affinity is not None:
+        return len(affinity(0))
+    return os.cpu_count() or 1
 
 
 def _placed_on(model: LoadedModel) -> str:

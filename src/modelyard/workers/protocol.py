@@ -53,6 +53,7 @@ class MessageKind(enum.IntEnum):
     SHUTDOWN = 11
     PING = 12  # the heartbeat; answered by the worker's reader, never queued behind inference
     PONG = 13  # worker -> front end
+    CANCEL = 14  # an INFER whose caller is gone: skip it if it has not started (no reply)
 
 
 class ProtocolError(Exception):
@@ -121,6 +122,18 @@ class Infer(Message):
     tensors: Mapping[str, np.ndarray] = field(default_factory=dict)
     signature_name: str | None = None
     """None: the default signature."""
+    budget_ms: float | None = None
+    """Milliseconds left to the request's deadline when it was sent (None: no deadline). The
+    worker skips the request, answering DEADLINE_EXCEEDED, when they have run out before an
+    execution slot takes it. Relative, so the two processes need not share a clock."""
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel(Message):
+    """The caller of the INFER ``request_id`` is gone (client disconnected, deadline passed):
+    the worker drops it if it is still queued. No reply: the front end has stopped waiting."""
+
+    KIND = MessageKind.CANCEL
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +203,7 @@ _CLASSES: dict[MessageKind, type[Message]] = {
         Shutdown,
         Ping,
         Pong,
+        Cancel,
     )
 }
 _SIGNATURE_FIELDS = frozenset({"signature", "declared"})

@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from modelyard import deadlines
 from modelyard.errors import ModelyardError, Unavailable
 from modelyard.ids import VersionKey
 from modelyard.lifecycle.controller import LoadRequest
@@ -179,9 +180,10 @@ class DeviceWorker:
                 f"right now (worker {self.state.value}{why})"
             )
         slot.in_flight += 1
+        budget_ms = deadlines.remaining_ms()  # the worker skips it once this has run out
         try:
             reply = await proc.request(
-                lambda rid: Infer(rid, key.model, key.version, inputs, signature_name)
+                lambda rid: Infer(rid, key.model, key.version, inputs, signature_name, budget_ms)
             )
         finally:
             slot.in_flight -= 1

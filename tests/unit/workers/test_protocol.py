@@ -63,7 +63,7 @@ def test_bytes_tensors_keep_every_element_including_empty_ones() -> None:
 
 def test_shapes_with_zero_rows_scalars_and_non_contiguous_views() -> None:
     base = np.arange(24, dtype=np.float32).reshape(4, 6)
-    tensors = {
+    tensors: dict[str, np.ndarray] = {
         "empty": np.zeros((0, 3), np.float32),
         "scalar": np.array(3.5, np.float64),
         "view": base[:, ::2],  # not contiguous: sent as its values, in C order

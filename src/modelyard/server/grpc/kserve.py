@@ -184,6 +184,7 @@ class KServeServicer:
 
     @_rpc
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        deadline = self._dataplane.deadlines.grpc(context.time_remaining())
         ref = model_ref(request.model_name, request.model_version)
         inputs = decode_inputs(request)
         for output in request.outputs:
@@ -191,7 +192,7 @@ class KServeServicer:
                 output.parameters, _UNSUPPORTED_OUTPUT_PARAMETERS, f"output {output.name!r}"
             )
         wanted = [output.name for output in request.outputs] or None
-        result = await self._dataplane.infer(ref, inputs, wanted)
+        result = await self._dataplane.infer(ref, inputs, wanted, deadline=deadline)
         response = pb.ModelInferResponse(
             model_name=result.model, model_version=str(result.version), id=request.id
         )

@@ -22,6 +22,7 @@ from typing import Any
 import grpc
 from google.protobuf import text_format
 
+from modelyard import deadlines
 from modelyard.config.schema import ServerConfig
 from modelyard.config.tfserving import parse_tf_serving_config
 from modelyard.errors import InvalidArgument, ModelyardError
@@ -99,11 +100,12 @@ class PredictionServicer:
 
     @_rpc
     async def Predict(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        deadline = self._dataplane.deadlines.grpc(context.time_remaining())
         ref = model_ref(request.model_spec)
         name = request.model_spec.signature_name or DEFAULT_SIGNATURE
         inputs = {key: tensor_to_array(t, key, self._limit) for key, t in request.inputs.items()}
         result = await self._dataplane.infer(
-            ref, inputs, list(request.output_filter) or None, signature_name=name
+            ref, inputs, list(request.output_filter) or None, signature_name=name, deadline=deadline
         )
         response = pb.PredictResponse(model_spec=_spec_out(result.model, result.version, name))
         for key, array in result.outputs.items():
@@ -131,7 +133,10 @@ class PredictionServicer:
     async def Classify(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         ref = model_ref(request.model_spec)
         name = request.model_spec.signature_name or DEFAULT_SIGNATURE
-        version, results = await tfexamples.classify(self._dataplane, ref, _examples(request), name)
+        with deadlines.given(self._dataplane.deadlines.grpc(context.time_remaining())):
+            version, results = await tfexamples.classify(
+                self._dataplane, ref, _examples(request), name
+            )
         response = pb.ClassificationResponse(model_spec=_spec_out(ref.name, version, name))
         for result in results:
             classifications = response.result.classifications.add()
@@ -143,7 +148,10 @@ class PredictionServicer:
     async def Regress(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         ref = model_ref(request.model_spec)
         name = request.model_spec.signature_name or DEFAULT_SIGNATURE
-        version, values = await tfexamples.regress(self._dataplane, ref, _examples(request), name)
+        with deadlines.given(self._dataplane.deadlines.grpc(context.time_remaining())):
+            version, values = await tfexamples.regress(
+                self._dataplane, ref, _examples(request), name
+            )
         response = pb.RegressionResponse(model_spec=_spec_out(ref.name, version, name))
         for value in values:
             response.result.regressions.add(value=value)

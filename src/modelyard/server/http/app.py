@@ -26,6 +26,7 @@ from modelyard.metrics.server_metrics import CONTENT_TYPE
 from modelyard.server.dataplane import DataPlane
 from modelyard.server.http import kserve, management, status, tfserving, ui
 from modelyard.server.http.common import error_response
+from modelyard.server.http.deadline import InferenceCalls
 from modelyard.server.http.status import StatusSource
 
 log = logging.getLogger(__name__)
@@ -145,7 +146,11 @@ def build_app(
     gate = Gate(management_token if manager is not None else None)
     return Starlette(
         routes=gate_routes(routes, gate),
-        middleware=[Middleware(_AnswerBugs)],
+        # Inference calls get their REST deadline and are cancelled when the client goes away.
+        middleware=[
+            Middleware(_AnswerBugs),
+            Middleware(InferenceCalls, policy=dataplane.deadlines),
+        ],
         exception_handlers={
             ModelyardError: _on_modelyard_error,
             HTTPException: _on_http_exception,

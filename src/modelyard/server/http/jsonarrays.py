@@ -33,7 +33,7 @@ import numpy as np
 from modelyard.tensors import DEFAULT_SIGNATURE, DataType, Signature, TensorSpec, overflowed
 
 try:
-    import simdjson
+    import simdjson as simdjson  # re-exported: tests switch the fast path off through it
 except ImportError:  # the general path serves every request, only slower
     simdjson = None  # type: ignore[assignment]
 

@@ -167,7 +167,8 @@ def test_several_inputs_and_unknown_signatures_follow_the_general_path() -> None
 
 def kserve_general(body: bytes) -> codec.InferRequest | ModelyardError:
     """``decode_request`` with the fast path switched off: the reference."""
-    saved, jsonarrays.simdjson = jsonarrays.simdjson, None
+    saved = jsonarrays.simdjson
+    jsonarrays.simdjson = None  # type: ignore[assignment]
     try:
         return codec.decode_request(body)
     except ModelyardError as exc:

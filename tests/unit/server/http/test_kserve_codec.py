@@ -155,7 +155,7 @@ def test_request_mixing_json_and_binary_inputs_in_order() -> None:
     }
     a = np.array([1, 2], dtype=np.float32).tobytes()
     c = encode_binary_tensor(DataType.BYTES, np.array([b"hi", b"yo"], dtype=object))
-    body, length = _binary_body(header, a, c)
+    body, length = _binary_body(header, a, bytes(c))
     request = decode_request(body, length)
     assert request.id == "42"
     assert list(request.inputs) == ["a", "b", "c"]

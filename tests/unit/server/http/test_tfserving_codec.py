@@ -133,7 +133,10 @@ def test_columnar_outputs() -> None:
     two = InferResult(
         "m", 1, {"s": np.array([[1, 2]], dtype=np.float32), "k": np.array([5], dtype=np.int64)}
     )
-    dump = lambda v: orjson.loads(orjson.dumps(v, option=orjson.OPT_SERIALIZE_NUMPY))  # noqa: E731
+
+    def dump(value: object) -> object:
+        return orjson.loads(orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY))
+
     assert dump(encode_outputs(one)) == [[1.0, 2.0]]
     assert dump(encode_outputs(two)) == {"s": [[1.0, 2.0]], "k": [5]}
 

@@ -1,0 +1,145 @@
+"""A worker's execution slots, shared fairly between its models.
+
+A worker runs at most ``threads`` inferences at once. Without a rule, whichever model sends
+most requests takes every slot: four slow requests to one model made every other model on the
+device wait for them (33 s). So:
+
+* **A cap per model.** One model runs at most ``per_model`` inferences at once (default
+  ``threads - 1``, at least 1): with two or more slots, one slot is always left for the
+  device's other models, whatever one model is sent.
+* **A fair queue.** Work that cannot start waits in a FIFO per model; a freed slot goes to the
+  next model in round-robin order that has work and is under its cap, so a model with a long
+  queue does not make another wait behind all of it.
+* **Cancel and deadlines.** Queued work can be withdrawn (``cancel``: its caller is gone); work
+  whose deadline passed while it waited is not run but handed to its ``expired`` callback.
+
+Running work is never interrupted: a model's code cannot be stopped safely halfway.
+
+Thread safety: every method may be called from any thread; one lock guards the queues.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One unit of work. ``deadline``: ``time.monotonic()`` by which it must start, else
+    ``expired(waited_s)`` runs instead of ``run`` (None: no deadline)."""
+
+    key: str
+    job_id: int
+    run: Callable[[], None]
+    expired: Callable[[float], None]
+    deadline: float | None = None
+    queued_at: float = 0.0
+
+
+class FairSlots:
+    """``threads`` worker threads taking jobs from per-key FIFOs, at most ``per_model`` of
+    one key at once, keys served round-robin. See the module docstring."""
+
+    def __init__(self, threads: int, per_model: int | None = None, *, name: str = "infer") -> None:
+        if threads < 1:
+            raise ValueError(f"threads must be at least 1, got {threads}")
+        self.threads = threads
+        self.per_model = max(1, per_model if per_model is not None else threads - 1)
+        self._lock = threading.Condition()
+        self._queues: OrderedDict[str, deque[Job]] = OrderedDict()
+        self._running: dict[str, int] = {}
+        self._closing = False
+        self._workers = [
+            threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
+            for i in range(threads)
+        ]
+        for worker in self._workers:
+            worker.start()
+
+    def submit(self, job: Job) -> None:
+        """Queue ``job``; it runs as soon as a slot is free and its model is under its cap."""
+        with self._lock:
+            if self._closing:
+                raise RuntimeError("the execution slots are closed")
+            if not job.queued_at:
+                job = Job(job.key, job.job_id, job.run, job.expired, job.deadline, time.monotonic())
+            self._queues.setdefault(job.key, deque()).append(job)
+            self._lock.notify()
+
+    def cancel(self, job_id: int) -> Job | None:
+        """Withdraw the queued job ``job_id`` and return it; None when it is not queued
+        (running, done, or never seen), in which case nothing changes."""
+        with self._lock:
+            for key, queue in self._queues.items():
+                for job in queue:
+                    if job.job_id == job_id:
+                        queue.remove(job)
+                        if not queue:
+                            del self._queues[key]
+                        return job
+        return None
+
+    def running(self, key: str | None = None) -> int:
+        with self._lock:
+            if key is not None:
+                return self._running.get(key, 0)
+            return sum(self._running.values())
+
+    def queued(self) -> int:
+        with self._lock:
+            return sum(len(q) for q in self._queues.values())
+
+    def close(self) -> None:
+        """Run what is queued, wait for everything to finish, then stop the threads."""
+        with self._lock:
+            self._closing = True
+            self._lock.notify_all()
+        for worker in self._workers:
+            worker.join()
+
+    # -- the threads -----------------------------------------------------------------
+
+    def _next(self) -> Job | None:
+        """The first queued job, round-robin over keys, whose key is under its cap; the key
+        served goes to the back of the order. Called with the lock held."""
+        for key, queue in self._queues.items():
+            if self._running.get(key, 0) < self.per_model:
+                job = queue.popleft()
+                if queue:
+                    self._queues.move_to_end(key)
+                else:
+                    del self._queues[key]
+                return job
+        return None
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                job = self._next()
+                while job is None:
+                    if self._closing and not self._queues:
+                        return
+                    self._lock.wait()
+                    job = self._next()
+                self._running[job.key] = self._running.get(job.key, 0) + 1
+            try:
+                now = time.monotonic()
+                if job.deadline is not None and now >= job.deadline:
+                    job.expired(now - job.queued_at)
+                else:
+                    job.run()
+            except Exception:  # the job's own guard answers its caller; keep the thread
+                log.exception("job %s of %r failed", job.job_id, job.key)
+            finally:
+                with self._lock:
+                    self._running[job.key] -= 1
+                    if not self._running[job.key]:
+                        del self._running[job.key]
+                    self._lock.notify_all()

@@ -1,0 +1,24 @@
+"""The deadline and cancellation fields of the worker protocol survive a round trip."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from modelyard.workers.protocol import Cancel, Infer, decode, encode
+
+
+def _round_trip(message: object) -> object:
+    parts = [bytes(p) for p in encode(message)]  # type: ignore[arg-type]
+    return decode(parts[1], parts[3::2])
+
+
+def test_infer_carries_the_time_left_to_its_deadline() -> None:
+    sent = Infer(7, "m", 1, {"x": np.ones((1, 2), np.float32)}, None, 1234.5)
+    got = _round_trip(sent)
+    assert isinstance(got, Infer)
+    assert got.budget_ms == 1234.5
+    assert Infer(8, "m", 1).budget_ms is None  # no deadline by default
+
+
+def test_cancel_names_the_request_it_withdraws() -> None:
+    assert _round_trip(Cancel(7)) == Cancel(7)

@@ -1,0 +1,124 @@
+"""A worker's execution slots: a cap per model, a fair queue, cancel and deadlines. Real
+threads; every wait is bounded."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+
+from modelyard.workers.host import per_model_slots
+from modelyard.workers.slots import FairSlots, Job
+
+WAIT_S = 5.0
+
+
+class Jobs:
+    """Jobs that record when they ran, and can be held at a gate."""
+
+    def __init__(self) -> None:
+        self.order: list[str] = []
+        self.expired: list[str] = []
+        self.gate = threading.Event()
+        self._lock = threading.Lock()
+
+    def job(
+        self, key: str, job_id: int, *, held: bool = False, deadline: float | None = None
+    ) -> Job:
+        def run() -> None:
+            with self._lock:
+                self.order.append(f"{key}{job_id}")
+            if held:
+                assert self.gate.wait(WAIT_S)
+
+        def expired(waited_s: float) -> None:
+            with self._lock:
+                self.expired.append(f"{key}{job_id}")
+
+        return Job(key, job_id, run, expired, deadline)
+
+
+def _until(check: Callable[[], bool]) -> None:
+    end = time.monotonic() + WAIT_S
+    while not check():
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.005)
+
+
+def test_one_model_cannot_take_every_slot() -> None:
+    jobs = Jobs()
+    slots = FairSlots(4)  # at most 3 of one model
+    try:
+        for i in range(4):
+            slots.submit(jobs.job("slow", i, held=True))
+        _until(lambda: slots.running("slow") == 3)
+        slots.submit(jobs.job("fast", 9))
+        _until(lambda: "fast9" in jobs.order)  # while all three slow ones are held
+        assert slots.running("slow") == 3
+        assert slots.queued() == 1  # the fourth slow one waits for a slow one to end
+    finally:
+        jobs.gate.set()
+        slots.close()
+    assert sorted(jobs.order) == ["fast9", "slow0", "slow1", "slow2", "slow3"]
+
+
+def test_queued_work_is_served_round_robin_between_models() -> None:
+    jobs = Jobs()
+    slots = FairSlots(1, per_model=1)
+    slots.submit(jobs.job("a", 0, held=True))
+    _until(lambda: slots.running() == 1)
+    for i in range(1, 4):
+        slots.submit(jobs.job("a", i))
+    slots.submit(jobs.job("b", 1))
+    slots.submit(jobs.job("b", 2))
+    jobs.gate.set()
+    slots.close()
+    assert jobs.order == ["a0", "a1", "b1", "a2", "b2", "a3"]
+
+
+def test_cancel_withdraws_queued_work_only() -> None:
+    jobs = Jobs()
+    slots = FairSlots(1, per_model=1)
+    slots.submit(jobs.job("a", 0, held=True))
+    _until(lambda: slots.running() == 1)
+    slots.submit(jobs.job("a", 1))
+    withdrawn = slots.cancel(1)
+    assert withdrawn is not None
+    assert withdrawn.job_id == 1
+    assert slots.cancel(0) is None  # running: it finishes
+    assert slots.cancel(42) is None  # unknown
+    jobs.gate.set()
+    slots.close()
+    assert jobs.order == ["a0"]
+
+
+def test_work_whose_deadline_passed_while_queued_is_not_run() -> None:
+    jobs = Jobs()
+    slots = FairSlots(1, per_model=1)
+    slots.submit(jobs.job("a", 0, held=True))
+    _until(lambda: slots.running() == 1)
+    slots.submit(jobs.job("a", 1, deadline=time.monotonic() + 0.01))
+    slots.submit(jobs.job("a", 2, deadline=time.monotonic() + 60))
+    time.sleep(0.05)
+    jobs.gate.set()
+    slots.close()
+    assert jobs.order == ["a0", "a2"]
+    assert jobs.expired == ["a1"]
+
+
+@pytest.mark.parametrize(
+    ("threads", "target", "cores", "expected"),
+    [
+        (4, "cuda:0", 2, 3),  # a GPU: every slot but one
+        (4, "cpu", 16, 3),
+        (4, "cpu", 2, 1),  # a CPU with 2 cores: one core stays free for other models
+        (1, "cpu", 16, 1),  # never 0
+        (1, "cuda:0", 16, 1),
+    ],
+)
+def test_how_many_slots_one_model_may_hold(
+    threads: int, target: str, cores: int, expected: int
+) -> None:
+    assert per_model_slots(threads, target, cores) == expected
