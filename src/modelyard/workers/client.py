@@ -47,7 +47,8 @@ from modelyard.ids import VersionKey
 from modelyard.tensors import DEFAULT_SIGNATURE, Signature
 from modelyard.workers.environment import worker_environment
 from modelyard.workers.heartbeat import sample_process
-from modelyard.workers.launcher import ProcessSample, WorkerDied, WorkerEvents, WorkerSpec
+from modelyard.workers.launcher import ProcessSample, WorkerEvents, WorkerSpec
+from modelyard.workers.launcher import WorkerDied as WorkerDied  # what its requests raise
 from modelyard.workers.protocol import (
     LEN_BYTES,
     PREFIX_BYTES,
