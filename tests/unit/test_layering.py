@@ -20,6 +20,17 @@ WEB_AND_RPC = ("starlette", "uvicorn", "httpx", "grpc")
 ABOVE = ("server", "workers", "lifecycle", "cli", "management", "demo", "testing")
 PURE_PACKAGES = ("planner", "repository")
 
+# STYLE.md's layers, lowest first: a package imports its own layer or those below, never above.
+LAYERS: tuple[frozenset[str], ...] = (
+    frozenset({"errors", "ids", "tensors", "codec", "config", "tfproto"}),
+    frozenset({"repository", "planner", "batching", "backends", "devices"}),
+    frozenset({"lifecycle", "workers", "management", "metrics"}),
+    frozenset({"server"}),
+    frozenset({"testing", "demo"}),
+    frozenset({"cli"}),
+    frozenset({"__main__"}),
+)
+
 
 def _imports(path: Path) -> list[tuple[int, str]]:
     """Every module ``path`` imports, statically or by name through importlib/__import__."""
@@ -103,3 +114,52 @@ def test_importing_the_planner_loads_no_framework_and_no_probe() -> None:
     argv = [sys.executable, "-c", code]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True, env=env)
     assert out.stdout.split() == []
+
+
+def _package_edges() -> dict[str, set[str]]:
+    """Top-level package (or module) of ``src/modelyard`` -> the others it imports."""
+    edges: dict[str, set[str]] = {}
+    for path in sorted(SRC.rglob("*.py")):
+        package = path.relative_to(SRC).parts[0].removesuffix(".py")
+        if package == "__init__":
+            continue
+        for _, name in _imports(path):
+            parts = name.split(".")
+            if parts[0] == "modelyard" and len(parts) > 1 and parts[1] != package:
+                edges.setdefault(package, set()).add(parts[1])
+    return edges
+
+
+def _layer(package: str) -> int:
+    for rank, members in enumerate(LAYERS):
+        if package in members:
+            return rank
+    raise AssertionError(f"package {package!r} is in no layer of LAYERS; place it there")
+
+
+def test_packages_import_only_their_own_layer_or_below() -> None:
+    edges = _package_edges()
+    assert {"planner", "server"} <= set(edges)  # the scan found the packages
+    upward = [
+        f"{source} -> {target}"
+        for source, targets in sorted(edges.items())
+        for target in sorted(targets)
+        if _layer(target) > _layer(source)
+    ]
+    assert upward == []
+
+
+def test_the_package_graph_has_no_cycle() -> None:
+    edges = _package_edges()
+    done: set[str] = set()
+
+    def visit(package: str, path: tuple[str, ...]) -> None:
+        assert package not in path, "import cycle: " + " -> ".join((*path, package))
+        if package in done:
+            return
+        for target in sorted(edges.get(package, ())):
+            visit(target, (*path, package))
+        done.add(package)
+
+    for package in sorted(edges):
+        visit(package, ())

@@ -39,7 +39,8 @@ class WorkerLoader:
         infer_threads: int = 4,
         recycle_growth_bytes: int = 256 * 2**20,
     ) -> None:
-        """``memory_caps``: device name -> bytes, the per-process cap of a GPU slice.
+        """``memory_caps``: device name -> bytes, the per-process cap of a GPU slice (default:
+        the cap of the request's ``DeviceTarget``).
         ``recycle_growth_bytes``: an emptied worker whose RSS is this much above what it held
         the first time it was empty is recycled (its framework kept memory after unloads)."""
         self._caps = dict(memory_caps or {})
@@ -65,7 +66,7 @@ class WorkerLoader:
             worker = DeviceWorker(
                 name,
                 request.device,
-                memory_cap_bytes=self._caps.get(name, 0),
+                memory_cap_bytes=self._caps.get(name, request.device.memory_cap_bytes or 0),
                 infer_threads=self._threads,
                 policy=self._policy,
                 listener=self._listener,
