@@ -6,6 +6,7 @@ hardware probe."""
 from __future__ import annotations
 
 import ast
+import functools
 import os
 import subprocess
 import sys
@@ -116,7 +117,8 @@ def test_importing_the_planner_loads_no_framework_and_no_probe() -> None:
     assert out.stdout.split() == []
 
 
-def _package_edges() -> dict[str, set[str]]:
+@functools.cache
+def _package_edges() -> dict[str, frozenset[str]]:
     """Top-level package (or module) of ``src/modelyard`` -> the others it imports."""
     edges: dict[str, set[str]] = {}
     for path in sorted(SRC.rglob("*.py")):
@@ -127,7 +129,7 @@ def _package_edges() -> dict[str, set[str]]:
             parts = name.split(".")
             if parts[0] == "modelyard" and len(parts) > 1 and parts[1] != package:
                 edges.setdefault(package, set()).add(parts[1])
-    return edges
+    return {package: frozenset(targets) for package, targets in edges.items()}
 
 
 def _layer(package: str) -> int:
