@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
 import time
 from collections.abc import Mapping
@@ -41,22 +40,16 @@ from typing import Any, Protocol
 import numpy as np
 
 from modelyard import deadlines
+from modelyard.devices import DeviceTarget
 from modelyard.errors import ModelyardError, Unavailable
 from modelyard.ids import VersionKey
 from modelyard.lifecycle.controller import LoadRequest
 from modelyard.workers.client import WorkerDied, WorkerProcess, WorkerServable
 from modelyard.workers.heartbeat import HeartbeatPolicy
 from modelyard.workers.protocol import Infer, Load, Loaded, Outputs, Report, Reported, Unload
+from modelyard.workers.status import ReplicaStatus, WorkerState, WorkerStatus
 
 log = logging.getLogger(__name__)
-
-
-class WorkerState(enum.Enum):
-    STARTING = "starting"
-    READY = "ready"
-    RESTARTING = "restarting"
-    FAILED = "failed"
-    STOPPED = "stopped"
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +107,7 @@ class DeviceWorker:
     def __init__(
         self,
         name: str,
-        target: str,
+        target: DeviceTarget,
         *,
         memory_cap_bytes: int = 0,
         infer_threads: int = 4,
@@ -192,7 +185,7 @@ class DeviceWorker:
         reply = await proc.request(
             lambda rid: Load(
                 rid, r.key.model, r.key.version, str(r.version_dir), r.platform.value,
-                _worker_target(self.target), r.declared,
+                str(self.target.in_worker()), r.declared,
             )
         )  # fmt: skip
         assert isinstance(reply, Loaded)
@@ -252,24 +245,15 @@ class DeviceWorker:
         assert isinstance(reply, Reported)
         return reply.report
 
-    def status(self) -> dict[str, Any]:
-        """This device's worker as the status API shows it."""
-        return {
-            "pid": self.pid,
-            "state": self.state.value,
-            "restarts": self.restarts,
-            "recycles": self.recycles,
-            "last_exit": self.last_exit or None,
-            "models": {
-                str(key): {
-                    "loaded": slot.loaded,
-                    "measured_bytes": slot.measured_bytes,
-                    "placed_on": slot.placed_on or None,
-                    "crashes": slot.crashes,
-                }
-                for key, slot in sorted(self._slots.items())
-            },
+    def status(self) -> WorkerStatus:
+        """A snapshot of this device's worker (the status API renders it)."""
+        models = {
+            key: ReplicaStatus(s.loaded, s.measured_bytes, s.placed_on or None, s.crashes)
+            for key, s in sorted(self._slots.items())
         }
+        return WorkerStatus(
+            self.pid, self.state, self.restarts, self.recycles, self.last_exit or None, models
+        )
 
     # -- process lifecycle ---------------------------------------------------------------
 
@@ -429,8 +413,3 @@ class DeviceWorker:
         if self._proc is not None:
             await self._proc.stop(wait_s)
             self._proc = None
-
-
-def _worker_target(target: str) -> str:
-    """A worker sees only its own GPU, as ``cuda:0``."""
-    return "cuda:0" if target.startswith("cuda") else "cpu"
