@@ -37,6 +37,7 @@ import pytest
 from starlette.routing import Route
 
 from modelyard.config import load_config
+from modelyard.devices.inventory import build_inventory
 from modelyard.lifecycle.registry import ModelRegistry
 from modelyard.management import StateStore, apply_overrides
 from modelyard.planner.demands import plan_for_config
@@ -138,7 +139,8 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Repo:
 @pytest.fixture(scope="module")
 def guarded(repo: Repo) -> Iterator[RunningServer]:
     config = load_config(repo.root / "modelyard.yaml")
-    with serving(config, plan=plan_for_config(config), management_token=TOKEN,
+    plan = plan_for_config(config, build_inventory(config.devices))
+    with serving(config, plan=plan, management_token=TOKEN,
                  state_store=repo.store, poll_interval_s=0) as server:  # fmt: skip
         yield server
 
@@ -310,7 +312,9 @@ def test_a_grpc_method_added_later_is_guarded_until_listed_as_open() -> None:
 
 def test_management_off_refuses_every_guarded_entry_with_403(repo: Repo, tmp_path: Path) -> None:
     config = load_config(repo.root / "modelyard.yaml")
-    with serving(config, plan=plan_for_config(config), poll_interval_s=0) as server:
+    with serving(
+        config, plan=plan_for_config(config, build_inventory(config.devices)), poll_interval_s=0
+    ) as server:
         refused, answered = _refusals(server, repo, [{}, AUTH], status=403)
         assert answered == EXPECTED_OPEN_ROUTES
         assert refused >= MUTATING_ROUTES

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 from modelyard.config import load_config
+from modelyard.devices.inventory import build_inventory
 from modelyard.planner.demands import plan_for_config
 from modelyard.server.grpc.generated import grpc_service_pb2 as pb
 from modelyard.server.grpc.generated import grpc_service_pb2_grpc as pb_grpc
@@ -61,7 +62,8 @@ def _repository(tmp_path: Path, devices: dict[str, str]) -> tuple[Path, BuiltMod
 
 def _serve(config: Path, **kwargs: Any) -> AbstractContextManager[RunningServer]:
     """A real server whose workers follow the config's devices and pins."""
-    return serving(config, plan=plan_for_config(load_config(config)), **kwargs)
+    loaded = load_config(config)
+    return serving(config, plan=plan_for_config(loaded, build_inventory(loaded.devices)), **kwargs)
 
 
 def _slow_body(turns: int) -> dict[str, Any]:

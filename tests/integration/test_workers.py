@@ -28,6 +28,7 @@ import psutil
 import pytest
 
 from modelyard.config import load_config
+from modelyard.devices.inventory import build_inventory
 from modelyard.planner import Plan
 from modelyard.planner.demands import plan_for_config
 from modelyard.testing.models import (
@@ -74,7 +75,8 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Repo:
 
 @pytest.fixture(scope="module")
 def plan(repo: Repo) -> Plan:
-    planned = plan_for_config(load_config(repo.config))
+    config = load_config(repo.config)
+    planned = plan_for_config(config, build_inventory(config.devices))
     assert planned.feasible
     return planned
 
@@ -241,7 +243,7 @@ def test_kill_9_of_one_worker_spares_the_others_and_its_models_come_back(
 def test_a_corrupt_model_fails_with_its_reason_and_the_others_serve(tmp_path: Path) -> None:
     repo = _write_repo(tmp_path, corrupt="broken", count=2)
     config = load_config(repo.config)
-    with serving(config, plan=plan_for_config(config)) as running:
+    with serving(config, plan=plan_for_config(config, build_inventory(config.devices))) as running:
         status = _status(running)
         states = {m["model"]: m for m in status["models"]}
         assert states["broken"]["state"] == "FAILED"

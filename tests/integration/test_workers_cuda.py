@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from modelyard.config import load_config
+from modelyard.devices.inventory import build_inventory
 from modelyard.planner.demands import plan_for_config
 from modelyard.testing.models import model_config, write_config, write_torch_export_mlp
 from modelyard.testing.server import serving
@@ -35,7 +36,7 @@ def test_four_capped_slices_of_gpu0_hold_their_planned_models(tmp_path: Path) ->
         {"name": f"slice{i}", "kind": "cuda", "index": 0, "memory": "1GiB"} for i in range(4)
     ]
     config = load_config(write_config(tmp_path / "modelyard.yaml", entries, devices=devices))
-    plan = plan_for_config(config)
+    plan = plan_for_config(config, build_inventory(config.devices))
     assert plan.feasible, plan.explanation
     planned = {u.device.name: sorted(str(k) for k in u.models) for u in plan.devices}
     assert all(len(v) == 3 for v in planned.values())

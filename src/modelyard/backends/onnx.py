@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 
 from modelyard.backends.base import LoadedModel
-from modelyard.backends.device import Device
 from modelyard.backends.signatures import check_unique_names, reconcile, reject_bytes
 from modelyard.config.schema import Platform
+from modelyard.devices import DeviceTarget
 from modelyard.errors import (
     BackendMissing,
     FailedPrecondition,
@@ -62,7 +62,7 @@ class OnnxBackend:
     def prepare(self, device: str) -> None:
         """Import onnxruntime and start its environment (and CUDA, on a GPU) with a one-node
         session, so the first real model's measured footprint is its own."""
-        target = Device.parse(device)
+        target = DeviceTarget.parse(device)
         ort = _import_ort()
         try:
             from onnx import TensorProto, helper
@@ -90,7 +90,7 @@ class OnnxBackend:
         BackendMissing without onnxruntime.
         """
         path = version_dir / self.artifact
-        target = Device.parse(device)
+        target = DeviceTarget.parse(device)
         ort = _import_ort()
         if not path.is_file():
             raise InvalidArgument(f"{path} does not exist or is not a file")
@@ -128,7 +128,7 @@ class OnnxModel:
         session: Any,
         signature: Signature,
         artifact: Signature,
-        device: Device,
+        device: DeviceTarget,
         source: Path,
     ) -> None:
         self._session: Any = session
@@ -147,7 +147,7 @@ class OnnxModel:
         return self._signature
 
     @property
-    def device(self) -> Device:
+    def device(self) -> DeviceTarget:
         return self._device
 
     @property
@@ -223,7 +223,7 @@ def _import_ort() -> Any:
     return ort
 
 
-def _providers(ort: Any, target: Device) -> list[Any]:
+def _providers(ort: Any, target: DeviceTarget) -> list[Any]:
     """The execution providers for ``target``; FailedPrecondition for a GPU this onnxruntime
     cannot use (never a silent fallback to the CPU)."""
     if not target.is_cuda:

@@ -24,7 +24,12 @@ Rules a user can rely on:
 * The queue holds at most ``max_enqueued_batches * max_batch_size`` rows waiting to run (open
   and closed batches, not the running ones); a request that would pass the bound is refused at
   once with ``ResourceExhausted`` (HTTP 503, gRPC RESOURCE_EXHAUSTED).
-* A batch that fails fails every request in it with the same error (code and message).
+* One request's bad input fails that request only. When a batch fails with an error the model
+  raised (INVALID_ARGUMENT, INTERNAL), its requests are retried in halves, and failing halves
+  halved again, so the requests the model accepts on their own succeed and each rejected one
+  gets the error of its own run; a batch of N requests costs at most 2N - 1 model calls. Any
+  other failure (the worker died, out of memory, the model is unloading, outputs that are not
+  row-aligned) fails every request in the batch with the same error (code and message).
 * A request whose caller is cancelled (client gone, or its deadline passed in the data plane)
   leaves the queue at once; if its batch is already running the rows are computed and dropped.
 * A request whose deadline (``modelyard.deadlines``) has passed when its batch is about to run
@@ -39,6 +44,7 @@ Ownership: the batcher owns the wrapped servable and closes it in ``close``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import logging
 from collections import deque
@@ -51,6 +57,7 @@ from modelyard import deadlines
 from modelyard.batching.batch import BatchKey, batch_key, count_rows, join, padded_size, split
 from modelyard.config.schema import BatchingConfig
 from modelyard.errors import (
+    Code,
     Internal,
     InvalidArgument,
     ModelyardError,
@@ -308,36 +315,62 @@ class DynamicBatcher:
     async def _run(self, batch: _Batch) -> None:
         requests = batch.requests
         try:
-            if batch.key is None:  # alone: the request's own inputs and outputs, untouched
-                outputs = await self._inner.infer(requests[0].inputs)
-                parts = [outputs]
-            else:
-                size = padded_size(batch.rows, self._config.allowed_batch_sizes)
-                inputs = join([r.inputs for r in requests], self._order, size)
-                outputs = await self._inner.infer(inputs)
-                parts = split(outputs, [r.rows for r in requests], size)
-        except ModelyardError as exc:
+            result = await self._execute(requests, alone=batch.key is None)
+            waiting = _waiting(requests)
+            if isinstance(result, _Failure) and result.from_model and len(waiting) > 1:
+                # The slot stays taken while the halves run: they are this batch's work.
+                await self._bisect(waiting)
+                self._release_slot()
+                return
             self._release_slot()
-            for request in requests:
-                # One exception object per request: raising a shared one from many tasks
-                # would chain their tracebacks into each other.
-                _fail(request, ModelyardError.from_wire(*exc.to_wire()))
-            return
+            _answer(requests, result)
         except asyncio.CancelledError:
             # The loop is shutting down under us: nobody may wait forever on this batch.
             for request in requests:
                 request.future.cancel()
             raise
+
+    async def _execute(self, requests: list[_Request], *, alone: bool) -> list[Outputs] | _Failure:
+        """One call of the wrapped servable on ``requests`` joined: each request's rows of the
+        outputs, or the failure all of them share. ``alone``: the single request's own inputs
+        and outputs, untouched (not padded, not split)."""
+        try:
+            if alone:
+                return [await self._inner.infer(requests[0].inputs)]
+            size = padded_size(sum(r.rows for r in requests), self._config.allowed_batch_sizes)
+            inputs = join([r.inputs for r in requests], self._order, size)
+            outputs = await self._inner.infer(inputs)
+        except ModelyardError as exc:
+            return _Failure(exc, from_model=exc.code in _SPLIT_ON)
+        except asyncio.CancelledError:
+            raise
         except Exception as exc:
             log.exception("a batch of model %r failed", self._model)
-            self._release_slot()
-            for request in requests:
-                _fail(request, Internal(f"internal error: {type(exc).__name__}: {exc}"))
-            return
-        self._release_slot()
-        for request, part in zip(requests, parts, strict=True):
-            if not request.future.done():
-                request.future.set_result(part)
+            return _Failure(Internal(f"internal error: {type(exc).__name__}: {exc}"), True)
+        try:
+            return split(outputs, [r.rows for r in requests], size)
+        except ModelyardError as exc:  # the model broke the batching contract: no retry helps
+            return _Failure(exc, from_model=False)
+
+    async def _bisect(self, requests: list[_Request]) -> None:
+        """Run each half of ``requests`` (which failed together) as a batch of its own, and
+        halve again whichever half fails with an error from the model, so that only the
+        requests the model rejects on their own fail, each with its own error.
+
+        A batch of N requests costs at most 2N - 1 calls in all (the calls form a binary tree
+        with N leaves); one bad request among N costs about 2 log2(N). Requests whose caller
+        has gone meanwhile are dropped from the halves, not computed.
+        """
+        middle = len(requests) // 2
+        for half in (requests[:middle], requests[middle:]):
+            half = _waiting(half)
+            if not half:
+                continue
+            result = await self._execute(half, alone=False)
+            if isinstance(result, _Failure) and result.from_model and len(half) > 1:
+                await self._bisect(half)
+            else:
+                _answer(half, result)
 
     def _release_slot(self) -> None:
         """The running batch's compute is over: start the next ready batch now, before this
@@ -350,9 +383,38 @@ class DynamicBatcher:
             self._dispatch(asyncio.get_running_loop())
 
 
-def _fail(request: _Request, exc: ModelyardError) -> None:
-    if not request.future.done():
-        request.future.set_exception(exc)
+_SPLIT_ON = frozenset({Code.INVALID_ARGUMENT, Code.INTERNAL})
+"""Failures of a batch that one request's inputs may have caused (a value out of range that only
+the model can see, a guard on a dynamic dimension, an unforeseen backend error): its requests are
+retried apart. Not UNAVAILABLE (the worker died or the model is unloading: the supervisor's
+business, and retrying would only pile more work on a restart), RESOURCE_EXHAUSTED, NOT_FOUND or
+a deadline: those are about the server, not about one request."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Failure:
+    """A batch's failure; ``from_model``: the model raised it, so a request may be the cause."""
+
+    error: ModelyardError
+    from_model: bool
+
+
+def _waiting(requests: list[_Request]) -> list[_Request]:
+    """The requests whose caller still waits (not cancelled, not answered)."""
+    return [r for r in requests if not r.future.done()]
+
+
+def _answer(requests: list[_Request], result: list[Outputs] | _Failure) -> None:
+    if isinstance(result, _Failure):
+        for request in requests:
+            # One exception object per request: raising a shared one from many tasks would
+            # chain their tracebacks into each other.
+            if not request.future.done():
+                request.future.set_exception(ModelyardError.from_wire(*result.error.to_wire()))
+        return
+    for request, part in zip(requests, result, strict=True):
+        if not request.future.done():
+            request.future.set_result(part)
 
 
 def _drop_expired(batch: _Batch) -> None:

@@ -16,6 +16,7 @@ from modelyard.cli.plan import render_table
 from modelyard.config import BatchingConfig, ModelConfig, ServerConfig, load_config, parse_size
 from modelyard.config.tfserving import parse_batching_parameters, with_batching
 from modelyard.deadlines import DeadlinePolicy
+from modelyard.devices.inventory import build_inventory
 from modelyard.errors import ConfigError, ModelyardError
 from modelyard.management.roots import ModelRoots
 from modelyard.management.state import StateStore, apply_overrides
@@ -291,7 +292,7 @@ def run(args: argparse.Namespace) -> int:
         state = store.load()
         roots = ModelRoots.chosen(args.model_root, file_config)
         config, state = apply_overrides(file_config, state, roots)
-        plan = plan_for_config(config)
+        plan = plan_for_config(config, build_inventory(config.devices))
         # Versions that cannot be read are in the table and start FAILED: a version's fault
         # is that version's, not a reason to refuse the rest (nor "a set that does not fit").
         print(render_table(plan), flush=True)

@@ -47,10 +47,33 @@ class ModelRef:
 
     @staticmethod
     def parse_version(text: str) -> int:
-        """A version from a URL or RPC field; InvalidArgument when it is not a positive integer."""
-        if not text.isdigit() or int(text) <= 0:
-            raise InvalidArgument(f"version {text!r} is not a positive integer")
-        return int(text)
+        """A version from a URL or RPC field; InvalidArgument when it is not a positive integer
+        of at most ``MAX_VERSION``."""
+        shown = text if len(text) <= 40 else f"{text[:40]}... ({len(text)} characters)"
+        digits = text.lstrip("0")
+        if not (text.isascii() and text.isdigit()) or not digits:
+            raise InvalidArgument(f"version {shown!r} is not a positive integer")
+        if len(digits) > len(str(MAX_VERSION)):  # int() of thousands of digits raises, slowly
+            raise InvalidArgument(_beyond(shown))
+        return ModelRef.check_version(int(digits))
+
+    @staticmethod
+    def check_version(version: int) -> int:
+        """``version`` when it is in [1, MAX_VERSION]; InvalidArgument naming the limit else."""
+        if version <= 0:
+            raise InvalidArgument(f"version {version} is not a positive integer")
+        if version > MAX_VERSION:
+            raise InvalidArgument(_beyond(str(version)))
+        return version
+
+
+MAX_VERSION = 2**63 - 1
+"""The largest version number any API takes: TF Serving's ``ModelSpec.version`` is an int64, so
+the REST and KServe APIs (whose versions are text) refuse what its gRPC API cannot carry."""
+
+
+def _beyond(version: str) -> str:
+    return f"version {version} is larger than the largest version number, {MAX_VERSION} (int64)"
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,8 +19,9 @@ import uvicorn
 from starlette.applications import Starlette
 
 from modelyard.batching import batching_wrapper
-from modelyard.config.schema import DeviceKind, ServerConfig
+from modelyard.config.schema import ServerConfig
 from modelyard.deadlines import DeadlinePolicy
+from modelyard.devices import DeviceTarget
 from modelyard.errors import NotFound
 from modelyard.lifecycle.controller import Controller, InProcessLoader, Loader
 from modelyard.lifecycle.placement import demand_of
@@ -293,19 +294,17 @@ def _worker_loader(plan: Plan | None, footprints: FootprintCache | None) -> Work
     expected: dict[str, int] = {}
     if plan is not None:
         for usage in plan.devices:
-            if usage.device.kind is DeviceKind.CUDA:
-                caps[usage.device.name] = usage.device.capacity_bytes
+            cap = usage.device.target.memory_cap_bytes
+            if cap is not None:
+                caps[usage.device.name] = cap
             expected[usage.device.name] = len(usage.models)
     progress = LoadProgress({d: n for d, n in expected.items() if n})
     return WorkerLoader(memory_caps=caps, progress=progress, footprints=footprints)
 
 
-def device_targets(plan: Plan) -> dict[str, str]:
-    """Plan device name -> what a backend loads onto: ``cuda:<index>`` or ``cpu``."""
-    return {
-        u.device.name: f"cuda:{u.device.index}" if u.device.kind is DeviceKind.CUDA else "cpu"
-        for u in plan.devices
-    }
+def device_targets(plan: Plan) -> dict[str, DeviceTarget]:
+    """Plan device name -> what a backend loads onto (``Device.target``)."""
+    return {u.device.name: u.device.target for u in plan.devices}
 
 
 def _bind(host: str, port: int) -> socket.socket:

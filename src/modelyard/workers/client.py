@@ -42,6 +42,7 @@ from typing import Protocol
 
 import numpy as np
 
+from modelyard.devices import DeviceTarget
 from modelyard.errors import Internal, Unavailable
 from modelyard.ids import VersionKey
 from modelyard.tensors import DEFAULT_SIGNATURE, Signature
@@ -148,7 +149,7 @@ class WorkerProcess:
     def __init__(
         self,
         device: str,
-        target: str,
+        target: DeviceTarget,
         *,
         memory_cap_bytes: int = 0,
         infer_threads: int = 4,

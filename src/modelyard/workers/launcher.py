@@ -38,6 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from modelyard.devices import DeviceTarget
 from modelyard.errors import Unavailable
 from modelyard.workers.protocol import Message
 
@@ -84,8 +85,8 @@ class WorkerSpec:
 
     device: str
     """The plan's name for the device (``sim0``, ``gpu1``); one worker per name."""
-    target: str
-    """The backend target the worker is pinned to (``cpu``, ``cuda:1``)."""
+    target: DeviceTarget
+    """The device the worker is pinned to (``cpu``, ``cuda:1``)."""
     memory_cap_bytes: int = 0
     """The per-process memory cap of a GPU slice; 0: none."""
     infer_threads: int = 4

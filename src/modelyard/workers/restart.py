@@ -1,31 +1,14 @@
-"""How hard a device's supervisor tries (``RestartPolicy``), the states it goes through, and
-whom it tells when a replica leaves or rejoins service (``ReplicaListener``).
-
-``DeviceWorker`` (``modelyard.workers.supervisor``) moves between these states::
-
-    STARTING ──> READY ──(process died)──> RESTARTING ──> READY
-        │                                      │
-        └──(cannot start, N tries)──> FAILED <─┘          any ──(stop)──> STOPPED
-
-A recycle (an idle worker replaced to give back memory) goes READY ──> STARTING.
+"""How hard a device's supervisor (``modelyard.workers.supervisor``) tries (``RestartPolicy``),
+and whom it tells when a replica leaves or rejoins service (``ReplicaListener``).
 """
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from modelyard.ids import VersionKey
 from modelyard.workers.heartbeat import HeartbeatPolicy
-
-
-class WorkerState(enum.Enum):
-    STARTING = "starting"
-    READY = "ready"
-    RESTARTING = "restarting"
-    FAILED = "failed"
-    STOPPED = "stopped"
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,8 +2,14 @@
 
 ``DeviceWorker`` is the long-lived object for one plan device (``sim0``, ``gpu1``); the worker
 behind it (a ``WorkerHandle`` from its ``WorkerLauncher``, see ``modelyard.workers.launcher``) is
-replaced on every restart. Its states, its policy and its listener are in
-``modelyard.workers.restart``.
+replaced on every restart. Its states (``modelyard.workers.status.WorkerState``)::
+
+    STARTING ──> READY ──(process died)──> RESTARTING ──> READY
+        │                                      │
+        └──(cannot start, N tries)──> FAILED <─┘          any ──(stop)──> STOPPED
+
+A recycle (an idle worker replaced to give back memory) goes READY ──> STARTING. Its policy and
+its listener are in ``modelyard.workers.restart``.
 
 What happens when a worker dies:
 
@@ -40,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from modelyard import deadlines
+from modelyard.devices import DeviceTarget
 from modelyard.errors import ModelyardError, Unavailable
 from modelyard.ids import VersionKey
 from modelyard.lifecycle.controller import LoadRequest
@@ -55,7 +62,8 @@ from modelyard.workers.launcher import (
     WorkerSpec,
 )
 from modelyard.workers.protocol import Infer, Load, Loaded, Outputs, Report, Reported, Unload
-from modelyard.workers.restart import ReplicaListener, RestartPolicy, WorkerState
+from modelyard.workers.restart import ReplicaListener, RestartPolicy
+from modelyard.workers.status import ReplicaStatus, WorkerState, WorkerStatus
 
 __all__ = ["DeviceWorker", "ReplicaListener", "RestartPolicy", "WorkerState"]
 
@@ -72,7 +80,7 @@ class DeviceWorker:
     def __init__(
         self,
         name: str,
-        target: str,
+        target: DeviceTarget,
         *,
         memory_cap_bytes: int = 0,
         infer_threads: int = 4,
@@ -151,7 +159,7 @@ class DeviceWorker:
         reply = await proc.request(
             lambda rid: Load(
                 rid, r.key.model, r.key.version, str(r.version_dir), r.platform.value,
-                _worker_target(self.target), r.declared,
+                str(self.target.in_worker()), r.declared,
             )
         )  # fmt: skip
         assert isinstance(reply, Loaded)
@@ -208,24 +216,15 @@ class DeviceWorker:
         assert isinstance(reply, Reported)
         return reply.report
 
-    def status(self) -> dict[str, Any]:
-        """This device's worker as the status API shows it."""
-        return {
-            "pid": self.pid,
-            "state": self.state.value,
-            "restarts": self.restarts,
-            "recycles": self.recycles,
-            "last_exit": self.last_exit or None,
-            "models": {
-                str(key): {
-                    "loaded": slot.loaded,
-                    "measured_bytes": slot.measured_bytes,
-                    "placed_on": slot.placed_on or None,
-                    "crashes": slot.crashes,
-                }
-                for key, slot in sorted(self._slots.items())
-            },
+    def status(self) -> WorkerStatus:
+        """A snapshot of this device's worker (the status API renders it)."""
+        models = {
+            key: ReplicaStatus(s.loaded, s.measured_bytes, s.placed_on or None, s.crashes)
+            for key, s in sorted(self._slots.items())
         }
+        return WorkerStatus(
+            self.pid, self.state, self.restarts, self.recycles, self.last_exit or None, models
+        )
 
     # -- process lifecycle ---------------------------------------------------------------
 
@@ -388,8 +387,3 @@ async def _retire(proc: WorkerHandle, beat: Heartbeat | None, wait_s: float) -> 
     await proc.stop(wait_s)
     if beat is not None:
         await beat.close()
-
-
-def _worker_target(target: str) -> str:
-    """A worker sees only its own GPU, as ``cuda:0``."""
-    return "cuda:0" if target.startswith("cuda") else "cpu"

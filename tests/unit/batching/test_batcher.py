@@ -256,28 +256,78 @@ def test_a_full_queue_refuses_exactly_the_overflow() -> None:
     run(test)
 
 
-def test_a_failing_batch_fails_all_its_requests_with_the_same_error_and_the_next_one_runs() -> None:
+class Picky(Recorder):
+    """A ``Recorder`` whose model rejects any batch holding a negative value, as a gather rejects
+    an index out of range: the error names the first bad value, as a backend's would."""
+
+    async def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        x = inputs["x"]
+        if (x < 0).any():
+            self.batches.append(x.copy())
+            raise InvalidArgument(f"index {x[x < 0][0]:g} is out of range")
+        return await super().infer(inputs)
+
+
+def test_a_bad_request_fails_alone_and_the_good_ones_in_its_batch_succeed() -> None:
+    async def test() -> None:
+        fake = Picky()
+        b = batcher(fake, max_batch_size=8, batch_timeout_micros=NEVER)
+        sent = [rows(1, start=10 * i) for i in range(8)]
+        sent[5] = {"x": np.array([[-7.0, 1.0]], dtype=np.float32)}
+        results = await asyncio.gather(*(b.infer(s) for s in sent), return_exceptions=True)
+        for i, (inputs, result) in enumerate(zip(sent, results, strict=True)):
+            if i == 5:
+                assert isinstance(result, InvalidArgument)
+                assert str(result) == "index -7 is out of range"
+            else:
+                assert not isinstance(result, BaseException), result
+                np.testing.assert_array_equal(result["double"], inputs["x"] * 2)
+        # One failing batch of 8, then halves, depth first: [0..3] ok, [4..7] fails, [4,5]
+        # fails, [4] ok, [5] fails, [6,7] ok: 7 calls, within the bound of 2N - 1 = 15.
+        assert [len(x) for x in fake.batches] == [8, 4, 4, 2, 1, 1, 2]
+
+    run(test)
+
+
+def test_bisection_costs_at_most_2n_minus_1_calls_when_every_request_is_bad() -> None:
+    async def test() -> None:
+        fake = Picky()
+        b = batcher(fake, max_batch_size=6, batch_timeout_micros=NEVER)
+        sent = [{"x": np.full((1, 2), -1.0 - i, dtype=np.float32)} for i in range(6)]
+        results = await asyncio.gather(*(b.infer(s) for s in sent), return_exceptions=True)
+        assert [str(r) for r in results] == [f"index {-1 - i} is out of range" for i in range(6)]
+        assert len(fake.batches) <= 2 * 6 - 1
+
+    run(test)
+
+
+def test_a_worker_death_fails_the_whole_batch_without_retrying() -> None:
     async def test() -> None:
         fake = Recorder()
-        fake.fail_next = bad_batch_error()
+        fake.fail_next = Unavailable("the worker of device cpu died")
         b = batcher(fake, max_batch_size=2, batch_timeout_micros=NEVER)
         results = await asyncio.gather(b.infer(rows(1)), b.infer(rows(1)), return_exceptions=True)
-        assert all(isinstance(r, InvalidArgument) for r in results)
-        assert {str(r) for r in results} == {bad_batch_error().message}
+        assert all(isinstance(r, Unavailable) for r in results)
+        assert {str(r) for r in results} == {"the worker of device cpu died"}
         assert results[0] is not results[1]
+        assert len(fake.batches) == 1  # no retry: the supervisor owns a dead worker
         ok = await asyncio.gather(b.infer(rows(1)), b.infer(rows(1)))
         assert len(ok) == 2
 
     run(test)
 
 
-def test_an_unexpected_exception_becomes_internal_for_every_request() -> None:
+def test_an_unexpected_exception_becomes_internal_for_the_request_that_caused_it() -> None:
     async def test() -> None:
         fake = Recorder()
-        fake.fail_next = RuntimeError("kaboom")
+        fake.fail_next = RuntimeError("kaboom")  # the batch fails once; the halves run fine
         b = batcher(fake, max_batch_size=2, batch_timeout_micros=NEVER)
         results = await asyncio.gather(b.infer(rows(1)), b.infer(rows(1)), return_exceptions=True)
-        assert all(isinstance(r, Internal) and "kaboom" in str(r) for r in results)
+        assert not any(isinstance(r, BaseException) for r in results)
+        fake.fail_next = RuntimeError("kaboom")
+        b = batcher(fake, max_batch_size=1, batch_timeout_micros=NEVER)
+        with pytest.raises(Internal, match="kaboom"):
+            await b.infer(rows(1))
 
     run(test)
 

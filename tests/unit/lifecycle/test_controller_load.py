@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from modelyard.config import parse_config
+from modelyard.devices import DeviceTarget
 from modelyard.errors import ResourceExhausted
 from modelyard.ids import VersionKey
 from modelyard.lifecycle.controller import Controller, LoadRequest
@@ -56,7 +57,16 @@ def _controller(
     config = parse_config("models: [{name: m, base_path: m, replicas: 2}]\n", base_dir=tmp_path)
     registry = ModelRegistry()
     placement = {VersionKey("m", 1): ("d0", "d1")}
-    return Controller(config, registry, loader, placement=placement, **kwargs), registry  # type: ignore[arg-type]
+    targets = {"d0": DeviceTarget.cpu(), "d1": DeviceTarget.cpu()}
+    controller = Controller(
+        config,
+        registry,
+        loader,
+        placement=placement,
+        device_targets=targets,
+        **kwargs,  # type: ignore[arg-type]
+    )
+    return controller, registry
 
 
 def test_second_replica_failing_releases_the_first(tmp_path: Path) -> None:

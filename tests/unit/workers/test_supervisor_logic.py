@@ -27,6 +27,7 @@ import numpy as np
 import pytest
 
 from modelyard.config.schema import ModelConfig, Platform
+from modelyard.devices import DeviceTarget
 from modelyard.errors import Unavailable
 from modelyard.ids import VersionKey
 from modelyard.lifecycle.loading import LoadRequest
@@ -49,7 +50,8 @@ from modelyard.workers.protocol import (
     Shutdown,
     Unload,
 )
-from modelyard.workers.restart import RestartPolicy, WorkerState
+from modelyard.workers.restart import RestartPolicy
+from modelyard.workers.status import WorkerState
 from modelyard.workers.supervisor import DeviceWorker
 
 T = TypeVar("T")
@@ -263,7 +265,7 @@ class Rig:
         self.listener = Listener()
         self.worker = DeviceWorker(
             "sim0",
-            "cpu",
+            DeviceTarget.cpu(),
             policy=RestartPolicy(**policy),
             listener=self.listener,
             launcher=self.launcher,
@@ -309,8 +311,7 @@ class Rig:
         return self.worker.state
 
     def crashes(self, model: str) -> int:
-        crashes: int = self.worker.status()["models"][f"{model}:1"]["crashes"]
-        return crashes
+        return self.worker.status().models[VersionKey(model, 1)].crashes
 
     async def infer(self, model: str) -> dict[str, np.ndarray]:
         return await self.worker.infer(VersionKey(model, 1), X)
@@ -321,7 +322,7 @@ def _request(model: str) -> LoadRequest:
         key=VersionKey(model, 1),
         version_dir=Path(f"/models/{model}/1"),
         platform=Platform.ONNX,
-        device="cpu",
+        device=DeviceTarget.cpu(),
         declared=None,
         config=ModelConfig(name=model, base_path=Path(f"/models/{model}")),
         device_name="sim0",
@@ -356,7 +357,7 @@ def test_a_dead_worker_is_restarted_after_the_delay_with_its_models() -> None:
         assert rig.launcher.loads_of("a") == 2
         assert rig.listener.of("up", "a:1") == [""]
         assert (await rig.infer("a"))["y"].shape == (1, 2)
-        assert rig.worker.status()["last_exit"] == first.exit_reason
+        assert rig.worker.status().last_exit == first.exit_reason
 
     run(scenario)
 
@@ -418,7 +419,7 @@ def test_a_load_that_keeps_killing_its_worker_is_given_up_and_the_others_serve()
         assert rig.launcher.loads_of("heavy") == 3  # no fourth try
         assert len(rig.launcher.workers) == 4
         assert rig.state() is WorkerState.READY
-        assert "heavy:1" not in rig.worker.status()["models"]
+        assert VersionKey("heavy", 1) not in rig.worker.status().models
         assert rig.crashes("light") == 0  # nothing in flight: never blamed
         assert rig.listener.of("failed", "light:1") == []
         assert (await rig.infer("light"))["y"].shape == (1, 2)
@@ -438,7 +439,7 @@ def test_a_reload_that_kills_the_worker_is_charged_to_that_model() -> None:
         assert len(failed) == 1, rig.listener.events
         assert "given up" in failed[0]
         assert rig.state() is WorkerState.READY
-        assert "a:1" not in rig.worker.status()["models"]
+        assert VersionKey("a", 1) not in rig.worker.status().models
         assert rig.crashes("b") == 0
         assert (await rig.infer("b"))["y"].shape == (1, 2)
 
@@ -492,7 +493,7 @@ def test_a_worker_that_cannot_start_fails_the_device_after_max_start_failures() 
         assert gaps == pytest.approx([0.2, 0.4, 0.8, 1.6])  # five tries, then no more
         await rig.clock.advance(60.0)
         assert len(failed_at) == 5
-        assert rig.worker.status()["state"] == "failed"
+        assert rig.worker.status().state is WorkerState.FAILED
 
     run(scenario)
 

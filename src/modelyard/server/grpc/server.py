@@ -22,7 +22,7 @@ from modelyard.management import Management
 from modelyard.management.access import Access, Gate, rpc_access
 from modelyard.server.dataplane import DataPlane
 from modelyard.server.grpc.kserve import KServeServicer
-from modelyard.server.grpc.status import GRPC_STATUS
+from modelyard.server.grpc.status import GRPC_STATUS, MalformedRequests
 
 
 class GrpcServer:
@@ -113,7 +113,8 @@ async def start_grpc_server(
     """
     gate = Gate(management_token if management is not None else None)
     server = grpc.aio.server(
-        interceptors=[_GateInterceptor(gate)],
+        # The gate first: a refused call is answered before its request is even parsed.
+        interceptors=[_GateInterceptor(gate), MalformedRequests()],
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),

@@ -62,9 +62,7 @@ def model_ref(spec: Any) -> ModelRef:
         raise InvalidArgument("model_spec.name is empty")
     choice = spec.WhichOneof("version_choice")
     if choice == "version":
-        if spec.version.value <= 0:
-            raise InvalidArgument(f"version {spec.version.value} is not a positive integer")
-        return ModelRef(spec.name, version=spec.version.value)
+        return ModelRef(spec.name, version=ModelRef.check_version(spec.version.value))
     if choice == "version_label":
         return ModelRef(spec.name, label=spec.version_label)
     return ModelRef(spec.name)

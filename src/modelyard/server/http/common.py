@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from modelyard.config.sizes import format_size
@@ -29,7 +29,12 @@ class JSONResponse(Response):
     media_type = "application/json"
 
     def render(self, content: Any) -> bytes:
-        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+        return encode_json(content)
+
+
+def encode_json(content: Any) -> bytes:
+    """``content`` as JSON (numpy arrays allowed), as every JSON answer is written."""
+    return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def error_response(exc: ModelyardError) -> JSONResponse:
@@ -40,18 +45,25 @@ async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refusing more than ``limit`` bytes before reading them all.
 
     A declared Content-Length over the limit is refused without reading; a chunked body is
-    counted as it streams and refused as soon as it passes the limit.
+    counted as it streams and refused as soon as it passes the limit. A client that goes away
+    before its body arrived whole gets ClientClosed (a 400 that nobody reads).
     """
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _too_large(int(declared), limit)
     chunks = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(size, limit)
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(size, limit)
+            chunks.append(chunk)
+    except ClientDisconnect:
+        # The client's business, not a server error: no traceback in the log.
+        raise ClientClosed(
+            f"the client closed the connection after sending {size} bytes of the request body"
+        ) from None
     return b"".join(chunks)
 
 
@@ -75,6 +87,12 @@ def _too_large(size: int, limit: int) -> ResourceExhausted:
 
 class BodyTooLarge(ResourceExhausted):
     """A request body over the configured limit (HTTP 413)."""
+
+
+class ClientClosed(InvalidArgument):
+    """The client closed the connection before its request body arrived whole. Answered like
+    any client mistake (uvicorn drops the answer: nobody is left to read it), never logged as a
+    server error."""
 
 
 def status_for(exc: ModelyardError) -> int:

@@ -13,6 +13,7 @@ logged and answered 500, the server keeps serving.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -23,6 +24,7 @@ from starlette.routing import BaseRoute, Route
 from modelyard.errors import Internal, ModelyardError
 from modelyard.server.dataplane import DataPlane, ModelMetadata, ModelRef
 from modelyard.server.http import kserve_codec as codec
+from modelyard.server.http import offload
 from modelyard.server.http.common import JSONResponse, error_response, read_body
 from modelyard.tensors import TensorSpec
 
@@ -94,15 +96,29 @@ class _KServeApi:
     async def infer(self, request: Request) -> Response:
         ref = _ref(request)
         body = await read_body(request, self._limit)
-        body = codec.decompress(body, request.headers.get("content-encoding"), self._limit)
+        encoding = request.headers.get("content-encoding")
+        if encoding is not None and len(body) > offload.OFF_LOOP_BYTES // 8:
+            # zlib lets go of the GIL while it inflates, so a thread keeps the loop free here.
+            body = await asyncio.to_thread(codec.decompress, body, encoding, self._limit)
+        else:
+            body = codec.decompress(body, encoding, self._limit)
         header_length = codec.parse_header_length(
             request.headers.get(codec.HEADER_LENGTH), len(body)
         )
-        decoded = codec.decode_request(body, header_length)
+        # What costs is the JSON; a binary section is only copied once, quickly, on the loop.
+        json_bytes = len(body) if header_length is None else header_length
+        decoded = await offload.run(json_bytes, codec.decode_request, body, header_length)
         result = await self._dataplane.infer(ref, decoded.inputs, decoded.output_names)
         binary = {name: decoded.wants_binary(name) for name in result.outputs}
-        content, json_length = codec.encode_response(
-            result.model, result.version, decoded.id, result.outputs, binary
+        in_json = sum(a.nbytes for name, a in result.outputs.items() if not binary[name])
+        content, json_length = await offload.run(
+            offload.JSON_EXPANSION * in_json,
+            codec.encode_response,
+            result.model,
+            result.version,
+            decoded.id,
+            result.outputs,
+            binary,
         )
         if json_length is None:
             return Response(content, media_type="application/json")

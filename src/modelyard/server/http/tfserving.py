@@ -16,7 +16,9 @@ signature's dtype strictly: numbers for numeric inputs, booleans for BOOL, strin
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping
+import functools
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -29,8 +31,8 @@ from modelyard.errors import InvalidArgument, NotFound
 from modelyard.lifecycle.states import ModelState
 from modelyard.server import tfexamples
 from modelyard.server.dataplane import DataPlane, InferResult, ModelRef
-from modelyard.server.http import jsonarrays
-from modelyard.server.http.common import JSONResponse, parse_json, read_body
+from modelyard.server.http import jsonarrays, offload
+from modelyard.server.http.common import JSONResponse, encode_json, parse_json, read_body
 from modelyard.tensors import (
     DEFAULT_SIGNATURE,
     DataType,
@@ -97,34 +99,16 @@ class _TFServingAPI:
                 "(or :classify, :regress)"
             )
         raw = await read_body(request, self._limit)
-        if verb == ":predict":
-            fast = jsonarrays.decode_predict(raw, lambda name: self._dataplane.signature(ref, name))
-            if fast is not None:
-                name, signature = fast.signature_name, fast.signature
-                return await self._predict(ref, name, signature, fast.key, fast.inputs)
-        body = parse_json(raw)
-        if not isinstance(body, dict):
-            raise InvalidArgument("the request body must be a JSON object")
-        signature_name = body.get("signature_name") or DEFAULT_SIGNATURE
-        if not isinstance(signature_name, str):
-            raise InvalidArgument("'signature_name' must be a string")
-        if verb != ":predict":
-            return await self._classify_or_regress(ref, verb, body, signature_name)
-        signature = self._dataplane.signature(ref, signature_name)
-        if "instances" in body and "inputs" in body:
-            raise InvalidArgument(
-                "give either 'instances' (row format) or 'inputs' (columnar), not both"
+        if len(raw) <= offload.OFF_LOOP_BYTES:
+            lookup: SignatureLookup = functools.partial(self._dataplane.signature, ref)
+        else:  # decoded in another process: it gets a snapshot of the model's signatures
+            lookup = _SignatureTable(dict(self._dataplane.metadata(ref).signatures))
+        decoded = await offload.run(len(raw), decode_post, verb, raw, lookup)
+        if isinstance(decoded, PredictBody):
+            return await self._predict(
+                ref, decoded.signature_name, decoded.signature, decoded.key, decoded.inputs
             )
-        if "instances" in body:
-            inputs = decode_instances(body["instances"], signature)
-            return await self._predict(ref, signature_name, signature, "instances", inputs)
-        if "inputs" in body:
-            inputs = decode_columnar(body["inputs"], signature)
-            return await self._predict(ref, signature_name, signature, "inputs", inputs)
-        raise InvalidArgument(
-            "the request has neither 'instances' nor 'inputs'; send "
-            '{"instances": [...]} (row format) or {"inputs": ...} (columnar)'
-        )
+        return await self._classify_or_regress(ref, verb, decoded, decoded["signature_name"])
 
     async def _predict(
         self,
@@ -140,9 +124,9 @@ class _TFServingAPI:
         request in flight when the server starts stopping still gets its answer.
         """
         result = await self._dataplane.infer(ref, inputs, signature_name=signature_name)
-        if key == "instances":
-            return JSONResponse({"predictions": encode_predictions(result, signature)})
-        return JSONResponse({"outputs": encode_outputs(result)})
+        size = offload.JSON_EXPANSION * sum(a.nbytes for a in result.outputs.values())
+        content = await offload.run(size, encode_answer, key, result, signature)
+        return Response(content, media_type=JSONResponse.media_type)
 
     async def _classify_or_regress(
         self, ref: ModelRef, verb: str, body: dict[str, Any], signature_name: str
@@ -203,6 +187,71 @@ def _tensor_info(spec: TensorSpec) -> dict[str, Any]:
 
 
 # -- decoding ----------------------------------------------------------------------------
+
+SignatureLookup = Callable[[str], Signature]
+"""A model's signature by name; InvalidArgument for a name it does not have."""
+
+
+@dataclass(frozen=True, slots=True)
+class PredictBody:
+    """A ``:predict`` body decoded against its signature."""
+
+    signature_name: str
+    signature: Signature
+    key: str  # "instances" (row format) or "inputs" (columnar)
+    inputs: dict[str, np.ndarray]
+
+
+@dataclass(frozen=True, slots=True)
+class _SignatureTable:
+    """A snapshot of a model's signatures that can cross to the decoding process."""
+
+    signatures: dict[str, Signature]
+
+    def __call__(self, name: str) -> Signature:
+        found = self.signatures.get(name)
+        if found is None:
+            raise InvalidArgument(
+                f"serving signature {name!r} not found; this model has "
+                + ", ".join(repr(n) for n in self.signatures)
+            )
+        return found
+
+
+def decode_post(verb: str, raw: bytes, lookup: SignatureLookup) -> PredictBody | dict[str, Any]:
+    """A POST body: a ``:predict`` body decoded against ``lookup(its signature_name)``; for
+    ``:classify`` and ``:regress`` the JSON object, with ``signature_name`` set (the default
+    one when absent). Pure (no event loop, no server state), so it may run in another process
+    (``modelyard.server.http.offload``); raises InvalidArgument for a malformed body."""
+    if verb == ":predict":
+        fast = jsonarrays.decode_predict(raw, lookup)
+        if fast is not None:
+            return PredictBody(fast.signature_name, fast.signature, fast.key, fast.inputs)
+    body = parse_json(raw)
+    if not isinstance(body, dict):
+        raise InvalidArgument("the request body must be a JSON object")
+    signature_name = body.get("signature_name") or DEFAULT_SIGNATURE
+    if not isinstance(signature_name, str):
+        raise InvalidArgument("'signature_name' must be a string")
+    if verb != ":predict":
+        return {**body, "signature_name": signature_name}
+    signature = lookup(signature_name)
+    if "instances" in body and "inputs" in body:
+        raise InvalidArgument(
+            "give either 'instances' (row format) or 'inputs' (columnar), not both"
+        )
+    if "instances" in body:
+        return PredictBody(
+            signature_name, signature, "instances", decode_instances(body["instances"], signature)
+        )
+    if "inputs" in body:
+        return PredictBody(
+            signature_name, signature, "inputs", decode_columnar(body["inputs"], signature)
+        )
+    raise InvalidArgument(
+        "the request has neither 'instances' nor 'inputs'; send "
+        '{"instances": [...]} (row format) or {"inputs": ...} (columnar)'
+    )
 
 
 def to_array(value: Any, spec: TensorSpec, where: str) -> np.ndarray:
@@ -300,6 +349,15 @@ def _bytes_value(value: Any) -> Any:
         return data.decode()
     except UnicodeDecodeError:
         return {"b64": base64.b64encode(data).decode()}
+
+
+def encode_answer(key: str, result: InferResult, signature: Signature) -> bytes:
+    """The JSON body answering a ``:predict`` whose payload was under ``key``: ``instances``
+    (row format) answers ``predictions``, ``inputs`` (columnar) answers ``outputs``. Pure, so
+    it may run in another process (``modelyard.server.http.offload``)."""
+    if key == "instances":
+        return encode_json({"predictions": encode_predictions(result, signature)})
+    return encode_json({"outputs": encode_outputs(result)})
 
 
 def encode_predictions(result: InferResult, signature: Signature) -> Any:
