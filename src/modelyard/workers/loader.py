@@ -20,8 +20,10 @@ from modelyard.errors import ModelyardError, NotFound
 from modelyard.lifecycle.controller import LoadRequest
 from modelyard.lifecycle.servable import Servable
 from modelyard.planner.footprints import FootprintCache
+from modelyard.workers.launcher import WorkerLauncher
 from modelyard.workers.progress import LoadProgress
-from modelyard.workers.supervisor import DeviceWorker, ReplicaListener, RestartPolicy
+from modelyard.workers.restart import ReplicaListener, RestartPolicy
+from modelyard.workers.supervisor import DeviceWorker
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +40,13 @@ class WorkerLoader:
         footprints: FootprintCache | None = None,
         infer_threads: int = 4,
         recycle_growth_bytes: int = 256 * 2**20,
+        launcher: WorkerLauncher | None = None,
     ) -> None:
         """``memory_caps``: device name -> bytes, the per-process cap of a GPU slice (default:
         the cap of the request's ``DeviceTarget``).
         ``recycle_growth_bytes``: an emptied worker whose RSS is this much above what it held
-        the first time it was empty is recycled (its framework kept memory after unloads)."""
+        the first time it was empty is recycled (its framework kept memory after unloads).
+        ``launcher``: what starts each device's worker (default: a local subprocess)."""
         self._caps = dict(memory_caps or {})
         self._policy = policy or RestartPolicy()
         self._progress = progress
@@ -52,6 +56,7 @@ class WorkerLoader:
         self._workers: dict[str, DeviceWorker] = {}
         self._recycle_bytes = recycle_growth_bytes
         self._idle_rss: dict[str, int] = {}
+        self._launcher = launcher
 
     def attach(self, listener: ReplicaListener) -> None:
         """Who hears about replicas leaving and rejoining service (the controller)."""
@@ -70,6 +75,7 @@ class WorkerLoader:
                 infer_threads=self._threads,
                 policy=self._policy,
                 listener=self._listener,
+                launcher=self._launcher,
             )
             self._workers[name] = worker
         try:

@@ -7,7 +7,8 @@ import pytest
 
 from modelyard.devices import DeviceTarget
 from modelyard.workers.environment import is_allowed, worker_environment
-from modelyard.workers.heartbeat import HeartbeatPolicy, HeartbeatWatch, ProcessSample, Verdict
+from modelyard.workers.heartbeat import HeartbeatPolicy, HeartbeatWatch, Verdict
+from modelyard.workers.launcher import ProcessSample
 
 POLICY = HeartbeatPolicy(interval_s=0.5, timeout_s=3.0, busy_timeout_s=30.0, idle_cpu_s=0.05)
 
