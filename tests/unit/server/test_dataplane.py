@@ -29,11 +29,14 @@ class Doubler:
     """Counts calls, so a test can tell whether the model ran."""
 
     signature = SIG
+    signatures = {"serving_default": SIG}
 
     def __init__(self) -> None:
         self.calls = 0
 
-    async def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    async def infer(
+        self, inputs: Mapping[str, np.ndarray], signature_name: str | None = None
+    ) -> dict[str, np.ndarray]:
         self.calls += 1
         return {"double": inputs["x"] * 2, "neg": -inputs["x"]}
 
