@@ -252,7 +252,10 @@ class DataPlane:
                     raise Unavailable("the server is shutting down")
             else:
                 entry = self._available(ref)
-                signature, run_name = _pick_signature(entry, signature_name)
+                if signature_name is None:  # the common case, without a call more
+                    signature, run_name = _default_signature(entry), None
+                else:
+                    signature, run_name = _pick_signature(entry, signature_name)
             with deadlines.serving(clock):
                 result, seconds = await self._bounded(
                     clock, entry, signature, run_name, inputs, outputs
