@@ -230,9 +230,9 @@ class DataPlane:
         signature order. ``ref`` is what the request names, or what ``resolve`` found for it (then
         it is not looked up again). ``signature_name`` picks a named signature (TF Serving's
         ``signature_name``) of a ``ModelRef``; None is the default one (a ``Resolved`` carries its
-        own). ``deadline``: when the request must be
-        answered by (None: the one ``deadlines.given`` set around this call, else the policy's
-        default from ``started`` or now). Raises InvalidArgument for bad input or an unknown
+        own). ``deadline``: when the request must be answered by (None: the one
+        ``deadlines.given`` set around this call, else the policy's default from ``started`` or
+        now). Raises InvalidArgument for bad input or an unknown
         signature, NotFound for unknown names, Unavailable when no replica can serve,
         ResourceExhausted when the replica's device is at its in-flight limit, DeadlineExceeded
         once the deadline has passed (the request's queued work is then dropped; work already
