@@ -38,6 +38,7 @@ from modelyard.tensors import (
     Signature,
     SignatureMethod,
     TensorSpec,
+    signature_named,
 )
 
 log = logging.getLogger(__name__)
@@ -165,12 +166,7 @@ class SavedModelModel:
     ) -> dict[str, np.ndarray]:
         if self._loaded is None:
             raise Unavailable(f"{self._source} has been unloaded")
-        signature = self._signatures.get(signature_name)
-        if signature is None:
-            raise InvalidArgument(
-                f"serving signature {signature_name!r} not found; this model has "
-                + ", ".join(repr(n) for n in self._signatures)
-            )
+        signature = signature_named(self._signatures, signature_name)
         import tensorflow as tf
 
         function = self._functions[signature_name]

@@ -114,13 +114,10 @@ class WorkerServable:
         """Every named signature (``serving_default`` only, for single-signature models)."""
         return self._signatures
 
-    async def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return await self._host.infer(self._key, inputs)
-
-    async def infer_signature(
-        self, inputs: Mapping[str, np.ndarray], signature_name: str
+    async def infer(
+        self, inputs: Mapping[str, np.ndarray], signature_name: str | None = None
     ) -> dict[str, np.ndarray]:
-        """``infer`` on a named signature; the worker answers InvalidArgument for an unknown one."""
+        """The worker answers InvalidArgument for a signature name the model lacks."""
         return await self._host.infer(self._key, inputs, signature_name)
 
     async def close(self) -> None:

@@ -28,8 +28,8 @@ from modelyard.backends.base import Backend, MultiSignatureModel
 from modelyard.config.schema import Platform
 from modelyard.devices import DeviceTarget
 from modelyard.devices.probe import nvml_process_bytes
-from modelyard.errors import DeadlineExceeded, Internal, InvalidArgument, ModelyardError, NotFound
-from modelyard.tensors import DEFAULT_SIGNATURE
+from modelyard.errors import DeadlineExceeded, Internal, ModelyardError, NotFound
+from modelyard.tensors import DEFAULT_SIGNATURE, unknown_signature
 from modelyard.workers.protocol import (
     Cancel,
     Done,
@@ -187,10 +187,7 @@ class WorkerHost:
         if message.signature_name is not None and isinstance(model, MultiSignatureModel):
             outputs = model.predict_signature(message.tensors, message.signature_name)
         elif message.signature_name not in (None, DEFAULT_SIGNATURE):
-            raise InvalidArgument(
-                f"serving signature {message.signature_name!r} not found; this model has "
-                f"{DEFAULT_SIGNATURE!r}"
-            )
+            raise unknown_signature(message.signature_name, (DEFAULT_SIGNATURE,))
         else:
             outputs = model.predict(message.tensors)
         self._send(Outputs(message.request_id, outputs))
