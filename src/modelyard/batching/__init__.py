@@ -12,7 +12,7 @@ import asyncio
 from modelyard.batching.batcher import DynamicBatcher
 from modelyard.config.schema import ModelConfig
 from modelyard.errors import InvalidArgument
-from modelyard.lifecycle.servable import Servable
+from modelyard.servable import Servable
 
 __all__ = ["DynamicBatcher", "batching_wrapper"]
 

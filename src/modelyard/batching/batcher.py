@@ -62,7 +62,7 @@ from modelyard.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from modelyard.lifecycle.servable import Servable
+from modelyard.servable import Servable
 from modelyard.tensors import Signature
 
 log = logging.getLogger(__name__)

@@ -1,10 +1,7 @@
-"""What the data plane calls to run a model: an async ``Servable``, wherever the model lives.
+"""``LocalServable``: a model loaded in this process, as a ``Servable``.
 
-A ``Servable`` may be a model loaded in this process (``LocalServable``, which runs the blocking
-``predict`` on a thread pool), a proxy to a model in a per-device worker process
-(``modelyard.workers.client.WorkerServable``), or a batcher wrapped around either
-(``modelyard.batching.DynamicBatcher``). The data plane does not know which. This is the one
-definition of the protocol; every implementation and caller imports it from here.
+The protocol itself is ``modelyard.servable.Servable`` (re-exported here), in the bottom layer so
+that the batcher can wrap any servable without importing the lifecycle.
 """
 
 from __future__ import annotations
@@ -12,37 +9,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Protocol
 
 import numpy as np
 
 from modelyard.backends.base import LoadedModel, MultiSignatureModel
+from modelyard.servable import Servable as Servable
 from modelyard.tensors import DEFAULT_SIGNATURE, Signature, unknown_signature
-
-
-class Servable(Protocol):
-    """An async handle on one loaded replica of one model version.
-
-    ``signature`` is the default signature; ``signatures`` maps every signature name to its
-    signature, the default one included (``{"serving_default": signature}`` for a model with one
-    signature). ``infer`` runs the signature named ``signature_name`` (None: the default one) on
-    inputs already validated against it and returns every output of that signature; a name the
-    model lacks is InvalidArgument (``modelyard.tensors.unknown_signature``). Only the default
-    signature (``signature_name`` None) may be batched. ``close`` releases the model; ``infer``
-    is not called after it.
-    """
-
-    @property
-    def signature(self) -> Signature: ...
-
-    @property
-    def signatures(self) -> Mapping[str, Signature]: ...
-
-    async def infer(
-        self, inputs: Mapping[str, np.ndarray], signature_name: str | None = None
-    ) -> dict[str, np.ndarray]: ...
-
-    async def close(self) -> None: ...
 
 
 class LocalServable:
