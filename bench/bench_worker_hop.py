@@ -34,6 +34,7 @@ import numpy as np
 
 from modelyard.backends import get_backend
 from modelyard.config.schema import ModelConfig, Platform
+from modelyard.devices import DeviceTarget
 from modelyard.ids import VersionKey
 from modelyard.lifecycle.controller import InProcessLoader, LoadRequest
 from modelyard.workers.loader import WorkerLoader
@@ -153,7 +154,7 @@ async def main_async(args: argparse.Namespace) -> None:
             VersionKey("mlp", 1),
             version_dir,
             Platform.ONNX,
-            "cpu",
+            DeviceTarget.cpu(),
             None,
             ModelConfig(name="mlp", base_path=version_dir.parent),
             "bench0",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -182,6 +182,23 @@ class SignatureMethod(enum.Enum):
     PREDICT = "tensorflow/serving/predict"
     CLASSIFY = "tensorflow/serving/classify"
     REGRESS = "tensorflow/serving/regress"
+
+
+def unknown_signature(name: str, known: Iterable[str]) -> InvalidArgument:
+    """The error for a request naming signature ``name`` that its model lacks: it names what was
+    asked for and every signature the model has (``known``). Every layer that can meet an
+    unknown name (the data plane, the in-process servable, the worker, a backend) raises this."""
+    return InvalidArgument(
+        f"serving signature {name!r} not found; this model has " + ", ".join(repr(n) for n in known)
+    )
+
+
+def signature_named(signatures: Mapping[str, Signature], name: str) -> Signature:
+    """``signatures[name]``; ``unknown_signature`` when there is none by that name."""
+    found = signatures.get(name)
+    if found is None:
+        raise unknown_signature(name, signatures)
+    return found
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,11 +46,17 @@ class Recorded:
     def signature(self) -> Signature:
         return self._inner.signature
 
-    async def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    @property
+    def signatures(self) -> Mapping[str, Signature]:
+        return self._inner.signatures
+
+    async def infer(
+        self, inputs: Mapping[str, np.ndarray], signature_name: str | None = None
+    ) -> dict[str, np.ndarray]:
         self._loader.batches.setdefault(self._model, []).append(next(iter(inputs.values())).shape)
         if not self._loader.gate.is_set():
             await asyncio.to_thread(self._loader.gate.wait, 30)
-        return await self._inner.infer(inputs)
+        return await self._inner.infer(inputs, signature_name)
 
     async def close(self) -> None:
         await self._inner.close()

@@ -11,6 +11,7 @@ a gRPC stub of TF Serving's PredictionService.
 from __future__ import annotations
 
 import gc
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -142,6 +143,14 @@ def _report(server: RunningServer) -> dict[str, Any]:
     return report
 
 
+def _wait_running(server: RunningServer, within_s: float) -> None:
+    """Return once the (idle) worker runs an inference (fail after ``within_s``)."""
+    deadline = time.monotonic() + within_s
+    while _report(server)["execution_slots"]["running"] == 0:
+        assert time.monotonic() < deadline, "the worker did not start the request in time"
+        time.sleep(0.02)
+
+
 def _wait_idle(server: RunningServer, within_s: float = HOLD_S + 20) -> None:
     deadline = time.monotonic() + within_s
     while _report(server)["execution_slots"]["running"]:
@@ -219,8 +228,16 @@ def test_a_request_past_its_deadline_in_the_batchers_queue_leaves_it(
     before = _report(server)["inferences"]["batched"]
     # The batched model runs one batch at a time: this one holds it for 3 s...
     first = int(3 * turns_per_s)
-    answer, _ = _timed(lambda: _kserve_rest(server, "batched", first))
-    assert answer.status_code == 504
+    answers: list[httpx.Response] = []
+    sender = threading.Thread(
+        target=lambda: answers.append(_kserve_rest(server, "batched", first)), daemon=True
+    )
+    sender.start()
+    # (Sent on only once the worker runs it: on a loaded machine a first request that had not
+    # reached the model by its deadline would be withdrawn, leaving the batcher free.)
+    _wait_running(server, within_s=REST_MS / 1000)
+    sender.join(30)
+    assert [a.status_code for a in answers] == [504]
     # ... so this one waits in the batcher's queue until its deadline.
     answer, took = _timed(lambda: _kserve_rest(server, "batched", 10))
     assert answer.status_code == 504, answer.text

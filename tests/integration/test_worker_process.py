@@ -11,6 +11,7 @@ import asyncio
 import os
 import signal
 
+from modelyard.devices import DeviceTarget
 from modelyard.server.eventloop import run
 from modelyard.workers.client import WorkerDied, WorkerProcess
 from modelyard.workers.protocol import Report
@@ -27,7 +28,7 @@ async def _failure(worker: WorkerProcess) -> BaseException | None:
 
 def test_a_request_after_the_connection_closed_fails_as_worker_died() -> None:
     async def scenario() -> tuple[BaseException | None, BaseException | None, BaseException | None]:
-        worker = WorkerProcess("sim0", "cpu", infer_threads=1)
+        worker = WorkerProcess("sim0", DeviceTarget.cpu(), infer_threads=1)
         await worker.start()
         try:
             alive = await _failure(worker)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from modelyard.backends.device import Device
+from modelyard.devices import DeviceTarget
 from modelyard.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
 from modelyard.tensors import DataType, Signature, format_shape
 
@@ -57,12 +57,12 @@ def prepare(device: str, lazy_modules: tuple[str, ...]) -> None:
     for name in lazy_modules:
         with contextlib.suppress(ImportError):
             importlib.import_module(name)
-    target = torch_device(Device.parse(device))
+    target = torch_device(DeviceTarget.parse(device))
     if target.type == "cuda":
         torch.empty(1, device=target)  # creates the context (and the allocator's first pool)
 
 
-def torch_device(device: Device) -> torch.device:
+def torch_device(device: DeviceTarget) -> torch.device:
     """The torch device for ``device``; FailedPrecondition when that GPU is not visible."""
     if not device.is_cuda:
         return torch.device("cpu")

@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 
 from modelyard.backends.base import LoadedModel
-from modelyard.backends.device import Device
 from modelyard.backends.signatures import check_unique_names, reconcile, reject_bytes
 from modelyard.config.schema import Platform
+from modelyard.devices import DeviceTarget
 from modelyard.errors import (
     BackendMissing,
     FailedPrecondition,
@@ -58,7 +58,7 @@ class OnnxBackend:
     def prepare(self, device: str) -> None:
         """Import onnxruntime and start its environment (and CUDA, on a GPU) with a one-node
         session, so the first real model's measured footprint is its own."""
-        target = Device.parse(device)
+        target = DeviceTarget.parse(device)
         ort = _import_ort()
         try:
             from onnx import TensorProto, helper
@@ -93,7 +93,7 @@ class OnnxBackend:
         BackendMissing without onnxruntime.
         """
         path = version_dir / self.artifact
-        target = Device.parse(device)
+        target = DeviceTarget.parse(device)
         ort = _import_ort()
         if not path.is_file():
             raise InvalidArgument(f"{path} does not exist or is not a file")
@@ -131,7 +131,7 @@ class OnnxModel:
         session: Any,
         signature: Signature,
         artifact: Signature,
-        device: Device,
+        device: DeviceTarget,
         source: Path,
     ) -> None:
         self._session: Any = session
@@ -150,7 +150,7 @@ class OnnxModel:
         return self._signature
 
     @property
-    def device(self) -> Device:
+    def device(self) -> DeviceTarget:
         return self._device
 
     @property
@@ -233,7 +233,7 @@ def _import_ort() -> Any:
     return ort
 
 
-def _providers(ort: Any, target: Device, memory_cap_bytes: int | None) -> list[Any]:
+def _providers(ort: Any, target: DeviceTarget, memory_cap_bytes: int | None) -> list[Any]:
     """The execution providers for ``target``, its CUDA arena capped at ``memory_cap_bytes``;
     FailedPrecondition for a GPU this onnxruntime cannot use (never a silent fallback to the
     CPU)."""

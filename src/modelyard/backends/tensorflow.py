@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 
 from modelyard.backends.base import MultiSignatureModel
-from modelyard.backends.device import Device
 from modelyard.backends.signatures import check_unique_names, reconcile
 from modelyard.config.schema import Platform
+from modelyard.devices import DeviceTarget
 from modelyard.errors import (
     BackendMissing,
     InvalidArgument,
@@ -38,6 +38,7 @@ from modelyard.tensors import (
     Signature,
     SignatureMethod,
     TensorSpec,
+    signature_named,
 )
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ class SavedModelBackend:
 
     def prepare(self, device: str) -> None:
         """Import tensorflow, turn memory growth on, and start its runtime on ``device``."""
-        target = Device.parse(device)
+        target = DeviceTarget.parse(device)
         tf = _import_tf()
         _enable_memory_growth(tf)
         with tf.device(f"/GPU:{target.index}" if target.is_cuda else "/CPU:0"):
@@ -76,7 +77,7 @@ class SavedModelBackend:
         type modelyard cannot serve, or a declared signature that disagrees with the model's;
         BackendMissing without tensorflow.
         """
-        target = Device.parse(device)
+        target = DeviceTarget.parse(device)
         path = version_dir / self.artifact
         tf = _import_tf()
         from tensorflow.core.protobuf import saved_model_pb2
@@ -170,12 +171,7 @@ class SavedModelModel:
     ) -> dict[str, np.ndarray]:
         if self._loaded is None:
             raise Unavailable(f"{self._source} has been unloaded")
-        signature = self._signatures.get(signature_name)
-        if signature is None:
-            raise InvalidArgument(
-                f"serving signature {signature_name!r} not found; this model has "
-                + ", ".join(repr(n) for n in self._signatures)
-            )
+        signature = signature_named(self._signatures, signature_name)
         import tensorflow as tf
 
         function = self._functions[signature_name]

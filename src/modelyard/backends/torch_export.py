@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from modelyard.backends.base import LoadedModel
-from modelyard.backends.device import Device
 from modelyard.backends.signatures import check_unique_names, reconcile, reject_bytes
 from modelyard.config.schema import Platform
+from modelyard.devices import DeviceTarget
 from modelyard.errors import BackendMissing, InvalidArgument
 from modelyard.tensors import Signature, TensorSpec
 
@@ -62,7 +62,7 @@ class TorchExportBackend:
         with it; BackendMissing without torch; FailedPrecondition when the GPU is not visible.
         """
         path = version_dir / self.artifact
-        target = Device.parse(device)
+        target = DeviceTarget.parse(device)
         try:
             from modelyard.backends import _torch
         except ImportError as exc:

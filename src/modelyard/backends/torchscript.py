@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from modelyard.backends.base import LoadedModel
-from modelyard.backends.device import Device
 from modelyard.backends.signatures import check_unique_names, reject_bytes
 from modelyard.config.schema import Platform
+from modelyard.devices import DeviceTarget
 from modelyard.errors import BackendMissing, InvalidArgument
 from modelyard.tensors import Signature
 
@@ -55,7 +55,7 @@ class TorchScriptBackend:
                 f"{path}: TorchScript models carry no signature; add inputs: and outputs: to "
                 "the model's config"
             )
-        target = Device.parse(device)
+        target = DeviceTarget.parse(device)
         check_unique_names(declared, path)
         reject_bytes(declared, path, "TorchScript")
         try:

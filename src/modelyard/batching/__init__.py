@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 
-from modelyard.batching.batcher import DynamicBatcher, Servable
+from modelyard.batching.batcher import DynamicBatcher
 from modelyard.config.schema import ModelConfig
 from modelyard.errors import InvalidArgument
+from modelyard.servable import Servable
 
-__all__ = ["DynamicBatcher", "Servable", "batching_wrapper"]
+__all__ = ["DynamicBatcher", "batching_wrapper"]
 
 _closing: set[asyncio.Task[None]] = set()  # the loop holds tasks weakly; keep them to the end
 

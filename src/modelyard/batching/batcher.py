@@ -49,7 +49,6 @@ import enum
 import logging
 from collections import deque
 from collections.abc import Mapping
-from typing import Protocol
 
 import numpy as np
 
@@ -59,28 +58,16 @@ from modelyard.config.schema import BatchingConfig
 from modelyard.errors import (
     Code,
     Internal,
-    InvalidArgument,
     ModelyardError,
     ResourceExhausted,
     Unavailable,
 )
-from modelyard.tensors import DEFAULT_SIGNATURE, Signature
+from modelyard.servable import Servable
+from modelyard.tensors import Signature
 
 log = logging.getLogger(__name__)
 
 Outputs = dict[str, np.ndarray]
-
-
-class Servable(Protocol):
-    """What the batcher wraps and what it is: ``modelyard.lifecycle.servable.Servable``,
-    restated here because batching sits below lifecycle in the import order."""
-
-    @property
-    def signature(self) -> Signature: ...
-
-    async def infer(self, inputs: Mapping[str, np.ndarray]) -> Outputs: ...
-
-    async def close(self) -> None: ...
 
 
 class _Stage(enum.Enum):
@@ -145,27 +132,22 @@ class DynamicBatcher:
 
     @property
     def signatures(self) -> Mapping[str, Signature]:
-        """The wrapped servable's named signatures; only the default one is batched."""
-        found: Mapping[str, Signature] | None = getattr(self._inner, "signatures", None)
-        return found if found is not None else {DEFAULT_SIGNATURE: self._inner.signature}
-
-    async def infer_signature(
-        self, inputs: Mapping[str, np.ndarray], signature_name: str
-    ) -> Outputs:
-        """A named (non-default) signature: straight to the wrapped servable, unbatched."""
-        run = getattr(self._inner, "infer_signature", None)
-        if run is None:
-            raise InvalidArgument(f"model {self._model!r} has no signature {signature_name!r}")
-        result: Outputs = await run(inputs, signature_name=signature_name)
-        return result
+        return self._inner.signatures
 
     @property
     def queued_rows(self) -> int:
         """Rows waiting in open and ready batches (not those running)."""
         return self._queued
 
-    async def infer(self, inputs: Mapping[str, np.ndarray]) -> Outputs:
-        """Queue ``inputs`` (already validated) and wait for their rows of the batch's outputs."""
+    async def infer(
+        self, inputs: Mapping[str, np.ndarray], signature_name: str | None = None
+    ) -> Outputs:
+        """Queue ``inputs`` (already validated) and wait for their rows of the batch's outputs.
+
+        A named signature (``signature_name`` not None) goes straight to the wrapped servable,
+        unbatched: only the default signature is batched."""
+        if signature_name is not None:
+            return await self._inner.infer(inputs, signature_name)
         if self._closed:
             raise Unavailable(f"model {self._model!r} is unloading")
         loop = asyncio.get_running_loop()

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from modelyard.config import load_config
-from modelyard.config.schema import DeviceKind
 from modelyard.config.sizes import format_size
+from modelyard.devices.inventory import build_inventory
 from modelyard.errors import ModelyardError
 from modelyard.planner.demands import plan_for_config
 from modelyard.planner.plan import DeviceUsage, Plan
@@ -47,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
-        plan = plan_for_config(config)
+        plan = plan_for_config(config, build_inventory(config.devices))
     except ModelyardError as exc:
         print(f"modelyard plan: {exc.message}", file=sys.stderr)
         return EXIT_ERROR
@@ -110,7 +110,7 @@ def render_table(plan: Plan) -> str:
 
 def _device_heading(u: DeviceUsage) -> str:
     d = u.device
-    where = f"cuda:{d.index}" if d.kind is DeviceKind.CUDA else "cpu"
+    where = str(d.target)
     absent = ", not on this machine" if not d.present else ""
     return (
         f"{d.name} ({where}{absent}): {format_size(u.used_bytes)} of "

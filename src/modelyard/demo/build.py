@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -31,6 +32,8 @@ CONTENT_VERSION = 1
 CONFIG_NAME = "modelyard.yaml"
 MARKER_NAME = ".modelyard-demo.json"
 _REPOSITORY = "repository"
+
+log = logging.getLogger(__name__)
 
 
 def default_cache_dir() -> Path:
@@ -66,6 +69,9 @@ def build_demo_repository(cache_dir: Path | None = None) -> Path:
         # Another process may have finished the build while this one waited for the lock.
         if _current(repository) == marker:
             return config
+        # Building takes seconds (torch.export is slow to start); say so once, so the user
+        # knows what the wait is and where the files go.
+        log.info("building the demo models (mlp, linear, scripted) into %s", repository)
         staging = Path(tempfile.mkdtemp(prefix=".build-", dir=cache_dir))
         staging.chmod(0o755)  # mkdtemp's 0700 would hide the demo from other users of the cache
         try:
@@ -93,7 +99,7 @@ def demo_examples() -> dict[str, dict[str, np.ndarray]]:
 
 
 def _write(root: Path, marker: dict[str, str | int]) -> None:
-    from modelyard.testing.models import (
+    from modelyard.demo.models import (
         model_config,
         write_config,
         write_onnx_linear,

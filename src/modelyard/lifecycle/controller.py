@@ -31,10 +31,10 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping
-from typing import Any
 
 from modelyard.backends import detect_platform
 from modelyard.config.schema import ModelConfig, ServerConfig
+from modelyard.devices import DeviceTarget
 from modelyard.errors import DoesNotFit, FailedPrecondition, ModelyardError, NotFound
 from modelyard.ids import VersionKey
 from modelyard.lifecycle.arrivals import Arrivals
@@ -46,7 +46,7 @@ from modelyard.lifecycle.loading import (
     ServableWrapper,
     declared_signature,
 )
-from modelyard.lifecycle.placement import DemandOf, Placement
+from modelyard.lifecycle.placement import DemandOf, Move, Placement
 from modelyard.lifecycle.policy import (
     Forget,
     Load,
@@ -81,10 +81,11 @@ class Controller:
     """Loads the aspired versions of every model, swaps and moves them, unloads them at stop.
 
     ``plan``: the start-up plan; with it every change is planned (``Placement``). Without it,
-    every version loads on ``default_device``. ``device_targets`` maps a device name to what a
-    backend loads onto (``cuda:0``, ``cpu``). Versions the start-up plan could not place are
-    FAILED with ``unplaced_reason``, those it could not size (``plan.unreadable``) with their
-    own reason.
+    every version loads on ``default_device``. A device loads onto its plan device's
+    ``target``; ``device_targets`` adds to or overrides that map (a name neither maps must
+    itself be a target's text, ``cpu`` or ``cuda:N``). Versions the start-up plan could not
+    place are FAILED with ``unplaced_reason``, those it could not size (``plan.unreadable``)
+    with their own reason.
     ``settle_s``: how long a version found while serving must keep its files unchanged
     before it is loaded (``repository.settle``).
     """
@@ -95,7 +96,7 @@ class Controller:
         registry: ModelRegistry,
         loader: Loader,
         *,
-        device_targets: Mapping[str, str] | None = None,
+        device_targets: Mapping[str, DeviceTarget] | None = None,
         default_device: str = "cpu",
         unplaced_reason: str = "",
         wrap: ServableWrapper | None = None,
@@ -108,7 +109,8 @@ class Controller:
         self._registry = registry
         self._loader = loader
         self._placement = Placement(plan, default_device=default_device, demand=demand)
-        self._targets = dict(device_targets or {})
+        planned = {u.device.name: u.device.target for u in plan.devices} if plan else {}
+        self._targets: dict[str, DeviceTarget] = {**planned, **(device_targets or {})}
         self._unplaced_reason = unplaced_reason
         self._wrap = wrap
         self._drain_s = drain_timeout_s
@@ -321,7 +323,7 @@ class Controller:
             entry.key,
             version_dir(model.base_path, entry.key.version),
             entry.platform,
-            self._targets.get(device, device),
+            self._targets.get(device) or DeviceTarget.parse(device),
             declared_signature(model),
             model,
             device,
@@ -378,7 +380,7 @@ class Controller:
     async def reconfigure(
         self,
         config: ServerConfig,
-        device_targets: Mapping[str, str] | None = None,
+        device_targets: Mapping[str, DeviceTarget] | None = None,
     ) -> None:
         """Serve ``config``: load the models it adds, apply the changed settings (version
         policy, labels, swap) of the others, then unload the models it drops.
@@ -470,13 +472,13 @@ class Controller:
         self._placement.commit_devices(key, after)
         log.info("model %s moved from %s to %s", key, source, target)
 
-    async def replan(self) -> list[dict[str, Any]]:
+    async def replan(self) -> list[Move]:
         """Plan everything afresh (config pins, fewest moves) and carry the moves out, each one
         load-first; then retry versions waiting for room. Returns the moves made."""
         async with self._lock:
             pins = {m.name: m.devices for m in self._config.models}
             plan = self._placement.replan(pins)
-            moves: list[dict[str, Any]] = []
+            moves: list[Move] = []
             for key, now in self._placement.placed().items():
                 wanted = plan.devices_of(key)
                 leaving = [d for d in now if d not in wanted]
@@ -487,8 +489,7 @@ class Controller:
                     except ModelyardError as exc:
                         log.warning("re-plan: %s stays on %s: %s", key, source, exc.message)
                         continue
-                    moves.append({"model": key.model, "version": key.version,
-                                  "from": source, "to": target})  # fmt: skip
+                    moves.append(Move(key, source, target))
             await self._converge()
             return moves
 

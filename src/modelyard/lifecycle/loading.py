@@ -18,6 +18,7 @@ from typing import Protocol, runtime_checkable
 
 from modelyard.backends import get_backend
 from modelyard.config.schema import ModelConfig, Platform
+from modelyard.devices import DeviceTarget
 from modelyard.ids import VersionKey
 from modelyard.lifecycle.servable import LocalServable, Servable
 from modelyard.tensors import Signature
@@ -30,7 +31,7 @@ class LoadRequest:
     key: VersionKey
     version_dir: Path
     platform: Platform
-    device: str
+    device: DeviceTarget
     declared: Signature | None
     config: ModelConfig
     device_name: str = ""
@@ -61,7 +62,11 @@ class InProcessLoader:
         backend = get_backend(request.platform)
         loop = asyncio.get_running_loop()
         model = await loop.run_in_executor(
-            self._load_pool, backend.load, request.version_dir, request.device, request.declared
+            self._load_pool,
+            backend.load,
+            request.version_dir,
+            str(request.device),
+            request.declared,
         )
         return LocalServable(model, self._infer_pool)
 

@@ -33,6 +33,16 @@ DemandOf = Callable[[ModelConfig, int], ModelDemand]
 """The planner's demand for one version of one model (bytes from config, cache or estimate)."""
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Move:
+    """One replica of ``key`` moved from device ``source`` to device ``target`` (a re-plan's
+    step, carried out load-first)."""
+
+    key: VersionKey
+    source: str
+    target: str
+
+
 def demand_of(cache: FootprintCache | None = None) -> DemandOf:
     """A ``DemandOf`` that sizes a version as ``modelyard plan`` would.
 

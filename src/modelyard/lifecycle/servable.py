@@ -1,8 +1,7 @@
-"""What the data plane calls to run a model: an async ``Servable``, wherever the model lives.
+"""``LocalServable``: a model loaded in this process, as a ``Servable``.
 
-A ``Servable`` may be a model loaded in this process (``LocalServable``, which runs the blocking
-``predict`` on a thread pool), a proxy to a model in a per-device worker process, or a batcher
-wrapped around either. The data plane does not know which.
+The protocol itself is ``modelyard.servable.Servable`` (re-exported here), in the bottom layer so
+that the batcher can wrap any servable without importing the lifecycle.
 """
 
 from __future__ import annotations
@@ -10,28 +9,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Protocol
 
 import numpy as np
 
 from modelyard.backends.base import LoadedModel, MultiSignatureModel
-from modelyard.errors import InvalidArgument
-from modelyard.tensors import DEFAULT_SIGNATURE, Signature
-
-
-class Servable(Protocol):
-    """An async handle on one loaded replica of one model version.
-
-    ``infer`` receives inputs already validated against ``signature`` and returns every output
-    of the signature. ``close`` releases the model; ``infer`` is not called after it.
-    """
-
-    @property
-    def signature(self) -> Signature: ...
-
-    async def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
-
-    async def close(self) -> None: ...
+from modelyard.servable import Servable as Servable
+from modelyard.tensors import DEFAULT_SIGNATURE, Signature, unknown_signature
 
 
 class LocalServable:
@@ -41,48 +24,38 @@ class LocalServable:
         self._model = model
         self._pool = pool
         self._signature = model.signature
+        # Decided once here, not per request (a runtime-checkable isinstance is not free).
+        self._multi: MultiSignatureModel | None = (
+            model if isinstance(model, MultiSignatureModel) else None
+        )
+        self._signatures: Mapping[str, Signature] = (
+            self._multi.signatures
+            if self._multi is not None
+            else {DEFAULT_SIGNATURE: self._signature}
+        )
 
     @property
     def signature(self) -> Signature:
         return self._signature
 
-    async def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self._model.predict, inputs)
-
     @property
     def signatures(self) -> Mapping[str, Signature]:
-        """Every named signature (see ``signatures_of``)."""
-        if isinstance(self._model, MultiSignatureModel):
-            return self._model.signatures
-        return {DEFAULT_SIGNATURE: self._signature}
+        return self._signatures
 
-    async def infer_signature(
-        self, inputs: Mapping[str, np.ndarray], signature_name: str
+    async def infer(
+        self, inputs: Mapping[str, np.ndarray], signature_name: str | None = None
     ) -> dict[str, np.ndarray]:
-        """``infer`` on the named signature; InvalidArgument for a name the model lacks."""
-        model = self._model
         loop = asyncio.get_running_loop()
-        if isinstance(model, MultiSignatureModel):
+        if signature_name is None:
+            return await loop.run_in_executor(self._pool, self._model.predict, inputs)
+        if self._multi is not None:
             return await loop.run_in_executor(
-                self._pool, model.predict_signature, inputs, signature_name
+                self._pool, self._multi.predict_signature, inputs, signature_name
             )
         if signature_name != DEFAULT_SIGNATURE:
-            raise InvalidArgument(
-                f"serving signature {signature_name!r} not found; this model has "
-                f"{DEFAULT_SIGNATURE!r}"
-            )
-        return await self.infer(inputs)
+            raise unknown_signature(signature_name, self._signatures)
+        return await loop.run_in_executor(self._pool, self._model.predict, inputs)
 
     async def close(self) -> None:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._pool, self._model.unload)
-
-
-def signatures_of(servable: Servable) -> Mapping[str, Signature]:
-    """Every named signature of ``servable``; ``{"serving_default": signature}`` for one that
-    does not list them (a servable with named signatures has ``signatures`` and
-    ``infer_signature(inputs, name)``, as ``LocalServable`` does; wrappers such as a batcher
-    or a worker proxy may not forward them, and then serve the default signature only)."""
-    found: Mapping[str, Signature] | None = getattr(servable, "signatures", None)
-    return found if found is not None else {DEFAULT_SIGNATURE: servable.signature}

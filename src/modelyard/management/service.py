@@ -22,8 +22,9 @@ from modelyard.config.schema import ServerConfig
 from modelyard.errors import AlreadyExists, FailedPrecondition, NotFound
 from modelyard.ids import VersionKey
 from modelyard.lifecycle.controller import Controller
+from modelyard.lifecycle.placement import Move
 from modelyard.lifecycle.registry import ModelRegistry
-from modelyard.lifecycle.states import ModelState
+from modelyard.management.index import IndexRow, IndexState
 from modelyard.management.roots import ModelRoots
 from modelyard.management.state import (
     ManagementState,
@@ -65,28 +66,26 @@ class Management:
 
     # -- reads -------------------------------------------------------------------------------
 
-    def index(self) -> list[dict[str, Any]]:
-        """Triton's repository index: one row per version (state, reason), and a row for each
-        known model that is not loaded."""
-        rows: list[dict[str, Any]] = []
+    def index(self) -> list[IndexRow]:
+        """Triton's repository index: one row per version (state, reason, devices), and a row
+        for each known model that is not loaded (``modelyard.management.index``)."""
+        rows: list[IndexRow] = []
         served = {m.name for m in self._controller.config.models}
         for name in sorted(served | {m.name for m in self._file.models} | set(self._state.models)):
             if name not in served:
-                rows.append({"name": name, "state": "UNAVAILABLE", "reason": "unloaded"})
+                rows.append(IndexRow(name, IndexState.UNAVAILABLE, "unloaded"))
                 continue
             entries = self._registry.versions(name) if name in self._registry.model_names() else []
             if not entries:
-                rows.append({"name": name, "state": "UNAVAILABLE", "reason": "no version found"})
+                rows.append(IndexRow(name, IndexState.UNAVAILABLE, "no version found"))
             for e in entries:
-                state = "READY" if e.state is ModelState.AVAILABLE else e.state.value
-                rows.append({"name": name, "version": str(e.key.version), "state": state,
-                             "reason": e.error,
-                             "devices": list(self._controller.devices_of(e.key))})  # fmt: skip
+                devices = self._controller.devices_of(e.key)
+                rows.append(IndexRow(name, IndexState.of(e.state), e.error, e.key.version, devices))
         return rows
 
     # -- changes -----------------------------------------------------------------------------
 
-    async def load(self, name: str, entry: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    async def load(self, name: str, entry: dict[str, Any] | None = None) -> list[IndexRow]:
         """Load ``name``: a model of the config file (again), or a new one from ``entry`` (a
         modelyard model entry, absolute base_path under the model roots). A served model is
         re-scanned for versions.
@@ -132,13 +131,13 @@ class Management:
             await self._save(state)
             return rows
 
-    def _loaded(self, name: str) -> list[dict[str, Any]]:
+    def _loaded(self, name: str) -> list[IndexRow]:
         """The index rows of ``name`` after a load; FailedPrecondition when every version
         failed."""
-        rows = [r for r in self.index() if r["name"] == name]
-        if rows and all(r["state"] == ModelState.FAILED.value for r in rows):
+        rows = [r for r in self.index() if r.name == name]
+        if rows and all(r.state is IndexState.FAILED for r in rows):
             raise FailedPrecondition(
-                f"model {name!r} failed to load: " + "; ".join(r["reason"] for r in rows)
+                f"model {name!r} failed to load: " + "; ".join(r.reason for r in rows)
             )
         return rows
 
@@ -173,7 +172,7 @@ class Management:
             labels = dict(self._controller.model(name).version_labels)
             await self._save(self._override(name, labels=labels))
 
-    async def replan(self) -> list[dict[str, Any]]:
+    async def replan(self) -> list[Move]:
         """Re-plan and move (load-first); not saved: the next start plans afresh anyway."""
         async with self._lock:
             return await self._controller.replan()

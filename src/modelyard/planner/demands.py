@@ -22,11 +22,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from modelyard.config.schema import ModelConfig, ServerConfig
+from modelyard.devices import Device
 from modelyard.errors import ConfigError, InvalidArgument
 from modelyard.ids import VersionKey
 from modelyard.planner.estimate import estimate_footprint
 from modelyard.planner.footprints import FootprintCache
-from modelyard.planner.inventory import GpuProbe, HostProbe, build_inventory, probe_gpus, probe_host
 from modelyard.planner.place import PlacerOptions, place
 from modelyard.planner.plan import FootprintSource, ModelDemand, Plan, UnreadableVersion
 from modelyard.repository import aspired_versions, scan_versions, version_dir
@@ -108,22 +108,24 @@ def demand_for_version(
 
 def plan_for_config(
     config: ServerConfig,
+    devices: Sequence[Device],
     *,
     current: Mapping[VersionKey, Sequence[str]] | None = None,
-    gpus: GpuProbe = probe_gpus,
-    host: HostProbe = probe_host,
     cache: FootprintCache | None = None,
     options: PlacerOptions | None = None,
 ) -> Plan:
-    """Inventory the devices, build demands, and place them; what ``serve`` runs before loading.
+    """Build the demands of ``config`` and place them on ``devices``; what ``serve`` runs
+    before loading.
+
+    ``devices`` are measured by the caller (``modelyard.devices.inventory.build_inventory(
+    config.devices)``): this module never probes the machine.
 
     Returns the Plan even when infeasible: ``plan.feasible`` says whether every replica fits,
     ``plan.explanation`` why not, and ``plan.raise_if_infeasible()`` raises ResourceExhausted
     with it. ``serve --serve-what-fits`` loads ``plan.placement()`` (the versions that fit).
     Versions that cannot be sized are in ``plan.unreadable`` (not planned; see the module doc).
-    Raises ConfigError for devices, or for models with neither files nor ``memory:``.
+    Raises ConfigError for models with neither files nor ``memory:``.
     """
-    devices = build_inventory(config.devices, gpus=gpus, host=host)
     found = demands_for_config(config, cache=cache if cache is not None else FootprintCache())
     plan = place(
         found.demands,

@@ -2,18 +2,30 @@
 
 The planner takes *demands* (how many bytes each model version needs, where it may go, how many
 replicas), never config; ``modelyard.planner.demands`` turns a ``ServerConfig`` into demands.
+The devices are ``modelyard.devices.Device`` values, measured by the caller (re-exported here).
 """
 
 from __future__ import annotations
 
 import enum
-import math
 import re
 from dataclasses import dataclass, field
 
-from modelyard.config.schema import DeviceKind
+from modelyard.devices import Device
 from modelyard.errors import ResourceExhausted
 from modelyard.ids import VersionKey
+
+__all__ = [
+    "Assignment",
+    "Device",
+    "DeviceUsage",
+    "FootprintSource",
+    "ModelDemand",
+    "Plan",
+    "Strategy",
+    "UnreadableVersion",
+    "display_order",
+]
 
 
 class FootprintSource(enum.Enum):
@@ -59,33 +71,6 @@ class ModelDemand:
 
     def allows(self, device: str) -> bool:
         return self.pins is None or device in self.pins
-
-
-@dataclass(frozen=True, slots=True)
-class Device:
-    """A device the planner may fill.
-
-    ``capacity_bytes`` is the device's size (or its declared cap); ``free_bytes`` is what is
-    available to the demands being planned, i.e. capacity minus memory held by anything that is
-    *not* one of those demands (other processes, a CUDA context). ``present`` is False for a
-    declared device that is not on this machine: offline planning still fills it.
-    """
-
-    name: str
-    kind: DeviceKind
-    index: int
-    capacity_bytes: int
-    free_bytes: int
-    present: bool = True
-
-    def budget_bytes(self, headroom_fraction: float) -> int:
-        """Bytes the planner may fill: free memory less ``headroom_fraction`` of the capacity.
-
-        Headroom is a share of the *capacity*, so a device keeps the same reserve whether or not
-        something else already uses part of it.
-        """
-        reserve = math.ceil(self.capacity_bytes * headroom_fraction)
-        return max(0, min(self.free_bytes, self.capacity_bytes) - reserve)
 
 
 @dataclass(frozen=True, slots=True)

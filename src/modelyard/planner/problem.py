@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from modelyard.devices import Device
 from modelyard.ids import VersionKey
-from modelyard.planner.plan import Device, ModelDemand
+from modelyard.planner.plan import ModelDemand
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,9 +11,8 @@ Async safety: one instance per event loop; methods are called from that loop onl
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,11 +29,10 @@ from modelyard.errors import (
     Unavailable,
 )
 from modelyard.lifecycle.registry import ModelRegistry, VersionEntry
-from modelyard.lifecycle.servable import signatures_of
 from modelyard.lifecycle.states import ModelState
 from modelyard.metrics import ServerMetrics
 from modelyard.server.defaults import DEFAULT_MAX_IN_FLIGHT
-from modelyard.tensors import DEFAULT_SIGNATURE, Signature
+from modelyard.tensors import DEFAULT_SIGNATURE, Signature, signature_named
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +97,37 @@ class InferResult:
     model: str
     version: int
     outputs: dict[str, np.ndarray]
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """A request's model resolved once (``DataPlane.resolve``): the version entry a ``ModelRef``
+    named and the signature its inputs are checked against. An adapter that must decode against
+    the signature before inference resolves, decodes, and passes this to ``DataPlane.infer``,
+    so the request runs on the version it was decoded for, looked up once.
+
+    ``signature_name`` is what the servable is asked to run: None for the default signature (the
+    one a batcher batches), else the name of another signature."""
+
+    entry: VersionEntry
+    signature: Signature
+    signature_name: str | None
+
+    @property
+    def name(self) -> str:
+        """The model's name (as ``ModelRef.name``)."""
+        return self.entry.key.model
+
+    @property
+    def signatures(self) -> Mapping[str, Signature]:
+        """Every named signature of the version, the default one included."""
+        return _signatures(self.entry)
+
+    def named(self, signature_name: str) -> Resolved:
+        """The same version with the signature named ``signature_name``; InvalidArgument
+        (``unknown_signature``) for a name the model lacks."""
+        signature, run_name = _pick_signature(self.entry, signature_name)
+        return Resolved(self.entry, signature, run_name)
 
 
 class DataPlane:
@@ -174,22 +203,20 @@ class DataPlane:
             signatures=_signatures(entry),
         )
 
-    def signature(self, ref: ModelRef, signature_name: str | None = None) -> Signature:
-        """The signature requests to ``ref`` are checked against (adapters decode with it).
-
-        ``signature_name`` None is the default signature; an unknown name is InvalidArgument.
-        """
-        # On every TF Serving REST request: read the entry, not the whole metadata.
+    def resolve(self, ref: ModelRef, signature_name: str | None = None) -> Resolved:
+        """The version ``ref`` names and its signature ``signature_name`` (None: the default),
+        for a request that is decoded against the signature before it runs; pass the result to
+        ``infer``. NotFound for unknown names, Unavailable when the version cannot serve,
+        InvalidArgument for an unknown signature name."""
         entry = self._available(ref)
-        if signature_name is None:
-            return _default_signature(entry)
-        return _named(_signatures(entry), signature_name)
+        signature, run_name = _pick_signature(entry, signature_name)
+        return Resolved(entry, signature, run_name)
 
     # -- inference -----------------------------------------------------------------------
 
     async def infer(
         self,
-        ref: ModelRef,
+        ref: ModelRef | Resolved,
         inputs: Mapping[str, np.ndarray],
         outputs: Sequence[str] | None = None,
         signature_name: str | None = None,
@@ -200,10 +227,12 @@ class DataPlane:
         """Run one request. Inputs are checked against the signature before the model runs.
 
         ``outputs`` names the outputs to return, in that order; None returns all of them in
-        signature order. ``signature_name`` picks a named signature (TF Serving's
-        ``signature_name``); None is the default one. ``deadline``: when the request must be
-        answered by (None: the one ``deadlines.given`` set around this call, else the policy's
-        default from ``started`` or now). Raises InvalidArgument for bad input or an unknown
+        signature order. ``ref`` is what the request names, or what ``resolve`` found for it (then
+        it is not looked up again). ``signature_name`` picks a named signature (TF Serving's
+        ``signature_name``) of a ``ModelRef``; None is the default one (a ``Resolved`` carries its
+        own). ``deadline``: when the request must be answered by (None: the one
+        ``deadlines.given`` set around this call, else the policy's default from ``started`` or
+        now). Raises InvalidArgument for bad input or an unknown
         signature, NotFound for unknown names, Unavailable when no replica can serve,
         ResourceExhausted when the replica's device is at its in-flight limit, DeadlineExceeded
         once the deadline has passed (the request's queued work is then dropped; work already
@@ -217,9 +246,20 @@ class DataPlane:
         clock = RequestClock(deadline, model=ref.name, start=started)
         entry: VersionEntry | None = None
         try:
-            entry = self._available(ref)
+            if isinstance(ref, Resolved):
+                entry, signature, run_name = ref.entry, ref.signature, ref.signature_name
+                if self.stopping:
+                    raise Unavailable("the server is shutting down")
+            else:
+                entry = self._available(ref)
+                if signature_name is None:  # the common case, without a call more
+                    signature, run_name = _default_signature(entry), None
+                else:
+                    signature, run_name = _pick_signature(entry, signature_name)
             with deadlines.serving(clock):
-                result, seconds = await self._bounded(clock, entry, inputs, outputs, signature_name)
+                result, seconds = await self._bounded(
+                    clock, entry, signature, run_name, inputs, outputs
+                )
         except ModelyardError as exc:
             if self.metrics is not None:
                 key = entry.key if entry is not None else None
@@ -235,41 +275,35 @@ class DataPlane:
         self,
         clock: RequestClock,
         entry: VersionEntry,
+        signature: Signature,
+        run_name: str | None,
         inputs: Mapping[str, np.ndarray],
         outputs: Sequence[str] | None,
-        signature_name: str | None,
     ) -> tuple[InferResult, float]:
         """``_run`` within the clock's deadline: cancelled there (which takes the request out of
         a batcher's queue and tells the worker to skip it) and answered DeadlineExceeded."""
         if clock.deadline is None:
-            return await self._run(entry, inputs, outputs, signature_name)
+            return await self._run(entry, signature, run_name, inputs, outputs)
         left = clock.deadline.remaining_s()
         if left <= 0:
             raise clock.exceeded()
         try:
             async with asyncio.timeout(left):
-                return await self._run(entry, inputs, outputs, signature_name)
+                return await self._run(entry, signature, run_name, inputs, outputs)
         except TimeoutError:
             raise clock.exceeded() from None
 
     async def _run(
         self,
         entry: VersionEntry,
+        signature: Signature,
+        run_name: str | None,
         inputs: Mapping[str, np.ndarray],
         outputs: Sequence[str] | None,
-        signature_name: str | None = None,
     ) -> tuple[InferResult, float]:
-        """Validate, pick a replica, run; the result and the seconds the servable took."""
+        """Validate against ``signature``, pick a replica, run ``run_name`` (None: the default
+        signature) on it; the result and the seconds the servable took."""
         replica = entry.pick_replica()
-        servable = replica.servable
-        signature = servable.signature
-        run: Callable[[Mapping[str, np.ndarray]], Awaitable[dict[str, np.ndarray]]]
-        run = servable.infer
-        if signature_name is not None:
-            signature = _named(signatures_of(servable), signature_name)
-            if signature is not servable.signature:
-                # Only the default signature goes through ``infer`` (and so a batcher).
-                run = functools.partial(servable.infer_signature, signature_name=signature_name)  # type: ignore[attr-defined]
         signature.validate_inputs(inputs)
         wanted = [signature.output(name).name for name in outputs] if outputs else None
         if wanted is not None and len(set(wanted)) != len(wanted):
@@ -290,7 +324,7 @@ class DataPlane:
         replica.in_flight += 1
         started = time.perf_counter()
         try:
-            produced = await run(inputs)
+            produced = await replica.servable.infer(inputs, run_name)
         finally:
             replica.in_flight -= 1
             self._in_flight[device] -= 1
@@ -326,14 +360,16 @@ def _default_signature(entry: VersionEntry) -> Signature:
 def _signatures(entry: VersionEntry) -> Mapping[str, Signature]:
     if not entry.replicas:
         return {DEFAULT_SIGNATURE: entry.signature} if entry.signature is not None else {}
-    return signatures_of(entry.replicas[0].servable)
+    return entry.replicas[0].servable.signatures
 
 
-def _named(signatures: Mapping[str, Signature], name: str) -> Signature:
-    found = signatures.get(name)
-    if found is None:
-        raise InvalidArgument(
-            f"serving signature {name!r} not found; this model has "
-            + ", ".join(repr(n) for n in signatures)
-        )
-    return found
+def _pick_signature(entry: VersionEntry, name: str | None) -> tuple[Signature, str | None]:
+    """The signature named ``name`` (None: the default) and the name the servable is asked to
+    run: None when it is the default signature, so that it goes through a batcher."""
+    if name is None:
+        return _default_signature(entry), None
+    if not entry.replicas:  # not AVAILABLE: the request fails when it picks a replica
+        return signature_named(_signatures(entry), name), name
+    servable = entry.replicas[0].servable
+    signature = signature_named(servable.signatures, name)
+    return signature, None if signature is servable.signature else name

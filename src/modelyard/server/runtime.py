@@ -18,7 +18,8 @@ import uvicorn
 from starlette.applications import Starlette
 
 from modelyard.batching import batching_wrapper
-from modelyard.config.schema import DeviceKind, ServerConfig
+from modelyard.config.schema import ServerConfig
+from modelyard.devices.inventory import build_inventory
 from modelyard.errors import NotFound
 from modelyard.lifecycle.controller import Controller, Loader
 from modelyard.lifecycle.placement import demand_of
@@ -92,7 +93,6 @@ class Server:
             self.registry,
             self._loader,
             plan=plan,
-            device_targets=device_targets(plan),
             unplaced_reason=plan.explanation,
             wrap=batching_wrapper,
             demand=demand_of(options.footprints),
@@ -138,15 +138,16 @@ class Server:
         ``options``, planned and wired, not started.
 
         Applies the saved management changes (``options.state_store``), plans the result on
-        this machine's devices (``plan_for_config``; an infeasible plan is kept, and the
-        versions it could not place start FAILED: ``start_plan.feasible`` says whether all
-        fit), and builds the controller, loader, data plane and front ends. Raises
-        ConfigError for a bad device list, state file, or a model with neither files nor
-        ``memory:``.
+        this machine's devices (measured by ``build_inventory``, placed by ``plan_for_config``;
+        an infeasible plan is kept, and the versions it could not place start FAILED:
+        ``start_plan.feasible`` says whether all fit), and builds the controller, loader, data
+        plane and front ends. Raises ConfigError for a bad device list, state file, or a model
+        with neither files nor ``memory:``.
         """
         options = options if options is not None else ServerOptions()
         desired = desired_state(config, options)
-        plan = plan_for_config(desired.config, cache=options.footprints)
+        devices = build_inventory(desired.config.devices)
+        plan = plan_for_config(desired.config, devices, cache=options.footprints)
         return cls(desired, plan, options, loader)
 
     async def start(self) -> None:
@@ -286,19 +287,12 @@ def _worker_loader(plan: Plan, footprints: FootprintCache | None) -> WorkerLoade
     caps: dict[str, int] = {}
     expected: dict[str, int] = {}
     for usage in plan.devices:
-        if usage.device.kind is DeviceKind.CUDA:
-            caps[usage.device.name] = usage.device.capacity_bytes
+        cap = usage.device.target.memory_cap_bytes
+        if cap is not None:
+            caps[usage.device.name] = cap
         expected[usage.device.name] = len(usage.models)
     progress = LoadProgress({d: n for d, n in expected.items() if n})
     return WorkerLoader(memory_caps=caps, progress=progress, footprints=footprints)
-
-
-def device_targets(plan: Plan) -> dict[str, str]:
-    """Plan device name -> what a backend loads onto: ``cuda:<index>`` or ``cpu``."""
-    return {
-        u.device.name: f"cuda:{u.device.index}" if u.device.kind is DeviceKind.CUDA else "cpu"
-        for u in plan.devices
-    }
 
 
 def _bind(host: str, port: int) -> socket.socket:

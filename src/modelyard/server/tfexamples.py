@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from modelyard.errors import Internal, InvalidArgument
-from modelyard.server.dataplane import DataPlane, ModelRef
+from modelyard.server.dataplane import DataPlane, ModelRef, Resolved
 from modelyard.tensors import DEFAULT_SIGNATURE, DataType, Signature, SignatureMethod
 from modelyard.tfproto.generated import tensorflow_core_pb2 as core
 
@@ -32,11 +32,13 @@ class Classification:
 
 async def classify(
     dataplane: DataPlane,
-    ref: ModelRef,
+    ref: ModelRef | Resolved,
     examples: Sequence[bytes],
     signature_name: str | None,
 ) -> tuple[int, list[Classification]]:
-    """Run a classify signature; the version that ran and one Classification per example."""
+    """Run a classify signature; the version that ran and one Classification per example.
+
+    ``ref``: what the request names, or what the adapter already resolved it to."""
     outputs, version = await _run(
         dataplane, ref, examples, signature_name, SignatureMethod.CLASSIFY
     )
@@ -67,11 +69,12 @@ async def classify(
 
 async def regress(
     dataplane: DataPlane,
-    ref: ModelRef,
+    ref: ModelRef | Resolved,
     examples: Sequence[bytes],
     signature_name: str | None,
 ) -> tuple[int, list[float]]:
-    """Run a regress signature; the version that ran and one value per example."""
+    """Run a regress signature; the version that ran and one value per example (``ref`` as for
+    ``classify``)."""
     outputs, version = await _run(dataplane, ref, examples, signature_name, SignatureMethod.REGRESS)
     values = outputs.get("outputs")
     if values is None or values.size != len(examples):
@@ -81,7 +84,7 @@ async def regress(
 
 async def _run(
     dataplane: DataPlane,
-    ref: ModelRef,
+    ref: ModelRef | Resolved,
     examples: Sequence[bytes],
     signature_name: str | None,
     method: SignatureMethod,
@@ -89,11 +92,12 @@ async def _run(
     if not examples:
         raise InvalidArgument("the request has no examples")
     name = signature_name or DEFAULT_SIGNATURE
-    signature = dataplane.signature(ref, name)
+    target = ref.named(name) if isinstance(ref, Resolved) else dataplane.resolve(ref, name)
+    signature = target.signature
     _check_method(signature, name, method)
     tensor = np.empty(len(examples), dtype=object)
     tensor[:] = list(examples)
-    result = await dataplane.infer(ref, {signature.inputs[0].name: tensor}, signature_name=name)
+    result = await dataplane.infer(target, {signature.inputs[0].name: tensor})
     return result.outputs, result.version
 
 

@@ -1,18 +1,20 @@
 """The front end's side of one worker process: spawn it, talk to it, notice at once when it dies.
 
-``WorkerProcess`` is one incarnation of a worker (a restart makes a new one). It owns the child
-process and the parent's end of a Unix socketpair; one asyncio reader task routes replies to the
-waiting requests by request id. When the stream ends (the worker exited, crashed or was killed)
-every request in flight fails at once with ``WorkerDied`` (an ``Unavailable``: 503 /
-UNAVAILABLE), and ``on_exit`` is called once with the reason.
+``SubprocessLauncher`` is the local ``WorkerLauncher`` (``modelyard.workers.launcher``): each
+worker a child process of the server, pinned to its device. ``WorkerProcess`` is the handle of
+one incarnation (a restart makes a new one). It owns the child process and the parent's end of a
+Unix socketpair; one asyncio reader task routes replies to the waiting requests by request id,
+and tells the events of every frame heard. When the stream ends (the worker exited, crashed or
+was killed) every request in flight fails at once with ``WorkerDied`` (an ``Unavailable``: 503 /
+UNAVAILABLE), and ``WorkerEvents.exited`` is called once with the reason.
 
-A heartbeat watches each incarnation (``modelyard.workers.heartbeat``): a ``Ping`` every
-``HeartbeatPolicy.interval_s``, answered by the worker's reader thread. A worker that stops
-answering (SIGSTOP, a deadlock) is declared stuck within about ``timeout_s`` + ``interval_s``:
-its requests in flight fail at once with ``WorkerDied`` naming the device and why, it is
-SIGKILLed, and its end is handled like any other death (``on_exit``: the supervisor restarts
-it). So no request and no control call (load, unload, report, shutdown) to a stuck worker
-waits longer than that.
+The supervisor's heartbeat (``modelyard.workers.heartbeat.Heartbeat``) watches each incarnation
+through this handle: ``ping`` writes a ``Ping`` (answered by the worker's reader thread),
+``probe`` asks the operating system about the process, and a worker found stuck (SIGSTOP, a
+deadlock) is ended by ``kill(reason)``: its requests in flight fail at once with
+``WorkerDied`` naming the device and why, it is SIGKILLed, and its end is handled like any other
+death (``exited``: the supervisor restarts it). So no request and no control call (load,
+unload, report, shutdown) to a stuck worker waits longer than ``timeout_s`` + ``interval_s``.
 
 A worker starts with a clean environment (``modelyard.workers.environment``): never the
 management token or any other secret of the server's environment.
@@ -40,17 +42,14 @@ from typing import Protocol
 
 import numpy as np
 
+from modelyard.devices import DeviceTarget
 from modelyard.errors import Internal, Unavailable
 from modelyard.ids import VersionKey
 from modelyard.tensors import DEFAULT_SIGNATURE, Signature
 from modelyard.workers.environment import worker_environment
-from modelyard.workers.heartbeat import (
-    HeartbeatPolicy,
-    HeartbeatWatch,
-    ProcessSample,
-    Verdict,
-    sample_process,
-)
+from modelyard.workers.heartbeat import sample_process
+from modelyard.workers.launcher import ProcessSample, WorkerEvents, WorkerSpec
+from modelyard.workers.launcher import WorkerDied as WorkerDied  # what its requests raise
 from modelyard.workers.protocol import (
     LEN_BYTES,
     PREFIX_BYTES,
@@ -79,11 +78,6 @@ the event loop, each of which also runs every other request's work while the wor
 READ_CHUNK_BYTES = 8 << 20
 """The front end's stream-reader limit for worker replies: under it the reader keeps reading a
 large reply instead of pausing the transport every 128 KiB (asyncio's default limit is 64 KiB)."""
-
-
-class WorkerDied(Unavailable):
-    """The worker process ended while a request was in flight (or before it was sent), or was
-    found stuck and killed."""
 
 
 class ModelHost(Protocol):
@@ -120,40 +114,49 @@ class WorkerServable:
         """Every named signature (``serving_default`` only, for single-signature models)."""
         return self._signatures
 
-    async def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return await self._host.infer(self._key, inputs)
-
-    async def infer_signature(
-        self, inputs: Mapping[str, np.ndarray], signature_name: str
+    async def infer(
+        self, inputs: Mapping[str, np.ndarray], signature_name: str | None = None
     ) -> dict[str, np.ndarray]:
-        """``infer`` on a named signature; the worker answers InvalidArgument for an unknown one."""
+        """The worker answers InvalidArgument for a signature name the model lacks."""
         return await self._host.infer(self._key, inputs, signature_name)
 
     async def close(self) -> None:
         await self._host.unload(self._key)
 
 
-ExitCallback = Callable[["WorkerProcess", str], None]
+class SubprocessLauncher:
+    """The local ``WorkerLauncher``: each worker a child process of this one, on this host."""
+
+    async def launch(self, spec: WorkerSpec, events: WorkerEvents) -> WorkerProcess:
+        proc = WorkerProcess(
+            spec.device,
+            spec.target,
+            memory_cap_bytes=spec.memory_cap_bytes,
+            infer_threads=spec.infer_threads,
+            events=events,
+        )
+        await proc.start(spec.start_timeout_s)
+        return proc
 
 
 class WorkerProcess:
-    """One running worker process for one device, and the requests in flight to it."""
+    """One running worker process for one device, and the requests in flight to it (the local
+    ``WorkerHandle``)."""
 
     def __init__(
         self,
         device: str,
-        target: str,
+        target: DeviceTarget,
         *,
         memory_cap_bytes: int = 0,
         infer_threads: int = 4,
-        on_exit: ExitCallback | None = None,
-        heartbeat: HeartbeatPolicy | None = None,
+        events: WorkerEvents | None = None,
     ) -> None:
         self.device = device
         self.target = target
         self._cap = memory_cap_bytes
         self._threads = infer_threads
-        self._on_exit = on_exit
+        self._events = events
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Message]] = {}
         self._proc: subprocess.Popen[bytes] | None = None
@@ -162,11 +165,7 @@ class WorkerProcess:
         self._task: asyncio.Task[None] | None = None
         self._dead: str | None = None
         self._stopping = False
-        self._heartbeat = heartbeat or HeartbeatPolicy()
-        self._watch = HeartbeatWatch(self._heartbeat, time.monotonic())
-        self._beat_task: asyncio.Task[None] | None = None
         self._stuck: str | None = None
-        self.started_at = 0.0
         self.hello: Hello | None = None
 
     @property
@@ -201,7 +200,6 @@ class WorkerProcess:
             )
         finally:
             child.close()
-        self.started_at = time.monotonic()
         try:
             self._reader, self._writer = await asyncio.open_unix_connection(
                 sock=parent, limit=READ_CHUNK_BYTES
@@ -220,12 +218,7 @@ class WorkerProcess:
             self.kill()
             raise Unavailable(f"worker for device {self.device} sent {first.KIND.name} first")
         self.hello = first
-        self._watch.heard(time.monotonic())
         self._task = asyncio.create_task(self._read_loop(), name=f"worker-{self.device}")
-        if self._heartbeat.interval_s > 0:
-            self._beat_task = asyncio.create_task(
-                self._beat(), name=f"worker-{self.device}-heartbeat"
-            )
 
     async def request(self, message_of: Callable[[int], Message]) -> Message:
         """Send the message built for a fresh request id; return the reply.
@@ -267,8 +260,8 @@ class WorkerProcess:
     async def stop(self, wait_s: float = 10.0) -> None:
         """Ask the worker to unload and exit; kill it when it does not within ``wait_s``.
 
-        The heartbeat keeps watching meanwhile: a worker that is stuck (stopped, deadlocked)
-        is killed as soon as that is known instead of after ``wait_s``.
+        The supervisor's heartbeat keeps watching meanwhile: a worker that is stuck (stopped,
+        deadlocked) is killed as soon as that is known instead of after ``wait_s``.
         """
         self._stopping = True
         answered = False
@@ -287,13 +280,19 @@ class WorkerProcess:
             self._writer.transport.abort()  # close() would wait to flush to a stuck peer
         if self._task is not None:
             await asyncio.gather(self._task, return_exceptions=True)
-        if self._beat_task is not None:
-            self._beat_task.cancel()
-            await asyncio.gather(self._beat_task, return_exceptions=True)
 
-    def kill(self) -> None:
+    def kill(self, reason: str | None = None) -> None:
+        """SIGKILL the process now. With a reason (the heartbeat found it stuck): fail every
+        request in flight with it and close the stream, so the read loop ends at once and
+        ``exited`` follows (a restart) with the reason and the exit status."""
+        if reason is not None and self._stuck is None:
+            self._stuck = reason
+            self._dead = reason
+            self._fail_pending(reason)
         if self._proc is not None and self._proc.poll() is None:
             self._proc.send_signal(signal.SIGKILL)
+        if reason is not None and self._writer is not None:
+            self._writer.transport.abort()  # wakes writers blocked on a full socket too
 
     # -- reading -------------------------------------------------------------------------
 
@@ -317,7 +316,8 @@ class WorkerProcess:
         try:
             while True:
                 message = await self._read_message()
-                self._watch.heard(time.monotonic())  # any frame answers the heartbeat
+                if self._events is not None:
+                    self._events.heard()  # any frame answers the heartbeat
                 future = self._pending.get(message.request_id)
                 if future is not None and not future.done():
                     future.set_result(message)
@@ -337,44 +337,12 @@ class WorkerProcess:
             self._dead = f"worker for device {self.device} (pid {self.pid}) {self._exit_status()}"
         if self._writer is not None:
             self._writer.transport.abort()
-        if not self._stopping and self._on_exit is not None:
-            self._on_exit(self, self._dead)
+        if not self._stopping and self._events is not None:
+            self._events.exited(self._dead)
 
-    # -- the heartbeat -------------------------------------------------------------------
+    # -- the heartbeat (run by the supervisor's ``Heartbeat``) ----------------------------
 
-    async def _beat(self) -> None:
-        """Ping every ``interval_s``; declare the worker stuck when the watch says so."""
-        interval = self._heartbeat.interval_s
-        expected = time.monotonic() + interval
-        busy_logged = False
-        while self._dead is None:
-            await asyncio.sleep(interval)
-            if self._dead is not None:
-                return  # it ended while we slept: the read loop has it
-            now = time.monotonic()
-            late = now - expected
-            expected = now + interval
-            self._ping()
-            if late > interval:
-                # This event loop itself was held (a long callback): answers may be waiting
-                # unread in the socket, so judge on the next tick, not on this one.
-                continue
-            verdict = self._watch.judge(now, self._sample)
-            if verdict is Verdict.STUCK:
-                silent = self._watch.silence(now)
-                self._declare_stuck(
-                    f"no answer to heartbeats for {silent:.1f} s ({self._watch.why})"
-                )
-                return
-            if verdict is Verdict.BUSY and not busy_logged:
-                log.warning("worker %s (pid %s) is not answering heartbeats but is working "
-                            "(%s); waiting", self.device, self.pid, self._watch.why)  # fmt: skip
-            busy_logged = verdict is Verdict.BUSY
-
-    def _sample(self) -> ProcessSample | None:
-        return sample_process(self._proc.pid) if self._proc is not None else None
-
-    def _ping(self) -> None:
+    def ping(self) -> None:
         writer = self._writer
         if writer is None or writer.transport.is_closing():
             return
@@ -383,16 +351,8 @@ class WorkerProcess:
         except (ConnectionError, OSError, RuntimeError):
             return  # the read loop notices the end of the stream
 
-    def _declare_stuck(self, why: str) -> None:
-        """Fail every request in flight with the reason, SIGKILL the process, and close the
-        stream, so the read loop ends at once and ``on_exit`` follows (a restart)."""
-        self._stuck = f"worker for device {self.device} (pid {self.pid}) stopped answering: {why}"
-        log.error("%s; killing it", self._stuck)
-        self._dead = self._stuck
-        self._fail_pending(self._stuck)
-        self.kill()
-        if self._writer is not None:
-            self._writer.transport.abort()  # wakes writers blocked on a full socket too
+    def probe(self) -> ProcessSample | None:
+        return sample_process(self._proc.pid) if self._proc is not None else None
 
     def _fail_pending(self, reason: str) -> None:
         for future in self._pending.values():

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from modelyard.devices import DeviceTarget
+
 ALLOWED_NAMES = frozenset(
     {
         "PATH",
@@ -80,14 +82,12 @@ def is_allowed(name: str) -> bool:
     return name in ALLOWED_NAMES or name.startswith(ALLOWED_PREFIXES)
 
 
-def worker_environment(parent: Mapping[str, str], target: str) -> dict[str, str]:
-    """The environment of a worker for ``target`` (``cpu``, ``cuda:N``): the allowed part of
-    ``parent``, with its GPU pinned (CUDA_VISIBLE_DEVICES) before its interpreter starts."""
+def worker_environment(parent: Mapping[str, str], target: DeviceTarget) -> dict[str, str]:
+    """The environment of a worker for ``target``: the allowed part of ``parent``, with its GPU
+    pinned (CUDA_VISIBLE_DEVICES; empty for the CPU) before its interpreter starts."""
     env = {name: value for name, value in parent.items() if is_allowed(name)}
-    if target.startswith("cuda"):
+    if target.is_cuda:
         # worker.main sets these again before any framework import; here they hold from exec.
         env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
-        env["CUDA_VISIBLE_DEVICES"] = target.partition(":")[2] or "0"
-    else:
-        env["CUDA_VISIBLE_DEVICES"] = ""
+    env["CUDA_VISIBLE_DEVICES"] = target.cuda_visible_devices
     return env

@@ -12,16 +12,25 @@ the process itself is looked at (``ProcessSample``: its scheduler state and CPU 
   before it is declared stuck.
 
 ``HeartbeatWatch`` holds no clock and does no I/O: the caller passes the time and the sample,
-so every rule is tested on plain values (tests/unit/workers/test_heartbeat.py).
+so every rule is tested on plain values (tests/unit/workers/test_heartbeat.py). ``Heartbeat``
+runs it for one worker incarnation through the launcher seam (``WorkerHandle.ping`` /
+``probe`` / ``kill``, on a ``Clock``), so a worker on another machine is judged by the same
+rules on what its launcher can see (tests/unit/workers/test_supervisor_logic.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import psutil
+
+from modelyard.workers.launcher import Clock, ProcessSample, WorkerHandle
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,16 +55,6 @@ class Verdict(enum.Enum):
     ALIVE = "alive"
     BUSY = "busy"
     STUCK = "stuck"
-
-
-@dataclass(frozen=True, slots=True)
-class ProcessSample:
-    """What the operating system says about the worker process at one moment."""
-
-    status: str
-    """psutil's status: running, sleeping, disk-sleep, stopped, tracing-stop, zombie, dead."""
-    cpu_s: float
-    """User + system CPU seconds of every thread so far."""
 
 
 _NOT_RUNNING = frozenset(
@@ -126,3 +125,92 @@ class HeartbeatWatch:
             return Verdict.STUCK
         self.why = f"busy: {used:.1f} s of CPU while silent"
         return Verdict.BUSY
+
+
+class Heartbeat:
+    """The heartbeat of one worker incarnation: a ping every ``interval_s`` through its handle,
+    the verdict of a ``HeartbeatWatch``, and a stuck worker killed with the reason.
+
+    It is the ``WorkerEvents`` given to the launcher for that worker: every frame heard counts
+    as an answer, and the worker's end stops the watch and is passed on to ``on_exit``.
+    ``start`` begins watching once the worker is up; ``close`` stops (a worker that is stopping
+    is watched until then, so one that is stuck is killed as soon as that is known instead of
+    after the stop's wait).
+    """
+
+    def __init__(
+        self,
+        policy: HeartbeatPolicy,
+        clock: Clock,
+        device: str,
+        on_exit: Callable[[WorkerHandle, str], None] | None = None,
+    ) -> None:
+        self.policy = policy
+        self._clock = clock
+        self._device = device
+        self._on_exit = on_exit
+        self._watch = HeartbeatWatch(policy, clock.monotonic())
+        self._handle: WorkerHandle | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def heard(self) -> None:
+        """The worker sent a frame: it is alive now."""
+        self._watch.heard(self._clock.monotonic())
+
+    def exited(self, reason: str) -> None:
+        """The worker ended: stop watching, and tell ``on_exit``."""
+        self.cancel()
+        if self._handle is not None and self._on_exit is not None:
+            self._on_exit(self._handle, reason)
+
+    def start(self, handle: WorkerHandle) -> None:
+        """Watch ``handle``, the worker just launched with this as its events."""
+        self._handle = handle
+        self.heard()  # it has just said it is ready
+        if self.policy.interval_s > 0 and self._task is None:
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(handle), name=f"worker-{self._device}-heartbeat"
+            )
+
+    def cancel(self) -> None:
+        """Stop watching now (the worker has ended)."""
+        if self._task is not None:
+            self._task.cancel()
+
+    async def close(self) -> None:
+        """Stop watching, and return once the watch has ended."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self, handle: WorkerHandle) -> None:
+        """Ping every ``interval_s``; kill the worker when the watch says it is stuck."""
+        interval = self.policy.interval_s
+        expected = self._clock.monotonic() + interval
+        busy_logged = False
+        while handle.alive:
+            await self._clock.sleep(interval)
+            if not handle.alive:
+                return  # it ended while we slept: its handle reports that end
+            now = self._clock.monotonic()
+            late = now - expected
+            expected = now + interval
+            handle.ping()
+            if late > interval:
+                # This event loop itself was held (a long callback): answers may be waiting
+                # unread in the socket, so judge on the next tick, not on this one.
+                continue
+            verdict = self._watch.judge(now, handle.probe)
+            if verdict is Verdict.STUCK:
+                reason = (
+                    f"worker for device {self._device} (pid {handle.pid}) stopped answering: "
+                    f"no answer to heartbeats for {self._watch.silence(now):.1f} s "
+                    f"({self._watch.why})"
+                )
+                log.error("%s; killing it", reason)
+                handle.kill(reason)
+                return
+            if verdict is Verdict.BUSY and not busy_logged:
+                log.warning("worker %s (pid %s) is not answering heartbeats but is working "
+                            "(%s); waiting", self._device, handle.pid, self._watch.why)  # fmt: skip
+            busy_logged = verdict is Verdict.BUSY

@@ -26,8 +26,10 @@ import psutil
 from modelyard.backends import LoadedModel, get_backend
 from modelyard.backends.base import Backend, MultiSignatureModel
 from modelyard.config.schema import Platform
-from modelyard.errors import DeadlineExceeded, Internal, InvalidArgument, ModelyardError, NotFound
-from modelyard.tensors import DEFAULT_SIGNATURE
+from modelyard.devices import DeviceTarget
+from modelyard.devices.probe import nvml_process_bytes
+from modelyard.errors import DeadlineExceeded, Internal, ModelyardError, NotFound
+from modelyard.tensors import DEFAULT_SIGNATURE, unknown_signature
 from modelyard.workers.protocol import (
     Cancel,
     Done,
@@ -74,18 +76,18 @@ class WorkerHost:
         sock: socket.socket,
         *,
         device: str,
-        target: str,
-        memory_cap_bytes: int = 0,
+        target: DeviceTarget,
         infer_threads: int = 4,
         per_model_threads: int | None = None,
     ) -> None:
-        """``infer_threads`` inferences run at once, at most ``per_model_threads`` of one model
-        (default ``per_model_slots``: one slot, and on a CPU device one core, is always left for
-        the device's other models; see ``modelyard.workers.slots``)."""
+        """``target``: the device as this pinned process sees it (``cuda:0`` or ``cpu``), with
+        the slice's memory cap. ``infer_threads`` inferences run at once, at most
+        ``per_model_threads`` of one model (default ``per_model_slots``: one slot, and on a CPU
+        device one core, is always left for the device's other models; see
+        ``modelyard.workers.slots``)."""
         self._sock = sock
         self._device = device
         self._target = target
-        self._cap = memory_cap_bytes
         self._send_lock = threading.Lock()
         self._models: dict[tuple[str, int], HeldModel] = {}
         self._load_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="load")
@@ -185,10 +187,7 @@ class WorkerHost:
         if message.signature_name is not None and isinstance(model, MultiSignatureModel):
             outputs = model.predict_signature(message.tensors, message.signature_name)
         elif message.signature_name not in (None, DEFAULT_SIGNATURE):
-            raise InvalidArgument(
-                f"serving signature {message.signature_name!r} not found; this model has "
-                f"{DEFAULT_SIGNATURE!r}"
-            )
+            raise unknown_signature(message.signature_name, (DEFAULT_SIGNATURE,))
         else:
             outputs = model.predict(message.tensors)
         self._send(Outputs(message.request_id, outputs))
@@ -202,7 +201,7 @@ class WorkerHost:
             Path(message.version_dir),
             message.target,
             message.declared,
-            memory_cap_bytes=self._cap or None,
+            memory_cap_bytes=self._target.memory_cap_bytes,
         )
         measured = max(0, self._used_bytes() - before)
         held = HeldModel(model, platform, measured, _placed_on(model))
@@ -242,7 +241,7 @@ class WorkerHost:
         report: dict[str, Any] = {
             "pid": os.getpid(),
             "device": self._device,
-            "target": self._target,
+            "target": str(self._target),
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
             "rss_bytes": self._process.memory_info().rss,
             "models": models,
@@ -254,7 +253,7 @@ class WorkerHost:
                 "queued": self._slots.queued(),
             },
         }
-        if "torch" in sys.modules and self._target.startswith("cuda"):
+        if "torch" in sys.modules and self._target.is_cuda:
             import torch
 
             if torch.cuda.is_available():
@@ -276,11 +275,11 @@ class WorkerHost:
         (imports, runtime, CUDA context) go to the process, not to the first model."""
         if platform in self._prepared:
             return
-        cuda_torch = platform in _TORCH_PLATFORMS and self._target.startswith("cuda")
+        cuda_torch = platform in _TORCH_PLATFORMS and self._target.is_cuda
         if cuda_torch and not self._torch_capped:
             self._cap_torch()
         try:
-            backend.prepare(self._target)
+            backend.prepare(str(self._target))
         except Exception as exc:  # load raises the same, with the model's name on it
             log.warning("preparing %s on %s failed: %s", platform.value, self._target, exc)
             return
@@ -291,20 +290,21 @@ class WorkerHost:
         import torch
 
         self._torch_capped = True
-        if self._cap and torch.cuda.is_available():
+        cap = self._target.memory_cap_bytes
+        if cap and torch.cuda.is_available():
             total = torch.cuda.get_device_properties(0).total_memory
-            torch.cuda.set_per_process_memory_fraction(min(1.0, self._cap / total), 0)
+            torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total), 0)
 
     def _used_bytes(self) -> int:
         """Memory this process holds on its device: GPU bytes on CUDA, RSS on the CPU."""
-        if self._target.startswith("cuda"):
+        if self._target.is_cuda:
             if "torch" in sys.modules:
                 import torch
 
                 if torch.cuda.is_available():
                     torch.cuda.synchronize(0)
                     return int(torch.cuda.memory_reserved(0))
-            return _nvml_process_bytes()
+            return nvml_process_bytes()
         gc.collect()
         return int(self._process.memory_info().rss)
 
@@ -313,7 +313,7 @@ class WorkerHost:
             send_message(self._sock, message)
 
 
-def per_model_slots(threads: int, target: str, cores: int | None = None) -> int:
+def per_model_slots(threads: int, target: DeviceTarget, cores: int | None = None) -> int:
     """How many of a worker's ``threads`` execution slots one model may hold at once.
 
     One fewer than all of them, so another model always finds a slot free. On a CPU device the
@@ -322,7 +322,7 @@ def per_model_slots(threads: int, target: str, cores: int | None = None) -> int:
     a fast one's no CPU to run on, however many threads are free. At least 1.
     """
     limit = threads - 1
-    if not target.startswith("cuda"):
+    if not target.is_cuda:
         usable = cores if cores is not None else _usable_cores()
         limit = min(limit, usable - 1)
     return max(1, limit)
@@ -348,21 +348,3 @@ def _placed_on(model: LoadedModel) -> str:
     if providers:
         return f"{device} ({providers[0]})"
     return str(device) if device is not None else "unknown"
-
-
-def _nvml_process_bytes() -> int:
-    """GPU bytes NVML charges to this process (ONNX Runtime on CUDA, no torch); 0 without NVML."""
-    try:
-        import pynvml  # type: ignore[import-not-found]
-    except ImportError:
-        return 0
-    try:
-        pynvml.nvmlInit()
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0] or "0"
-        handle = pynvml.nvmlDeviceGetHandleByIndex(int(visible))
-        for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
-            if proc.pid == os.getpid():
-                return int(proc.usedGpuMemory or 0)
-    except Exception:  # NVML is a measurement aid; no measurement is not an error
-        return 0
-    return 0

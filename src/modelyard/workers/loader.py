@@ -16,13 +16,14 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from modelyard.config.schema import DeviceKind
 from modelyard.errors import ModelyardError, NotFound
 from modelyard.lifecycle.controller import LoadRequest
 from modelyard.lifecycle.servable import Servable
 from modelyard.planner.footprints import FootprintCache
+from modelyard.workers.launcher import WorkerLauncher
 from modelyard.workers.progress import LoadProgress
-from modelyard.workers.supervisor import DeviceWorker, ReplicaListener, RestartPolicy
+from modelyard.workers.restart import ReplicaListener, RestartPolicy
+from modelyard.workers.supervisor import DeviceWorker
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +40,13 @@ class WorkerLoader:
         footprints: FootprintCache | None = None,
         infer_threads: int = 4,
         recycle_growth_bytes: int = 256 * 2**20,
+        launcher: WorkerLauncher | None = None,
     ) -> None:
-        """``memory_caps``: device name -> bytes, the per-process cap of a GPU slice.
+        """``memory_caps``: device name -> bytes, the per-process cap of a GPU slice (default:
+        the cap of the request's ``DeviceTarget``).
         ``recycle_growth_bytes``: an emptied worker whose RSS is this much above what it held
-        the first time it was empty is recycled (its framework kept memory after unloads)."""
+        the first time it was empty is recycled (its framework kept memory after unloads).
+        ``launcher``: what starts each device's worker (default: a local subprocess)."""
         self._caps = dict(memory_caps or {})
         self._policy = policy or RestartPolicy()
         self._progress = progress
@@ -52,6 +56,7 @@ class WorkerLoader:
         self._workers: dict[str, DeviceWorker] = {}
         self._recycle_bytes = recycle_growth_bytes
         self._idle_rss: dict[str, int] = {}
+        self._launcher = launcher
 
     def attach(self, listener: ReplicaListener) -> None:
         """Who hears about replicas leaving and rejoining service (the controller)."""
@@ -60,16 +65,17 @@ class WorkerLoader:
             worker.listener = listener
 
     async def load(self, request: LoadRequest) -> Servable:
-        name = request.device_name or request.device
+        name = request.device_name or str(request.device)
         worker = self._workers.get(name)
         if worker is None:
             worker = DeviceWorker(
                 name,
                 request.device,
-                memory_cap_bytes=self._caps.get(name, 0),
+                memory_cap_bytes=self._caps.get(name, request.device.memory_cap_bytes or 0),
                 infer_threads=self._threads,
                 policy=self._policy,
                 listener=self._listener,
+                launcher=self._launcher,
             )
             self._workers[name] = worker
         try:
@@ -84,12 +90,11 @@ class WorkerLoader:
         return servable
 
     def _record(self, request: LoadRequest, worker: DeviceWorker) -> None:
-        measured = worker.status()["models"].get(str(request.key), {}).get("measured_bytes")
+        measured = worker.status().measured_bytes(request.key)
         if self._footprints is None or not measured:
             return
-        kind = DeviceKind.CUDA if request.device.startswith("cuda") else DeviceKind.CPU
         try:
-            self._footprints.record_measured(request.version_dir, int(measured), kind)
+            self._footprints.record_measured(request.version_dir, measured, request.device.kind)
         except OSError as exc:  # the cache is an optimisation, never a reason to fail a load
             log.warning("could not record the footprint of %s: %s", request.key, exc)
 

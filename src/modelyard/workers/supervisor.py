@@ -1,11 +1,15 @@
 """Supervision of one device's worker: restart with capped backoff, reload, give up on a culprit.
 
-``DeviceWorker`` is the long-lived object for one plan device (``sim0``, ``gpu1``); the process
-behind it (``WorkerProcess``) is replaced on every restart. Its states::
+``DeviceWorker`` is the long-lived object for one plan device (``sim0``, ``gpu1``); the worker
+behind it (a ``WorkerHandle`` from its ``WorkerLauncher``, see ``modelyard.workers.launcher``) is
+replaced on every restart. Its states (``modelyard.workers.status.WorkerState``)::
 
     STARTING ──> READY ──(process died)──> RESTARTING ──> READY
         │                                      │
         └──(cannot start, N tries)──> FAILED <─┘          any ──(stop)──> STOPPED
+
+A recycle (an idle worker replaced to give back memory) goes READY ──> STARTING. Its policy and
+its listener are in ``modelyard.workers.restart``.
 
 What happens when a worker dies:
 
@@ -13,16 +17,20 @@ What happens when a worker dies:
   requests for its models get Unavailable until they are reloaded (the listener takes their
   replicas out of rotation);
 - it is restarted after ``RestartPolicy.delay`` (doubling, capped) and its models reloaded;
-- blame: a death during a load is charged to the one model loading (loads are serialised per
-  device, so there is exactly one); a death while serving to the models with requests in flight.
-  A model charged ``max_crashes`` times in a row is given up: FAILED, with the reason. Deaths
-  after ``stable_seconds`` of uptime start the count afresh.
+- blame (``modelyard.workers.blame``): a death during a load is charged to the one model loading
+  (loads are serialised per device, so there is exactly one); a death while serving to the
+  models with requests in flight. A model charged ``max_crashes`` times in a row is given up:
+  FAILED, with the reason. Deaths after ``stable_seconds`` of uptime start the count afresh.
 
 A stuck worker (it stops answering the heartbeat: SIGSTOP, a deadlock; see
-``modelyard.workers.heartbeat``) is one more way to die: ``WorkerProcess`` fails its requests
-with the reason and SIGKILLs it within ``RestartPolicy.heartbeat.timeout_s`` + ``interval_s``
-(3.5 s by default), and it is restarted and reloaded like any dead worker. Once the server is
-stopping (``stop_restarting``) a worker that dies is not restarted.
+``modelyard.workers.heartbeat``) is one more way to die: the ``Heartbeat`` this supervisor runs
+on each worker kills it through its handle within ``RestartPolicy.heartbeat.timeout_s`` +
+``interval_s`` (3.5 s by default), its requests failing with the reason, and it is restarted and
+reloaded like any dead worker. Once the server is stopping (``stop_restarting``) a worker that
+dies is not restarted.
+
+Every wait here is on the ``Clock`` and every worker comes from the launcher, so these rules are
+unit-tested without processes or sleeps (tests/unit/workers/test_supervisor_logic.py).
 
 Async safety: one event loop; the listener is called on it.
 """
@@ -31,108 +39,73 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
-import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from modelyard import deadlines
+from modelyard.devices import DeviceTarget
 from modelyard.errors import ModelyardError, Unavailable
 from modelyard.ids import VersionKey
 from modelyard.lifecycle.controller import LoadRequest
-from modelyard.workers.client import WorkerDied, WorkerProcess, WorkerServable
-from modelyard.workers.heartbeat import HeartbeatPolicy
+from modelyard.workers.blame import Slot
+from modelyard.workers.client import SubprocessLauncher, WorkerServable
+from modelyard.workers.heartbeat import Heartbeat
+from modelyard.workers.launcher import (
+    SYSTEM_CLOCK,
+    Clock,
+    WorkerDied,
+    WorkerHandle,
+    WorkerLauncher,
+    WorkerSpec,
+)
 from modelyard.workers.protocol import Infer, Load, Loaded, Outputs, Report, Reported, Unload
+from modelyard.workers.restart import ReplicaListener, RestartPolicy
+from modelyard.workers.status import ReplicaStatus, WorkerState, WorkerStatus
+
+__all__ = ["DeviceWorker", "ReplicaListener", "RestartPolicy", "WorkerState"]
 
 log = logging.getLogger(__name__)
 
 
-class WorkerState(enum.Enum):
-    STARTING = "starting"
-    READY = "ready"
-    RESTARTING = "restarting"
-    FAILED = "failed"
-    STOPPED = "stopped"
-
-
-@dataclass(frozen=True, slots=True)
-class RestartPolicy:
-    """How hard to try. Delays double from ``initial_delay_s`` up to ``max_delay_s``."""
-
-    initial_delay_s: float = 0.2
-    max_delay_s: float = 30.0
-    max_crashes: int = 3
-    """A model charged with this many worker deaths in a row is given up."""
-    max_start_failures: int = 5
-    """Consecutive failed spawns (no HELLO) before the device is FAILED."""
-    stable_seconds: float = 60.0
-    """A worker up this long has recovered: its next death starts the counts afresh."""
-    start_timeout_s: float = 60.0
-    heartbeat: HeartbeatPolicy = field(default_factory=HeartbeatPolicy)
-    """How a stuck worker is found (pinged every 0.5 s; stuck after 3 s without an answer)."""
-
-    def delay(self, consecutive_deaths: int) -> float:
-        return float(
-            min(self.max_delay_s, self.initial_delay_s * 2 ** max(0, consecutive_deaths - 1))
-        )
-
-
-class ReplicaListener(Protocol):
-    """Told when a replica on a worker leaves or rejoins service; the controller implements it."""
-
-    def replica_down(self, key: VersionKey, device: str, reason: str) -> None: ...
-
-    def replica_up(self, key: VersionKey, device: str) -> None: ...
-
-    def replica_failed(self, key: VersionKey, device: str, reason: str) -> None: ...
-
-
-@dataclass(eq=False)
-class _Slot:
-    """A model version this device should hold."""
-
-    request: LoadRequest
-    servable: WorkerServable | None = None
-    loaded: bool = False
-    measured_bytes: int | None = None
-    placed_on: str = ""
-    crashes: int = 0
-    in_flight: int = 0
-    attempt: WorkerProcess | None = None
-    """The worker the last load of this slot was sent to (None: there was none alive)."""
-    charged: WorkerProcess | None = None
-    """The last worker whose death was charged to this slot (each death counts once)."""
-
-
 class DeviceWorker:
-    """The supervised worker of one device; also the ``ModelHost`` of its models' servables."""
+    """The supervised worker of one device; also the ``ModelHost`` of its models' servables.
+
+    ``launcher`` starts its workers (default: a local subprocess each); ``clock`` times its
+    restart delays, back-off, ``stable_seconds`` and heartbeats (default: the real clock).
+    """
 
     def __init__(
         self,
         name: str,
-        target: str,
+        target: DeviceTarget,
         *,
         memory_cap_bytes: int = 0,
         infer_threads: int = 4,
         policy: RestartPolicy | None = None,
         listener: ReplicaListener | None = None,
+        launcher: WorkerLauncher | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.name = name
         self.target = target
-        self._cap = memory_cap_bytes
-        self._threads = infer_threads
         self.policy = policy or RestartPolicy()
+        self._spec = WorkerSpec(
+            name, target, memory_cap_bytes, infer_threads, self.policy.start_timeout_s
+        )
+        self._launcher: WorkerLauncher = launcher or SubprocessLauncher()
+        self._clock = clock
         self.listener = listener
         self.state = WorkerState.STARTING
         self.restarts = 0
         self.recycles = 0
         self.last_exit = ""
-        self._proc: WorkerProcess | None = None
-        self._slots: dict[VersionKey, _Slot] = {}
+        self._proc: WorkerHandle | None = None
+        self._beat: Heartbeat | None = None
+        self._started_at = 0.0
+        self._slots: dict[VersionKey, Slot] = {}
         self._load_lock = asyncio.Lock()
         self._ready = asyncio.Event()
         self._start_lock = asyncio.Lock()
@@ -153,7 +126,7 @@ class DeviceWorker:
         ``max_crashes`` deaths; then raises Unavailable with the reason. A load error the worker
         reports (corrupt file, missing extra) is raised as is.
         """
-        slot = self._slots.setdefault(request.key, _Slot(request))
+        slot = self._slots.setdefault(request.key, Slot(request))
         try:
             await self._ensure_started()
             while True:
@@ -164,14 +137,8 @@ class DeviceWorker:
                     break
                 except WorkerDied as exc:
                     died = slot.attempt
-                    # Charge each worker's death once: a retry that finds the same process
-                    # dead (before _on_exit has noticed) is not a new crash.
-                    if died is not None and died is not slot.charged:
-                        slot.charged = died
-                        slot.crashes += 1
-                        if slot.crashes >= self.policy.max_crashes:
-                            reason = self._given_up(request.key, slot, exc.message)
-                            raise Unavailable(reason) from exc
+                    if slot.charge_load() and slot.crashes >= self.policy.max_crashes:
+                        raise Unavailable(self._given_up(request.key, slot, exc.message)) from exc
                     # Retry only once the death has been handled (readiness cleared, a restart
                     # under way), so the retry waits for the new worker.
                     if died is not None:
@@ -183,7 +150,7 @@ class DeviceWorker:
         assert slot.servable is not None
         return slot.servable
 
-    async def _load_slot(self, slot: _Slot) -> None:
+    async def _load_slot(self, slot: Slot) -> None:
         proc = self._proc
         slot.attempt = proc if proc is not None and proc.alive else None
         if proc is None or not proc.alive:
@@ -192,7 +159,7 @@ class DeviceWorker:
         reply = await proc.request(
             lambda rid: Load(
                 rid, r.key.model, r.key.version, str(r.version_dir), r.platform.value,
-                _worker_target(self.target), r.declared,
+                str(self.target.in_worker()), r.declared,
             )
         )  # fmt: skip
         assert isinstance(reply, Loaded)
@@ -202,11 +169,8 @@ class DeviceWorker:
             slot.servable = WorkerServable(self, r.key, reply.signature, reply.signatures)
         slot.loaded = True
 
-    def _given_up(self, key: VersionKey, slot: _Slot, last: str) -> str:
-        reason = (
-            f"given up: its load crashed the worker of device {self.name} "
-            f"{slot.crashes} times in a row (last: {last})"
-        )
+    def _given_up(self, key: VersionKey, slot: Slot, last: str) -> str:
+        reason = slot.give_up_reason(self.name, last)
         log.error("%s %s", key, reason)
         return reason
 
@@ -252,24 +216,15 @@ class DeviceWorker:
         assert isinstance(reply, Reported)
         return reply.report
 
-    def status(self) -> dict[str, Any]:
-        """This device's worker as the status API shows it."""
-        return {
-            "pid": self.pid,
-            "state": self.state.value,
-            "restarts": self.restarts,
-            "recycles": self.recycles,
-            "last_exit": self.last_exit or None,
-            "models": {
-                str(key): {
-                    "loaded": slot.loaded,
-                    "measured_bytes": slot.measured_bytes,
-                    "placed_on": slot.placed_on or None,
-                    "crashes": slot.crashes,
-                }
-                for key, slot in sorted(self._slots.items())
-            },
+    def status(self) -> WorkerStatus:
+        """A snapshot of this device's worker (the status API renders it)."""
+        models = {
+            key: ReplicaStatus(s.loaded, s.measured_bytes, s.placed_on or None, s.crashes)
+            for key, s in sorted(self._slots.items())
         }
+        return WorkerStatus(
+            self.pid, self.state, self.restarts, self.recycles, self.last_exit or None, models
+        )
 
     # -- process lifecycle ---------------------------------------------------------------
 
@@ -289,16 +244,10 @@ class DeviceWorker:
         """Start a process, retrying with backoff; FAILED after ``max_start_failures``."""
         failures = 0
         while self.state not in (WorkerState.STOPPED, WorkerState.FAILED):
-            proc = WorkerProcess(
-                self.name,
-                self.target,
-                memory_cap_bytes=self._cap,
-                infer_threads=self._threads,
-                on_exit=self._on_exit,
-                heartbeat=self.policy.heartbeat,
-            )
+            beat = Heartbeat(self.policy.heartbeat, self._clock, self.name, self._on_exit)
+            started_at = self._clock.monotonic()
             try:
-                await proc.start(self.policy.start_timeout_s)
+                proc = await self._launcher.launch(self._spec, beat)
             except (ModelyardError, OSError) as exc:
                 failures += 1
                 self.last_exit = str(exc)
@@ -306,19 +255,20 @@ class DeviceWorker:
                 if failures >= self.policy.max_start_failures:
                     self._fail(f"worker for device {self.name} could not start: {exc}")
                     return
-                await asyncio.sleep(self.policy.delay(failures))
+                await self._clock.sleep(self.policy.delay(failures))
                 continue
-            self._proc = proc
+            beat.start(proc)
+            self._proc, self._beat, self._started_at = proc, beat, started_at
             self.state = WorkerState.READY
             self._ready.set()
             log.info("device %s: worker pid %s ready", self.name, proc.pid)
             return
 
-    def _on_exit(self, proc: WorkerProcess, reason: str) -> None:
+    def _on_exit(self, proc: WorkerHandle, reason: str) -> None:
         if proc is not self._proc or self.state in (WorkerState.STOPPED, WorkerState.FAILED):
             return
         log.error("device %s: %s; restarting", self.name, reason)
-        if time.monotonic() - proc.started_at >= self.policy.stable_seconds:
+        if self._clock.monotonic() - self._started_at >= self.policy.stable_seconds:
             self._deaths = 0
             for slot in self._slots.values():
                 slot.crashes = 0
@@ -326,7 +276,7 @@ class DeviceWorker:
         self.state = WorkerState.RESTARTING
         self.last_exit = reason
         self._ready.clear()
-        self._proc = None
+        self._proc, self._beat = None, None
         for key, slot in self._slots.items():
             if slot.in_flight:
                 slot.crashes += 1
@@ -352,7 +302,7 @@ class DeviceWorker:
         self._ready.set()  # loads waiting for a restart see STOPPED and raise
 
     async def _restart(self) -> None:
-        await asyncio.sleep(self.policy.delay(self._deaths))
+        await self._clock.sleep(self.policy.delay(self._deaths))
         if self.state is not WorkerState.RESTARTING:
             return
         self.restarts += 1
@@ -383,7 +333,7 @@ class DeviceWorker:
                     self.listener.replica_up(key, self.name)
         log.info("device %s: worker pid %s serving again", self.name, self.pid)
 
-    def _give_up(self, key: VersionKey, slot: _Slot, last: str) -> None:
+    def _give_up(self, key: VersionKey, slot: Slot, last: str) -> None:
         self._slots.pop(key, None)
         if self.listener is not None:
             self.listener.replica_failed(key, self.name, self._given_up(key, slot, last))
@@ -405,11 +355,12 @@ class DeviceWorker:
         if self._slots or proc is None or self.state is not WorkerState.READY:
             return False
         async with self._load_lock:
-            self._proc = None  # its exit is expected: _on_exit ignores a process not current
+            # Its exit is expected: _on_exit ignores a worker that is not current.
+            beat, self._proc, self._beat = self._beat, None, None
             self._ready.clear()
             self.state = WorkerState.STARTING
             self.recycles += 1
-            await proc.stop(wait_s)
+            await _retire(proc, beat, wait_s)
         log.info("device %s: worker pid %s recycled", self.name, proc.pid)
         return True
 
@@ -427,10 +378,12 @@ class DeviceWorker:
             self._restart_task.cancel()
             await asyncio.gather(self._restart_task, return_exceptions=True)
         if self._proc is not None:
-            await self._proc.stop(wait_s)
-            self._proc = None
+            await _retire(self._proc, self._beat, wait_s)
+        self._proc, self._beat = None, None
 
 
-def _worker_target(target: str) -> str:
-    """A worker sees only its own GPU, as ``cuda:0``."""
-    return "cuda:0" if target.startswith("cuda") else "cpu"
+async def _retire(proc: WorkerHandle, beat: Heartbeat | None, wait_s: float) -> None:
+    """Stop a worker; its heartbeat watches until it has ended (a stuck one is killed)."""
+    await proc.stop(wait_s)
+    if beat is not None:
+        await beat.close()

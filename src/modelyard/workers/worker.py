@@ -34,16 +34,18 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
+    # The target is parsed once, here; modelyard.devices imports no framework.
+    from modelyard.devices import DeviceTarget
+
+    planned = DeviceTarget.parse(args.target, args.memory_cap_bytes or None)
     # Pin before any framework import: CUDA reads this once, when the first CUDA call is made.
-    if args.target.startswith("cuda"):
+    # A CPU worker sees no GPU at all, so it cannot grab a CUDA context.
+    os.environ["CUDA_VISIBLE_DEVICES"] = planned.cuda_visible_devices
+    if planned.is_cuda:
         # The plan's GPU indices are NVML's, which count in PCI bus order; CUDA's default order
         # (fastest first) may differ, so make CUDA count the same way before narrowing it.
         os.environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
-        os.environ["CUDA_VISIBLE_DEVICES"] = args.target.partition(":")[2] or "0"
-        target = "cuda:0"
-    else:
-        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # a CPU worker must not grab a CUDA context
-        target = "cpu"
+    target = planned.in_worker()
     frameworks = {"torch", "onnxruntime", "tensorflow"} & set(sys.modules)
     if frameworks:  # a bug in this module's imports, caught here rather than on a GPU
         raise SystemExit(f"worker imported {sorted(frameworks)} before pinning its device")
@@ -60,7 +62,6 @@ def main(argv: list[str] | None = None) -> int:
         sock,
         device=args.device,
         target=target,
-        memory_cap_bytes=args.memory_cap_bytes,
         infer_threads=args.infer_threads,
     )
     code = host.serve()

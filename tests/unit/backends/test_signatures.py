@@ -4,9 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from modelyard.backends.device import Device
 from modelyard.backends.signatures import check_unique_names, reconcile
-from modelyard.config.schema import DeviceKind
 from modelyard.errors import InvalidArgument
 from modelyard.tensors import DataType, Signature, TensorSpec
 
@@ -52,19 +50,3 @@ def test_disagreeing_shapes_are_rejected(have: tuple[int, ...], want: tuple[int,
 def test_duplicate_names_are_rejected() -> None:
     with pytest.raises(InvalidArgument, match="repeated"):
         check_unique_names(sig(("x", (1,)), ("x", (2,))), SOURCE)
-
-
-@pytest.mark.parametrize(
-    ("text", "kind", "index"),
-    [("cpu", DeviceKind.CPU, 0), ("cuda", DeviceKind.CUDA, 0), ("cuda:3", DeviceKind.CUDA, 3)],
-)
-def test_device_parse(text: str, kind: DeviceKind, index: int) -> None:
-    device = Device.parse(text)
-    assert (device.kind, device.index) == (kind, index)
-    assert str(device) == ("cpu" if kind is DeviceKind.CPU else f"cuda:{index}")
-
-
-@pytest.mark.parametrize("text", ["gpu0", "cpu:1", "cuda:-1", "cuda:x", ""])
-def test_bad_device_is_rejected(text: str) -> None:
-    with pytest.raises(InvalidArgument, match="unknown device"):
-        Device.parse(text)

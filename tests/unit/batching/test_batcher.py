@@ -34,6 +34,7 @@ class Recorder:
     """
 
     signature = SIG
+    signatures = {"serving_default": SIG}
 
     def __init__(self, gate: asyncio.Event | None = None) -> None:
         self.batches: list[np.ndarray] = []
@@ -43,7 +44,9 @@ class Recorder:
         self.most_running = 0
         self.closed = False
 
-    async def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    async def infer(
+        self, inputs: Mapping[str, np.ndarray], signature_name: str | None = None
+    ) -> dict[str, np.ndarray]:
         x = inputs["x"]
         self.batches.append(x.copy())
         self.running += 1
@@ -260,7 +263,9 @@ class Picky(Recorder):
     """A ``Recorder`` whose model rejects any batch holding a negative value, as a gather rejects
     an index out of range: the error names the first bad value, as a backend's would."""
 
-    async def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    async def infer(
+        self, inputs: Mapping[str, np.ndarray], signature_name: str | None = None
+    ) -> dict[str, np.ndarray]:
         x = inputs["x"]
         if (x < 0).any():
             self.batches.append(x.copy())
@@ -334,7 +339,9 @@ def test_an_unexpected_exception_becomes_internal_for_the_request_that_caused_it
 
 def test_outputs_without_a_row_per_input_row_fail_the_batch() -> None:
     class Summer(Recorder):
-        async def infer(self, inputs: Any) -> dict[str, np.ndarray]:
+        async def infer(
+            self, inputs: Any, signature_name: str | None = None
+        ) -> dict[str, np.ndarray]:
             return {"double": inputs["x"][:1], "total": inputs["x"].sum(axis=1)}
 
     async def test() -> None:
@@ -438,19 +445,28 @@ def test_named_signatures_pass_through_unbatched() -> None:
     class Named(Recorder):
         signatures = {"serving_default": SIG, "other": SIG}
 
-        async def infer_signature(
-            self, inputs: Mapping[str, np.ndarray], signature_name: str
+        def __init__(self) -> None:
+            super().__init__()
+            self.named: list[str] = []
+
+        async def infer(
+            self, inputs: Mapping[str, np.ndarray], signature_name: str | None = None
         ) -> dict[str, np.ndarray]:
+            if signature_name is None:
+                return await super().infer(inputs)
+            self.named.append(signature_name)
             return {"double": inputs["x"], "total": inputs["x"].sum(axis=1)}
 
     async def test() -> None:
-        named = batcher(Named(), max_batch_size=4, batch_timeout_micros=NEVER)
+        fake = Named()
+        named = batcher(fake, max_batch_size=4, batch_timeout_micros=NEVER)
         assert set(named.signatures) == {"serving_default", "other"}
-        result = await named.infer_signature(rows(1), signature_name="other")
+        # A batch of one row would wait for NEVER; a named signature runs at once, alone.
+        result = await named.infer(rows(1), "other")
         assert np.array_equal(result["double"], rows(1)["x"])
+        assert fake.named == ["other"]
+        assert fake.batches == []
         plain = batcher(Recorder(), max_batch_size=4, batch_timeout_micros=NEVER)
         assert set(plain.signatures) == {"serving_default"}
-        with pytest.raises(InvalidArgument, match="no signature 'other'"):
-            await plain.infer_signature(rows(1), signature_name="other")
 
     run(test)

@@ -27,13 +27,16 @@ class Held:
     left to the deadline it was sent with (None: none)."""
 
     signature = SIG
+    signatures = {"serving_default": SIG}
 
     def __init__(self) -> None:
         self.gate = asyncio.Event()
         self.batches: list[list[float]] = []
         self.budgets: list[float | None] = []
 
-    async def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    async def infer(
+        self, inputs: Mapping[str, np.ndarray], signature_name: str | None = None
+    ) -> dict[str, np.ndarray]:
         self.batches.append(inputs["x"][:, 0].tolist())
         self.budgets.append(deadlines.remaining_ms())
         if len(self.batches) == 1:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -69,20 +70,35 @@ def test_every_version_loads_and_answers_the_example(demo_config: Path) -> None:
         assert not np.allclose(v1, v2), f"{name} versions 1 and 2 should differ"
 
 
-def test_second_build_reuses_the_first(demo_config: Path) -> None:
+def building_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "modelyard.demo.build"]
+
+
+def test_second_build_reuses_the_first(demo_config: Path, caplog: pytest.LogCaptureFixture) -> None:
     before = mtimes(demo_config.parent)
-    assert build_demo_repository(demo_config.parent.parent) == demo_config
+    with caplog.at_level(logging.INFO, logger="modelyard.demo.build"):
+        assert build_demo_repository(demo_config.parent.parent) == demo_config
     assert mtimes(demo_config.parent) == before
+    assert building_lines(caplog) == []  # nothing is built, so nothing is announced
 
 
-def test_a_stale_marker_rebuilds_once_even_with_concurrent_callers(tmp_path: Path) -> None:
+def test_a_stale_marker_rebuilds_once_even_with_concurrent_callers(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     config = build_demo_repository(tmp_path)
     marker = config.parent / MARKER_NAME
     stale = {**json.loads(marker.read_text()), "content_version": 0}
     marker.write_text(json.dumps(stale))
-    with ThreadPoolExecutor(2) as pool:
+    with (
+        caplog.at_level(logging.INFO, logger="modelyard.demo.build"),
+        ThreadPoolExecutor(2) as pool,
+    ):
         paths = list(pool.map(lambda _: build_demo_repository(tmp_path), range(2)))
     assert paths == [config, config]
+    # The wait is announced once, with the folder the models go to.
+    assert building_lines(caplog) == [
+        f"building the demo models (mlp, linear, scripted) into {config.parent}"
+    ]
     assert json.loads(marker.read_text())["content_version"] != 0
     # No staging or old folders are left behind, and the rebuilt config loads.
     assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", "repository"]

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from modelyard.config import parse_config
+from modelyard.devices.inventory import build_inventory
 from modelyard.lifecycle.controller import Controller, LoadRequest
 from modelyard.lifecycle.placement import demand_of
 from modelyard.lifecycle.registry import ModelRegistry
@@ -55,7 +56,7 @@ def _setup(tmp_path: Path, settle_s: float = 0.0) -> tuple[Controller, ModelRegi
     write_onnx_linear(tmp_path / "other" / "1", seed=2)
     config = parse_config(CONFIG, base_dir=tmp_path)
     cache = FootprintCache(tmp_path / "cache.json")
-    plan = plan_for_config(config, cache=cache)
+    plan = plan_for_config(config, build_inventory(config.devices), cache=cache)
     registry = ModelRegistry()
     controller = Controller(
         config, registry, Loads(), plan=plan, demand=demand_of(cache), settle_s=settle_s
@@ -131,7 +132,8 @@ def test_start_up_marks_unreadable_versions_failed_with_their_reason(tmp_path: P
     write_onnx_linear(tmp_path / "m" / "1", seed=1)
     (tmp_path / "other" / "1" / "model.onnx").mkdir(parents=True)
     config = parse_config(CONFIG, base_dir=tmp_path)
-    plan = plan_for_config(config, cache=FootprintCache(tmp_path / "cache.json"))
+    cache = FootprintCache(tmp_path / "cache.json")
+    plan = plan_for_config(config, build_inventory(config.devices), cache=cache)
     assert plan.feasible
     assert [str(u.key) for u in plan.unreadable] == ["other:1"]
     registry = ModelRegistry()

@@ -26,12 +26,15 @@ SIG = Signature((TensorSpec("x", DataType.FP32, (-1,)),), (TensorSpec("y", DataT
 
 class Held:
     signature = SIG
+    signatures = {"serving_default": SIG}
 
     def __init__(self, device: str) -> None:
         self.device = device
         self.closed = False
 
-    async def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    async def infer(
+        self, inputs: Mapping[str, np.ndarray], signature_name: str | None = None
+    ) -> dict[str, np.ndarray]:
         return {"y": inputs["x"]}
 
     async def close(self) -> None:

@@ -9,9 +9,10 @@ import pytest
 from modelyard.config import load_config
 from modelyard.config.loader import parse_config
 from modelyard.config.schema import ServerConfig
+from modelyard.devices.inventory import build_inventory
+from modelyard.devices.probe import GpuInfo, HostMemory
 from modelyard.errors import ResourceExhausted
 from modelyard.planner.demands import plan_for_config
-from modelyard.planner.inventory import GpuInfo, HostMemory
 from modelyard.planner.plan import Plan
 
 GiB = 2**30
@@ -27,7 +28,7 @@ def small_host() -> HostMemory:
 
 
 def plan_of(config: ServerConfig) -> Plan:
-    return plan_for_config(config, gpus=no_gpus, host=small_host)
+    return plan_for_config(config, build_inventory(config.devices, gpus=no_gpus, host=small_host))
 
 
 def config_text(models: list[str], devices: int = 4) -> str:

@@ -29,12 +29,15 @@ class Slow:
     """Takes ``seconds``; records whether a call was cancelled before it finished."""
 
     signature = SIG
+    signatures = {"serving_default": SIG}
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
         self.cancelled = 0
 
-    async def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    async def infer(
+        self, inputs: Mapping[str, np.ndarray], signature_name: str | None = None
+    ) -> dict[str, np.ndarray]:
         try:
             await asyncio.sleep(self.seconds)
         except asyncio.CancelledError:

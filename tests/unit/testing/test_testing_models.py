@@ -18,7 +18,12 @@ def test_onnx_repository_builds_and_serves_without_torch(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # None in sys.modules makes "import torch" fail, as on a machine without the extra.
-    for name in ("torch", "modelyard.backends._torch", "modelyard.testing._torch_models"):
+    for name in (
+        "torch",
+        "modelyard.backends._torch",
+        "modelyard.demo._torch_models",
+        "modelyard.testing._torch_models",
+    ):
         monkeypatch.setitem(sys.modules, name, None)
     # "from modelyard.backends import _torch" finds an earlier import on the package itself.
     monkeypatch.delattr(modelyard.backends, "_torch", raising=False)

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import pytest
 
+from modelyard.devices import DeviceTarget
 from modelyard.workers.environment import is_allowed, worker_environment
-from modelyard.workers.heartbeat import HeartbeatPolicy, HeartbeatWatch, ProcessSample, Verdict
+from modelyard.workers.heartbeat import HeartbeatPolicy, HeartbeatWatch, Verdict
+from modelyard.workers.launcher import ProcessSample
 
 POLICY = HeartbeatPolicy(interval_s=0.5, timeout_s=3.0, busy_timeout_s=30.0, idle_cpu_s=0.05)
 
@@ -111,7 +113,7 @@ def test_the_worker_environment_keeps_what_frameworks_need_and_drops_secrets() -
         "DATABASE_URL": "postgres://u:p@h/db",
         "CUDA_VISIBLE_DEVICES": "0,1",
     }
-    cpu = worker_environment(parent, "cpu")
+    cpu = worker_environment(parent, DeviceTarget.cpu())
     assert "s3cret" not in cpu.values()
     for secret in ("MODELYARD_MANAGEMENT_TOKEN", "AWS_SECRET_ACCESS_KEY", "GITHUB_TOKEN",
                    "TF_API_TOKEN", "DATABASE_URL"):  # fmt: skip
@@ -120,7 +122,7 @@ def test_the_worker_environment_keeps_what_frameworks_need_and_drops_secrets() -
     for name in [*kept, "TF_CPP_MIN_LOG_LEVEL", "MODELYARD_INTRA_OP_THREADS"]:
         assert cpu[name] == parent[name]
     assert cpu["CUDA_VISIBLE_DEVICES"] == ""  # a CPU worker sees no GPU
-    gpu = worker_environment(parent, "cuda:1")
+    gpu = worker_environment(parent, DeviceTarget.parse("cuda:1"))
     assert (gpu["CUDA_VISIBLE_DEVICES"], gpu["CUDA_DEVICE_ORDER"]) == ("1", "PCI_BUS_ID")
     assert not is_allowed("ORT_SECRET")
     assert is_allowed("ORT_LOGGING_LEVEL")

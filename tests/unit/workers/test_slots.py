@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
+from modelyard.devices import DeviceTarget
 from modelyard.workers.host import per_model_slots
 from modelyard.workers.slots import FairSlots, Job
 
@@ -121,4 +122,4 @@ def test_work_whose_deadline_passed_while_queued_is_not_run() -> None:
 def test_how_many_slots_one_model_may_hold(
     threads: int, target: str, cores: int, expected: int
 ) -> None:
-    assert per_model_slots(threads, target, cores) == expected
+    assert per_model_slots(threads, DeviceTarget.parse(target), cores) == expected

@@ -216,14 +216,14 @@ class KServeServicer:
     async def RepositoryIndex(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         rows = self._manager(context, request.repository_name).index()
         if request.ready:
-            rows = [r for r in rows if r["state"] == "READY"]
+            rows = [r for r in rows if r.ready]
         return pb.RepositoryIndexResponse(
             models=[
                 pb.RepositoryIndexResponse.ModelIndex(
-                    name=r["name"],
-                    version=r.get("version", ""),
-                    state=r["state"],
-                    reason=r.get("reason", ""),
+                    name=r.name,
+                    version="" if r.version is None else str(r.version),
+                    state=r.state.value,
+                    reason=r.reason,
                 )
                 for r in rows
             ]

@@ -25,8 +25,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from modelyard.errors import InvalidArgument, PermissionDenied
+from modelyard.lifecycle.placement import Move
 from modelyard.management import Management
 from modelyard.management.access import OFF_MESSAGE
+from modelyard.management.index import IndexRow
 from modelyard.management.requests import model_entry
 from modelyard.server.dataplane import ModelRef
 from modelyard.server.http.common import JSONResponse, parse_json, read_body
@@ -72,15 +74,16 @@ async def _index(request: Request, management: Management) -> Response:
     body = await _body(request)
     rows = management.index()
     if body.get("ready"):
-        rows = [r for r in rows if r["state"] == "READY"]
-    return JSONResponse(rows)
+        rows = [r for r in rows if r.ready]
+    return JSONResponse([index_row_json(r) for r in rows])
 
 
 async def _load(request: Request, management: Management) -> Response:
     body = await _body(request)
     entry = model_entry((body.get("parameters") or {}).get("config"))
     rows = await management.load(request.path_params["model"], entry)
-    return JSONResponse({"model": request.path_params["model"], "versions": rows})
+    versions = [index_row_json(r) for r in rows]
+    return JSONResponse({"model": request.path_params["model"], "versions": versions})
 
 
 async def _unload(request: Request, management: Management) -> Response:
@@ -102,7 +105,8 @@ async def _move(request: Request, management: Management) -> Response:
 
 async def _replan(request: Request, management: Management) -> Response:
     await _body(request)
-    return JSONResponse({"moves": await management.replan()})
+    moves = await management.replan()
+    return JSONResponse({"moves": [move_json(m) for m in moves]})
 
 
 async def _label(request: Request, management: Management) -> Response:
@@ -116,3 +120,18 @@ async def _label(request: Request, management: Management) -> Response:
     name, label = request.path_params["model"], request.path_params["label"]
     await management.set_label(name, label, version)
     return JSONResponse({"model": name, "label": label, "version": version})
+
+
+def index_row_json(row: IndexRow) -> dict[str, Any]:
+    """Triton's JSON for one index row: a version row carries ``version`` (a string, as Triton
+    sends it) and modelyard's ``devices``; a model row has neither."""
+    if row.version is None:
+        return {"name": row.name, "state": row.state.value, "reason": row.reason}
+    return {"name": row.name, "version": str(row.version), "state": row.state.value,
+            "reason": row.reason, "devices": list(row.devices)}  # fmt: skip
+
+
+def move_json(move: Move) -> dict[str, Any]:
+    """One re-plan move as ``POST /modelyard/v1/replan`` answers it."""
+    return {"model": move.key.model, "version": move.key.version,
+            "from": move.source, "to": move.target}  # fmt: skip

@@ -48,6 +48,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any, TypeVar
 
+from modelyard.devices import DeviceTarget
 from modelyard.errors import Internal, ModelyardError, Unavailable
 from modelyard.workers.environment import worker_environment
 
@@ -187,7 +188,7 @@ class _Helper:
 
     def __init__(self) -> None:
         # A worker's allowlisted environment, on no GPU: never the server's secrets.
-        env = worker_environment(os.environ, "cpu")
+        env = worker_environment(os.environ, DeviceTarget.cpu())
         self._proc = subprocess.Popen(
             [sys.executable, "-m", __name__],
             stdin=subprocess.PIPE,

@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from modelyard.config.schema import DeviceKind
+from modelyard.devices import DeviceKind
 from modelyard.lifecycle.registry import ModelRegistry
 from modelyard.planner import Plan
 from modelyard.workers.supervisor import DeviceWorker
@@ -45,25 +45,28 @@ def build_status(
     for name in [*planned, *sorted(set(workers) - set(planned))]:
         usage = planned.get(name)
         worker = workers.get(name)
-        info = worker.status() if worker is not None else {}
-        kind = usage.device.kind if usage is not None else None
+        info = worker.status() if worker is not None else None
         target = worker.target if worker is not None else None
         if target is None and usage is not None:
-            is_cuda = usage.device.kind is DeviceKind.CUDA
-            target = f"cuda:{usage.device.index}" if is_cuda else "cpu"
+            target = usage.device.target
+        kind = usage.device.kind if usage is not None else None
+        if kind is None:
+            kind = target.kind if target is not None else DeviceKind.CPU
+        if usage is not None:
+            held = [str(k) for k in usage.models]
+        else:
+            held = sorted(str(k) for k in info.models) if info is not None else []
         devices.append(
             {
                 "name": name,
-                "kind": (kind.value if kind is not None else (target or "cpu").split(":")[0]),
+                "kind": kind.value,
                 "capacity_bytes": usage.device.capacity_bytes if usage is not None else None,
-                "target": target,
-                "pid": info.get("pid"),
-                "state": info.get("state", "not started"),
-                "restarts": info.get("restarts", 0),
-                "last_exit": info.get("last_exit"),
-                "models": (
-                    [str(k) for k in usage.models] if usage is not None else sorted(info["models"])
-                ),
+                "target": str(target) if target is not None else None,
+                "pid": info.pid if info is not None else None,
+                "state": info.state.value if info is not None else "not started",
+                "restarts": info.restarts if info is not None else 0,
+                "last_exit": info.last_exit if info is not None else None,
+                "models": held,
             }
         )
     estimated = {a.key: a.bytes for a in plan.assignments} if plan is not None else {}
@@ -73,7 +76,7 @@ def build_status(
         if not on:
             on = tuple(sorted({r.device for r in entry.replicas}))
         measured = {
-            device: workers[device].status()["models"].get(str(entry.key), {}).get("measured_bytes")
+            device: workers[device].status().measured_bytes(entry.key)
             for device in on
             if device in workers
         }

@@ -16,7 +16,6 @@ signature's dtype strictly: numbers for numeric inputs, booleans for BOOL, strin
 from __future__ import annotations
 
 import base64
-import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -30,7 +29,7 @@ from modelyard import codec
 from modelyard.errors import InvalidArgument, NotFound
 from modelyard.lifecycle.states import ModelState
 from modelyard.server import tfexamples
-from modelyard.server.dataplane import DataPlane, InferResult, ModelRef
+from modelyard.server.dataplane import DataPlane, InferResult, ModelRef, Resolved
 from modelyard.server.http import jsonarrays, offload
 from modelyard.server.http.common import JSONResponse, encode_json, parse_json, read_body
 from modelyard.tensors import (
@@ -39,6 +38,7 @@ from modelyard.tensors import (
     Signature,
     TensorSpec,
     format_shape,
+    signature_named,
 )
 
 
@@ -99,37 +99,44 @@ class _TFServingAPI:
                 "(or :classify, :regress)"
             )
         raw = await read_body(request, self._limit)
+        # The request's model is resolved once (while its body is decoded, or before for a body
+        # decoded in another process) and the request runs on the version it was decoded for.
+        found: Resolved | None
         if len(raw) <= offload.OFF_LOOP_BYTES:
-            lookup: SignatureLookup = functools.partial(self._dataplane.signature, ref)
+            resolver = _Resolver(self._dataplane, ref)
+            decoded = decode_post(verb, raw, resolver)
+            found = resolver.target  # None when the body named no signature to decode against
         else:  # decoded in another process: it gets a snapshot of the model's signatures
-            lookup = _SignatureTable(dict(self._dataplane.metadata(ref).signatures))
-        decoded = await offload.run(len(raw), decode_post, verb, raw, lookup)
+            found = self._dataplane.resolve(ref)
+            table = _SignatureTable(dict(found.signatures))
+            decoded = await offload.run(len(raw), decode_post, verb, raw, table)
         if isinstance(decoded, PredictBody):
-            return await self._predict(
-                ref, decoded.signature_name, decoded.signature, decoded.key, decoded.inputs
-            )
-        return await self._classify_or_regress(ref, verb, decoded, decoded["signature_name"])
+            if found is None or found.signature is not decoded.signature:
+                found = self._target(ref, found, decoded.signature_name)
+            return await self._predict(found, decoded.key, decoded.inputs)
+        return await self._classify_or_regress(
+            ref if found is None else found, verb, decoded, decoded["signature_name"]
+        )
 
-    async def _predict(
-        self,
-        ref: ModelRef,
-        signature_name: str,
-        signature: Signature,
-        key: str,
-        inputs: dict[str, np.ndarray],
-    ) -> Response:
+    def _target(self, ref: ModelRef, found: Resolved | None, signature_name: str) -> Resolved:
+        """What ``ref`` resolved to (``found``, else resolved now), with ``signature_name``."""
+        if found is None:
+            return self._dataplane.resolve(ref, signature_name)
+        return found.named(signature_name)
+
+    async def _predict(self, target: Resolved, key: str, inputs: dict[str, np.ndarray]) -> Response:
         """Row format (``instances``) answers ``predictions``; columnar answers ``outputs``.
 
-        ``signature`` is the one the request was decoded against, resolved before it ran: a
-        request in flight when the server starts stopping still gets its answer.
+        ``target.signature`` is the one the request was decoded against, resolved before it ran:
+        a request in flight when the server starts stopping still gets its answer.
         """
-        result = await self._dataplane.infer(ref, inputs, signature_name=signature_name)
+        result = await self._dataplane.infer(target, inputs)
         size = offload.JSON_EXPANSION * sum(a.nbytes for a in result.outputs.values())
-        content = await offload.run(size, encode_answer, key, result, signature)
+        content = await offload.run(size, encode_answer, key, result, target.signature)
         return Response(content, media_type=JSONResponse.media_type)
 
     async def _classify_or_regress(
-        self, ref: ModelRef, verb: str, body: dict[str, Any], signature_name: str
+        self, ref: ModelRef | Resolved, verb: str, body: dict[str, Any], signature_name: str
     ) -> Response:
         """TF Serving's ``{"examples": [...], "context": {...}}`` -> ``{"result": [...]}``."""
         examples = tfexamples.examples_from_json(body.get("examples"), body.get("context"))
@@ -202,20 +209,35 @@ class PredictBody:
     inputs: dict[str, np.ndarray]
 
 
-@dataclass(frozen=True, slots=True)
-class _SignatureTable:
-    """A snapshot of a model's signatures that can cross to the decoding process."""
+class _Resolver:
+    """A ``SignatureLookup`` that resolves the request's model when decoding first asks for a
+    signature (so a malformed body is reported before an unknown model, as TF Serving does) and
+    keeps what it found in ``target``."""
 
-    signatures: dict[str, Signature]
+    __slots__ = ("_dataplane", "_ref", "target")
+
+    def __init__(self, dataplane: DataPlane, ref: ModelRef) -> None:
+        self._dataplane = dataplane
+        self._ref = ref
+        self.target: Resolved | None = None
 
     def __call__(self, name: str) -> Signature:
-        found = self.signatures.get(name)
-        if found is None:
-            raise InvalidArgument(
-                f"serving signature {name!r} not found; this model has "
-                + ", ".join(repr(n) for n in self.signatures)
-            )
-        return found
+        found = self.target
+        self.target = (
+            self._dataplane.resolve(self._ref, name) if found is None else found.named(name)
+        )
+        return self.target.signature
+
+
+@dataclass(frozen=True, slots=True)
+class _SignatureTable:
+    """A model's signatures as a ``SignatureLookup``; a snapshot of them (a ``dict``) can cross
+    to the decoding process."""
+
+    signatures: Mapping[str, Signature]
+
+    def __call__(self, name: str) -> Signature:
+        return signature_named(self.signatures, name)
 
 
 def decode_post(verb: str, raw: bytes, lookup: SignatureLookup) -> PredictBody | dict[str, Any]:

@@ -34,7 +34,13 @@ class _Servable:
     def signature(self) -> Signature:
         return SIGNATURE
 
-    async def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    @property
+    def signatures(self) -> Mapping[str, Signature]:
+        return {"serving_default": SIGNATURE}
+
+    async def infer(
+        self, inputs: Mapping[str, np.ndarray], signature_name: str | None = None
+    ) -> dict[str, np.ndarray]:
         if inputs["x"][0] < 0:
             raise RuntimeError("backend exploded")
         return {"y": inputs["x"] * 2}

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from modelyard.config.schema import DeviceConfig, DeviceKind
+from modelyard.devices.inventory import build_inventory
+from modelyard.devices.probe import GpuInfo, HostMemory, probe_gpus
 from modelyard.errors import ConfigError
-from modelyard.planner.inventory import GpuInfo, HostMemory, build_inventory, probe_gpus
 
 GiB = 2**30
 

@@ -1,9 +1,8 @@
 """The devices to plan for: GPUs found on the machine, the CPU, and devices declared in config.
 
-GPUs are probed through NVML (``pynvml`` / ``nvidia-ml-py``) when importable, else through
-``torch.cuda`` when importable; both are imported lazily and neither is required. The torch
-fallback reads only each device's total memory: asking torch for free memory would create a CUDA
-context in this process (hundreds of MiB on GPU 0), and the planning process must not hold one.
+``build_inventory`` applies the rules below to what the probes (``modelyard.devices.probe``)
+measured; it is called by the composition (``modelyard plan``, ``modelyard serve``), which hands
+the resulting ``Device`` values to the planner.
 
 Declared devices (``devices:`` in config) are planned for even when absent, so ``modelyard plan``
 works offline. Rules, per declared device:
@@ -23,53 +22,15 @@ works offline. Rules, per declared device:
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
-from typing import Any, Literal
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Literal
 
 from modelyard.config.schema import DeviceConfig, DeviceKind
 from modelyard.config.sizes import format_size
+from modelyard.devices.device import Device
+from modelyard.devices.probe import GpuInfo, GpuProbe, HostMemory, HostProbe, probe_gpus, probe_host
 from modelyard.errors import ConfigError
-from modelyard.planner.plan import Device
-
-
-@dataclass(frozen=True, slots=True)
-class GpuInfo:
-    """One GPU as a probe saw it."""
-
-    index: int
-    name: str
-    total_bytes: int
-    free_bytes: int
-
-
-@dataclass(frozen=True, slots=True)
-class HostMemory:
-    """The machine's RAM: total, and available to new allocations."""
-
-    total_bytes: int
-    available_bytes: int
-
-
-GpuProbe = Callable[[], Sequence[GpuInfo]]
-HostProbe = Callable[[], HostMemory]
-
-
-def probe_gpus() -> tuple[GpuInfo, ...]:
-    """Every CUDA GPU: NVML if importable and working, else torch.cuda, else none."""
-    found = _probe_nvml()
-    if found is not None:
-        return found
-    return _probe_torch()
-
-
-def probe_host() -> HostMemory:
-    """RAM as psutil reports it."""
-    import psutil  # a core dependency; imported here to keep module import free of side effects
-
-    vm = psutil.virtual_memory()
-    return HostMemory(total_bytes=int(vm.total), available_bytes=int(vm.available))
 
 
 def build_inventory(
@@ -147,44 +108,3 @@ def _declared_gpu(d: DeviceConfig, gpu: GpuInfo | None) -> Device:
     # Memory the slice cannot get: what others already hold on the GPU beyond its spare room.
     free = min(cap, gpu.free_bytes)
     return Device(d.name, DeviceKind.CUDA, d.index, cap, free, present=True)
-
-
-def _probe_nvml() -> tuple[GpuInfo, ...] | None:
-    """GPUs through NVML; None when NVML is not installed or not usable (no driver)."""
-    try:
-        nvml: Any = importlib.import_module("pynvml")
-    except ImportError:
-        return None
-    try:
-        nvml.nvmlInit()
-    except Exception:  # NVMLError_LibraryNotFound, _DriverNotLoaded, ...: no usable NVML
-        return None
-    try:
-        found = []
-        for i in range(nvml.nvmlDeviceGetCount()):
-            handle = nvml.nvmlDeviceGetHandleByIndex(i)
-            mem = nvml.nvmlDeviceGetMemoryInfo(handle)
-            name = nvml.nvmlDeviceGetName(handle)
-            name = name.decode() if isinstance(name, bytes) else str(name)
-            found.append(GpuInfo(i, name, int(mem.total), int(mem.free)))
-        return tuple(found)
-    except Exception:  # a GPU in a bad state: fall back to torch rather than fail planning
-        return None
-    finally:
-        nvml.nvmlShutdown()
-
-
-def _probe_torch() -> tuple[GpuInfo, ...]:
-    """GPUs through torch.cuda: totals only (free := total), see the module doc for why."""
-    try:
-        torch: Any = importlib.import_module("torch")
-    except ImportError:
-        return ()
-    if not torch.cuda.is_available():
-        return ()
-    found = []
-    for i in range(torch.cuda.device_count()):
-        props = torch.cuda.get_device_properties(i)
-        total = int(props.total_memory)
-        found.append(GpuInfo(i, str(props.name), total, total))
-    return tuple(found)
