@@ -81,7 +81,9 @@ def _default_loader() -> str:
     from modelyard.config.schema import ServerConfig
     from modelyard.server.runtime import Server
 
-    loader = type(Server(ServerConfig())._loader).__name__  # what `modelyard serve` uses
+    loader = type(
+        Server.from_config(ServerConfig())._loader
+    ).__name__  # what `modelyard serve` uses
     return loader
 
 

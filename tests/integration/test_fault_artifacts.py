@@ -32,8 +32,6 @@ import psutil
 import pytest
 
 from modelyard.config import load_config
-from modelyard.devices.inventory import build_inventory
-from modelyard.planner.demands import plan_for_config
 from modelyard.testing.corrupt import CORRUPT_KINDS, CorruptKind
 from modelyard.testing.models import BuiltModel, model_config, write_config, write_onnx_linear
 from modelyard.testing.server import serving
@@ -201,13 +199,13 @@ def test_ten_corrupt_artifacts_at_start_up_fail_alone_and_the_rest_serves(
     repository: Repository,
 ) -> None:
     config = load_config(repository.config)
-    plan = plan_for_config(config, build_inventory(config.devices))
-    assert plan.feasible, plan.explanation
-    unreadable = {u.key.model for u in plan.unreadable}
-    assert unreadable == {k.name for k in CORRUPT_KINDS} - LOADED_BY_WORKER
     started = time.monotonic()
-    with serving(config, plan=plan, management_token=TOKEN, poll_interval_s=0) as server:
+    with serving(config, management_token=TOKEN, poll_interval_s=0) as server:
         start_s = time.monotonic() - started
+        plan = server.server.start_plan
+        assert plan.feasible, plan.explanation
+        unreadable = {u.key.model for u in plan.unreadable}
+        assert unreadable == {k.name for k in CORRUPT_KINDS} - LOADED_BY_WORKER
         url = server.rest_url
         assert httpx.get(f"{url}/v2/health/ready", timeout=5).status_code == 200
         _predict(url, "good", {1: repository.good})
@@ -299,8 +297,7 @@ def test_corrupt_new_versions_under_load_fail_no_request_and_management_keeps_an
     config_path, m, _ = two_models
     config = load_config(config_path)
     base = config_path.parent / "m"
-    plan = plan_for_config(config, build_inventory(config.devices))
-    with serving(config, plan=plan, management_token=TOKEN,
+    with serving(config, management_token=TOKEN,
                  poll_interval_s=0.2) as server:  # fmt: skip
         url = server.rest_url
         load = Load(url, "m", {1: m}).start()
@@ -341,9 +338,7 @@ def test_a_version_written_in_two_halves_becomes_available_once_complete(
     base = config_path.parent / "m"
     v2 = write_onnx_linear(tmp_path / "staging2", in_features=4, out_features=3, seed=22)
     v3 = write_onnx_linear(tmp_path / "staging3", in_features=4, out_features=3, seed=33)
-    with serving(
-        config, plan=plan_for_config(config, build_inventory(config.devices)), poll_interval_s=0.2
-    ) as server:
+    with serving(config, poll_interval_s=0.2) as server:
         url = server.rest_url
         load = Load(url, "m", {1: m, 2: v2, 3: v3}).start(1)
         try:
@@ -425,9 +420,7 @@ def test_sizing_a_large_new_version_keeps_the_front_end_flat_and_responsive(
     if importlib.util.find_spec("ortools") is not None:
         importlib.import_module("ortools.sat.python.cp_model")
     me = psutil.Process()
-    with serving(
-        config, plan=plan_for_config(config, build_inventory(config.devices)), poll_interval_s=0.2
-    ) as server:
+    with serving(config, poll_interval_s=0.2) as server:
         url = server.rest_url
         load = Load(url, "m", {1: m}).start(1)
         peak = [me.memory_info().rss]

@@ -37,10 +37,8 @@ import pytest
 from starlette.routing import Route
 
 from modelyard.config import load_config
-from modelyard.devices.inventory import build_inventory
 from modelyard.lifecycle.registry import ModelRegistry
 from modelyard.management import StateStore, apply_overrides
-from modelyard.planner.demands import plan_for_config
 from modelyard.server.dataplane import DataPlane
 from modelyard.server.grpc.generated import grpc_service_pb2 as kserve_pb
 from modelyard.server.grpc.server import start_grpc_server
@@ -139,8 +137,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Repo:
 @pytest.fixture(scope="module")
 def guarded(repo: Repo) -> Iterator[RunningServer]:
     config = load_config(repo.root / "modelyard.yaml")
-    plan = plan_for_config(config, build_inventory(config.devices))
-    with serving(config, plan=plan, management_token=TOKEN,
+    with serving(config, management_token=TOKEN,
                  state_store=repo.store, poll_interval_s=0) as server:  # fmt: skip
         yield server
 
@@ -312,9 +309,7 @@ def test_a_grpc_method_added_later_is_guarded_until_listed_as_open() -> None:
 
 def test_management_off_refuses_every_guarded_entry_with_403(repo: Repo, tmp_path: Path) -> None:
     config = load_config(repo.root / "modelyard.yaml")
-    with serving(
-        config, plan=plan_for_config(config, build_inventory(config.devices)), poll_interval_s=0
-    ) as server:
+    with serving(config, poll_interval_s=0) as server:
         refused, answered = _refusals(server, repo, [{}, AUTH], status=403)
         assert answered == EXPECTED_OPEN_ROUTES
         assert refused >= MUTATING_ROUTES

@@ -23,10 +23,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from modelyard.config import load_config
 from modelyard.deadlines import DeadlinePolicy
-from modelyard.devices.inventory import build_inventory
-from modelyard.planner.demands import plan_for_config
 from modelyard.testing.models import (
     loop_turns_per_second,
     model_config,
@@ -68,9 +65,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningSer
     )
     turns_per_s = loop_turns_per_second(slow)
     policy = DeadlinePolicy(request_timeout_ms=DEFAULT_MS, rest_timeout_ms=REST_MS)
-    loaded = load_config(config)
-    plan = plan_for_config(loaded, build_inventory(loaded.devices))
-    with serving(config, plan=plan, deadline_policy=policy) as server:
+    with serving(config, deadline_policy=policy) as server:
         for model in ("slow", "batched"):  # warm: TorchScript optimises on its first calls
             for _ in range(3):
                 assert _kserve_rest(server, model, 10).status_code == 200

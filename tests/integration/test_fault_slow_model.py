@@ -21,9 +21,6 @@ import httpx
 import numpy as np
 import pytest
 
-from modelyard.config import load_config
-from modelyard.devices.inventory import build_inventory
-from modelyard.planner.demands import plan_for_config
 from modelyard.server.grpc.generated import grpc_service_pb2 as pb
 from modelyard.server.grpc.generated import grpc_service_pb2_grpc as pb_grpc
 from modelyard.testing.models import (
@@ -62,8 +59,7 @@ def _repository(tmp_path: Path, devices: dict[str, str]) -> tuple[Path, BuiltMod
 
 def _serve(config: Path, **kwargs: Any) -> AbstractContextManager[RunningServer]:
     """A real server whose workers follow the config's devices and pins."""
-    loaded = load_config(config)
-    return serving(config, plan=plan_for_config(loaded, build_inventory(loaded.devices)), **kwargs)
+    return serving(config, **kwargs)
 
 
 def _slow_body(turns: int) -> dict[str, Any]:

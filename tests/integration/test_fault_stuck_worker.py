@@ -28,8 +28,6 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from modelyard.config import load_config
-from modelyard.devices.inventory import build_inventory
-from modelyard.planner.demands import plan_for_config
 from modelyard.testing.models import BuiltModel, model_config, write_config, write_onnx_linear
 from modelyard.testing.server import serving
 from modelyard.workers.heartbeat import HeartbeatPolicy
@@ -133,11 +131,7 @@ def test_a_stopped_worker_is_found_failed_fast_and_replaced(tmp_path: Path) -> N
     config = load_config(config_path)
     stopped: int | None = None
     auth = {"Authorization": f"Bearer {TOKEN}"}
-    with serving(
-        config,
-        plan=plan_for_config(config, build_inventory(config.devices)),
-        management_token=TOKEN,
-    ) as server:
+    with serving(config, management_token=TOKEN) as server:
         try:
             url = server.rest_url
             pids = _worker_pids(os.getpid())
@@ -257,11 +251,7 @@ def test_management_on_a_stuck_device_holds_the_others_only_until_the_heartbeat(
     config = load_config(config_path)
     auth = {"Authorization": f"Bearer {TOKEN}"}
     stopped: int | None = None
-    with serving(
-        config,
-        plan=plan_for_config(config, build_inventory(config.devices)),
-        management_token=TOKEN,
-    ) as server:
+    with serving(config, management_token=TOKEN) as server:
         url = server.rest_url
         try:
             stopped = _worker_pids(os.getpid())["sim0"]

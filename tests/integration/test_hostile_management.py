@@ -21,8 +21,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from modelyard.config import load_config
-from modelyard.devices.inventory import build_inventory
-from modelyard.planner.demands import plan_for_config
 from modelyard.testing.models import model_config, write_config, write_onnx_linear
 from modelyard.testing.server import RunningServer, serving
 
@@ -64,7 +62,6 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningSe
     config = load_config(config_path)
     with serving(
         config,
-        plan=plan_for_config(config, build_inventory(config.devices)),
         management_token=TOKEN,
         state_store=None,
         poll_interval_s=0,

@@ -27,9 +27,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from modelyard.config import load_config
-from modelyard.devices.inventory import build_inventory
 from modelyard.management import StateStore
-from modelyard.planner.demands import plan_for_config
 from modelyard.testing.models import (
     BuiltModel,
     model_config,
@@ -134,9 +132,7 @@ def test_hot_swap_under_load_fails_no_request_and_a_corrupt_version_never_replac
         devices=[{"name": "sim0", "kind": "cpu", "memory": "100MiB"}],
     )
     config = load_config(config_path)
-    with serving(
-        config, plan=plan_for_config(config, build_inventory(config.devices)), poll_interval_s=0.2
-    ) as server:
+    with serving(config, poll_interval_s=0.2) as server:
         url = server.rest_url
         load = Load(url, "m", {1: v1}).start()
         time.sleep(1.0)
@@ -217,8 +213,7 @@ def test_management_api_changes_models_under_load_without_failing_the_others(
     repo = _managed_repo(tmp_path)
     config = load_config(repo.config)
     store = StateStore(tmp_path / "state" / "state.json")
-    plan = plan_for_config(config, build_inventory(config.devices))
-    with serving(config, plan=plan, management_token=TOKEN,
+    with serving(config, management_token=TOKEN,
                  state_store=store, poll_interval_s=0) as server:  # fmt: skip
         url = server.rest_url
         before = _index(url)
@@ -278,9 +273,8 @@ def test_management_api_changes_models_under_load_without_failing_the_others(
 def test_twenty_load_unload_cycles_keep_the_worker_rss_flat(tmp_path: Path) -> None:
     repo = _managed_repo(tmp_path)
     config = load_config(repo.config)
-    plan = plan_for_config(config, build_inventory(config.devices))
     with (
-        serving(config, plan=plan, management_token=TOKEN, poll_interval_s=0) as server,
+        serving(config, management_token=TOKEN, poll_interval_s=0) as server,
         httpx.Client(timeout=60, headers=AUTH) as client,
     ):
         url = server.rest_url
@@ -383,9 +377,7 @@ def _tight(tmp_path: Path, **extra: Any) -> tuple[Path, BuiltModel]:
 def test_without_room_for_both_the_default_swap_keeps_v1_and_says_why(tmp_path: Path) -> None:
     config_path, v1 = _tight(tmp_path)
     config = load_config(config_path)
-    with serving(
-        config, plan=plan_for_config(config, build_inventory(config.devices)), poll_interval_s=0.2
-    ) as server:
+    with serving(config, poll_interval_s=0.2) as server:
         url = server.rest_url
         load = Load(url, "m", {1: v1}).start(2)
         _drop_in(tmp_path / "m", 2, lambda d: write_onnx_linear(d, 4, 3, seed=2))
@@ -403,9 +395,7 @@ def test_without_room_for_both_the_default_swap_keeps_v1_and_says_why(tmp_path: 
 def test_resource_swap_unloads_first_and_only_ever_answers_503_in_the_gap(tmp_path: Path) -> None:
     config_path, v1 = _tight(tmp_path, swap="resource")
     config = load_config(config_path)
-    with serving(
-        config, plan=plan_for_config(config, build_inventory(config.devices)), poll_interval_s=0.2
-    ) as server:
+    with serving(config, poll_interval_s=0.2) as server:
         url = server.rest_url
         load = Load(url, "m", {1: v1}).start(2)
         time.sleep(0.5)

@@ -14,8 +14,6 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from modelyard.config import ServerConfig, load_config
-from modelyard.devices.inventory import build_inventory
-from modelyard.planner.demands import plan_for_config
 from modelyard.testing.models import BuiltModel, model_config, write_config, write_onnx_linear
 from modelyard.testing.server import serving
 
@@ -37,11 +35,7 @@ def _repository(tmp_path: Path) -> tuple[ServerConfig, BuiltModel]:
 
 def test_tritonclient_manages_the_repository(tmp_path: Path) -> None:
     config, c = _repository(tmp_path)
-    with serving(
-        config,
-        plan=plan_for_config(config, build_inventory(config.devices)),
-        management_token=TOKEN,
-    ) as server:
+    with serving(config, management_token=TOKEN) as server:
         client = httpclient.InferenceServerClient(server.rest_url.removeprefix("http://"))
         index = client.get_model_repository_index(headers=AUTH)
         assert [(m["name"], m["state"]) for m in index] == [("a", "READY")]
@@ -69,11 +63,7 @@ def test_tritonclient_manages_the_repository(tmp_path: Path) -> None:
 def test_tritonclient_grpc_manages_the_repository(tmp_path: Path) -> None:
     config, c = _repository(tmp_path)
     metadata = {"authorization": f"Bearer {TOKEN}"}  # gRPC metadata keys are lower case
-    with serving(
-        config,
-        plan=plan_for_config(config, build_inventory(config.devices)),
-        management_token=TOKEN,
-    ) as server:
+    with serving(config, management_token=TOKEN) as server:
         client = grpcclient.InferenceServerClient(server.grpc_target)
         index = client.get_model_repository_index(headers=metadata, as_json=True)
         assert [(m["name"], m["state"]) for m in index["models"]] == [("a", "READY")]
@@ -102,9 +92,7 @@ def test_tritonclient_grpc_manages_the_repository(tmp_path: Path) -> None:
         got = client.infer("c", [tensor]).as_numpy("y")
         np.testing.assert_allclose(got, c.reference({"x": x})["y"], rtol=1e-5)
 
-    with serving(
-        config, plan=plan_for_config(config, build_inventory(config.devices))
-    ) as server:  # management off
+    with serving(config) as server:  # management off
         client = grpcclient.InferenceServerClient(server.grpc_target)
         with pytest.raises(InferenceServerException) as info:
             client.load_model("c", headers=metadata)

@@ -16,8 +16,6 @@ import httpx
 import psutil
 
 from modelyard.config import load_config
-from modelyard.devices.inventory import build_inventory
-from modelyard.planner.demands import plan_for_config
 from modelyard.testing.models import model_config, write_config, write_onnx_linear
 from modelyard.testing.server import serving
 
@@ -66,9 +64,7 @@ def test_a_load_that_keeps_crashing_its_worker_is_given_up(tmp_path: Path) -> No
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
     try:
-        with serving(
-            config, plan=plan_for_config(config, build_inventory(config.devices))
-        ) as server:
+        with serving(config) as server:
             stop.set()
             status = httpx.get(f"{server.rest_url}/modelyard/v1/status").json()
             models = {m["model"]: m for m in status["models"]}

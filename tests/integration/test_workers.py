@@ -28,9 +28,7 @@ import psutil
 import pytest
 
 from modelyard.config import load_config
-from modelyard.devices.inventory import build_inventory
 from modelyard.planner import Plan
-from modelyard.planner.demands import plan_for_config
 from modelyard.testing.models import (
     BuiltModel,
     model_config,
@@ -74,17 +72,17 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Repo:
 
 
 @pytest.fixture(scope="module")
-def plan(repo: Repo) -> Plan:
-    config = load_config(repo.config)
-    planned = plan_for_config(config, build_inventory(config.devices))
-    assert planned.feasible
-    return planned
+def server(repo: Repo) -> Iterator[RunningServer]:
+    with serving(repo.config) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
-def server(repo: Repo, plan: Plan) -> Iterator[RunningServer]:
-    with serving(repo.config, plan=plan) as running:
-        yield running
+def plan(server: RunningServer) -> Plan:
+    """The plan the server made at start (what it placed before any test changed it)."""
+    planned = server.server.start_plan
+    assert planned.feasible
+    return planned
 
 
 def _status(server: RunningServer) -> dict[str, Any]:
@@ -243,7 +241,7 @@ def test_kill_9_of_one_worker_spares_the_others_and_its_models_come_back(
 def test_a_corrupt_model_fails_with_its_reason_and_the_others_serve(tmp_path: Path) -> None:
     repo = _write_repo(tmp_path, corrupt="broken", count=2)
     config = load_config(repo.config)
-    with serving(config, plan=plan_for_config(config, build_inventory(config.devices))) as running:
+    with serving(config) as running:
         status = _status(running)
         states = {m["model"]: m for m in status["models"]}
         assert states["broken"]["state"] == "FAILED"

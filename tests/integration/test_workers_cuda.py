@@ -14,8 +14,6 @@ import numpy as np
 import pytest
 
 from modelyard.config import load_config
-from modelyard.devices.inventory import build_inventory
-from modelyard.planner.demands import plan_for_config
 from modelyard.testing.models import model_config, write_config, write_torch_export_mlp
 from modelyard.testing.server import serving
 
@@ -36,11 +34,11 @@ def test_four_capped_slices_of_gpu0_hold_their_planned_models(tmp_path: Path) ->
         {"name": f"slice{i}", "kind": "cuda", "index": 0, "memory": "1GiB"} for i in range(4)
     ]
     config = load_config(write_config(tmp_path / "modelyard.yaml", entries, devices=devices))
-    plan = plan_for_config(config, build_inventory(config.devices))
-    assert plan.feasible, plan.explanation
-    planned = {u.device.name: sorted(str(k) for k in u.models) for u in plan.devices}
-    assert all(len(v) == 3 for v in planned.values())
-    with serving(config, plan=plan) as running, httpx.Client(timeout=30) as client:
+    with serving(config) as running, httpx.Client(timeout=30) as client:
+        plan = running.server.start_plan
+        assert plan.feasible, plan.explanation
+        planned = {u.device.name: sorted(str(k) for k in u.models) for u in plan.devices}
+        assert all(len(v) == 3 for v in planned.values())
         status = client.get(f"{running.rest_url}/modelyard/v1/status").json()
         assert len({d["pid"] for d in status["devices"]}) == 4
         for device in status["devices"]:

@@ -72,8 +72,20 @@ class Backend(Protocol):
         """
         ...
 
-    def load(self, version_dir: Path, device: str, declared: Signature | None) -> LoadedModel:
+    def load(
+        self,
+        version_dir: Path,
+        device: str,
+        declared: Signature | None,
+        *,
+        memory_cap_bytes: int | None = None,
+    ) -> LoadedModel:
         """Load the artifact in ``version_dir`` onto ``device`` (``cpu`` or ``cuda:N``).
+
+        ``memory_cap_bytes``: the device's memory cap (a GPU slice's size), None for none. A
+        framework that caps per model caps this model's memory at it (ONNX Runtime's
+        ``gpu_mem_limit``); one that caps per process (torch) is capped by its worker process
+        before its first load (``modelyard.workers.host``) and ignores it here.
 
         ``declared`` is the signature from config. Formats that carry a signature (ONNX,
         torch.export) use the artifact's and check ``declared`` against it when given (names

@@ -49,10 +49,6 @@ _ORT_TYPES: dict[str, DataType] = {
 }
 
 
-GPU_MEMORY_LIMIT_ENV = "MODELYARD_GPU_MEMORY_LIMIT_BYTES"
-"""Set by a worker on a GPU slice: the slice's bytes, passed to ORT as ``gpu_mem_limit``."""
-
-
 class OnnxBackend:
     """Loads ``model.onnx`` into an ONNX Runtime session on ``cpu`` or ``cuda:N``. Stateless."""
 
@@ -76,11 +72,18 @@ class OnnxBackend:
         session = ort.InferenceSession(
             model.SerializeToString(),
             sess_options=_session_options(ort),
-            providers=_providers(ort, target),
+            providers=_providers(ort, target, None),
         )
         session.run(None, {"x": np.zeros(1, np.float32)})
 
-    def load(self, version_dir: Path, device: str, declared: Signature | None) -> LoadedModel:
+    def load(
+        self,
+        version_dir: Path,
+        device: str,
+        declared: Signature | None,
+        *,
+        memory_cap_bytes: int | None = None,
+    ) -> LoadedModel:
         """Create the session and return an ``OnnxModel``.
 
         On ``cuda:N`` the session uses CUDAExecutionProvider on device N and fails with
@@ -94,7 +97,7 @@ class OnnxBackend:
         ort = _import_ort()
         if not path.is_file():
             raise InvalidArgument(f"{path} does not exist or is not a file")
-        providers = _providers(ort, target)
+        providers = _providers(ort, target, memory_cap_bytes)
         options = _session_options(ort)
         try:
             session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
@@ -154,6 +157,13 @@ class OnnxModel:
     def providers(self) -> list[str]:
         """The execution providers the session uses, preferred first."""
         return list(self._session.get_providers()) if self._session is not None else []
+
+    @property
+    def provider_options(self) -> dict[str, dict[str, str]]:
+        """Each provider's options as the session applied them (e.g. ``gpu_mem_limit``)."""
+        if self._session is None:
+            return {}
+        return {k: dict(v) for k, v in self._session.get_provider_options().items()}
 
     def predict(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         session = self._session
@@ -223,9 +233,10 @@ def _import_ort() -> Any:
     return ort
 
 
-def _providers(ort: Any, target: DeviceTarget) -> list[Any]:
-    """The execution providers for ``target``; FailedPrecondition for a GPU this onnxruntime
-    cannot use (never a silent fallback to the CPU)."""
+def _providers(ort: Any, target: DeviceTarget, memory_cap_bytes: int | None) -> list[Any]:
+    """The execution providers for ``target``, its CUDA arena capped at ``memory_cap_bytes``;
+    FailedPrecondition for a GPU this onnxruntime cannot use (never a silent fallback to the
+    CPU)."""
     if not target.is_cuda:
         return ["CPUExecutionProvider"]
     available = ort.get_available_providers()
@@ -236,11 +247,10 @@ def _providers(ort: Any, target: DeviceTarget) -> list[Any]:
             "install onnxruntime-gpu instead of onnxruntime"
         )
     cuda_options: dict[str, Any] = {"device_id": target.index}
-    limit = os.environ.get(GPU_MEMORY_LIMIT_ENV, "")
-    if limit.isdigit() and int(limit) > 0:
-        # A worker on a GPU slice: cap this session's arena at the slice, as torch's
-        # allocator is capped (ORT caps per session, not per process).
-        cuda_options["gpu_mem_limit"] = int(limit)
+    if memory_cap_bytes:
+        # A GPU slice: cap this session's arena at the slice, as torch's allocator is capped
+        # (ORT caps per session, not per process).
+        cuda_options["gpu_mem_limit"] = memory_cap_bytes
     return [("CUDAExecutionProvider", cuda_options), "CPUExecutionProvider"]
 
 

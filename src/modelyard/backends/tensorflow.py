@@ -63,7 +63,12 @@ class SavedModelBackend:
             tf.constant(0.0) + 1.0  # the first op creates the device's context and allocator
 
     def load(
-        self, version_dir: Path, device: str, declared: Signature | None
+        self,
+        version_dir: Path,
+        device: str,
+        declared: Signature | None,
+        *,
+        memory_cap_bytes: int | None = None,  # TensorFlow has no per-model cap: not applied
     ) -> MultiSignatureModel:
         """Load the SavedModel in ``version_dir`` and return a ``SavedModelModel``.
 

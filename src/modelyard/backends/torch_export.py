@@ -47,7 +47,14 @@ class TorchExportBackend:
             ),
         )
 
-    def load(self, version_dir: Path, device: str, declared: Signature | None) -> LoadedModel:
+    def load(
+        self,
+        version_dir: Path,
+        device: str,
+        declared: Signature | None,
+        *,
+        memory_cap_bytes: int | None = None,  # torch is capped per process, by its worker
+    ) -> LoadedModel:
         """Deserialize the program, move its weights to ``device`` and return a ``TorchModel``.
 
         Raises InvalidArgument for a missing, corrupt or unsupported artifact (nested or keyword

@@ -35,7 +35,14 @@ class TorchScriptBackend:
 
         _torch.prepare(device, ("torch.jit",))
 
-    def load(self, version_dir: Path, device: str, declared: Signature | None) -> LoadedModel:
+    def load(
+        self,
+        version_dir: Path,
+        device: str,
+        declared: Signature | None,
+        *,
+        memory_cap_bytes: int | None = None,  # torch is capped per process, by its worker
+    ) -> LoadedModel:
         """Load the module with ``torch.jit.load(map_location=device)`` and return a ``TorchModel``.
 
         Raises InvalidArgument when ``declared`` is None, when the file is missing or corrupt, or

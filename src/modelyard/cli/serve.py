@@ -16,12 +16,8 @@ from modelyard.cli.plan import render_table
 from modelyard.config import BatchingConfig, ModelConfig, ServerConfig, load_config, parse_size
 from modelyard.config.tfserving import parse_batching_parameters, with_batching
 from modelyard.deadlines import DeadlinePolicy
-from modelyard.devices.inventory import build_inventory
 from modelyard.errors import ConfigError, ModelyardError
-from modelyard.management.roots import ModelRoots
-from modelyard.management.state import StateStore, apply_overrides
-from modelyard.planner import Plan
-from modelyard.planner.demands import plan_for_config
+from modelyard.management.state import StateStore
 from modelyard.planner.footprints import FootprintCache
 from modelyard.server.defaults import (
     DEFAULT_GRPC_PORT,
@@ -30,6 +26,7 @@ from modelyard.server.defaults import (
     DEFAULT_REQUEST_TIMEOUT_MS,
     DEFAULT_REST_PORT,
 )
+from modelyard.server.options import ServerOptions
 
 if TYPE_CHECKING:
     from modelyard.server.runtime import Server
@@ -288,27 +285,10 @@ def run(args: argparse.Namespace) -> int:
         log.warning("ignoring TF Serving flag --%s: it has no effect in modelyard", flag)
     try:
         file_config, is_demo = resolve_config(args)
-        store = StateStore(_state_path(args))
-        state = store.load()
-        roots = ModelRoots.chosen(args.model_root, file_config)
-        config, state = apply_overrides(file_config, state, roots)
-        plan = plan_for_config(config, build_inventory(config.devices))
-        # Versions that cannot be read are in the table and start FAILED: a version's fault
-        # is that version's, not a reason to refuse the rest (nor "a set that does not fit").
-        print(render_table(plan), flush=True)
-        if not plan.feasible:
-            if not args.serve_what_fits:
-                print(
-                    f"modelyard: refusing to load a set that does not fit:\n{plan.explanation}"
-                    "\n(--serve-what-fits serves the models that fit)",
-                    file=sys.stderr,
-                )
-                return 2
-            log.warning("serving only what fits: %s", plan.explanation)
-        args.file_config, args.store, args.state = file_config, store, state
+        options = server_options(args)
         from modelyard.server import eventloop
 
-        return eventloop.run(_serve(config, plan, args, is_demo))
+        return eventloop.run(_serve(file_config, options, args, is_demo))
     except ModelyardError as exc:
         print(f"modelyard: {exc.message}", file=sys.stderr)
         return 2
@@ -317,30 +297,46 @@ def run(args: argparse.Namespace) -> int:
         return 1
 
 
-async def _serve(config: ServerConfig, plan: Plan, args: argparse.Namespace, is_demo: bool) -> int:
-    from modelyard.server.runtime import Server  # the web and gRPC stacks load only to serve
-
-    server = Server(
-        config,
-        plan=plan,
+def server_options(args: argparse.Namespace) -> ServerOptions:
+    """The ``ServerOptions`` the flags ask for."""
+    return ServerOptions(
         host=args.host,
         rest_port=args.rest_api_port,
         grpc_port=args.port,
         max_request_bytes=args.max_request_bytes,
         max_concurrent_requests=args.max_concurrent_requests,
         deadline_policy=DeadlinePolicy(args.request_timeout_ms, args.rest_api_timeout_in_ms),
+        management_token=args.management_token or os.environ.get("MODELYARD_MANAGEMENT_TOKEN"),
+        model_roots=tuple(args.model_root) if args.model_root else None,
+        state_store=StateStore(_state_path(args)),
         # What each worker measures after a load is preferred over the estimate next time.
         footprints=FootprintCache(),
-        management_token=args.management_token or os.environ.get("MODELYARD_MANAGEMENT_TOKEN"),
-        state_store=args.store,
-        management_state=args.state,
-        file_config=args.file_config,
         poll_interval_s=args.file_system_poll_wait_seconds,
-        config_files=_watched_files(args),
+        config_files=tuple(_watched_files(args)),
         read_config=lambda: resolve_config(args)[0],
         config_poll_s=args.model_config_file_poll_wait_seconds,
-        model_roots=args.model_root,
     )
+
+
+async def _serve(
+    file_config: ServerConfig, options: ServerOptions, args: argparse.Namespace, is_demo: bool
+) -> int:
+    from modelyard.server.runtime import Server  # the web and gRPC stacks load only to serve
+
+    server = Server.from_config(file_config, options)
+    plan = server.start_plan
+    # Versions that cannot be read are in the table and start FAILED: a version's fault
+    # is that version's, not a reason to refuse the rest (nor "a set that does not fit").
+    print(render_table(plan), flush=True)
+    if not plan.feasible:
+        if not args.serve_what_fits:
+            print(
+                f"modelyard: refusing to load a set that does not fit:\n{plan.explanation}"
+                "\n(--serve-what-fits serves the models that fit)",
+                file=sys.stderr,
+            )
+            return 2
+        log.warning("serving only what fits: %s", plan.explanation)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

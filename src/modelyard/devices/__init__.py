@@ -11,8 +11,8 @@
 
 Import rule: this package's ``__init__`` exports only the pure values. The planner imports
 them, never ``probe`` or ``inventory``: it is handed the measured devices by the composition
-(``cli/plan.py``, ``cli/serve.py``), so it stays free of hardware and frameworks
-(``tests/unit/test_layering.py`` checks it).
+(``cli/plan.py``, ``Server.from_config`` in ``server/runtime.py``), so it stays free of
+hardware and frameworks (``tests/unit/test_layering.py`` checks it).
 """
 
 from modelyard.config.schema import DeviceKind

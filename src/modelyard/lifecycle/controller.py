@@ -81,12 +81,11 @@ class Controller:
     """Loads the aspired versions of every model, swaps and moves them, unloads them at stop.
 
     ``plan``: the start-up plan; with it every change is planned (``Placement``). Without it,
-    ``placement`` (a fixed version -> device names map) or ``default_device`` says where
-    versions load. A device loads onto its plan device's ``target``; ``device_targets`` adds
-    to or overrides that map (a name neither maps must itself be a target's text, ``cpu`` or
-    ``cuda:N``). Versions the
-    start-up plan could not place are FAILED with ``unplaced_reason``, those it could not size
-    (``plan.unreadable``) with their own reason.
+    every version loads on ``default_device``. A device loads onto its plan device's
+    ``target``; ``device_targets`` adds to or overrides that map (a name neither maps must
+    itself be a target's text, ``cpu`` or ``cuda:N``). Versions the start-up plan could not
+    place are FAILED with ``unplaced_reason``, those it could not size (``plan.unreadable``)
+    with their own reason.
     ``settle_s``: how long a version found while serving must keep its files unchanged
     before it is loaded (``repository.settle``).
     """
@@ -97,7 +96,6 @@ class Controller:
         registry: ModelRegistry,
         loader: Loader,
         *,
-        placement: Mapping[VersionKey, tuple[str, ...]] | None = None,
         device_targets: Mapping[str, DeviceTarget] | None = None,
         default_device: str = "cpu",
         unplaced_reason: str = "",
@@ -110,9 +108,7 @@ class Controller:
         self._config = config
         self._registry = registry
         self._loader = loader
-        self._placement = Placement(
-            plan, fixed=placement, default_device=default_device, demand=demand
-        )
+        self._placement = Placement(plan, default_device=default_device, demand=demand)
         planned = {u.device.name: u.device.target for u in plan.devices} if plan else {}
         self._targets: dict[str, DeviceTarget] = {**planned, **(device_targets or {})}
         self._unplaced_reason = unplaced_reason
@@ -384,7 +380,6 @@ class Controller:
     async def reconfigure(
         self,
         config: ServerConfig,
-        placement: Mapping[VersionKey, tuple[str, ...]] | None = None,
         device_targets: Mapping[str, DeviceTarget] | None = None,
     ) -> None:
         """Serve ``config``: load the models it adds, apply the changed settings (version
@@ -392,10 +387,8 @@ class Controller:
 
         The added models' versions are planned first: DoesNotFit (nothing changed) when they
         do not fit, ConfigError for missing base paths or labels. Pins, replicas and batching
-        of a model already served take effect when it is next loaded. ``placement`` is
-        ignored (kept for callers that planned themselves: the controller plans now).
+        of a model already served take effect when it is next loaded.
         """
-        del placement
         async with self._lock:
             self._targets.update(device_targets or {})
             kept = {m.name for m in self._config.models}

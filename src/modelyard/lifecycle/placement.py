@@ -9,8 +9,8 @@ where they are when something is added, so an addition never moves or evicts a s
 The devices are the start-up plan's (their ``free_bytes`` were measured before any model
 loaded, which is what ``place`` expects of versions it is told are ``current``).
 
-Without a plan (models load in one place, e.g. tests with ``InProcessLoader``), nothing is
-checked: every version goes on the default device, or where a fixed ``placement`` says.
+Without a plan (models load in one place, e.g. a controller's unit tests), nothing is checked:
+every version goes on the default device.
 
 Not thread-safe; owned by the controller, on its event loop. No I/O except the footprint
 estimate of a new version (reads the artifact's headers) when ``add`` is not given the demand:
@@ -22,11 +22,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterable, Mapping
 
-from modelyard.config.schema import ModelConfig, ServerConfig, VersionPolicy
-from modelyard.errors import DoesNotFit, InvalidArgument
+from modelyard.config.schema import ModelConfig
+from modelyard.errors import DoesNotFit
 from modelyard.ids import VersionKey
 from modelyard.planner import Device, ModelDemand, Plan, place
-from modelyard.planner.demands import demands_for_config
+from modelyard.planner.demands import demand_for_version
 from modelyard.planner.footprints import FootprintCache
 
 DemandOf = Callable[[ModelConfig, int], ModelDemand]
@@ -51,17 +51,7 @@ def demand_of(cache: FootprintCache | None = None) -> DemandOf:
     """
 
     def one(model: ModelConfig, version: int) -> ModelDemand:
-        only = model.model_copy(update={"version_policy": VersionPolicy(specific=(version,))})
-        found = demands_for_config(ServerConfig(models=(only,)), cache=cache)
-        for bad in found.unreadable:
-            raise InvalidArgument(bad.reason)
-        matching = [d for d in found.demands if d.key.version == version]
-        if not matching:  # the folder vanished between the scan and now
-            raise InvalidArgument(
-                f"model {model.name!r} version {version}: no version folder under "
-                f"{model.base_path} to size"
-            )
-        return matching[0]
+        return demand_for_version(model, version, cache=cache)
 
     return one
 
@@ -73,7 +63,6 @@ class Placement:
         self,
         plan: Plan | None,
         *,
-        fixed: Mapping[VersionKey, tuple[str, ...]] | None = None,
         default_device: str = "cpu",
         headroom_fraction: float = 0.05,
         demand: DemandOf | None = None,
@@ -92,9 +81,6 @@ class Placement:
                 if a.devices:
                     self._demands[a.key] = ModelDemand(a.key, a.bytes, None, a.wanted, a.source)
                     self._where[a.key] = a.devices
-        elif fixed is not None:
-            self._where = dict(fixed)
-        self._fixed = plan is None and fixed is not None
 
     @property
     def planned(self) -> bool:
@@ -140,9 +126,6 @@ class Placement:
         if key in self._where:
             return self._where[key]
         if self._plan is None:
-            if self._fixed:
-                siblings = [d for k, d in self._where.items() if k.model == model.name]
-                return siblings[0] if siblings else ()
             self._where[key] = (self._default,)
             return self._where[key]
         if demand is None:

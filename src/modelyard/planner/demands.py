@@ -68,19 +68,9 @@ def demands_for_config(config: ServerConfig, *, cache: FootprintCache | None = N
             versions = list(model.version_policy.specific or (PLACEHOLDER_VERSION,))
         for version in versions:
             try:
-                size, source = _footprint(model, version_dir(model.base_path, version), cache)
+                demands.append(demand_for_version(model, version, cache=cache))
             except InvalidArgument as exc:
                 unreadable.append(UnreadableVersion(VersionKey(model.name, version), exc.message))
-                continue
-            demands.append(
-                ModelDemand(
-                    key=VersionKey(model.name, version),
-                    bytes=size,
-                    pins=model.devices,
-                    replicas=model.replicas,
-                    source=source,
-                )
-            )
     if placeholders_for:
         notes.append(
             f"no versions on disk for {len(placeholders_for)} model(s) "
@@ -88,6 +78,32 @@ def demands_for_config(config: ServerConfig, *, cache: FootprintCache | None = N
             f"(version {PLACEHOLDER_VERSION} stands for the version to come)"
         )
     return Demands(tuple(demands), tuple(notes), tuple(unreadable))
+
+
+def demand_for_version(
+    model: ModelConfig, version: int, *, cache: FootprintCache | None = None
+) -> ModelDemand:
+    """The demand of one version of ``model``: its bytes (``memory:``, else the footprint
+    measured in ``cache``, else the estimate from its artifact), pins and replicas.
+
+    With ``memory:`` the folder need not exist (a placeholder for the version to come).
+    Raises InvalidArgument, naming the file, when the artifact cannot be sized or the folder
+    is not there. Reads the artifact's headers (disk I/O): call it off the event loop.
+    """
+    folder = version_dir(model.base_path, version)
+    if model.memory_bytes is None and not folder.is_dir():
+        raise InvalidArgument(
+            f"model {model.name!r} version {version}: no version folder under "
+            f"{model.base_path} to size"
+        )
+    size, source = _footprint(model, folder, cache)
+    return ModelDemand(
+        key=VersionKey(model.name, version),
+        bytes=size,
+        pins=model.devices,
+        replicas=model.replicas,
+        source=source,
+    )
 
 
 def plan_for_config(

@@ -11,8 +11,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Callable, Generator, Sequence
-from pathlib import Path
+from collections.abc import Generator
 from typing import Any
 
 import uvicorn
@@ -20,29 +19,22 @@ from starlette.applications import Starlette
 
 from modelyard.batching import batching_wrapper
 from modelyard.config.schema import ServerConfig
-from modelyard.deadlines import DeadlinePolicy
-from modelyard.devices import DeviceTarget
+from modelyard.devices.inventory import build_inventory
 from modelyard.errors import NotFound
-from modelyard.lifecycle.controller import Controller, InProcessLoader, Loader
+from modelyard.lifecycle.controller import Controller, Loader
 from modelyard.lifecycle.placement import demand_of
 from modelyard.lifecycle.registry import ModelRegistry
-from modelyard.management import Management, ManagementState, StateStore
-from modelyard.management.roots import ModelRoots
+from modelyard.management import Management
 from modelyard.metrics import ServerMetrics
 from modelyard.planner import Plan
+from modelyard.planner.demands import plan_for_config
 from modelyard.planner.footprints import FootprintCache
 from modelyard.repository import PollingSource, aspired_snapshot
 from modelyard.server.dataplane import DataPlane
-from modelyard.server.defaults import (
-    DEFAULT_GRPC_PORT,
-    DEFAULT_MAX_IN_FLIGHT,
-    DEFAULT_MAX_REQUEST_BYTES,
-    DEFAULT_REQUEST_TIMEOUT_MS,
-    DEFAULT_REST_PORT,
-)
 from modelyard.server.grpc.server import GrpcServer, start_grpc_server
 from modelyard.server.http.app import build_app
 from modelyard.server.http.status import build_status
+from modelyard.server.options import DesiredState, ServerOptions, desired_state
 from modelyard.workers.loader import WorkerLoader
 from modelyard.workers.progress import LoadProgress
 
@@ -66,93 +58,97 @@ class Server:
 
     def __init__(
         self,
-        config: ServerConfig,
-        *,
-        host: str = "127.0.0.1",
-        rest_port: int = DEFAULT_REST_PORT,
-        grpc_port: int = DEFAULT_GRPC_PORT,
-        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
-        max_concurrent_requests: int = DEFAULT_MAX_IN_FLIGHT,
-        deadline_policy: DeadlinePolicy | None = None,
+        desired: DesiredState,
+        plan: Plan,
+        options: ServerOptions,
         loader: Loader | None = None,
-        plan: Plan | None = None,
-        access_log: bool = False,
-        footprints: FootprintCache | None = None,
-        management_token: str | None = None,
-        state_store: StateStore | None = None,
-        management_state: ManagementState | None = None,
-        file_config: ServerConfig | None = None,
-        poll_interval_s: float | None = None,
-        config_files: Sequence[Path] = (),
-        read_config: Callable[[], ServerConfig] | None = None,
-        config_poll_s: float = 0.0,
-        model_roots: Sequence[Path] | None = None,
     ) -> None:
-        """``loader``: default a ``WorkerLoader`` (one worker process per plan device); pass
-        ``InProcessLoader()`` to load in this process. ``footprints``: where measured
-        footprints are recorded after each load (None: not recorded). ``deadline_policy``:
-        requests' deadlines (default: ``--request-timeout-ms``'s default for every protocol);
-        ``max_concurrent_requests``: in-flight inference requests per device.
-
-        Lifecycle: base paths are polled every ``poll_interval_s`` (default: the config's
-        ``poll_interval_seconds``, else 1 s; 0 or less: never after start). ``config_files``
-        are polled every ``config_poll_s`` (0: never) and, when they change, ``read_config``
-        gives the new config. Management: on only with ``management_token``; changes are
-        saved to ``state_store`` before they are answered; ``config`` is the desired state
-        (``file_config`` + ``management_state`` overrides, see ``apply_overrides``); models
-        added through it must be under ``model_roots`` (default: the folders holding the
-        configured models, ``ModelRoots.default_for``)."""
+        """Wire the parts for ``desired``, placed as ``plan`` says; ``from_config`` is the way
+        in (it plans). ``loader``: default a ``WorkerLoader`` (one worker process per plan
+        device, owned and stopped by this server); a given loader (e.g. ``InProcessLoader()``)
+        is its caller's to close."""
+        config = desired.config
         self.config = config
-        self.host = host
-        self.rest_port = rest_port
-        self.grpc_port = grpc_port
-        self.max_request_bytes = max_request_bytes
+        self.options = options
+        self.start_plan = plan
+        self.host = options.host
+        self.rest_port = options.rest_port
+        self.grpc_port = options.grpc_port
+        self.max_request_bytes = options.max_request_bytes
         self.registry = ModelRegistry()
         self.metrics = ServerMetrics(self.registry, lambda: self.plan)
         self.dataplane = DataPlane(
             self.registry,
             metrics=self.metrics,
-            max_in_flight=max_concurrent_requests,
-            deadline_policy=deadline_policy or DeadlinePolicy(DEFAULT_REQUEST_TIMEOUT_MS),
+            max_in_flight=options.max_concurrent_requests,
+            deadline_policy=options.deadline_policy,
         )
-        self._owns_loader = loader is None
-        self._loader: Loader = loader if loader is not None else _worker_loader(plan, footprints)
+        # The worker processes this server launched and owns (None: a caller's loader).
+        self._workers: WorkerLoader | None = None
+        if loader is None:
+            loader = self._workers = _worker_loader(plan, options.footprints)
+        self._loader: Loader = loader
         self.controller = Controller(
             config,
             self.registry,
             self._loader,
             plan=plan,
-            device_targets=device_targets(plan) if plan is not None else None,
-            unplaced_reason=plan.explanation if plan is not None else "",
+            unplaced_reason=plan.explanation,
             wrap=batching_wrapper,
-            demand=demand_of(footprints),
+            demand=demand_of(options.footprints),
         )
         self.management = Management(
             self.controller,
             self.registry,
-            file_config=file_config if file_config is not None else config,
-            store=state_store,
-            state=management_state,
-            roots=ModelRoots.chosen(model_roots, file_config or config),
+            file_config=desired.file_config,
+            store=options.state_store,
+            state=desired.overrides,
+            roots=desired.roots,
         )
-        self._token = management_token
-        interval = poll_interval_s if poll_interval_s is not None else config.poll_interval_seconds
+        self._token = options.management_token
+        interval = options.poll_interval_s
+        if interval is None:
+            interval = config.poll_interval_seconds
         self._poller = PollingSource(
             versions=self._aspired,
             on_versions=self.controller.converge,
             interval_s=1.0 if interval is None else interval,
-            files=config_files,
-            on_files=self._reload_files if read_config is not None else None,
-            files_interval_s=config_poll_s,
+            files=options.config_files,
+            on_files=self._reload_files if options.read_config is not None else None,
+            files_interval_s=options.config_poll_s,
         )
-        self._read_config = read_config
-        if isinstance(self._loader, WorkerLoader):
-            self._loader.attach(self.controller)
-        self._access_log = access_log
+        self._read_config = options.read_config
+        if self._workers is not None:
+            self._workers.attach(self.controller)
+        self._access_log = options.access_log
         self._http: _Uvicorn | None = None
         self._http_task: asyncio.Task[None] | None = None
         self._grpc: GrpcServer | None = None
         self.rest_app: Starlette | None = None  # the REST routes, once started
+
+    @classmethod
+    def from_config(
+        cls,
+        config: ServerConfig,
+        options: ServerOptions | None = None,
+        *,
+        loader: Loader | None = None,
+    ) -> Server:
+        """The composition root: the server for ``config`` (the files' config) and
+        ``options``, planned and wired, not started.
+
+        Applies the saved management changes (``options.state_store``), plans the result on
+        this machine's devices (measured by ``build_inventory``, placed by ``plan_for_config``;
+        an infeasible plan is kept, and the versions it could not place start FAILED:
+        ``start_plan.feasible`` says whether all fit), and builds the controller, loader, data
+        plane and front ends. Raises ConfigError for a bad device list, state file, or a model
+        with neither files nor ``memory:``.
+        """
+        options = options if options is not None else ServerOptions()
+        desired = desired_state(config, options)
+        devices = build_inventory(desired.config.devices)
+        plan = plan_for_config(desired.config, devices, cache=options.footprints)
+        return cls(desired, plan, options, loader)
 
     async def start(self) -> None:
         """Bind both ports (port 0 picks a free one), then load every model."""
@@ -207,16 +203,14 @@ class Server:
         seconds at most, never by the drain timeout plus the time it stays stopped.
         """
         self.dataplane.stopping = True
-        if isinstance(self._loader, WorkerLoader):
-            self._loader.stop_restarting()
+        if self._workers is not None:
+            self._workers.stop_restarting()
         await self._poller.stop()
         # Both front ends drain at once: the drain is grace_seconds in all, not once each.
         await asyncio.gather(self._stop_grpc(grace_seconds), self._stop_http(grace_seconds))
         await self.controller.stop()
-        if self._owns_loader and isinstance(self._loader, InProcessLoader):
-            self._loader.shutdown()
-        if self._owns_loader and isinstance(self._loader, WorkerLoader):
-            await self._loader.aclose()  # returns once every worker process has exited
+        if self._workers is not None:
+            await self._workers.aclose()  # returns once every worker process has exited
 
     async def _stop_grpc(self, grace_seconds: float) -> None:
         if self._grpc is not None:
@@ -231,8 +225,8 @@ class Server:
     def kill_workers(self) -> None:
         """SIGKILL every worker process now: the last resort of a stop that overran (a
         stopped worker would never see its server exit and would stay behind)."""
-        if isinstance(self._loader, WorkerLoader):
-            self._loader.kill_all()
+        if self._workers is not None:
+            self._workers.kill_all()
 
     async def reconfigure(self, config: ServerConfig) -> None:
         """Serve ``config`` from now on (TF Serving's HandleReloadConfigRequest): plan the added
@@ -270,14 +264,14 @@ class Server:
 
     def status(self) -> dict[str, Any]:
         """The status API's document (``modelyard.server.http.status``)."""
-        workers = self._loader.workers if isinstance(self._loader, WorkerLoader) else {}
+        workers = self._workers.workers if self._workers is not None else {}
         return build_status(self.registry, self.plan, workers)
 
     async def worker_report(self, device: str) -> dict[str, Any]:
         """A device's worker's own report of what it holds."""
-        if not isinstance(self._loader, WorkerLoader):
+        if self._workers is None:
             raise NotFound("models load in the server process: there are no worker processes")
-        return await self._loader.report(device)
+        return await self._workers.report(device)
 
     @property
     def rest_url(self) -> str:
@@ -288,23 +282,17 @@ class Server:
         return f"{_url_host(self.host)}:{self.grpc_port}"
 
 
-def _worker_loader(plan: Plan | None, footprints: FootprintCache | None) -> WorkerLoader:
+def _worker_loader(plan: Plan, footprints: FootprintCache | None) -> WorkerLoader:
     """A WorkerLoader for ``plan``: GPU slices capped at their capacity, progress per device."""
     caps: dict[str, int] = {}
     expected: dict[str, int] = {}
-    if plan is not None:
-        for usage in plan.devices:
-            cap = usage.device.target.memory_cap_bytes
-            if cap is not None:
-                caps[usage.device.name] = cap
-            expected[usage.device.name] = len(usage.models)
+    for usage in plan.devices:
+        cap = usage.device.target.memory_cap_bytes
+        if cap is not None:
+            caps[usage.device.name] = cap
+        expected[usage.device.name] = len(usage.models)
     progress = LoadProgress({d: n for d, n in expected.items() if n})
     return WorkerLoader(memory_caps=caps, progress=progress, footprints=footprints)
-
-
-def device_targets(plan: Plan) -> dict[str, DeviceTarget]:
-    """Plan device name -> what a backend loads onto (``Device.target``)."""
-    return {u.device.name: u.device.target for u in plan.devices}
 
 
 def _bind(host: str, port: int) -> socket.socket:

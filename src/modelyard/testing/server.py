@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from modelyard.config import ServerConfig, load_config
+from modelyard.lifecycle.loading import Loader
 from modelyard.server.eventloop import new_event_loop
+from modelyard.server.options import ServerOptions
 from modelyard.server.runtime import Server
 
 
@@ -40,18 +42,24 @@ class RunningServer:
 
 @contextmanager
 def serving(
-    config: ServerConfig | Path, *, start_timeout: float = 120.0, **kwargs: Any
+    config: ServerConfig | Path,
+    *,
+    start_timeout: float = 120.0,
+    loader: Loader | None = None,
+    **options: Any,
 ) -> Iterator[RunningServer]:
-    """Start ``Server(config, host=127.0.0.1, rest_port=0, grpc_port=0, **kwargs)``."""
+    """Start ``Server.from_config(config, ServerOptions(**options), loader=loader)``, as
+    ``modelyard serve`` does, on 127.0.0.1 with free ports unless ``options`` say otherwise
+    (``options``: ``ServerOptions``' fields)."""
     if isinstance(config, Path):
         config = load_config(config)
-    kwargs.setdefault("host", "127.0.0.1")
-    kwargs.setdefault("rest_port", 0)
-    kwargs.setdefault("grpc_port", 0)
+    options.setdefault("host", "127.0.0.1")
+    options.setdefault("rest_port", 0)
+    options.setdefault("grpc_port", 0)
     loop = new_event_loop()  # the loop `modelyard serve` runs on (uvloop where installed)
     thread = threading.Thread(target=loop.run_forever, name="modelyard-test-server", daemon=True)
     thread.start()
-    server = Server(config, **kwargs)
+    server = Server.from_config(config, ServerOptions(**options), loader=loader)
     try:
         asyncio.run_coroutine_threadsafe(server.start(), loop).result(start_timeout)
         yield RunningServer(server, loop)

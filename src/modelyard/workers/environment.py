@@ -15,8 +15,8 @@ whatever else the operator's shell holds. The allowlist, by reason:
 - thread pools and framework switches: ``OMP_*``, ``KMP_*``, ``MKL_*``, ``OPENBLAS_*``,
   ``BLIS_*``, ``NUMEXPR_*``, ``VECLIB_*``, ``TF_*``, ``TORCH_*``, ``PYTORCH_*``, ``ORT_*``,
   ``ONNXRUNTIME_*``;
-- modelyard's own worker settings: ``MODELYARD_INTRA_OP_THREADS``,
-  ``MODELYARD_GPU_MEMORY_LIMIT_BYTES``.
+- modelyard's own worker setting: ``MODELYARD_INTRA_OP_THREADS`` (a GPU slice's memory cap
+  is a ``Backend.load`` argument, not a variable).
 
 A name that matches but looks like a secret (``*TOKEN*``, ``*SECRET*``, ``*PASSWORD*``,
 ``*CREDENTIAL*``, ``*_KEY``) is dropped all the same.
@@ -46,7 +46,6 @@ ALLOWED_NAMES = frozenset(
         "XLA_FLAGS",
         "XDG_CACHE_HOME",
         "MODELYARD_INTRA_OP_THREADS",
-        "MODELYARD_GPU_MEMORY_LIMIT_BYTES",
     }
 )
 ALLOWED_PREFIXES = (

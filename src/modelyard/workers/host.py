@@ -197,7 +197,12 @@ class WorkerHost:
         backend = get_backend(platform)
         self._prepare(platform, backend)
         before = self._used_bytes()
-        model = backend.load(Path(message.version_dir), message.target, message.declared)
+        model = backend.load(
+            Path(message.version_dir),
+            message.target,
+            message.declared,
+            memory_cap_bytes=self._target.memory_cap_bytes,
+        )
         measured = max(0, self._used_bytes() - before)
         held = HeldModel(model, platform, measured, _placed_on(model))
         self._models[(message.model, message.version)] = held

@@ -4,7 +4,8 @@ Run as ``python -m modelyard.workers.worker --fd N --device NAME --target cpu|cu
 ``client.spawn_worker``. Start-up order is the point of this module: ``CUDA_VISIBLE_DEVICES`` is
 set (and checked) before anything imports torch or onnxruntime, so every framework in this
 process sees exactly the planned GPU, as ``cuda:0``. A slice's memory cap is applied to torch
-(``set_per_process_memory_fraction``) before the first torch model loads.
+(``set_per_process_memory_fraction``) before the first torch model loads, and passed to every
+``Backend.load`` (ONNX Runtime caps each session's arena at it).
 
 Threads: the main thread reads frames and dispatches them; loads and unloads run one at a time
 on one thread (so each load's memory delta is its own, and a crash during a load names exactly
@@ -44,9 +45,6 @@ def main(argv: list[str] | None = None) -> int:
         # The plan's GPU indices are NVML's, which count in PCI bus order; CUDA's default order
         # (fastest first) may differ, so make CUDA count the same way before narrowing it.
         os.environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
-        if planned.memory_cap_bytes:
-            # Read by the ONNX backend (gpu_mem_limit); torch is capped by the host itself.
-            os.environ["MODELYARD_GPU_MEMORY_LIMIT_BYTES"] = str(planned.memory_cap_bytes)
     target = planned.in_worker()
     frameworks = {"torch", "onnxruntime", "tensorflow"} & set(sys.modules)
     if frameworks:  # a bug in this module's imports, caught here rather than on a GPU

@@ -210,3 +210,16 @@ def test_loads_and_predicts_on_cuda(onnx_linear_relu: BuiltModel) -> None:
     x = np.random.default_rng(3).standard_normal((9, 5)).astype(np.float32)
     assert_matches(loaded, onnx_linear_relu, {"x": x})
     loaded.unload()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA_PROVIDER, reason="needs onnxruntime with CUDAExecutionProvider")
+def test_a_gpu_slice_caps_the_session_arena_at_its_memory(onnx_linear_relu: BuiltModel) -> None:
+    cap = 256 * 1024 * 1024
+    capped = OnnxBackend().load(onnx_linear_relu.version_dir, "cuda:0", None, memory_cap_bytes=cap)
+    whole = load(onnx_linear_relu, device="cuda:0")
+    assert isinstance(capped, OnnxModel)
+    assert capped.provider_options["CUDAExecutionProvider"]["gpu_mem_limit"] == str(cap)
+    assert whole.provider_options["CUDAExecutionProvider"]["gpu_mem_limit"] != str(cap)
+    capped.unload()
+    whole.unload()

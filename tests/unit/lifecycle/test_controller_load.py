@@ -9,15 +9,18 @@ from pathlib import Path
 import numpy as np
 
 from modelyard.config import parse_config
-from modelyard.devices import DeviceTarget
+from modelyard.config.schema import DeviceKind
 from modelyard.errors import ResourceExhausted
 from modelyard.ids import VersionKey
 from modelyard.lifecycle.controller import Controller, LoadRequest
 from modelyard.lifecycle.registry import ModelRegistry
 from modelyard.lifecycle.servable import Servable
 from modelyard.lifecycle.states import ModelState
+from modelyard.planner import Device, ModelDemand, place
+from modelyard.planner.plan import FootprintSource
 from modelyard.tensors import DataType, Signature, TensorSpec
 
+MIB = 1024 * 1024
 SIG = Signature((TensorSpec("x", DataType.FP32, (-1,)),), (TensorSpec("y", DataType.FP32, (-1,)),))
 
 
@@ -59,17 +62,12 @@ def _controller(
     (tmp_path / "m" / "1" / "model.onnx").write_bytes(b"")  # found by name; never opened here
     config = parse_config("models: [{name: m, base_path: m, replicas: 2}]\n", base_dir=tmp_path)
     registry = ModelRegistry()
-    placement = {VersionKey("m", 1): ("d0", "d1")}
-    targets = {"d0": DeviceTarget.cpu(), "d1": DeviceTarget.cpu()}
-    controller = Controller(
-        config,
-        registry,
-        loader,
-        placement=placement,
-        device_targets=targets,
-        **kwargs,  # type: ignore[arg-type]
-    )
-    return controller, registry
+    # Two devices with room for one replica each: the plan puts m:1 on d0 and on d1.
+    devices = [Device(f"d{i}", DeviceKind.CPU, i, 100 * MIB, 100 * MIB) for i in range(2)]
+    demand = ModelDemand(VersionKey("m", 1), 60 * MIB, None, 2, FootprintSource.CONFIG)
+    plan = place([demand], devices, headroom_fraction=0.0)
+    assert plan.placement() == {VersionKey("m", 1): ("d0", "d1")}
+    return Controller(config, registry, loader, plan=plan, **kwargs), registry  # type: ignore[arg-type]
 
 
 def test_second_replica_failing_releases_the_first(tmp_path: Path) -> None:
