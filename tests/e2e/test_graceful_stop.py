@@ -77,3 +77,38 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_sigterm_to_the_whole_process_group_stops_cleanly(tmp_path: Path) -> None:
+    """systemd (KillMode=control-group), ``timeout`` and ``kill -TERM -PGID`` signal every
+    process of the group, the workers too: the server still owns the shutdown, so no worker
+    dies first and none is reported as crashed or restarted."""
+    built = write_onnx_linear(tmp_path / "m" / "1", seed=1)
+    config = write_config(tmp_path / "modelyard.yaml", [model_config("m", {1: built})])
+    ports = tmp_path / "ports.json"
+    command = [sys.executable, "-m", "modelyard", "serve", str(config), "--port", "0"]
+    proc = subprocess.Popen(
+        [*command, "--rest_api_port", "0", "--ports-file", str(ports)],
+        env={**os.environ, "MODELYARD_CACHE_DIR": str(tmp_path / "cache")},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,  # its own process group, as under a service manager
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not ports.exists():
+            assert proc.poll() is None
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        url = f"http://127.0.0.1:{json.loads(ports.read_text())['rest']}"
+        assert httpx.get(f"{url}/v2/health/ready").status_code == 200
+        os.killpg(proc.pid, signal.SIGTERM)
+        assert proc.wait(60) == 0
+        assert proc.stderr is not None
+        log = proc.stderr.read().decode(errors="replace")
+        assert "restarting" not in log, log
+        assert " ERROR " not in log, log
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

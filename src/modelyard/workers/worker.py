@@ -33,6 +33,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # The server owns shutdown: Ctrl-C in a terminal (SIGINT) and a service manager or
+    # `timeout` (SIGTERM) reach the whole process group, and the server, not each worker,
+    # decides the order in which things stop. A worker exits when its socket ends, so it never
+    # outlives its server; SIGKILL still ends it at once.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     args = _parse(argv)
     # The target is parsed once, here; modelyard.devices imports no framework.
     from modelyard.devices import DeviceTarget
@@ -49,9 +55,6 @@ def main(argv: list[str] | None = None) -> int:
     frameworks = {"torch", "onnxruntime", "tensorflow"} & set(sys.modules)
     if frameworks:  # a bug in this module's imports, caught here rather than on a GPU
         raise SystemExit(f"worker imported {sorted(frameworks)} before pinning its device")
-    # The server owns shutdown: Ctrl-C in a terminal reaches the whole process group, and the
-    # server, not each worker, decides the order in which things stop.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     import socket
 
