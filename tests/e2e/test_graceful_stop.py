@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -27,6 +28,26 @@ def _not_ready(url: str) -> bool:
         return True
 
 
+def _serve(tmp_path: Path, config: Path, **popen: Any) -> tuple[subprocess.Popen[bytes], str]:
+    """``modelyard serve CONFIG`` on free ports; the process and its REST URL once it listens."""
+    ports = tmp_path / "ports.json"
+    command = [sys.executable, "-m", "modelyard", "serve", str(config), "--port", "0"]
+    popen.setdefault("stderr", subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [*command, "--rest_api_port", "0", "--ports-file", str(ports)],
+        env={**os.environ, "MODELYARD_CACHE_DIR": str(tmp_path / "cache")},
+        stdout=subprocess.DEVNULL,
+        **popen,
+    )
+    deadline = time.monotonic() + 120
+    while not ports.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"modelyard serve did not listen (exit {proc.poll()})")
+        time.sleep(0.05)
+    return proc, f"http://127.0.0.1:{json.loads(ports.read_text())['rest']}"
+
+
 def test_sigterm_drains_in_flight_requests_and_exits_0(tmp_path: Path) -> None:
     built = write_onnx_linear(tmp_path / "slow" / "1", seed=3)
     # A lone request waits the whole batch timeout in the batcher: in flight for 1.5 s.
@@ -34,21 +55,8 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(tmp_path: Path) -> None:
     config = write_config(
         tmp_path / "modelyard.yaml", [model_config("slow", {1: built}, batching=batching)]
     )
-    ports = tmp_path / "ports.json"
-    command = [sys.executable, "-m", "modelyard", "serve", str(config), "--port", "0"]
-    proc = subprocess.Popen(
-        [*command, "--rest_api_port", "0", "--ports-file", str(ports)],
-        env={**os.environ, "MODELYARD_CACHE_DIR": str(tmp_path / "cache")},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc, url = _serve(tmp_path, config)
     try:
-        deadline = time.monotonic() + 120
-        while not ports.exists():
-            assert proc.poll() is None
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        url = f"http://127.0.0.1:{json.loads(ports.read_text())['rest']}"
         assert httpx.get(f"{url}/v2/health/ready").status_code == 200
 
         x = built.example["x"][:1]
@@ -85,22 +93,9 @@ def test_sigterm_to_the_whole_process_group_stops_cleanly(tmp_path: Path) -> Non
     dies first and none is reported as crashed or restarted."""
     built = write_onnx_linear(tmp_path / "m" / "1", seed=1)
     config = write_config(tmp_path / "modelyard.yaml", [model_config("m", {1: built})])
-    ports = tmp_path / "ports.json"
-    command = [sys.executable, "-m", "modelyard", "serve", str(config), "--port", "0"]
-    proc = subprocess.Popen(
-        [*command, "--rest_api_port", "0", "--ports-file", str(ports)],
-        env={**os.environ, "MODELYARD_CACHE_DIR": str(tmp_path / "cache")},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,  # its own process group, as under a service manager
-    )
+    # Its own process group, as under a service manager.
+    proc, url = _serve(tmp_path, config, stderr=subprocess.PIPE, start_new_session=True)
     try:
-        deadline = time.monotonic() + 120
-        while not ports.exists():
-            assert proc.poll() is None
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        url = f"http://127.0.0.1:{json.loads(ports.read_text())['rest']}"
         assert httpx.get(f"{url}/v2/health/ready").status_code == 200
         os.killpg(proc.pid, signal.SIGTERM)
         assert proc.wait(60) == 0
