@@ -30,8 +30,8 @@ ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip ins
 httpx = pytest.importorskip("httpx")
 grpcclient = pytest.importorskip("tritonclient.grpc")
 
-from ray.cluster_utils import Cluster  # noqa: E402
 from ray._private.state import actors as gcs_actors  # noqa: E402
+from ray.cluster_utils import Cluster  # noqa: E402
 
 from modelyard.cluster.connect import with_ray_address  # noqa: E402
 from modelyard.config import load_config  # noqa: E402
@@ -114,9 +114,9 @@ def worker_actors() -> dict[str, str]:
 
 
 def test_plan_against_the_cluster_prints_nodes_and_placement(deployment: Deployment) -> None:
+    plan = ["plan", str(deployment.config), "--ray-address", deployment.cluster.address]
     result = subprocess.run(
-        [sys.executable, "-m", "modelyard", "plan", str(deployment.config),
-         "--ray-address", deployment.cluster.address],  # fmt: skip
+        [sys.executable, "-m", "modelyard", *plan],
         capture_output=True,
         text=True,
         timeout=120,
@@ -279,7 +279,8 @@ def test_a_lost_node_moves_what_fits_and_fails_the_rest(deployment: Deployment) 
             assert set(settled[m]["devices"]) <= {"a0", "a1"}
         assert sum(t.wrong for t in tallies.values()) == 0
         for m in survivors:
-            assert tallies[m].failed == 0 and tallies[m].ok > 0, (m, tallies[m].errors)
+            assert tallies[m].failed == 0, (m, tallies[m].errors)
+            assert tallies[m].ok > 0, m
         for m in on_lost:
             assert tallies[m].slowest_failure_s < 5.0, (m, tallies[m])  # failed fast
         x = np.array([[5, 6, 7]], dtype=np.int64)
