@@ -13,8 +13,6 @@ killed under load.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -33,6 +31,7 @@ grpcclient = pytest.importorskip("tritonclient.grpc")
 from ray._private.state import actors as gcs_actors  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
+from modelyard.cli.main import main  # noqa: E402
 from modelyard.cluster.connect import with_ray_address  # noqa: E402
 from modelyard.config import load_config  # noqa: E402
 from modelyard.testing.models import BuiltModel, write_onnx_int64_affine  # noqa: E402
@@ -91,9 +90,13 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
             },
         },
     )
+    # Both worker nodes start at once; two CPUs each, so Ray keeps two idle worker processes
+    # started per node for the test's job (the probes and actors take them, not a cold start).
     nodes = {
-        label: cluster.add_node(**NODE_ARGS, resources={label: 1}) for label in ("nodeA", "nodeB")
+        label: cluster.add_node(**{**NODE_ARGS, "num_cpus": 2}, resources={label: 1}, wait=False)
+        for label in ("nodeA", "nodeB")
     }
+    cluster.wait_for_nodes()
     ray.init(address=cluster.address, namespace="modelyard", log_to_driver=False)
     try:
         yield Deployment(cluster, nodes, config, models)
@@ -113,17 +116,14 @@ def worker_actors() -> dict[str, str]:
     }
 
 
-def test_plan_against_the_cluster_prints_nodes_and_placement(deployment: Deployment) -> None:
+def test_plan_against_the_cluster_prints_nodes_and_placement(
+    deployment: Deployment, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The CLI's own entry point, in this process: it joins the cluster this test process is
+    # connected to (a second Ray job would cold-start worker processes on every node).
     plan = ["plan", str(deployment.config), "--ray-address", deployment.cluster.address]
-    result = subprocess.run(
-        [sys.executable, "-m", "modelyard", *plan],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    out = result.stdout
+    assert main(plan) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
     assert "3 node(s) in the Ray cluster" in out
     for label in ("nodeA", "nodeB"):
         assert f"  {label}  id " in out
@@ -184,6 +184,27 @@ def test_serves_every_model_from_workers_on_their_nodes(deployment: Deployment) 
     assert sorted(actors) == used
     for device in used:
         assert actors[device] == node_ids[DEVICES[device]], device
+    # An actor killed (what Ray does to a lost node's processes): its worker dies with it, the
+    # device's models fail fast meanwhile, and it is restarted on the same node.
+    device = next(d for d in used if DEVICES[d] == "nodeA")
+    victim = next(n for n in worker_actors() if n.startswith(f"worker:{device}:"))
+    mine = sorted(m for m, on in held.items() if device in on)
+    ray.kill(ray.get_actor(victim, namespace="modelyard"))
+    killed_at = time.monotonic()
+    for _ in range(240):
+        now = httpx.get(f"{server.rest_url}/modelyard/v1/status", timeout=30).json()
+        worker = next(d for d in now["devices"] if d["name"] == device)
+        models = {m["model"]: m["state"] for m in now["models"]}
+        if worker["restarts"] >= 1 and all(models[m] == "AVAILABLE" for m in mine):
+            break
+        assert time.monotonic() - killed_at < 60, now
+        time.sleep(0.25)
+    deployment.notes["actor_restart_s"] = time.monotonic() - killed_at
+    assert "died" in worker["last_exit"] or "closed" in worker["last_exit"], worker
+    again = {n.split(":")[1]: (n, node) for n, node in worker_actors().items()}
+    assert again[device][0] != victim
+    assert again[device][1] == node_ids["nodeA"]
+    answers(server, mine[0], deployment.models[mine[0]], x)
 
 
 @dataclass
@@ -286,7 +307,8 @@ def test_a_lost_node_moves_what_fits_and_fails_the_rest(deployment: Deployment) 
         x = np.array([[5, 6, 7]], dtype=np.int64)
         for m in moved:
             answers(server, m, deployment.models[m], x)
-        print(f"\nstart {deployment.notes['start_s']:.1f} s; lost node settled in "
+        print(f"\nstart {deployment.notes['start_s']:.1f} s; actor restart "
+              f"{deployment.notes['actor_restart_s']:.1f} s; lost node settled in "
               f"{recovered_s:.1f} s; moved {moved}; failed {failed}")  # fmt: skip
     finally:
         deployment.notes["exit"].__exit__(None, None, None)

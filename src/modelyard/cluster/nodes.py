@@ -81,13 +81,18 @@ def labelled(records: Sequence[Mapping[str, Any]]) -> dict[str, tuple[str, str, 
     return out
 
 
-def _probe_here() -> tuple[tuple[GpuInfo, ...], HostMemory]:
-    """Runs on the probed node: its GPUs and its host memory."""
-    return tuple(probe_gpus()), probe_host()
+def _probe_here(gpus: bool) -> tuple[tuple[GpuInfo, ...], HostMemory]:
+    """Runs on the probed node: its GPUs (when asked: the probe may import torch) and its host
+    memory."""
+    return (tuple(probe_gpus()) if gpus else ()), probe_host()
 
 
-def probe_nodes(ray: ModuleType, timeout_s: float = 60.0) -> tuple[NodeInfo, ...]:
-    """Every alive node with its GPUs and host memory, probed on the node itself.
+def probe_nodes(
+    ray: ModuleType, *, gpus: bool = True, timeout_s: float = 60.0
+) -> tuple[NodeInfo, ...]:
+    """Every alive node with its GPUs and host memory, probed on the node itself. ``gpus``:
+    False when no device needs them (declared CPU devices only), as the local inventory skips
+    the GPU probe then.
 
     Unavailable when the cluster has no alive node or a probe does not answer in ``timeout_s``.
     """
@@ -102,7 +107,7 @@ def probe_nodes(ray: ModuleType, timeout_s: float = 60.0) -> tuple[NodeInfo, ...
         node_id: probe.options(
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
             name=f"modelyard-probe-{names[node_id][1]}",
-        ).remote()
+        ).remote(gpus)
         for node_id in names
     }
     deadline = time.monotonic() + timeout_s
@@ -110,12 +115,12 @@ def probe_nodes(ray: ModuleType, timeout_s: float = 60.0) -> tuple[NodeInfo, ...
     for node_id, ref in refs.items():
         ip, label, custom = names[node_id]
         try:
-            gpus, host = ray.get(ref, timeout=max(0.1, deadline - time.monotonic()))
+            found_gpus, host = ray.get(ref, timeout=max(0.1, deadline - time.monotonic()))
         except Exception as exc:  # GetTimeoutError, a node lost meanwhile: Ray's own types
             raise Unavailable(
                 f"node {label} ({node_id[:8]}) did not answer its device probe: {exc}"
             ) from exc
-        found.append(NodeInfo(node_id, ip, label, custom, tuple(gpus), host))
+        found.append(NodeInfo(node_id, ip, label, custom, tuple(found_gpus), host))
     return tuple(sorted(found, key=lambda n: n.label))
 
 

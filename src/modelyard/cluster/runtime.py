@@ -17,7 +17,7 @@ from modelyard.cluster.inventory import cluster_inventory
 from modelyard.cluster.launcher import RayLauncher
 from modelyard.cluster.nodes import NodeInfo, probe_nodes
 from modelyard.cluster.watch import NodeWatcher, Replanner, Retirer
-from modelyard.config.schema import ClusterConfig, DeviceConfig
+from modelyard.config.schema import ClusterConfig, DeviceConfig, DeviceKind
 from modelyard.devices.device import Device
 
 
@@ -36,7 +36,8 @@ def cluster_devices(
 ) -> tuple[ModuleType, ClusterDevices]:
     """Join ``cluster`` and measure its devices (one probe per node); starts no worker."""
     ray = connect(cluster)
-    nodes = probe_nodes(ray)
+    gpus = declared == "auto" or any(d.kind is DeviceKind.CUDA for d in declared)
+    nodes = probe_nodes(ray, gpus=gpus)
     devices, selectors = cluster_inventory(declared, nodes)
     return ray, ClusterDevices(nodes, devices, selectors)
 
