@@ -98,9 +98,12 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     }
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, namespace="modelyard", log_to_driver=False)
+    deployment = Deployment(cluster, nodes, config, models)
     try:
-        yield Deployment(cluster, nodes, config, models)
+        yield deployment
     finally:
+        if "exit" in deployment.notes:  # the server the serving test started
+            deployment.notes["exit"].__exit__(None, None, None)
         ray.shutdown()
         cluster.shutdown()  # type: ignore[no-untyped-call]
 
@@ -254,61 +257,82 @@ def test_a_lost_node_moves_what_fits_and_fails_the_rest(deployment: Deployment) 
     server = deployment.server
     if server is None:
         pytest.skip("the serving test did not start the server")
-    try:
-        before = states(server.rest_url)
-        lost_devices = {"b0", "b1"}
-        on_lost = sorted(m for m, s in before.items() if set(s["devices"]) & lost_devices)
-        survivors = sorted(set(before) - set(on_lost))
-        assert len(on_lost) >= 4  # the other node holds at most 8
-        stop = threading.Event()
-        tallies = {m: Tally() for m in before}
-        threads = [
-            threading.Thread(
-                target=hammer,
-                args=(server.rest_url, m, deployment.models[m], stop, tallies[m]),
-                daemon=True,
-            )
-            for m in before
-        ]
-        for t in threads:
-            t.start()
-        time.sleep(1.0)
-        killed_at = time.monotonic()
-        deployment.cluster.remove_node(deployment.nodes["nodeB"], allow_graceful=False)
-        settled: dict[str, dict[str, Any]] = {}
-        while time.monotonic() - killed_at < 60:
-            now = states(server.rest_url)
-            if all(now[m]["state"] in ("AVAILABLE", "FAILED") and
-                   not set(now[m]["devices"]) & lost_devices for m in on_lost):  # fmt: skip
-                settled = now
-                break
-            time.sleep(0.5)
-        recovered_s = time.monotonic() - killed_at
-        time.sleep(1.0)  # the moved models serve under load for a moment
-        stop.set()
-        for t in threads:
-            t.join(30)
-        assert settled, f"not settled within 60 s: {states(server.rest_url)}"
-        moved = [m for m in on_lost if settled[m]["state"] == "AVAILABLE"]
-        failed = [m for m in on_lost if settled[m]["state"] == "FAILED"]
-        assert len(failed) == 4, settled
-        assert len(moved) == len(on_lost) - 4
-        for m in failed:
-            assert "node nodeB lost" in settled[m]["error"]
-            assert "do not fit the remaining devices" in settled[m]["error"]
-        for m in moved:
-            assert set(settled[m]["devices"]) <= {"a0", "a1"}
-        assert sum(t.wrong for t in tallies.values()) == 0
-        for m in survivors:
-            assert tallies[m].failed == 0, (m, tallies[m].errors)
-            assert tallies[m].ok > 0, m
-        for m in on_lost:
-            assert tallies[m].slowest_failure_s < 5.0, (m, tallies[m])  # failed fast
-        x = np.array([[5, 6, 7]], dtype=np.int64)
-        for m in moved:
-            answers(server, m, deployment.models[m], x)
-        print(f"\nstart {deployment.notes['start_s']:.1f} s; actor restart "
-              f"{deployment.notes['actor_restart_s']:.1f} s; lost node settled in "
-              f"{recovered_s:.1f} s; moved {moved}; failed {failed}")  # fmt: skip
-    finally:
-        deployment.notes["exit"].__exit__(None, None, None)
+    before = states(server.rest_url)
+    lost_devices = {"b0", "b1"}
+    on_lost = sorted(m for m, s in before.items() if set(s["devices"]) & lost_devices)
+    survivors = sorted(set(before) - set(on_lost))
+    assert len(on_lost) >= 4  # the other node holds at most 8
+    stop = threading.Event()
+    tallies = {m: Tally() for m in before}
+    threads = [
+        threading.Thread(
+            target=hammer,
+            args=(server.rest_url, m, deployment.models[m], stop, tallies[m]),
+            daemon=True,
+        )
+        for m in before
+    ]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    killed_at = time.monotonic()
+    deployment.cluster.remove_node(deployment.nodes["nodeB"], allow_graceful=False)
+    settled: dict[str, dict[str, Any]] = {}
+    while time.monotonic() - killed_at < 60:
+        now = states(server.rest_url)
+        if all(now[m]["state"] in ("AVAILABLE", "FAILED") and
+               not set(now[m]["devices"]) & lost_devices for m in on_lost):  # fmt: skip
+            settled = now
+            break
+        time.sleep(0.5)
+    recovered_s = time.monotonic() - killed_at
+    time.sleep(1.0)  # the moved models serve under load for a moment
+    stop.set()
+    for t in threads:
+        t.join(30)
+    assert settled, f"not settled within 60 s: {states(server.rest_url)}"
+    moved = [m for m in on_lost if settled[m]["state"] == "AVAILABLE"]
+    failed = [m for m in on_lost if settled[m]["state"] == "FAILED"]
+    assert len(failed) == 4, settled
+    assert len(moved) == len(on_lost) - 4
+    for m in failed:
+        assert "node nodeB lost" in settled[m]["error"]
+        assert "do not fit the remaining devices" in settled[m]["error"]
+    for m in moved:
+        assert set(settled[m]["devices"]) <= {"a0", "a1"}
+    assert sum(t.wrong for t in tallies.values()) == 0
+    deployment.notes["failed"] = failed
+    for m in survivors:
+        assert tallies[m].failed == 0, (m, tallies[m].errors)
+        assert tallies[m].ok > 0, m
+    for m in on_lost:
+        assert tallies[m].slowest_failure_s < 5.0, (m, tallies[m])  # failed fast
+    x = np.array([[5, 6, 7]], dtype=np.int64)
+    for m in moved:
+        answers(server, m, deployment.models[m], x)
+    print(f"\nstart {deployment.notes['start_s']:.1f} s; actor restart "
+          f"{deployment.notes['actor_restart_s']:.1f} s; lost node settled in "
+          f"{recovered_s:.1f} s; moved {moved}; failed {failed}")  # fmt: skip
+
+
+def test_a_node_back_serves_the_models_that_did_not_fit(deployment: Deployment) -> None:
+    server = deployment.server
+    failed = deployment.notes.get("failed")
+    if server is None or not failed:
+        pytest.skip("the lost-node test did not run to its end")
+    joined_at = time.monotonic()
+    deployment.cluster.add_node(**{**NODE_ARGS, "num_cpus": 2}, resources={"nodeB": 1})
+    now: dict[str, dict[str, Any]] = {}
+    while time.monotonic() - joined_at < 90:
+        now = states(server.rest_url)
+        if all(now[m]["state"] == "AVAILABLE" for m in failed):
+            break
+        time.sleep(0.5)
+    assert all(now[m]["state"] == "AVAILABLE" for m in failed), now
+    for m in failed:
+        assert set(now[m]["devices"]) <= {"b0", "b1"}, now[m]
+    x = np.array([[9, -9, 0]], dtype=np.int64)
+    for m in failed:
+        answers(server, m, deployment.models[m], x)
+    print(f"\nnode back: the {len(failed)} FAILED models served again in "
+          f"{time.monotonic() - joined_at:.1f} s")  # fmt: skip

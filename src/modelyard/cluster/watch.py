@@ -5,8 +5,8 @@ Every ``interval_s`` it asks Ray which nodes are alive and looks up each device'
 (``WorkerLoader.retire``: no restart is tried on a node that is gone) and the controller
 re-plans their models onto the devices left (``Controller.devices_lost``: through the planner,
 nothing serving is evicted; what does not fit is FAILED with the reason). A node that came back:
-its devices are plannable again (``Controller.devices_joined``); the next re-plan or change uses
-them.
+its devices are plannable again (``Controller.devices_joined``), the models FAILED for want of
+room when it left are loaded again where they fit, and the next re-plan or change uses them.
 
 Requests are not held up meanwhile: a lost worker's connection ends at once, its requests fail
 with ``WorkerDied`` and its models answer 503 until they are loaded elsewhere.
@@ -35,7 +35,7 @@ class Replanner(Protocol):
 
     async def devices_lost(self, lost: Sequence[str], reason: str) -> object: ...
 
-    def devices_joined(self, devices: Sequence[Device]) -> None: ...
+    async def devices_joined(self, devices: Sequence[Device]) -> None: ...
 
 
 class Retirer(Protocol):
@@ -123,4 +123,4 @@ class NodeWatcher:
         log.info("node %s is back: devices %s can be planned again", selector, ", ".join(names))
         if self._controller is not None:
             back = [replace(self._devices[n], present=True) for n in names]
-            self._controller.devices_joined(back)
+            await self._controller.devices_joined(back)

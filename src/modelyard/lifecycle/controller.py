@@ -124,6 +124,8 @@ class Controller:
         self._started = False
         self._unreadable = {u.key: u.reason for u in plan.unreadable} if plan else {}
         self._arrivals = Arrivals(settle_s, lambda name: self.converge([name]))
+        # Versions FAILED because their node was lost and they fitted nowhere else.
+        self._lost: set[VersionKey] = set()
 
     # -- views -------------------------------------------------------------------------------
 
@@ -543,6 +545,7 @@ class Controller:
                     if entry is not None:
                         self._leave(entry, gone)
                         self._fail_now(entry, why)
+                        self._lost.add(key)
             moves: list[Move] = []
             for key, devices in sorted(moved.items()):
                 entry = self._entries.get(key)
@@ -570,9 +573,22 @@ class Controller:
                 log.info("model %s moved to %s: %s", key, ", ".join(devices), reason)
             return moves
 
-    def devices_joined(self, devices: Collection[Device]) -> None:
-        """``devices`` are back (their node rejoined): the next change or re-plan uses them."""
-        self._placement.join_devices(devices)
+    async def devices_joined(self, devices: Collection[Device]) -> None:
+        """``devices`` are back (their node rejoined): plannable again, and the versions
+        ``devices_lost`` left FAILED for want of room are tried again (planned like any new
+        version: onto whatever device has room). Nothing serving moves."""
+        async with self._lock:
+            self._placement.join_devices(devices)
+            retry = sorted(k for k in self._lost if k in self._entries)
+            self._lost.clear()
+            for key in retry:
+                if self._entries[key].state is ModelState.FAILED:
+                    self._forget(key)
+            if retry:
+                back = ", ".join(d.name for d in devices)
+                log.info("devices %s are back: loading %s again", back, ", ".join(map(str, retry)))
+                names = sorted({k.model for k in retry})
+                await self._converge(names, frozenset(names))
 
     def _leave(self, entry: VersionEntry, gone: set[str]) -> list[str]:
         """Forget ``entry``'s replicas on ``gone`` (serving or parked); returns those devices."""
