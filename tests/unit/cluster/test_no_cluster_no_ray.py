@@ -55,3 +55,13 @@ def test_a_cluster_without_the_extra_says_what_to_install(tmp_path: Path) -> Non
     assert result.returncode == 1
     assert "Ray is not installed" in result.stderr
     assert "pip install 'modelyard[ray]'" in result.stderr
+    served = python(
+        "import sys\n"
+        "sys.modules['ray'] = None\n"
+        "from modelyard.cli.main import main\n"
+        "sys.exit(main(['serve', 'c.yaml', '--ray-address', 'auto', '--port', '0',\n"
+        "               '--rest_api_port', '0', '--state-dir', 'state']))\n",
+        tmp_path,
+    )
+    assert served.returncode == 2
+    assert "pip install 'modelyard[ray]'" in served.stderr
