@@ -157,6 +157,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     args = parser.parse_args()
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no traffic beyond loopback
     os.environ.setdefault("MODELYARD_INTRA_OP_THREADS", "1")
     rows = asyncio.run(run(args))
     print(f"| payload | way | p50 (1 client) | p99 | calls/s at {args.concurrency} clients |")

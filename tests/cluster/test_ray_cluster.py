@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no traffic beyond loopback
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install ray)")
 httpx = pytest.importorskip("httpx")
 grpcclient = pytest.importorskip("tritonclient.grpc")
