@@ -165,7 +165,7 @@ class Server:
         else:
             devices = build_inventory(desired.config.devices)
         plan = plan_for_config(desired.config, devices, cache=options.footprints)
-        return cls(desired, plan, options, loader, cluster)
+        return cls(desired, plan, options, loader, cluster=cluster)
 
     async def start(self) -> None:
         """Bind both ports (port 0 picks a free one), then load every model."""
