@@ -25,7 +25,7 @@ PURE_PACKAGES = ("planner", "repository")
 LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"errors", "ids", "tensors", "codec", "config", "tfproto", "deadlines", "servable"}),
     frozenset({"repository", "planner", "batching", "backends", "devices"}),
-    frozenset({"lifecycle", "workers", "management", "metrics"}),
+    frozenset({"lifecycle", "workers", "management", "metrics", "cluster"}),
     frozenset({"server"}),
     frozenset({"testing", "demo"}),
     frozenset({"cli"}),

@@ -19,15 +19,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from modelyard.cluster.connect import with_ray_address
 from modelyard.config import load_config
 from modelyard.config.sizes import format_size
 from modelyard.devices.inventory import build_inventory
 from modelyard.errors import ModelyardError
 from modelyard.planner.demands import plan_for_config
 from modelyard.planner.plan import DeviceUsage, Plan
+
+if TYPE_CHECKING:
+    from modelyard.cluster.nodes import NodeInfo
 
 EXIT_FITS = 0
 EXIT_ERROR = 1
@@ -42,18 +47,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("config", type=Path, help="modelyard YAML config")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
+    parser.add_argument(
+        "--ray-address",
+        default=None,
+        help="plan over every node of this Ray cluster (auto, host:port or ray://host:port; "
+        "overrides the config's cluster: address); starts no worker",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
+    nodes: str = ""
     try:
-        config = load_config(args.config)
-        plan = plan_for_config(config, build_inventory(config.devices))
+        config = with_ray_address(load_config(args.config), args.ray_address)
+        if config.cluster is not None:  # ray is imported only here, only then
+            from modelyard.cluster.runtime import cluster_devices
+
+            _, found = cluster_devices(config.cluster, config.devices)
+            devices = found.devices
+            nodes = render_nodes(found.nodes)
+        else:
+            devices = build_inventory(config.devices)
+        plan = plan_for_config(config, devices)
     except ModelyardError as exc:
         print(f"modelyard plan: {exc.message}", file=sys.stderr)
         return EXIT_ERROR
     if args.json:
         print(json.dumps(plan_to_json(plan), indent=2))
     else:
+        if nodes:
+            print(nodes + "\n")
         print(render_table(plan))
     if not plan.feasible:
         print(f"\nNo plan: not every model fits.\n{plan.explanation}", file=sys.stderr)
@@ -108,9 +130,21 @@ def render_table(plan: Plan) -> str:
     return "\n".join(lines)
 
 
+def render_nodes(nodes: Sequence[NodeInfo]) -> str:
+    """The cluster's nodes, one a line: label, Ray id, IP, GPUs and host memory."""
+    lines = [f"{len(nodes)} node(s) in the Ray cluster:"]
+    for n in nodes:
+        gpus = ", ".join(f"gpu{g.index} {g.name} {format_size(g.total_bytes)}" for g in n.gpus)
+        lines.append(
+            f"  {n.label}  id {n.node_id[:8]}  {n.ip}  {gpus or 'no GPU'}  "
+            f"host {format_size(n.host.total_bytes)}"
+        )
+    return "\n".join(lines)
+
+
 def _device_heading(u: DeviceUsage) -> str:
     d = u.device
-    where = str(d.target)
+    where = str(d.target) if d.node is None else f"{d.target} on node {d.node}"
     absent = ", not on this machine" if not d.present else ""
     return (
         f"{d.name} ({where}{absent}): {format_size(u.used_bytes)} of "
@@ -133,6 +167,7 @@ def plan_to_json(plan: Plan) -> dict[str, Any]:
                 "kind": u.device.kind.value,
                 "index": u.device.index,
                 "present": u.device.present,
+                "node": u.device.node,
                 "capacity_bytes": u.device.capacity_bytes,
                 "free_bytes": u.device.free_bytes,
                 "budget_bytes": u.budget_bytes,

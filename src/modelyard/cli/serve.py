@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from modelyard.cli.plan import render_table
+from modelyard.cluster.connect import with_ray_address
 from modelyard.config import BatchingConfig, ModelConfig, ServerConfig, load_config, parse_size
 from modelyard.config.tfserving import parse_batching_parameters, with_batching
 from modelyard.deadlines import DeadlinePolicy
@@ -230,12 +231,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="where acknowledged management changes are kept across restarts (default: "
         "$MODELYARD_CACHE_DIR/state/<hash of the config path>)",
     )
+    parser.add_argument(
+        "--ray-address",
+        default=None,
+        help="serve over every node of this Ray cluster: auto, host:port or ray://host:port "
+        "(overrides the config's cluster: address; needs modelyard[ray]; docs/cluster.md)",
+    )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
 
 
 def resolve_config(args: argparse.Namespace) -> tuple[ServerConfig, bool]:
     """The config the flags ask for, and whether it is the bundled demo."""
     config, is_demo = _base_config(args)
+    config = with_ray_address(config, getattr(args, "ray_address", None))
     if getattr(args, "enable_batching", False):
         batching = BatchingConfig()
         if args.batching_parameters_file is not None:

@@ -80,6 +80,30 @@ class DeviceConfig(_Frozen):
         description="Capacity to plan with; for a GPU slice, also the worker's memory cap. "
         "Default: the device's measured total.",
     )
+    node: str | None = Field(
+        None,
+        min_length=1,
+        description="With a cluster: the node this device is on (a node id, an IP, or a custom "
+        "resource only that node has). Without one: not allowed.",
+    )
+
+
+class ClusterEngine(enum.Enum):
+    """Which cluster engine runs the workers on other machines."""
+
+    RAY = "ray"
+
+
+class ClusterConfig(_Frozen):
+    """``cluster:``: join a cluster and plan over every node's devices (docs/cluster.md)."""
+
+    engine: ClusterEngine = Field(ClusterEngine.RAY, description="ray (the one engine so far).")
+    address: str = Field(
+        "auto",
+        min_length=1,
+        description="The cluster to join: auto (the one this machine is part of), host:port "
+        "of the head's GCS, or ray://host:port (Ray Client).",
+    )
 
 
 class VersionPolicy(_Frozen):
@@ -220,6 +244,9 @@ class ServerConfig(_Frozen):
         0.05, ge=0.0, lt=1.0, description="Share of each device's memory the planner keeps free."
     )
     models: tuple[ModelConfig, ...] = Field(default=(), description="The models to serve.")
+    cluster: ClusterConfig | None = Field(
+        None, description="Join a cluster (Ray); absent: this machine only."
+    )
     poll_interval_seconds: float | None = Field(
         None,
         description="Seconds between polls of the base paths for new versions (default: "

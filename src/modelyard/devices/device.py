@@ -30,6 +30,9 @@ class Device:
     capacity_bytes: int
     free_bytes: int
     present: bool = True
+    node: str | None = None
+    """The cluster node the device is on (its label, as ``modelyard plan`` and the status API
+    show it); None: this machine, no cluster."""
 
     @property
     def target(self) -> DeviceTarget:

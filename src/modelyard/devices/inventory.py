@@ -51,6 +51,13 @@ def build_inventory(
             return tuple(_whole_gpu(f"gpu{g.index}", g) for g in found)
         ram = host()
         return (_host_device("cpu", ram),)
+    on_nodes = [d.name for d in declared if d.node is not None]
+    if on_nodes:
+        raise ConfigError(
+            f"device(s) {', '.join(on_nodes)} name a node, which needs a cluster: add "
+            f"cluster: {{engine: ray, address: auto}} to the config or pass --ray-address "
+            f"(see docs/cluster.md)"
+        )
     need_gpus = any(d.kind is DeviceKind.CUDA for d in declared)
     by_index = {g.index: g for g in gpus()} if need_gpus else {}
     devices: list[Device] = []

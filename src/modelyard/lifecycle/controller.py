@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 from modelyard.backends import detect_platform
 from modelyard.config.schema import ModelConfig, ServerConfig
@@ -59,7 +59,7 @@ from modelyard.lifecycle.policy import (
 from modelyard.lifecycle.registry import ModelRegistry, Replica, VersionEntry
 from modelyard.lifecycle.servable import Servable
 from modelyard.lifecycle.states import ALLOWED_TRANSITIONS, ModelState
-from modelyard.planner import Plan
+from modelyard.planner import Device, Plan
 from modelyard.repository import (
     aspired_versions,
     check_labels,
@@ -124,6 +124,8 @@ class Controller:
         self._started = False
         self._unreadable = {u.key: u.reason for u in plan.unreadable} if plan else {}
         self._arrivals = Arrivals(settle_s, lambda name: self.converge([name]))
+        # Versions FAILED because their node was lost and they fitted nowhere else.
+        self._lost: set[VersionKey] = set()
 
     # -- views -------------------------------------------------------------------------------
 
@@ -523,6 +525,88 @@ class Controller:
                             log.exception("unloading %s failed", entry.key)
                     entry.replicas = []
                     entry.transition(ModelState.END)
+
+    # -- told by a cluster's node watcher (``modelyard.cluster.watch``) ----------------------
+
+    async def devices_lost(self, lost: Collection[str], reason: str) -> list[Move]:
+        """``lost`` are gone (their node left the cluster): re-plan the versions that had a
+        replica there onto the devices left, around everything serving (nothing is evicted),
+        and load each where it now goes; a version that does not fit is FAILED with ``reason``
+        and the planner's explanation. Returns the moves made."""
+        async with self._lock:
+            gone = set(lost)
+            moved, unplaced = self._placement.lose_devices(gone)
+            if unplaced:
+                names = ", ".join(str(k) for k in sorted(unplaced))
+                why = (f"{reason}; {len(unplaced)} model version(s) do not fit the remaining "
+                       f"devices: {names}")  # fmt: skip
+                for key in unplaced:
+                    entry = self._entries.get(key)
+                    if entry is not None:
+                        self._leave(entry, gone)
+                        self._fail_now(entry, why)
+                        self._lost.add(key)
+            moves: list[Move] = []
+            for key, devices in sorted(moved.items()):
+                entry = self._entries.get(key)
+                if entry is None:
+                    continue
+                sources = self._leave(entry, gone)
+                have = {r.device for r in entry.replicas}
+                if entry.state is ModelState.FAILED:  # its worker gave up on the lost node first
+                    entry.transition(ModelState.LOADING, reason)
+                try:
+                    model = self.model(key.model)
+                    for device in devices:
+                        if device not in have:
+                            entry.replicas.append(await self._load_replica(model, entry, device))
+                except Exception as exc:
+                    await self._close_all(key, self._partial.pop(key, []))
+                    self._placement.remove(key)
+                    self._fail_now(entry, f"{reason}; reloading elsewhere failed: {_reason(exc)}")
+                    continue
+                self._partial.pop(key, None)
+                if entry.state is ModelState.LOADING and entry.replicas:
+                    entry.transition(ModelState.AVAILABLE)
+                arrived = [d for d in devices if d not in have]
+                moves.extend(Move(key, s, t) for s, t in zip(sources, arrived, strict=False))
+                log.info("model %s moved to %s: %s", key, ", ".join(devices), reason)
+            return moves
+
+    async def devices_joined(self, devices: Collection[Device]) -> None:
+        """``devices`` are back (their node rejoined): plannable again, and the versions
+        ``devices_lost`` left FAILED for want of room are tried again (planned like any new
+        version: onto whatever device has room). Nothing serving moves."""
+        async with self._lock:
+            self._placement.join_devices(devices)
+            retry = sorted(k for k in self._lost if k in self._entries)
+            self._lost.clear()
+            for key in retry:
+                if self._entries[key].state is ModelState.FAILED:
+                    self._forget(key)
+            if retry:
+                back = ", ".join(d.name for d in devices)
+                log.info("devices %s are back: loading %s again", back, ", ".join(map(str, retry)))
+                names = sorted({k.model for k in retry})
+                await self._converge(names, frozenset(names))
+
+    def _leave(self, entry: VersionEntry, gone: set[str]) -> list[str]:
+        """Forget ``entry``'s replicas on ``gone`` (serving or parked); returns those devices."""
+        left = sorted({d for (k, d) in self._parked if k == entry.key and d in gone}
+                      | {r.device for r in entry.replicas if r.device in gone})  # fmt: skip
+        for device in left:
+            self._parked.pop((entry.key, device), None)
+        entry.replicas = [r for r in entry.replicas if r.device not in gone]
+        if not entry.replicas and entry.state is ModelState.AVAILABLE:
+            entry.transition(ModelState.LOADING, "its device was lost")
+        return left
+
+    def _fail_now(self, entry: VersionEntry, reason: str) -> None:
+        if entry.state is ModelState.AVAILABLE and not entry.replicas:
+            entry.transition(ModelState.LOADING)
+        if entry.state is ModelState.LOADING:
+            entry.transition(ModelState.FAILED, reason)
+            log.error("model %s FAILED: %s", entry.key, reason)
 
     # -- told by the worker supervisor (``modelyard.workers.supervisor.ReplicaListener``) --
 

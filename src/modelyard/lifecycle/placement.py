@@ -20,7 +20,7 @@ the controller sizes on a thread (``demand``) and passes it in.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 
 from modelyard.config.schema import ModelConfig
 from modelyard.errors import DoesNotFit
@@ -186,6 +186,45 @@ class Placement:
         if not plan.feasible:
             raise DoesNotFit(plan.explanation)
         return plan
+
+    def lose_devices(
+        self, lost: Collection[str]
+    ) -> tuple[dict[VersionKey, tuple[str, ...]], dict[VersionKey, str]]:
+        """Take ``lost`` out of planning (no room left on them) and re-place every version that
+        had a replica there, one at a time in key order, around everything else where it is.
+
+        Returns (versions re-placed -> their devices now; versions that do not fit -> the
+        planner's explanation, their reservation released). Nothing else moves.
+        """
+        gone = set(lost)
+        self._devices = tuple(
+            dataclasses.replace(d, free_bytes=0, present=False) if d.name in gone else d
+            for d in self._devices
+        )
+        hit = sorted(k for k, where in self._where.items() if gone & set(where))
+        saved = {k: self._demands.pop(k) for k in hit if k in self._demands}
+        for key in hit:
+            self._where.pop(key, None)
+        if self._plan is None:
+            return {}, {k: "models load in one place here (no plan)" for k in hit}
+        self._commit(self._place(self._pinned()), self._demands)
+        moved: dict[VersionKey, tuple[str, ...]] = {}
+        unplaced: dict[VersionKey, str] = {}
+        for key in hit:
+            demand = saved[key]
+            plan = self._place({**self._pinned(), key: demand})
+            if plan.feasible:
+                self._commit(plan, {**self._demands, key: demand})
+                moved[key] = self._where[key]
+            else:
+                unplaced[key] = plan.explanation
+        return moved, unplaced
+
+    def join_devices(self, devices: Collection[Device]) -> None:
+        """``devices`` (a node came back) are plannable again, with the room they have; the
+        next change or re-plan may use them. Nothing moves now."""
+        back = {d.name: d for d in devices}
+        self._devices = tuple(back.get(d.name, d) for d in self._devices)
 
     # -- internals ---------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import socket
 from collections.abc import Generator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 from starlette.applications import Starlette
@@ -35,8 +35,12 @@ from modelyard.server.grpc.server import GrpcServer, start_grpc_server
 from modelyard.server.http.app import build_app
 from modelyard.server.http.status import build_status
 from modelyard.server.options import DesiredState, ServerOptions, desired_state
+from modelyard.workers.launcher import WorkerLauncher
 from modelyard.workers.loader import WorkerLoader
 from modelyard.workers.progress import LoadProgress
+
+if TYPE_CHECKING:
+    from modelyard.cluster.runtime import ClusterRuntime
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +66,13 @@ class Server:
         plan: Plan,
         options: ServerOptions,
         loader: Loader | None = None,
+        cluster: ClusterRuntime | None = None,
     ) -> None:
         """Wire the parts for ``desired``, placed as ``plan`` says; ``from_config`` is the way
         in (it plans). ``loader``: default a ``WorkerLoader`` (one worker process per plan
         device, owned and stopped by this server); a given loader (e.g. ``InProcessLoader()``)
-        is its caller's to close."""
+        is its caller's to close. ``cluster``: the Ray cluster's parts (``from_config`` joins
+        it when the config has ``cluster:``): workers start on their devices' nodes."""
         config = desired.config
         self.config = config
         self.options = options
@@ -86,7 +92,8 @@ class Server:
         # The worker processes this server launched and owns (None: a caller's loader).
         self._workers: WorkerLoader | None = None
         if loader is None:
-            loader = self._workers = _worker_loader(plan, options.footprints)
+            launcher = cluster.launcher if cluster is not None else None
+            loader = self._workers = _worker_loader(plan, options.footprints, launcher)
         self._loader: Loader = loader
         self.controller = Controller(
             config,
@@ -120,6 +127,9 @@ class Server:
         self._read_config = options.read_config
         if self._workers is not None:
             self._workers.attach(self.controller)
+        self.cluster = cluster
+        if cluster is not None:
+            cluster.attach(self.controller, self._workers)
         self._access_log = options.access_log
         self._http: _Uvicorn | None = None
         self._http_task: asyncio.Task[None] | None = None
@@ -146,9 +156,16 @@ class Server:
         """
         options = options if options is not None else ServerOptions()
         desired = desired_state(config, options)
-        devices = build_inventory(desired.config.devices)
+        cluster: ClusterRuntime | None = None
+        if desired.config.cluster is not None:  # ray is imported only here, only then
+            from modelyard.cluster.runtime import join_cluster
+
+            cluster = join_cluster(desired.config.cluster, desired.config.devices)
+            devices = cluster.devices
+        else:
+            devices = build_inventory(desired.config.devices)
         plan = plan_for_config(desired.config, devices, cache=options.footprints)
-        return cls(desired, plan, options, loader)
+        return cls(desired, plan, options, loader, cluster=cluster)
 
     async def start(self) -> None:
         """Bind both ports (port 0 picks a free one), then load every model."""
@@ -192,6 +209,8 @@ class Server:
         await self.controller.start()
         self.dataplane.started = True
         self._poller.start()
+        if self.cluster is not None:
+            self.cluster.start()
 
     async def stop(self, grace_seconds: float = 30.0) -> None:
         """Readiness false now; let in-flight requests finish; unload every model.
@@ -203,6 +222,8 @@ class Server:
         seconds at most, never by the drain timeout plus the time it stays stopped.
         """
         self.dataplane.stopping = True
+        if self.cluster is not None:
+            await self.cluster.stop()
         if self._workers is not None:
             self._workers.stop_restarting()
         await self._poller.stop()
@@ -265,7 +286,11 @@ class Server:
     def status(self) -> dict[str, Any]:
         """The status API's document (``modelyard.server.http.status``)."""
         workers = self._workers.workers if self._workers is not None else {}
-        return build_status(self.registry, self.plan, workers)
+        document = build_status(self.registry, self.plan, workers)
+        if self.cluster is not None:  # each device's node
+            for device in document["devices"]:
+                device["node"] = self.cluster.node_of(device["name"])
+        return document
 
     async def worker_report(self, device: str) -> dict[str, Any]:
         """A device's worker's own report of what it holds."""
@@ -282,7 +307,9 @@ class Server:
         return f"{_url_host(self.host)}:{self.grpc_port}"
 
 
-def _worker_loader(plan: Plan, footprints: FootprintCache | None) -> WorkerLoader:
+def _worker_loader(
+    plan: Plan, footprints: FootprintCache | None, launcher: WorkerLauncher | None = None
+) -> WorkerLoader:
     """A WorkerLoader for ``plan``: GPU slices capped at their capacity, progress per device."""
     caps: dict[str, int] = {}
     expected: dict[str, int] = {}
@@ -292,7 +319,9 @@ def _worker_loader(plan: Plan, footprints: FootprintCache | None) -> WorkerLoade
             caps[usage.device.name] = cap
         expected[usage.device.name] = len(usage.models)
     progress = LoadProgress({d: n for d, n in expected.items() if n})
-    return WorkerLoader(memory_caps=caps, progress=progress, footprints=footprints)
+    return WorkerLoader(
+        memory_caps=caps, progress=progress, footprints=footprints, launcher=launcher
+    )
 
 
 def _bind(host: str, port: int) -> socket.socket:

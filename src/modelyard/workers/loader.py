@@ -131,6 +131,13 @@ class WorkerLoader:
             raise NotFound(f"no worker for device {device!r}; devices: {', '.join(self._workers)}")
         return await worker.report()
 
+    async def retire(self, device: str, wait_s: float = 2.0) -> None:
+        """Stop ``device``'s worker for good and forget it (its node left the cluster): no
+        restart is tried; a later load on ``device`` starts a fresh worker."""
+        worker = self._workers.pop(device, None)
+        if worker is not None:
+            await worker.stop(wait_s)
+
     def stop_restarting(self) -> None:
         """The server is stopping: no worker is restarted from now on."""
         for worker in self._workers.values():
