@@ -26,6 +26,7 @@ import contextlib
 import datetime
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -98,12 +99,12 @@ REHEARSAL = Profile(
     bench_seconds=0.5,
     floor_seconds=0.2,
     # Generous: on a loaded 2-core box four workers importing torch take a minute to start.
-    timeouts={"env": 60, "cuda_tests": 120, "seed": 240, "batching": 150},
-    serve_timeout_s=180.0,
+    timeouts={"env": 60, "cuda_tests": 120, "seed": 360, "batching": 150},
+    serve_timeout_s=240.0,
     restart_timeout_s=90.0,
     solo_timeout_s=90.0,
     kill_window_s=5.0,
-    deadline_s=600.0,
+    deadline_s=720.0,
 )
 
 
@@ -123,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
                         "with room for them under /tmp or build/)")  # fmt: skip
     parser.add_argument("--rehearse", action="store_true", help="CPU devices, small sizes")
     parser.add_argument("--steps", default=",".join(STEPS), help="comma-separated subset")
+    parser.add_argument("--keep-work", action="store_true", help="keep the models afterwards")
     parser.add_argument("--step", help=argparse.SUPPRESS)  # internal: run one step here
     args = parser.parse_args(argv)
     profile = REHEARSAL if args.rehearse else GPU
@@ -161,6 +163,8 @@ def _drive(profile: Profile, args: argparse.Namespace) -> int:
         summary["steps"][name] = asdict(outcome)
         summary["elapsed_s"] = round(time.monotonic() - began, 1)
         _write_outputs(summary, out, raw)
+    if args.work is None and not args.keep_work:
+        shutil.rmtree(work, ignore_errors=True)  # the models; what was measured is in ``out``
     from gpu_check_report import markdown
 
     print(markdown(summary), flush=True)
@@ -170,7 +174,6 @@ def _drive(profile: Profile, args: argparse.Namespace) -> int:
 
 def _work_dir(profile: Profile) -> Path:
     """A folder on the file system with the most room (48 GiB of models on the GPU)."""
-    import shutil
     import tempfile
 
     if profile.device_kind == "cpu":
@@ -249,7 +252,6 @@ def _run_step_here(name: str, profile: Profile, work: Path, raw: Path) -> int:
 def _env_step(profile: Profile, work: Path, raw: Path) -> dict[str, Any]:
     import importlib.metadata
     import platform
-    import shutil
 
     import psutil
 
@@ -343,9 +345,12 @@ def _cuda_tests_step(profile: Profile, work: Path, raw: Path) -> dict[str, Any]:
         suite = suite if suite.tag == "testsuite" else suite[0]
         for key in ("tests", "failures", "errors", "skipped"):
             figures[key] = int(suite.get(key, 0))
+        skipped = figures["skipped_reasons"] = {}
         for case in suite.iter("testcase"):
             for bad in (*case.findall("failure"), *case.findall("error")):
                 errors.append(f"{case.get('name')}: {(bad.get('message') or '')[:300]}")
+            for skip in case.findall("skipped"):
+                skipped[str(case.get("name"))] = (skip.get("message") or "")[:200]
     else:
         errors.append(f"pytest wrote no report (exit {done.returncode})")
     ran = figures.get("tests", 0) - figures.get("skipped", 0)

@@ -35,9 +35,17 @@ mkdir -p "$DIR"
   --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
   --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
   --platform manylinux_2_5_x86_64 --platform manylinux1_x86_64 --platform any \
-  -d "$DIR" "${PACKAGES[@]}"
+  -d "$DIR" "${PACKAGES[@]}" 2> >(grep -v "is ignored: it is neither" >&2)
 # modelyard itself, from this checkout (pure Python: one wheel for every platform).
 "$PY" -m pip wheel --quiet --no-deps --no-build-isolation -w "$DIR" . >/dev/null
+
+# They install together on that interpreter's tags (what the GPU machine's pip will check).
+check=$(mktemp -d)
+"$PY" -m pip install --quiet --no-index --no-deps --only-binary=:all: --target "$check" \
+  --python-version 3.12 --implementation cp --abi cp312 \
+  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+  --platform manylinux2014_x86_64 "$DIR"/*.whl
+rm -rf "$check"
 
 total=$(du -sb "$DIR" | cut -f1)
 echo "wheels in $DIR:"
