@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime
 import json
 import os
@@ -124,10 +125,14 @@ def main(argv: list[str] | None = None) -> int:
                         "with room for them under /tmp or build/)")  # fmt: skip
     parser.add_argument("--rehearse", action="store_true", help="CPU devices, small sizes")
     parser.add_argument("--steps", default=",".join(STEPS), help="comma-separated subset")
+    parser.add_argument("--deadline-s", type=float, help="stop starting steps after this "
+                        "many seconds (default: the profile's)")  # fmt: skip
     parser.add_argument("--keep-work", action="store_true", help="keep the models afterwards")
     parser.add_argument("--step", help=argparse.SUPPRESS)  # internal: run one step here
     args = parser.parse_args(argv)
     profile = REHEARSAL if args.rehearse else GPU
+    if args.deadline_s is not None:
+        profile = dataclasses.replace(profile, deadline_s=min(profile.deadline_s, args.deadline_s))
     if args.step:
         return _run_step_here(args.step, profile, args.work, args.out)
     return _drive(profile, args)
@@ -163,8 +168,10 @@ def _drive(profile: Profile, args: argparse.Namespace) -> int:
         summary["steps"][name] = asdict(outcome)
         summary["elapsed_s"] = round(time.monotonic() - began, 1)
         _write_outputs(summary, out, raw)
-    if args.work is None and not args.keep_work:
-        shutil.rmtree(work, ignore_errors=True)  # the models; what was measured is in ``out``
+    if args.work is None and not args.keep_work and profile.device_kind == "cpu":
+        # A rehearsal's models; what was measured is in ``out``. (The GPU machine is handed
+        # back bare, and deleting 48 GiB there would only spend device time.)
+        shutil.rmtree(work, ignore_errors=True)
     from gpu_check_report import markdown
 
     print(markdown(summary), flush=True)
@@ -188,7 +195,7 @@ def _run_step(outcome: StepOutcome, profile: Profile, work: Path, raw: Path, lim
     (its server and that server's workers too)."""
     command = [sys.executable, str(Path(__file__).resolve()), "--step", outcome.name]
     command += ["--work", str(work), "--out", str(raw)]
-    if profile is REHEARSAL:
+    if profile.device_kind == "cpu":
         command.append("--rehearse")
     started = time.monotonic()
     with (raw / f"{outcome.name}.log").open("wb") as log:

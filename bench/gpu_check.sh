@@ -28,7 +28,7 @@ exec > >(tee -a "$OUT_DIR/console.log") 2>&1
 echo "[gpu-check] $(date -u +%FT%TZ) on $(hostname): installing wheels from $WHEELS"
 if compgen -G "$WHEELS/*.whl" >/dev/null; then
   # --no-deps: the list is complete (gpu_wheels.sh), and pip must not look for anything else.
-  timeout 180 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+  timeout 60 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
     --upgrade --target "$SITE" "$WHEELS"/*.whl || echo "[gpu-check] wheel install FAILED"
 else
   echo "[gpu-check] no wheels in $WHEELS: using the packages already installed"
@@ -42,8 +42,11 @@ for name in ("modelyard", "pydantic", "starlette", "uvicorn", "orjson", "simdjso
     module = importlib.import_module(name)
     print(f"  {name} {getattr(module, '__version__', '')} {getattr(module, '__file__', '')}")
 PY
-# Inside the device tool's 600 s per command, with time to pack what was measured.
-timeout --kill-after=5 585 "$PY" bench/gpu_check.py --out "$OUT_DIR" "${ARGS[@]}"
+# Inside the device tool's 600 s per command, counted from this script's start, with time
+# for the driver to pack what it measured before the hard stop.
+left=$((590 - SECONDS))
+timeout --kill-after=5 "$left" "$PY" bench/gpu_check.py --out "$OUT_DIR" \
+  --deadline-s $((left - 25)) "${ARGS[@]}"
 code=$?
 echo "[gpu-check] $(date -u +%FT%TZ) done, exit $code; results in $OUT_DIR: $(ls "$OUT_DIR" | tr '\n' ' ')"
 exit $code
