@@ -6,7 +6,7 @@ not load in the GPU machine's), with random weights drawn on the spot on the dev
 serve them (``torch.randn`` on the GPU is instant where 4 GiB drawn on a CPU takes seconds).
 
 An MLP here is ``in -> d -> d -> d -> d -> out`` with ReLU between layers; ``MlpShape.of_bytes``
-picks ``d`` so the weights (FP32) come to a target size: 4 GiB gives d = 18,918 (three d x d
+picks ``d`` so the weights (FP32) come to a target size: 4 GiB gives d = 18,904 (three d x d
 matrices of 1.33 GiB each). One process exports the program once per shape and saves it once
 per model after copying that model's weights into the same parameters (exporting is the slow
 part; the program's state dict holds the module's own tensors).

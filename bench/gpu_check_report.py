@@ -60,13 +60,9 @@ def _cuda_tests(figures: dict[str, Any]) -> list[str]:
 
 
 def _size(n: Any) -> str:
-    return (
-        f"{n / GiB:.3f} GiB"
-        if isinstance(n, int | float) and n >= 2**27
-        else f"{n / 2**20:.1f} MiB"
-        if isinstance(n, int | float)
-        else str(n)
-    )
+    if not isinstance(n, int | float):
+        return str(n)
+    return f"{n / GiB:.3f} GiB" if n >= 2**27 else f"{n / 2**20:.1f} MiB"
 
 
 def _seed(f: dict[str, Any]) -> list[str]:
@@ -114,12 +110,11 @@ def _seed(f: dict[str, Any]) -> list[str]:
                   "|---|---:|---:|---:|---:|"]  # fmt: skip
         diffs = f.get("answer_max_abs_diff", {})
         for name, fp in footprints.items():
+            diff = diffs.get(name)
+            shown = f"{diff:.2e}" if isinstance(diff, float) else "?"
             lines.append(
                 f"| {name} | {_size(fp['estimated_bytes'])} | {_size(fp['measured_bytes'])} |"
-                f" {fp['estimate_over_measured']} | {diffs.get(name, '?'):.2e} |"
-                if isinstance(diffs.get(name), float)
-                else f"| {name} | {_size(fp['estimated_bytes'])} | {_size(fp['measured_bytes'])}"
-                f" | {fp['estimate_over_measured']} | ? |"
+                f" {fp['estimate_over_measured']} | {shown} |"
             )
     return lines
 
