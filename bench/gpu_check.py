@@ -138,8 +138,20 @@ def main(argv: list[str] | None = None) -> int:
     return _drive(profile, args)
 
 
+_running_step: list[int] = []  # the process group of the step running now, if any
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    """Stopped from outside (a test's time limit, ``timeout``): the running step's group goes
+    too, its server and that server's workers with it, rather than running on orphaned."""
+    for group in _running_step:
+        _kill_leftovers(group)
+    raise SystemExit(128 + signum)
+
+
 def _drive(profile: Profile, args: argparse.Namespace) -> int:
     began = time.monotonic()
+    signal.signal(signal.SIGTERM, _on_sigterm)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     work = args.work or _work_dir(profile)
@@ -202,12 +214,15 @@ def _run_step(outcome: StepOutcome, profile: Profile, work: Path, raw: Path, lim
         process = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
+        _running_step.append(process.pid)
         try:
             code = process.wait(limit)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(30)
             code = None
+        finally:
+            _running_step.remove(process.pid)
     outcome.seconds = round(time.monotonic() - started, 2)
     _kill_leftovers(process.pid)
     result_file = raw / f"{outcome.name}.json"

@@ -30,17 +30,23 @@ def test_rehearsal_serves_12_models_3_per_device_and_survives_a_killed_worker(
     out = tmp_path / "out"
     env = {**os.environ, "TMPDIR": str(tmp_path)}  # the run's models go with the test's folder
     command = [sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--rehearse"]
-    done = subprocess.run(
+    run = subprocess.Popen(
         [*command, "--steps", "seed", "--out", str(out)],
         env=env,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
-        timeout=420,
     )
+    try:
+        stdout, _ = run.communicate(timeout=420)
+    finally:
+        if run.poll() is None:  # SIGTERM: the check stops its server and workers too
+            run.terminate()
+            run.communicate(timeout=30)
     summary = json.loads((out / "summary.json").read_text())
     seed = summary["steps"]["seed"]
-    assert seed["status"] == "ok", f"{seed['detail']}\n{done.stdout[-4000:]}"
-    assert done.returncode == 0
+    assert seed["status"] == "ok", f"{seed['detail']}\n{stdout[-4000:]}"
+    assert run.returncode == 0
     checks = seed["result"]["checks"]
     figures = seed["result"]["figures"]
     assert len(checks) >= 10
