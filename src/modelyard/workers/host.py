@@ -60,12 +60,15 @@ _TORCH_PLATFORMS = frozenset({Platform.TORCH_EXPORT, Platform.TORCHSCRIPT})
 
 @dataclass(frozen=True, slots=True)
 class HeldModel:
-    """One loaded version and what its load measured."""
+    """One loaded version and what its load measured (``load_seconds``: the backend's load
+    alone, from reading the artifact to weights on the device, queueing behind other loads of
+    this worker excluded)."""
 
     model: LoadedModel
     platform: Platform
     measured_bytes: int
     placed_on: str
+    load_seconds: float = 0.0
 
 
 class WorkerHost:
@@ -197,14 +200,16 @@ class WorkerHost:
         backend = get_backend(platform)
         self._prepare(platform, backend)
         before = self._used_bytes()
+        began = time.monotonic()
         model = backend.load(
             Path(message.version_dir),
             message.target,
             message.declared,
             memory_cap_bytes=self._target.memory_cap_bytes,
         )
+        took = time.monotonic() - began
         measured = max(0, self._used_bytes() - before)
-        held = HeldModel(model, platform, measured, _placed_on(model))
+        held = HeldModel(model, platform, measured, _placed_on(model), took)
         self._models[(message.model, message.version)] = held
         signatures = dict(model.signatures) if isinstance(model, MultiSignatureModel) else {}
         self._send(
@@ -235,6 +240,7 @@ class WorkerHost:
                 "platform": held.platform.value,
                 "measured_bytes": held.measured_bytes,
                 "placed_on": held.placed_on,
+                "load_seconds": round(held.load_seconds, 4),
             }
             for (name, version), held in sorted(self._models.items())
         ]
