@@ -93,30 +93,35 @@ def add_config_arguments(
 
 def resolve_config(args: argparse.Namespace) -> tuple[ServerConfig, bool]:
     """The config the flags ask for, and whether it is the bundled demo. Raises ConfigError."""
-    config, is_demo = _base_config(args)
-    if args.enable_batching:
-        batching = BatchingConfig()
-        if args.batching_parameters_file is not None:
-            path = args.batching_parameters_file
-            try:
-                text = path.read_text()
-            except OSError as exc:
-                raise ConfigError(
-                    f"--batching_parameters_file: cannot read {path}: {exc.strerror}"
-                ) from exc
-            except UnicodeDecodeError:
-                raise ConfigError(
-                    f"--batching_parameters_file: {path} is not a text file; expected TF "
-                    "Serving BatchingParameters in text protobuf"
-                ) from None
-            batching = parse_batching_parameters(text, source=str(path))
-        config = with_batching(config, batching)
-    elif args.batching_parameters_file is not None:
+    if args.batching_parameters_file is not None and not args.enable_batching:
         raise ConfigError(
             "--batching_parameters_file needs --enable_batching (as in TF Serving); add "
             "--enable_batching=true"
         )
+    batching: BatchingConfig | None = None
+    if args.enable_batching:
+        batching = BatchingConfig()
+        if args.batching_parameters_file is not None:
+            batching = _batching_file(args.batching_parameters_file)
+    config, is_demo = _base_config(args)
+    if batching is not None:
+        config = with_batching(config, batching)
     return config, is_demo
+
+
+def _batching_file(path: Path) -> BatchingConfig:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(
+            f"--batching_parameters_file: cannot read {path}: {exc.strerror}"
+        ) from exc
+    except UnicodeDecodeError:
+        raise ConfigError(
+            f"--batching_parameters_file: {path} is not a text file; expected TF Serving "
+            "BatchingParameters in text protobuf"
+        ) from None
+    return parse_batching_parameters(text, source=str(path))
 
 
 def checked_config(args: argparse.Namespace, *, placeholders: bool = False) -> Checked:
