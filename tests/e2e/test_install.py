@@ -108,7 +108,7 @@ def test_readme_install_line_serves_a_savedmodel(tmp_path: Path) -> None:
     env["MODELYARD_CACHE_DIR"] = str(tmp_path / "cache")
 
     started = time.monotonic()
-    pip = [python, "-m", "pip", *readme_pip_line(), "--quiet", "--disable-pip-version-check"]
+    pip = [str(python), "-m", "pip", *readme_pip_line(), "--quiet", "--disable-pip-version-check"]
     installed = subprocess.run(
         pip, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900, check=False
     )
