@@ -23,6 +23,7 @@ warning that ``serve`` needs the folder), so capacity can be planned before the 
 from __future__ import annotations
 
 import argparse
+import textwrap
 import json
 import sys
 from typing import Any
@@ -56,6 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"{exits.HELP_TEXT}; 3 the rest fits but some versions cannot be read (listed with "
         "the reason; serve starts them FAILED)"
     )
+    parser.description = textwrap.fill(parser.description, 79)
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     sources.add_config_arguments(parser, config_help="modelyard YAML or TF Serving models.config")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import textwrap
 import asyncio
 import json
 import logging
@@ -147,6 +148,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "  modelyard serve modelyard.yaml --host 0.0.0.0  # listen on every interface\n\n"
         f"{exits.HELP_TEXT}"
     )
+    parser.description = textwrap.fill(parser.description, 79)
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     tf = add_config_arguments(
         parser, config_help="modelyard YAML or TF Serving models.config (default: the demo)"
