@@ -23,9 +23,9 @@ warning that ``serve`` needs the folder), so capacity can be planned before the 
 from __future__ import annotations
 
 import argparse
-import textwrap
 import json
 import sys
+import textwrap
 from typing import Any
 
 from modelyard.cli import exits, sources

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import textwrap
 import asyncio
 import json
 import logging
 import os
 import signal
 import sys
+import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING
 
