@@ -36,7 +36,6 @@ from modelyard.planner.demands import plan_for_config
 from modelyard.planner.plan import DeviceUsage, Plan
 
 EXIT_FITS = exits.ExitCode.OK
-EXIT_ERROR = exits.ExitCode.FAILURE
 EXIT_BAD_INPUT = exits.ExitCode.BAD_INPUT
 EXIT_DOES_NOT_FIT = exits.ExitCode.BAD_INPUT
 EXIT_UNREADABLE = exits.ExitCode.UNREADABLE
