@@ -73,6 +73,6 @@ def test_a_model_without_files_or_memory_is_a_config_error(tmp_path: Path) -> No
     config = tmp_path / "bad.yaml"
     config.write_text("models:\n  - {name: m, base_path: ./nowhere}\n")
     result = modelyard_plan(str(config), cache_dir=tmp_path)
-    assert result.returncode == 1
-    assert "base_path" in result.stderr
-    assert "memory:" in result.stderr
+    assert result.returncode == 2  # a bad config, as serve says it
+    assert f"{config}: model 'm': base_path" in result.stderr
+    assert "does not exist" in result.stderr

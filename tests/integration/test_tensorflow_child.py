@@ -9,6 +9,7 @@ pytest does not recurse into tests/tf_drop_in (``norecursedirs`` in pyproject.to
 from __future__ import annotations
 
 import importlib.util
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -25,12 +26,14 @@ pytestmark = pytest.mark.skipif(
 TF_TESTS = Path(__file__).resolve().parents[1] / "tf_drop_in"
 
 
-def test_tensorflow_suite_passes_in_a_child_process() -> None:
+def test_tensorflow_suite_passes_in_a_child_process(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(TF_TESTS)],
         capture_output=True,
         text=True,
         timeout=280,
         check=False,
+        # Whatever the child runs, modelyard's cache is the test's, never the user's.
+        env={**os.environ, "MODELYARD_CACHE_DIR": str(tmp_path / "cache")},
     )
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]

@@ -93,7 +93,12 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
             str(ports_file),
             "--tensorflow_intra_op_parallelism=2",
         ],
-        env={**os.environ, "MODELYARD_MANAGEMENT_TOKEN": TOKEN},
+        # The test's own cache: measured footprints of its temporary models stay out of ~/.cache.
+        env={
+            **os.environ,
+            "MODELYARD_MANAGEMENT_TOKEN": TOKEN,
+            "MODELYARD_CACHE_DIR": str(root / "cache"),
+        },
         stdout=subprocess.DEVNULL,
         stderr=(root / "server.log").open("wb"),
     )

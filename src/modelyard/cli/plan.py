@@ -1,17 +1,23 @@
 """``modelyard plan CONFIG [--json]``: where each model would go; loads nothing.
 
-Exit status (``EXIT_*``):
+``plan`` reads the config as ``serve`` does (modelyard YAML, a TF Serving ``models.config``
+with ``--overlay``, or the TF Serving flags) and makes the same checks before planning
+(``modelyard.cli.sources.checked_config``), so a config that ``serve`` would refuse is refused
+here with the same message and exit status (``modelyard.cli.exits``):
 
 - 0: every replica fits;
-- 1: the config cannot be read (a bad key, a missing base path without ``memory:``);
-- 2: not every replica fits (the explanation goes to stderr, and into the JSON as
-  ``explanation``);
+- 1: an internal error;
+- 2: the config or a flag is wrong (as ``serve`` says it), or not every replica fits (the
+  explanation goes to stderr, and into the JSON as ``explanation``);
 - 3: the rest fits, but some versions cannot be read (a corrupt, truncated or empty artifact, a
-  folder in the file's place): they are listed with the reason under "cannot be read" (JSON
-  ``unreadable``), are left out of the plan, and ``serve`` starts with them FAILED.
+  folder in the file's place, the wrong format for ``platform:``): they are listed with the
+  reason under "cannot be read" (JSON ``unreadable``), are left out of the plan, and ``serve``
+  starts with them FAILED.
 
-2 wins over 3 when both hold. Artifacts are not needed for models that give ``memory:`` (see
-``modelyard.planner.demands``).
+2 wins over 3 when both hold. The one deliberate difference from ``serve``: a model whose
+``base_path`` does not exist yet but gives ``memory:`` is planned as a placeholder (with a
+warning that ``serve`` needs the folder), so capacity can be planned before the models exist
+(see ``modelyard.planner.demands``).
 """
 
 from __future__ import annotations
@@ -19,12 +25,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from modelyard.cluster.connect import with_ray_address
-from modelyard.config import load_config
+from modelyard.cli import exits, sources
 from modelyard.config.sizes import format_size
 from modelyard.devices.inventory import build_inventory
 from modelyard.errors import ModelyardError
@@ -34,18 +39,30 @@ from modelyard.planner.plan import DeviceUsage, Plan
 if TYPE_CHECKING:
     from modelyard.cluster.nodes import NodeInfo
 
-EXIT_FITS = 0
-EXIT_ERROR = 1
-EXIT_DOES_NOT_FIT = 2
-EXIT_UNREADABLE = 3
+EXIT_FITS = exits.ExitCode.OK
+EXIT_BAD_INPUT = exits.ExitCode.BAD_INPUT
+EXIT_DOES_NOT_FIT = exits.ExitCode.BAD_INPUT
+EXIT_UNREADABLE = exits.ExitCode.UNREADABLE
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.epilog = (
-        "exit status: 0 every replica fits; 1 the config cannot be read; 2 not every replica "
-        "fits; 3 the rest fits but some versions cannot be read (listed with the reason)"
+    parser.description = (
+        "Print which model version goes on which device, memory per device, and why; load "
+        "nothing. Reads the config as serve does and makes the checks serve makes before "
+        "loading, so what plan accepts serve starts."
     )
-    parser.add_argument("config", type=Path, help="modelyard YAML config")
+    parser.epilog = (
+        "examples:\n"
+        "  modelyard plan modelyard.yaml\n"
+        "  modelyard plan modelyard.yaml --json\n"
+        "  modelyard plan --model_config_file=/models/models.config --overlay=gpus.yaml\n"
+        "  modelyard plan --model_name=half --model_base_path=/models/half\n\n"
+        f"{exits.HELP_TEXT}; 3 the rest fits but some versions cannot be read (listed with "
+        "the reason; serve starts them FAILED)"
+    )
+    parser.description = textwrap.fill(parser.description, 79)
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    sources.add_config_arguments(parser, config_help="modelyard YAML or TF Serving models.config")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
     parser.add_argument(
         "--ray-address",
@@ -56,9 +73,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    nodes: str = ""
+    if args.config is None and args.model_config_file is None and args.model_base_path is None:
+        print(
+            "modelyard plan: give a CONFIG (modelyard YAML or a TF Serving models.config), "
+            "--model_config_file FILE, or --model_base_path DIR",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_INPUT
+    nodes = ""
     try:
-        config = with_ray_address(load_config(args.config), args.ray_address)
+        checked = sources.checked_config(args, placeholders=True)
+        config = checked.config
         if config.cluster is not None:  # ray is imported only here, only then
             from modelyard.cluster.runtime import cluster_devices
 
@@ -70,7 +95,9 @@ def run(args: argparse.Namespace) -> int:
         plan = plan_for_config(config, devices)
     except ModelyardError as exc:
         print(f"modelyard plan: {exc.message}", file=sys.stderr)
-        return EXIT_ERROR
+        return EXIT_BAD_INPUT
+    for warning in checked.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     if args.json:
         print(json.dumps(plan_to_json(plan), indent=2))
     else:

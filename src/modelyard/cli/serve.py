@@ -9,15 +9,16 @@ import logging
 import os
 import signal
 import sys
+import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from modelyard.cli import exits, sources
 from modelyard.cli.plan import render_table
-from modelyard.cluster.connect import with_ray_address
-from modelyard.config import BatchingConfig, ModelConfig, ServerConfig, load_config, parse_size
-from modelyard.config.tfserving import parse_batching_parameters, with_batching
+from modelyard.cli.sources import add_config_arguments
+from modelyard.config import ServerConfig, parse_size
 from modelyard.deadlines import DeadlinePolicy
-from modelyard.errors import ConfigError, ModelyardError
+from modelyard.errors import ModelyardError
 from modelyard.management.state import StateStore
 from modelyard.planner.footprints import FootprintCache
 from modelyard.server.defaults import (
@@ -27,6 +28,7 @@ from modelyard.server.defaults import (
     DEFAULT_REQUEST_TIMEOUT_MS,
     DEFAULT_REST_PORT,
 )
+from modelyard.server.listen import ListenError, Protocol
 from modelyard.server.options import ServerOptions
 
 if TYPE_CHECKING:
@@ -88,51 +90,76 @@ def _milliseconds(text: str) -> int:
     return value
 
 
-def _flag_bool(text: str) -> bool:
-    """absl-style boolean flag values: true/false, 1/0."""
-    lowered = text.lower()
-    if lowered in ("true", "1", "yes"):
-        return True
-    if lowered in ("false", "0", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+def _port(text: str) -> int:
+    """A port flag's value: 0 (any free port) to 65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(
+            f"expected a port from 0 (any free one) to 65535, got {value}"
+        )
+    return value
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected 1 or more, got {value}")
+    return value
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _log_level(text: str) -> str:
+    level = text.upper()
+    if level not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(
+            f"expected one of {', '.join(LOG_LEVELS)} (any case), got {text!r}"
+        )
+    return level
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "config",
-        nargs="?",
-        type=Path,
-        help="modelyard YAML config (default: the bundled demo repository)",
+    parser.description = (
+        "Plan where every model goes, load each on its device in a worker process, and serve "
+        "them over REST (TF Serving /v1, KServe v2 /v2) and gRPC until SIGTERM or Ctrl-C. "
+        "CONFIG is a modelyard YAML file or a TF Serving models.config; a TF Serving command "
+        "line works unchanged. With no CONFIG it serves the bundled demo."
     )
-    tf = parser.add_argument_group("TensorFlow Serving flags (accepted unchanged)")
-    tf.add_argument("--port", type=int, default=DEFAULT_GRPC_PORT, help="gRPC port (8500)")
+    parser.epilog = (
+        "examples:\n"
+        "  modelyard serve                               # the demo, on 127.0.0.1:8501/8500\n"
+        "  modelyard serve modelyard.yaml\n"
+        "  modelyard serve --model_config_file=/models/models.config --overlay=gpus.yaml\n"
+        "  modelyard serve --model_name=half --model_base_path=/models/half\n"
+        "  modelyard serve modelyard.yaml --host 0.0.0.0  # listen on every interface\n\n"
+        f"{exits.HELP_TEXT}"
+    )
+    parser.description = textwrap.fill(parser.description, 79)
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    tf = add_config_arguments(
+        parser, config_help="modelyard YAML or TF Serving models.config (default: the demo)"
+    )
+    tf.add_argument("--port", type=_port, default=DEFAULT_GRPC_PORT, help="gRPC port (8500)")
     tf.add_argument(
         "--rest_api_port",
         "--rest-api-port",
-        type=int,
+        type=_port,
         default=DEFAULT_REST_PORT,
         help="REST port (8501)",
-    )
-    tf.add_argument("--model_config_file", "--model-config-file", type=Path, help="config file")
-    tf.add_argument("--model_name", "--model-name", help="serve one model under this name")
-    tf.add_argument(
-        "--model_base_path", "--model-base-path", type=Path, help="base path of that one model"
-    )
-    tf.add_argument(
-        "--enable_batching",
-        "--enable-batching",
-        nargs="?",
-        const=True,
-        default=False,
-        type=_flag_bool,
-        help="batch requests to every model (TF Serving's flag)",
-    )
-    tf.add_argument(
-        "--batching_parameters_file",
-        "--batching-parameters-file",
-        type=Path,
-        help="TF Serving BatchingParameters (text protobuf) for --enable_batching",
     )
     tf.add_argument(
         "--file_system_poll_wait_seconds",
@@ -165,25 +192,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             help=argparse.SUPPRESS,
         )
     parser.add_argument(
-        "--overlay",
-        type=Path,
-        help="YAML of modelyard-only settings (devices, pins, memory, replicas, batching) "
-        "for a TF Serving models.config",
-    )
-    parser.add_argument(
         "--host",
         default="127.0.0.1",
         help="address to listen on (default 127.0.0.1: this machine only)",
     )
     parser.add_argument(
         "--max-request-bytes",
-        type=parse_size,
+        type=_size,
         default=DEFAULT_MAX_REQUEST_BYTES,
         help="largest request body accepted, e.g. 64MiB (default 64MiB)",
     )
     parser.add_argument(
         "--max-concurrent-requests",
-        type=int,
+        type=_positive,
         default=DEFAULT_MAX_IN_FLIGHT,
         help="inference requests served at once per device, over all protocols; more for a "
         f"full device get 503 / RESOURCE_EXHAUSTED at once (default {DEFAULT_MAX_IN_FLIGHT})",
@@ -237,72 +258,57 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="serve over every node of this Ray cluster: auto, host:port or ray://host:port "
         "(overrides the config's cluster: address; needs modelyard[ray]; docs/cluster.md)",
     )
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    parser.add_argument(
+        "--log-level",
+        type=_log_level,
+        default="INFO",
+        metavar="LEVEL",
+        help=f"{', '.join(LOG_LEVELS)} (default INFO)",
+    )
 
 
 def resolve_config(args: argparse.Namespace) -> tuple[ServerConfig, bool]:
-    """The config the flags ask for, and whether it is the bundled demo."""
-    config, is_demo = _base_config(args)
-    config = with_ray_address(config, getattr(args, "ray_address", None))
-    if getattr(args, "enable_batching", False):
-        batching = BatchingConfig()
-        if args.batching_parameters_file is not None:
-            path = args.batching_parameters_file
-            try:
-                text = path.read_text()
-            except OSError as exc:
-                raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
-            batching = parse_batching_parameters(text, source=str(path))
-        config = with_batching(config, batching)
-    elif getattr(args, "batching_parameters_file", None) is not None:
-        raise ModelyardError("--batching_parameters_file needs --enable_batching")
-    return config, is_demo
-
-
-def _base_config(args: argparse.Namespace) -> tuple[ServerConfig, bool]:
-    overlay: Path | None = getattr(args, "overlay", None)
-    given = [p for p in (args.config, args.model_config_file) if p is not None]
-    if len(given) == 2:
-        raise ModelyardError("give a CONFIG or --model_config_file, not both")
-    if args.model_base_path is not None or args.model_name is not None:
-        if given or overlay is not None:
-            raise ModelyardError(
-                "--model_name/--model_base_path cannot be combined with a config or --overlay"
-            )
-        if args.model_base_path is None:
-            raise ModelyardError("--model_name needs --model_base_path")
-        name = args.model_name or "default"  # TF Serving's default model name
-        model = ModelConfig(name=name, base_path=args.model_base_path.resolve())
-        return ServerConfig(models=(model,)), False
-    if given:
-        return load_config(given[0], overlay=overlay), False
-    if overlay is not None:
-        raise ModelyardError("--overlay needs a models.config (--model_config_file)")
-    from modelyard.demo import build_demo_repository
-
-    return load_config(build_demo_repository()), True
+    """The config the flags ask for, and whether it is the bundled demo (``sources``)."""
+    return sources.resolve_config(args)
 
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(
-        level=args.log_level.upper(),
+        level=args.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
     for flag in getattr(args, "ignored_tf_flags", []):
         log.warning("ignoring TF Serving flag --%s: it has no effect in modelyard", flag)
     try:
-        file_config, is_demo = resolve_config(args)
+        checked = sources.checked_config(args)
+        for warning in checked.warnings:
+            log.warning("%s", warning)
         options = server_options(args)
         from modelyard.server import eventloop
 
-        return eventloop.run(_serve(file_config, options, args, is_demo))
+        return eventloop.run(_serve(checked.config, options, args, checked.is_demo))
+    except ListenError as exc:
+        print(f"modelyard: {_listen_message(exc)}", file=sys.stderr)
+        return exits.ExitCode.FAILURE
     except ModelyardError as exc:
         print(f"modelyard: {exc.message}", file=sys.stderr)
-        return 2
+        return exits.ExitCode.BAD_INPUT
     except OSError as exc:
         print(f"modelyard: {exc}", file=sys.stderr)
-        return 1
+        return exits.ExitCode.FAILURE
+
+
+def _listen_message(exc: ListenError) -> str:
+    """The bind failure, with the flag that chose the port and what to do."""
+    flag = "--rest_api_port" if exc.protocol is Protocol.REST else "--port"
+    if exc.port == 0:
+        return f"{exc.message} (--host {exc.host}); check --host"
+    return (
+        f"{exc.message} ({flag} {exc.port}, --host {exc.host}); another process (another "
+        f"modelyard or TF Serving?) may hold it: stop it, or choose another port with "
+        f"{flag} PORT (0 picks a free one)"
+    )
 
 
 def server_options(args: argparse.Namespace) -> ServerOptions:
@@ -320,7 +326,7 @@ def server_options(args: argparse.Namespace) -> ServerOptions:
         # What each worker measures after a load is preferred over the estimate next time.
         footprints=FootprintCache(),
         poll_interval_s=args.file_system_poll_wait_seconds,
-        config_files=tuple(_watched_files(args)),
+        config_files=tuple(sources.watched_files(args)),
         read_config=lambda: resolve_config(args)[0],
         config_poll_s=args.model_config_file_poll_wait_seconds,
     )
@@ -343,7 +349,7 @@ async def _serve(
                 "\n(--serve-what-fits serves the models that fit)",
                 file=sys.stderr,
             )
-            return 2
+            return exits.ExitCode.BAD_INPUT
         log.warning("serving only what fits: %s", plan.explanation)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -376,9 +382,9 @@ async def _stop(server: Server, drain_s: float) -> int:
     except TimeoutError:
         log.error("stop did not finish within %.1f s; killing the workers", drain_s + STOP_MARGIN_S)
         server.kill_workers()
-        return 1
+        return exits.ExitCode.FAILURE
     log.info("stopped")
-    return 0
+    return exits.ExitCode.OK
 
 
 def _state_path(args: argparse.Namespace) -> Path:
@@ -390,11 +396,6 @@ def _state_path(args: argparse.Namespace) -> Path:
         return StateStore.default_path(str(given.resolve()))
     identity = f"{args.model_name}:{args.model_base_path}"
     return StateStore.default_path(identity)
-
-
-def _watched_files(args: argparse.Namespace) -> list[Path]:
-    files = [p for p in (args.config, args.model_config_file, args.overlay) if p is not None]
-    return [Path(p) for p in files]
 
 
 def _write_ports(path: Path, server: Server) -> None:

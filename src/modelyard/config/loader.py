@@ -8,7 +8,8 @@ from typing import Any, get_args
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from modelyard.config.schema import ServerConfig
+from modelyard.config.schema import LocatedError, ServerConfig
+from modelyard.config.textfiles import read_text, yaml_problem
 from modelyard.config.tfserving import (
     load_overlay,
     looks_like_tf_serving_config,
@@ -25,10 +26,7 @@ def load_config(path: Path, *, overlay: Path | None = None) -> ServerConfig:
     applies to a ``models.config`` only. Raises ConfigError with ``file:line: key: problem``
     for every problem found.
     """
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from exc
+    text = read_text(path, "config", "modelyard YAML or a TF Serving models.config")
     if overlay is not None:
         if not looks_like_tf_serving_config(text):
             raise ConfigError(
@@ -55,7 +53,7 @@ def parse_config(
         root = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
+        raise ConfigError(yaml_problem(exc, source)) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -63,7 +61,7 @@ def parse_config(
     try:
         config = ServerConfig.model_validate(data)
     except ValidationError as exc:
-        lines = [_describe(err, root, source) for err in exc.errors()]
+        lines = [_describe(err, root, source) for err in exc.errors() if not _union_noise(err)]
         raise ConfigError("invalid config:\n  " + "\n  ".join(lines)) from None
     if base_dir is not None:
         config = _resolve_paths(config, base_dir)
@@ -80,8 +78,20 @@ def _resolve_paths(config: ServerConfig, base_dir: Path) -> ServerConfig:
     return config.model_copy(update={"models": models})
 
 
+def _union_noise(err: Any) -> bool:
+    """An error from the ``auto`` branch of ``devices: auto | [...]`` when a list was given:
+    the list branch's errors say what is wrong; "Input should be 'auto'" only misleads."""
+    loc = tuple(err["loc"])
+    return any(isinstance(p, str) and p.startswith("literal[") for p in loc) and not isinstance(
+        err.get("input"), str
+    )
+
+
 def _describe(err: Any, root: yaml.Node | None, source: str) -> str:
     loc: tuple[int | str, ...] = tuple(err["loc"])
+    located = err.get("ctx", {}).get("error")
+    if isinstance(located, LocatedError):
+        loc = (*loc, *located.loc)  # a cross-field check that knows where the mistake is
     # pydantic puts the tag of a union member in loc ("tuple[...]"); it is noise to users.
     loc = tuple(p for p in loc if not (isinstance(p, str) and ("[" in p or p == "literal")))
     node, last_key = _find_node(root, loc)

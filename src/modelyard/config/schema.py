@@ -27,6 +27,15 @@ Bytes = Annotated[int, BeforeValidator(parse_size), Field(ge=0)]
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
 
 
+class LocatedError(ValueError):
+    """A cross-field check's error that knows which key is wrong: ``loc`` (relative to the
+    model that raised it) lets the loader name that key's file line, not the top level's."""
+
+    def __init__(self, loc: tuple[int | str, ...], message: str) -> None:
+        super().__init__(message)
+        self.loc = loc
+
+
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
@@ -258,17 +267,22 @@ class ServerConfig(_Frozen):
         names = [m.name for m in self.models]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
-            raise ValueError(f"model names must be unique; repeated: {', '.join(dupes)}")
+            again = next(i for i, n in enumerate(names) if n in dupes and names.index(n) < i)
+            raise LocatedError(
+                ("models", again, "name"),
+                f"model names must be unique; repeated: {', '.join(dupes)}",
+            )
         if isinstance(self.devices, tuple):
             device_names = [d.name for d in self.devices]
             dupes = sorted({n for n in device_names if device_names.count(n) > 1})
             if dupes:
                 raise ValueError(f"device names must be unique; repeated: {', '.join(dupes)}")
-            for model in self.models:
-                for pin in model.devices or ():
+            for i, model in enumerate(self.models):
+                for j, pin in enumerate(model.devices or ()):
                     if pin not in device_names:
-                        raise ValueError(
+                        raise LocatedError(
+                            ("models", i, "devices", j),
                             f"model {model.name!r} pins device {pin!r}, which is not declared; "
-                            f"declared devices: {', '.join(device_names)}"
+                            f"declared devices: {', '.join(device_names)}",
                         )
         return self

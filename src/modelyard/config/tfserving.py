@@ -30,6 +30,7 @@ from google.protobuf.message import Message
 from pydantic import ValidationError
 
 from modelyard.config.schema import BatchingConfig, Platform, ServerConfig
+from modelyard.config.textfiles import read_text, yaml_problem
 from modelyard.errors import ConfigError
 from modelyard.tfproto.generated import tensorflow_serving_config_pb2 as pb
 
@@ -187,12 +188,11 @@ def _apply_overlay(data: dict[str, Any], overlay: dict[str, Any], source: str) -
 
 def load_overlay(path: Path) -> dict[str, Any]:
     """The YAML overlay at ``path`` as a mapping; ConfigError when unreadable or not a mapping."""
+    text = read_text(path, "overlay", "YAML of modelyard-only settings (devices, models, ...)")
     try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"cannot read overlay {path}: {exc.strerror}") from exc
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        raise ConfigError(yaml_problem(exc, str(path))) from None
     if data is None:
         return {}
     if not isinstance(data, dict):

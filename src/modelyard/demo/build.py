@@ -18,6 +18,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import metadata
@@ -108,9 +109,17 @@ def _write(root: Path, marker: dict[str, str | int]) -> None:
     )
 
     labels = {"version_labels": {"stable": 1, "canary": 2}}
+    # One line per model as it is written: the first build takes seconds (torch.export), and a
+    # silent wait looks like a hang.
+    started = time.monotonic()
     mlp = {v: write_torch_export_mlp(root / "mlp" / str(v), seed=v) for v in (1, 2)}
+    log.info("demo 1/3: mlp (torch.export, versions 1, 2) in %.1f s", time.monotonic() - started)
+    started = time.monotonic()
     linear = {v: write_onnx_linear(root / "linear" / str(v), seed=v) for v in (1, 2)}
+    log.info("demo 2/3: linear (ONNX, versions 1, 2) in %.1f s", time.monotonic() - started)
+    started = time.monotonic()
     scripted = {1: write_torchscript_mlp(root / "scripted" / "1", seed=3)}
+    log.info("demo 3/3: scripted (TorchScript, version 1) in %.1f s", time.monotonic() - started)
     write_config(
         root / CONFIG_NAME,
         [

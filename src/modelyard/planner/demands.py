@@ -75,7 +75,8 @@ def demands_for_config(config: ServerConfig, *, cache: FootprintCache | None = N
         notes.append(
             f"no versions on disk for {len(placeholders_for)} model(s) "
             f"({', '.join(placeholders_for)}): planned with their memory: "
-            f"(version {PLACEHOLDER_VERSION} stands for the version to come)"
+            f"(version {PLACEHOLDER_VERSION} stands for the version to come); serve needs "
+            "their base_path folders"
         )
     return Demands(tuple(demands), tuple(notes), tuple(unreadable))
 

@@ -118,6 +118,13 @@ def weights_bytes(version_dir: Path, platform: Platform = Platform.AUTO) -> int:
     if artifact.is_dir():
         raise InvalidArgument(f"{artifact} is a folder; expected {_KIND[platform]}, one file")
     if not artifact.is_file():
+        found = detect_platform(version_dir)
+        if found is not None and found is not platform:
+            raise InvalidArgument(
+                f"{artifact} not found: platform: {platform.value} expects {platform.artifact}, "
+                f"but {version_dir} holds {found.artifact} ({found.value}); set platform: "
+                f"{found.value} or auto"
+            )
         raise InvalidArgument(f"{artifact} not found for platform {platform.value}")
     if artifact.stat().st_size == 0:
         raise InvalidArgument(f"{artifact} is empty (0 bytes); expected {_KIND[platform]}")

@@ -34,6 +34,7 @@ from modelyard.server.dataplane import DataPlane
 from modelyard.server.grpc.server import GrpcServer, start_grpc_server
 from modelyard.server.http.app import build_app
 from modelyard.server.http.status import build_status
+from modelyard.server.listen import ListenError, Protocol
 from modelyard.server.options import DesiredState, ServerOptions, desired_state
 from modelyard.workers.launcher import WorkerLauncher
 from modelyard.workers.loader import WorkerLoader
@@ -336,7 +337,7 @@ def _bind(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise OSError(f"cannot listen on {host}:{port} for REST: {exc.strerror}") from exc
+        raise ListenError(Protocol.REST, host, port, exc.strerror or str(exc)) from exc
     sock.listen(2048)
     sock.setblocking(False)
     return sock

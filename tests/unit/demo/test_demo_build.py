@@ -95,9 +95,14 @@ def test_a_stale_marker_rebuilds_once_even_with_concurrent_callers(
     ):
         paths = list(pool.map(lambda _: build_demo_repository(tmp_path), range(2)))
     assert paths == [config, config]
-    # The wait is announced once, with the folder the models go to.
-    assert building_lines(caplog) == [
-        f"building the demo models (mlp, linear, scripted) into {config.parent}"
+    # The wait is announced once, with the folder the models go to, then each model as it is
+    # written (the build takes seconds: no silent wait).
+    lines = building_lines(caplog)
+    assert lines[0] == f"building the demo models (mlp, linear, scripted) into {config.parent}"
+    assert [line.split(" (")[0] for line in lines[1:]] == [
+        "demo 1/3: mlp",
+        "demo 2/3: linear",
+        "demo 3/3: scripted",
     ]
     assert json.loads(marker.read_text())["content_version"] != 0
     # No staging or old folders are left behind, and the rebuilt config loads.

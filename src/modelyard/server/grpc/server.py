@@ -12,17 +12,19 @@ servicer registered it, so a method added later is guarded until someone lists i
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, cast
 
 import grpc
 
-from modelyard.errors import ModelyardError, Unavailable
+from modelyard.errors import ModelyardError
 from modelyard.management import Management
 from modelyard.management.access import Access, Gate, rpc_access
 from modelyard.server.dataplane import DataPlane
 from modelyard.server.grpc.kserve import KServeServicer
 from modelyard.server.grpc.status import GRPC_STATUS, MalformedRequests
+from modelyard.server.listen import ListenError, Protocol
 
 
 class GrpcServer:
@@ -108,7 +110,7 @@ async def start_grpc_server(
 
     ``port`` 0 picks a free port. Messages larger than ``max_message_bytes`` in either direction
     are refused by gRPC with RESOURCE_EXHAUSTED. Guarded methods need ``management_token`` (and
-    ``management``); without them they answer PERMISSION_DENIED. Raises Unavailable when the
+    ``management``); without them they answer PERMISSION_DENIED. Raises ListenError when the
     address cannot be bound.
     """
     gate = Gate(management_token if management is not None else None)
@@ -131,8 +133,19 @@ async def start_grpc_server(
     try:
         bound = server.add_insecure_port(address)
     except RuntimeError as exc:
-        raise Unavailable(f"cannot listen for gRPC on {address}: {exc}") from exc
+        raise ListenError(Protocol.GRPC, host, port, _bind_reason(host, port)) from exc
     if bound == 0:  # older grpc versions report failure this way instead of raising
-        raise Unavailable(f"cannot listen for gRPC on {address}: the address is in use or invalid")
+        raise ListenError(Protocol.GRPC, host, port, _bind_reason(host, port))
     await server.start()
     return GrpcServer(server, bound, registrations.methods)
+
+
+def _bind_reason(host: str, port: int) -> str:
+    """Why ``host:port`` cannot be bound, in the OS's words (gRPC's own error does not say)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.bind((host, port))
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return "the address is in use or invalid"
