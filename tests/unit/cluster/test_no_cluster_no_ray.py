@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from modelyard.cli.exits import ExitCode
+
 CONFIG = """\
 devices:
   - {name: sim0, kind: cpu, memory: 1GiB}
@@ -45,6 +47,7 @@ def test_plan_and_server_without_a_cluster_never_import_ray(tmp_path: Path) -> N
 
 def test_a_cluster_without_the_extra_says_what_to_install(tmp_path: Path) -> None:
     (tmp_path / "c.yaml").write_text(CONFIG)
+    (tmp_path / "m" / "1").mkdir(parents=True)  # serve checks the folders before connecting
     result = python(
         "import sys\n"
         "sys.modules['ray'] = None  # as if the extra were not installed\n"
@@ -52,7 +55,7 @@ def test_a_cluster_without_the_extra_says_what_to_install(tmp_path: Path) -> Non
         "sys.exit(main(['plan', 'c.yaml', '--ray-address', '127.0.0.1:1']))\n",
         tmp_path,
     )
-    assert result.returncode == 1
+    assert result.returncode == ExitCode.BAD_INPUT  # docs/cli.md: a config that cannot be served
     assert "Ray is not installed" in result.stderr
     assert "pip install 'modelyard[ray]'" in result.stderr
     served = python(
