@@ -13,10 +13,12 @@
 Other routes (health, metadata, management) pass through untouched: a management call is never
 cancelled halfway.
 
-Async safety: one event loop. The call runs in the request's own task; one watcher task,
-started once the body has been read, waits for the connection's end and cancels that task if
-the client leaves before the answer starts. (A task per call and ``asyncio.wait`` over both
-cost more per request than everything else the middleware does.)
+Async safety: one event loop. The call runs in the request's own task; a watcher task waits
+for the connection's end and cancels that task if the client leaves before the answer starts.
+The watcher starts ``WATCH_AFTER_S`` after the body was read (or at once if the app itself
+waits for the connection's end), so a call answered sooner never creates it; a client that left
+earlier is noticed then (uvicorn keeps saying "disconnected"). (A task per call and
+``asyncio.wait`` over both cost more per request than everything else the middleware does.)
 """
 
 from __future__ import annotations
@@ -31,6 +33,10 @@ from modelyard import deadlines
 from modelyard.deadlines import DeadlinePolicy
 
 _SUFFIXES = ("/infer", ":predict", ":classify", ":regress")
+
+WATCH_AFTER_S = 0.05
+"""How long after its body a call runs before it watches its connection: longer than most small
+requests take, short against the time a dropped request would hold a queue."""
 
 
 def is_inference(scope: Scope) -> bool:
@@ -62,17 +68,15 @@ class InferenceCalls:
                 return  # the client is gone: its queued work was dropped, nothing to answer
             raise  # this middleware was cancelled itself (server stopping)
         finally:
-            call.done = True
-            if call.watch is not None:
-                call.watch.cancel()
+            call.finish()
 
 
 class _Call:
     """One inference call's view of its connection: ``receive`` and ``send`` for the app, and
     the watcher that cancels ``task`` when the client leaves before the answer starts."""
 
-    __slots__ = ("_receive", "_send", "body_done", "done", "dropped", "gone", "started", "task",
-                 "watch")  # fmt: skip
+    __slots__ = ("_gone", "_receive", "_send", "_timer", "body_done", "done", "dropped",
+                 "started", "task", "watch")  # fmt: skip
 
     def __init__(self, receive: Receive, send: Send) -> None:
         self._receive = receive
@@ -84,22 +88,45 @@ class _Call:
         self.started = False  # the answer has started: never cancelled from here on
         self.done = False  # the app has returned
         self.dropped = False  # the watcher cancelled the call
-        self.gone: asyncio.Future[Message] | None = None
+        self._gone: asyncio.Future[Message] | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self.watch: asyncio.Task[None] | None = None
+
+    def gone(self) -> asyncio.Future[Message]:
+        """Resolved with the connection's end (made on first use)."""
+        if self._gone is None:
+            self._gone = asyncio.get_running_loop().create_future()
+        return self._gone
 
     async def receive(self) -> Message:
         if self.body_done:  # the app asks again after the body: wait for the end
-            assert self.gone is not None
-            return await asyncio.shield(self.gone)
+            self.start_watch()
+            return await asyncio.shield(self.gone())
         message = await self._receive()
         if message["type"] != "http.request" or not message.get("more_body", False):
             self.body_done = True
-            self.gone = asyncio.get_running_loop().create_future()
             if message["type"] == "http.disconnect":
-                self.gone.set_result(message)
+                self.gone().set_result(message)
             else:
-                self.watch = asyncio.ensure_future(self._watch())
+                loop = asyncio.get_running_loop()
+                self._timer = loop.call_later(WATCH_AFTER_S, self.start_watch)
         return message
+
+    def start_watch(self) -> None:
+        """Start the watcher (once), unless the call has returned or the end is known."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.watch is None and not self.done and not self.gone().done():
+            self.watch = asyncio.ensure_future(self._watch())
+
+    def finish(self) -> None:
+        """The app has returned: no watcher from now on."""
+        self.done = True
+        if self._timer is not None:
+            self._timer.cancel()
+        if self.watch is not None:
+            self.watch.cancel()
 
     async def send(self, message: Message) -> None:
         self.started = True
@@ -112,9 +139,9 @@ class _Call:
         message = await self._receive()
         while message["type"] != "http.disconnect":  # nothing else comes after the body
             message = await self._receive()
-        assert self.gone is not None
-        if not self.gone.done():
-            self.gone.set_result(message)
+        gone = self.gone()
+        if not gone.done():
+            gone.set_result(message)
         if not self.started and not self.done:
             self.dropped = True
             self.task.cancel()  # drops its queued work (batcher, worker)
