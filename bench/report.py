@@ -34,6 +34,7 @@ class Report:
     runs: dict[tuple[str, str], list[Any]] = field(default_factory=dict)
     elapsed_s: float = 0.0
     cold_start: Any = None  # coldstart.ColdStart
+    load_after: str = ""
     front_end_rss: int = 0  # bytes: the benchmark server's front end after every load point
 
 
@@ -66,6 +67,7 @@ def environment() -> dict[str, str]:
         cwd=HERE,
     ).stdout.strip()
     return {
+        "load": ", ".join(f"{x:.1f}" for x in os.getloadavg()),
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu": cpu,
         "cores": str(os.cpu_count()),
@@ -136,7 +138,9 @@ def write_report(report: Report, out: Path) -> None:
         f"{report.seconds:g} s measured per point (twice that for the medium model) after "
         "0.5 s warm-up",
         f"- Machine: {env['cpu']}, {env['cores']} cores, {env['ram']} RAM, no GPU. The cores are "
-        "shared with other work, so figures move by 10-30 % between runs.",
+        "shared with other work, so figures move by 10-30 % between runs. Load average (1, 5, "
+        f"15 min) when the run began: {env['load']}; when it ended: {report.load_after} "
+        f"({env['cores']} would be the cores' worth of work).",
         f"- Versions: Python {env['python']}, torch {env['torch']}, onnxruntime "
         f"{env['onnxruntime']}, modelyard {env['modelyard']} (git {env['git']})",
         f"- Server: `modelyard serve` in its own process, default loader `{env['loader']}`; "

@@ -100,6 +100,7 @@ def main() -> None:
             _say(f"floor again: {model.name}")
             report.floors_after[model.name] = measure_floor(model, root, args)
     report.elapsed_s = time.monotonic() - began
+    report.load_after = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     write_report(report, args.out)
     _say(f"wrote {args.out} in {report.elapsed_s:.0f} s")
 
