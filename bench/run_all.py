@@ -6,8 +6,11 @@
 3. Measure the load generator's own ceiling against trivial HTTP and gRPC endpoints.
 4. Start ``modelyard serve`` as its own process, as a user would, and for every model, variant
    and protocol run the load generator (its own process): closed loop at 1, 8 and 64 clients,
-   then an open loop at half the best closed-loop rate.
-5. Write tables and PNG plots (``report``).
+   then an open loop at half the best closed-loop rate. KServe gRPC is measured again with
+   h2load (``h2grpc``) at 1, 8 and 64 streams where h2load is installed.
+5. Cold start (``coldstart``): ``modelyard serve`` with two small models, from the command to
+   both models' first correct answers; and the front end's resident memory.
+6. Write tables and PNG plots (``report``).
 
     python bench/run_all.py                # about 6-7 minutes on 2 cores
     python bench/run_all.py --seconds 1    # a quick look (less stable numbers)
@@ -31,9 +34,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import coldstart
+import h2grpc
+import psutil
 from bench_models import MEDIUM, MODELS, TINY, BenchModel, write_mlp
 from floor import FloorPoint, measure
-from protocols import GRPC_METHOD, PROTOCOLS, payload
+from protocols import GRPC_METHOD, H2LOAD_GRPC, PROTOCOLS, payload
 from report import Report, environment, write_report
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,7 +74,9 @@ def main() -> None:
             report.floors[model.name] = measure_floor(model, root, args)
         _say("load generator ceiling")
         report.ceiling = ceiling(args.seconds)
-        with serve(config, root) as ports:
+        _say("cold start")
+        report.cold_start = coldstart.measure(root / "coldstart")
+        with serve(config, root) as (ports, pid):
             for model in chosen:
                 check_answers(model, ports["rest"], root)
                 for variant in (model.name, f"{model.name}_batched"):
@@ -80,10 +88,19 @@ def main() -> None:
                         report.runs[(variant, protocol)] = load(
                             protocol, port, payload(protocol, variant, model.example()), window
                         )
+                    if model is TINY and h2grpc.available():
+                        _say(f"load: {variant} over gRPC with h2load")
+                        request = payload("kserve_grpc", variant, model.example())
+                        h2grpc.check(ports["grpc"], request)
+                        report.runs[(variant, H2LOAD_GRPC)] = h2grpc.run(
+                            ports["grpc"], request, args.seconds
+                        )
+            report.front_end_rss = psutil.Process(pid).memory_info().rss
         for model in chosen:
             _say(f"floor again: {model.name}")
             report.floors_after[model.name] = measure_floor(model, root, args)
     report.elapsed_s = time.monotonic() - began
+    report.load_after = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     write_report(report, args.out)
     _say(f"wrote {args.out} in {report.elapsed_s:.0f} s")
 
@@ -118,7 +135,7 @@ class serve:
         self._ports_file = root / "ports.json"
         self._process: subprocess.Popen[bytes] | None = None
 
-    def __enter__(self) -> dict[str, int]:
+    def __enter__(self) -> tuple[dict[str, int], int]:
         command = [
             str(Path(PYTHON).parent / "modelyard"),
             "serve",
@@ -137,7 +154,7 @@ class serve:
         ports: dict[str, int] = json.loads(self._ports_file.read_text())
         while httpx.get(f"http://127.0.0.1:{ports['rest']}/v2/health/ready").status_code != 200:
             time.sleep(0.2)
-        return ports
+        return ports, self._process.pid
 
     def __exit__(self, *exc: object) -> None:
         if self._process is not None:
@@ -190,7 +207,7 @@ def load(protocol: str, port: int, request: bytes, args: argparse.Namespace) -> 
 
 
 def ceiling(seconds: float) -> dict[str, list[Any]]:
-    """The generator against endpoints that answer at once (tiny model's request bodies)."""
+    """The generators against endpoints that answer at once (tiny model's request bodies)."""
     results = {}
     for kind, protocol in (("http", "tfs_rest"), ("grpc", "kserve_grpc")):
         server = subprocess.Popen(
@@ -201,6 +218,9 @@ def ceiling(seconds: float) -> dict[str, list[Any]]:
             port = int(server.stdout.readline())
             ns = argparse.Namespace(seconds=seconds)
             results[protocol] = load(protocol, port, payload(protocol, "tiny", TINY.example()), ns)
+            if kind == "grpc" and h2grpc.available():
+                results[H2LOAD_GRPC] = h2grpc.run(port, payload(protocol, "tiny", TINY.example()),
+                                                  seconds)  # fmt: skip
         finally:
             server.terminate()
             server.wait(10)

@@ -17,6 +17,8 @@ import json
 import logging
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -76,7 +78,7 @@ def build_demo_repository(cache_dir: Path | None = None) -> Path:
         staging = Path(tempfile.mkdtemp(prefix=".build-", dir=cache_dir))
         staging.chmod(0o755)  # mkdtemp's 0700 would hide the demo from other users of the cache
         try:
-            _write(staging, marker)
+            _write_in_child(staging, marker)
             if repository.exists():
                 # Rename first, then delete: a server reading the old repository keeps its
                 # files open, and the final rename below needs the name free.
@@ -97,6 +99,19 @@ def demo_examples() -> dict[str, dict[str, np.ndarray]]:
     """
     row = np.array([[1.0, 2.0, 3.0, 4.0]], dtype=np.float32)
     return {"mlp": {"x": row.copy()}, "linear": {"x": row.copy()}, "scripted": {"x": row.copy()}}
+
+
+def _write_in_child(root: Path, marker: dict[str, str | int]) -> None:
+    """``_write`` in a child process: building imports torch and onnx, and the server that
+    asks for the demo must never hold them (hundreds of MB in the front end for good)."""
+    child = subprocess.run(
+        [sys.executable, "-m", __name__, str(root), json.dumps(marker)], check=False
+    )
+    if child.returncode != 0:  # its traceback went to stderr
+        raise RuntimeError(
+            f"building the demo models failed (exit code {child.returncode}); see the error "
+            "above. Building needs torch and onnx: pip install 'modelyard[torch,onnx]'"
+        )
 
 
 def _write(root: Path, marker: dict[str, str | int]) -> None:
@@ -158,3 +173,7 @@ def _exclusive(lock_path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+if __name__ == "__main__":  # _write_in_child's child: ROOT MARKER_JSON
+    _write(Path(sys.argv[1]), json.loads(sys.argv[2]))

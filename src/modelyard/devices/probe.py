@@ -3,7 +3,9 @@
 GPUs are probed through NVML (``pynvml`` / ``nvidia-ml-py``) when importable, else through
 ``torch.cuda`` when importable; both are imported lazily and neither is required. The torch
 fallback reads only each device's total memory: asking torch for free memory would create a CUDA
-context in this process (hundreds of MiB on GPU 0), and the planning process must not hold one.
+context (hundreds of MiB on GPU 0). It runs in a child process, and only when the machine has a
+GPU driver at all: importing torch into the front end cost it 200 MB of memory for good and
+about a second of start-up, to learn that a machine without a GPU driver has no GPU.
 
 This is the one module of ``src`` outside the backends and the worker host that may import a
 framework (lazily, inside a function). The planner never imports it: its callers probe and pass
@@ -13,10 +15,17 @@ the measured values in (see ``modelyard.devices``).
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import json
+import logging
 import os
+import subprocess
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,20 +91,42 @@ def _probe_nvml() -> tuple[GpuInfo, ...] | None:
         nvml.nvmlShutdown()
 
 
+GPU_DRIVER_PATHS = ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd")
+"""Any of these exists where a CUDA (or ROCm, which torch.cuda also reports) driver is loaded."""
+
+
+def gpu_driver_present(paths: Sequence[str] = GPU_DRIVER_PATHS) -> bool:
+    """Whether this machine has a GPU driver torch.cuda could use (Linux); True where that
+    cannot be told (not Linux), so the probe then asks torch."""
+    if not os.path.isdir("/proc"):
+        return True
+    return any(os.path.exists(p) for p in paths)
+
+
 def _probe_torch() -> tuple[GpuInfo, ...]:
-    """GPUs through torch.cuda: totals only (free := total), see the module doc for why."""
-    try:
-        torch: Any = importlib.import_module("torch")
-    except ImportError:
+    """GPUs through torch.cuda, in a child process: totals only (free := total), see the module
+    doc for why. None found when there is no GPU driver, without asking torch."""
+    if importlib.util.find_spec("torch") is None or not gpu_driver_present():
         return ()
-    if not torch.cuda.is_available():
+    child = subprocess.run(
+        [sys.executable, "-c", _TORCH_PROBE], capture_output=True, text=True, timeout=120
+    )
+    if child.returncode != 0:
+        log.warning("probing GPUs through torch failed: %s", child.stderr.strip()[-500:])
         return ()
-    found = []
+    rows = json.loads(child.stdout or "[]")
+    return tuple(GpuInfo(int(i), str(name), int(total), int(total)) for i, name, total in rows)
+
+
+_TORCH_PROBE = """
+import json, torch
+rows = []
+if torch.cuda.is_available():
     for i in range(torch.cuda.device_count()):
-        props = torch.cuda.get_device_properties(i)
-        total = int(props.total_memory)
-        found.append(GpuInfo(i, str(props.name), total, total))
-    return tuple(found)
+        p = torch.cuda.get_device_properties(i)
+        rows.append([i, str(p.name), int(p.total_memory)])
+print(json.dumps(rows))
+"""
 
 
 def nvml_process_bytes() -> int:

@@ -169,8 +169,26 @@ class Server:
         return cls(desired, plan, options, loader, cluster=cluster)
 
     async def start(self) -> None:
-        """Bind both ports (port 0 picks a free one), then load every model."""
+        """Bind both ports (port 0 picks a free one) and load every model; ready once both
+        are done. The workers start (and import their frameworks) while the ports are bound:
+        the two overlap instead of adding up in the cold start."""
         self.controller.desired()  # config errors (missing base paths, labels) before binding
+        loading = asyncio.create_task(self.controller.start(), name="modelyard-load")
+        await asyncio.sleep(0)  # let it spawn the workers before the front ends are built
+        try:
+            await self._start_front_ends()
+        except BaseException:
+            loading.cancel()
+            await asyncio.gather(loading, return_exceptions=True)
+            raise
+        await loading
+        self.dataplane.started = True
+        self._poller.start()
+        if self.cluster is not None:
+            self.cluster.start()
+
+    async def _start_front_ends(self) -> None:
+        """Bind and start the REST and gRPC servers."""
         sock = _bind(self.host, self.rest_port)
         self.rest_port = sock.getsockname()[1]
         app = self.rest_app = build_app(
@@ -207,11 +225,6 @@ class Server:
             if self._http_task.done():
                 await self._http_task  # raises what stopped it
             await asyncio.sleep(0.01)
-        await self.controller.start()
-        self.dataplane.started = True
-        self._poller.start()
-        if self.cluster is not None:
-            self.cluster.start()
 
     async def stop(self, grace_seconds: float = 30.0) -> None:
         """Readiness false now; let in-flight requests finish; unload every model.

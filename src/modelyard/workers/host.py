@@ -34,6 +34,7 @@ from modelyard.workers.protocol import (
     Cancel,
     Done,
     Error,
+    FrameReader,
     Hello,
     Infer,
     Load,
@@ -46,7 +47,6 @@ from modelyard.workers.protocol import (
     Reported,
     Shutdown,
     Unload,
-    recv_message,
     send_message,
 )
 from modelyard.workers.slots import FairSlots, Job
@@ -107,8 +107,9 @@ class WorkerHost:
     def serve(self) -> int:
         """Read and dispatch requests; returns the exit code (0 after SHUTDOWN or end of stream)."""
         self._send(Hello(0, os.getpid(), self._device, os.environ.get("CUDA_VISIBLE_DEVICES")))
+        frames = FrameReader(self._sock)
         while True:
-            message = recv_message(self._sock)
+            message = frames.read()
             if message is None:  # the server is gone: nothing left to serve
                 return 0
             if isinstance(message, Ping):  # the heartbeat: answered here, never queued

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import json
 import socket
 import struct
 from collections.abc import Iterable, Mapping, Sequence
@@ -26,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
+import orjson
 
 from modelyard import codec
 from modelyard.errors import InvalidArgument, ModelyardError
@@ -206,6 +206,11 @@ _CLASSES: dict[MessageKind, type[Message]] = {
         Cancel,
     )
 }
+_FIELD_NAMES: dict[type[Message], tuple[str, ...]] = {
+    cls: tuple(f.name for f in dataclasses.fields(cls)) for cls in _CLASSES.values()
+}
+"""Each message class's fields, listed once (``dataclasses.fields`` builds them on every call,
+which was on every request)."""
 _SIGNATURE_FIELDS = frozenset({"signature", "declared"})
 _SIGNATURE_MAP_FIELDS = frozenset({"signatures"})
 
@@ -257,20 +262,20 @@ def encode(message: Message) -> list[bytes | memoryview]:
     fields: dict[str, Any] = {}
     buffers: list[bytes | memoryview] = []
     tensors: list[list[Any]] = []
-    for f in dataclasses.fields(message):
-        value = getattr(message, f.name)
-        if f.name == "tensors":
+    for name in _FIELD_NAMES[type(message)]:
+        value = getattr(message, name)
+        if name == "tensors":
             for name, array in value.items():
                 meta, bufs = tensor_buffers(array)
                 tensors.append([name, *meta])
                 buffers.extend(bufs)
-        elif f.name in _SIGNATURE_FIELDS and value is not None:
-            fields[f.name] = signature_to_json(value)
-        elif f.name in _SIGNATURE_MAP_FIELDS:
-            fields[f.name] = {k: signature_to_json(v) for k, v in value.items()}
+        elif name in _SIGNATURE_FIELDS and value is not None:
+            fields[name] = signature_to_json(value)
+        elif name in _SIGNATURE_MAP_FIELDS:
+            fields[name] = {k: signature_to_json(v) for k, v in value.items()}
         else:
-            fields[f.name] = value
-    header = json.dumps({"k": int(message.KIND), "f": fields, "t": tensors}).encode()
+            fields[name] = value
+    header = orjson.dumps({"k": int(message.KIND), "f": fields, "t": tensors})
     parts: list[bytes | memoryview] = [_PREFIX.pack(len(header), len(buffers)), header]
     for buf in buffers:
         parts.append(_LEN.pack(len(buf) if isinstance(buf, bytes) else buf.nbytes))
@@ -281,7 +286,7 @@ def encode(message: Message) -> list[bytes | memoryview]:
 def decode(header: bytes, buffers: Sequence[bytes | bytearray | memoryview]) -> Message:
     """The message of a frame's header and buffers; ProtocolError when they do not make one."""
     try:
-        data = json.loads(header)
+        data = orjson.loads(header)
         cls = _CLASSES[MessageKind(data["k"])]
         fields = dict(data["f"])
         for name in _SIGNATURE_FIELDS & fields.keys():
@@ -292,7 +297,7 @@ def decode(header: bytes, buffers: Sequence[bytes | bytearray | memoryview]) -> 
         metas = data["t"]
         if len(metas) != len(buffers):
             raise ProtocolError(f"{len(metas)} tensors described, {len(buffers)} buffers sent")
-        if metas or "tensors" in {f.name for f in dataclasses.fields(cls)}:
+        if metas or "tensors" in _FIELD_NAMES[cls]:
             fields["tensors"] = {
                 m[0]: tensor_from_buffer(m[1:], b, m[0])
                 for m, b in zip(metas, buffers, strict=True)
@@ -300,6 +305,7 @@ def decode(header: bytes, buffers: Sequence[bytes | bytearray | memoryview]) -> 
         return cls(**fields)
     except ProtocolError:
         raise
+    # orjson's JSONDecodeError is a ValueError.
     except (KeyError, TypeError, ValueError, IndexError, InvalidArgument) as exc:
         raise ProtocolError(f"malformed frame: {type(exc).__name__}: {exc}") from exc
 
@@ -356,6 +362,67 @@ def recv_message(sock: socket.socket) -> Message | None:
             raise ProtocolError("stream ended inside a frame")
         buffers.append(body)  # a bytearray, so the arrays built on it are writable
     return decode(bytes(header), buffers)
+
+
+class FrameReader:
+    """Reads frames from a blocking socket through a buffer: one ``recv`` usually brings a
+    whole small frame (prefix, header, lengths and tensors), where ``recv_message`` makes a
+    system call for each of its four or more parts. A tensor larger than the buffer is read
+    straight into its own bytearray. One thread reads; the socket is read only through this.
+    """
+
+    def __init__(self, sock: socket.socket, buffer_bytes: int = 256 * 1024) -> None:
+        self._sock = sock
+        self._buf = bytearray(buffer_bytes)
+        self._view = memoryview(self._buf)
+        self._start = 0  # unread bytes are self._buf[self._start:self._end]
+        self._end = 0
+
+    def read(self) -> Message | None:
+        """The next message; None at a clean end of stream (the peer closed or died)."""
+        prefix = self._take(PREFIX_BYTES, at_start=True)
+        if prefix is None:
+            return None
+        header_len, n_buffers = split_prefix(bytes(prefix))
+        header = bytes(self._take(header_len) or b"")
+        buffers: list[bytearray] = []
+        for _ in range(n_buffers):
+            size = buffer_len(bytes(self._take(LEN_BYTES) or b""))
+            buffers.append(self._take(size) or bytearray())  # writable, as recv_message's
+        return decode(header, buffers)
+
+    def _take(self, n: int, at_start: bool = False) -> bytearray | None:
+        """The next ``n`` bytes (a copy); None only at end of stream before a frame's first
+        byte (``at_start``); ProtocolError when the stream ends inside a frame."""
+        have = self._end - self._start
+        if have >= n:
+            out = self._buf[self._start : self._start + n]
+            self._start += n
+            return out
+        if n > len(self._buf):  # larger than the buffer: into its own array, no second copy
+            out = bytearray(n)
+            out[:have] = self._view[self._start : self._end]
+            self._start = self._end = 0
+            view = memoryview(out)
+            while have < n:
+                k = self._sock.recv_into(view[have:])
+                if k == 0:
+                    raise ProtocolError("stream ended inside a frame")
+                have += k
+            return out
+        if self._start:  # move the unread tail to the front to make room
+            self._buf[:have] = self._view[self._start : self._end]
+            self._start, self._end = 0, have
+        while self._end < n:
+            k = self._sock.recv_into(self._view[self._end :])
+            if k == 0:
+                if self._end == 0 and at_start:
+                    return None
+                raise ProtocolError("stream ended inside a frame")
+            self._end += k
+        out = self._buf[:n]
+        self._start = n
+        return out
 
 
 def _recv_exactly(sock: socket.socket, n: int) -> bytearray | None:

@@ -13,6 +13,7 @@ from modelyard.errors import InvalidArgument, ModelyardError, NotFound, Unavaila
 from modelyard.tensors import DataType, Signature, SignatureMethod, TensorSpec
 from modelyard.workers.protocol import (
     Error,
+    FrameReader,
     Hello,
     Infer,
     Load,
@@ -167,3 +168,47 @@ def test_a_buffer_that_disagrees_with_its_shape_is_refused_not_misread() -> None
     bad_bytes = encode(Outputs(1, {"s": np.array([b"ab"], dtype=object)}))
     with pytest.raises(ProtocolError, match="BYTES"):
         decode(bytes(bad_bytes[1]), [b"\x05\x00\x00\x00ab"])
+
+
+def test_the_buffered_reader_reads_frames_of_every_size_split_anywhere() -> None:
+    """Frames sent back to back, cut into pieces at odd places (as a stream socket may deliver
+    them), come out whole and in order, small tensors and one larger than the reader's buffer."""
+    messages = [
+        Infer(1, "m", 1, {"x": np.arange(6, dtype=np.float32).reshape(2, 3)}),
+        Outputs(2, {"y": np.arange(300_000, dtype=np.float32)}),  # 1.2 MB, over the buffer
+        Shutdown(3),
+        Outputs(4, {"y": np.array([b"a", b""], dtype=object)}),
+    ]
+    stream = b"".join(bytes(p) for m in messages for p in encode(m))
+    a, b = socket.socketpair()
+    with a, b:
+
+        def send_in_pieces() -> None:
+            for start in range(0, len(stream), 7_777):
+                a.sendall(stream[start : start + 7_777])
+            a.shutdown(socket.SHUT_WR)
+
+        sender = threading.Thread(target=send_in_pieces)
+        sender.start()
+        reader = FrameReader(b, buffer_bytes=64 * 1024)
+        got = [reader.read() for _ in messages]
+        assert reader.read() is None  # a clean end between frames
+        sender.join(10)
+    assert [type(m) for m in got] == [type(m) for m in messages]
+    assert [m.request_id for m in got if m is not None] == [1, 2, 3, 4]
+    first, second = got[0], got[1]
+    assert isinstance(first, Infer)
+    assert isinstance(second, Outputs)
+    np.testing.assert_array_equal(first.tensors["x"], np.arange(6, dtype=np.float32).reshape(2, 3))
+    np.testing.assert_array_equal(second.tensors["y"], np.arange(300_000, dtype=np.float32))
+    second.tensors["y"][0] = 1.0  # writable, as the worker's models may need
+
+
+def test_the_buffered_reader_reports_a_frame_cut_short() -> None:
+    frame = b"".join(bytes(p) for p in encode(Outputs(1, {"y": np.ones(100, np.float32)})))
+    a, b = socket.socketpair()
+    with a, b:
+        a.sendall(frame[: len(frame) // 2])
+        a.close()
+        with pytest.raises(ProtocolError, match="inside a frame"):
+            FrameReader(b).read()

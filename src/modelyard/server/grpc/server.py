@@ -4,16 +4,22 @@ Other gRPC APIs (TF Serving's ``PredictionService`` and ``ModelService``) regist
 server and port through ``extra_servicers``: each is a callable that adds its handlers to the
 server.
 
-Every method the server carries goes through the management gate (``_GateInterceptor``) before
-its handler runs: a method that ``modelyard.management.access`` does not list as open needs the
-token (UNAUTHENTICATED without it, PERMISSION_DENIED when management is off), whichever
-servicer registered it, so a method added later is guarded until someone lists it as open.
+Every method the server carries goes through the management gate before its handler runs: a
+method that ``modelyard.management.access`` does not list as open needs the token
+(UNAUTHENTICATED without it, PERMISSION_DENIED when management is off), whichever servicer
+registered it, so a method added later is guarded until someone lists it as open.
+
+The gate and ``refuse_malformed`` are put around each method's handler once, when a servicer
+registers it (``_Registrations``), not by server interceptors: an interceptor is a coroutine
+run on every call of every method, and the two cost about as much per call as the whole KServe
+adapter. An open method (inference, health, metadata) so runs with no wrapper at all beyond the
+lenient request parser.
 """
 
 from __future__ import annotations
 
 import socket
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 import grpc
@@ -23,7 +29,7 @@ from modelyard.management import Management
 from modelyard.management.access import Access, Gate, rpc_access
 from modelyard.server.dataplane import DataPlane
 from modelyard.server.grpc.kserve import KServeServicer
-from modelyard.server.grpc.status import GRPC_STATUS, MalformedRequests
+from modelyard.server.grpc.status import GRPC_STATUS, refuse_malformed
 from modelyard.server.listen import ListenError, Protocol
 
 
@@ -44,56 +50,78 @@ class GrpcServer:
         await self._server.stop(grace)
 
 
-class _GateInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is untyped
-    """Checks the ``authorization`` metadata of every guarded method before its handler runs.
+def _gated(handler: grpc.RpcMethodHandler, gate: Gate) -> grpc.RpcMethodHandler:
+    """A guarded method's handler behind the gate: the ``authorization`` metadata is checked
+    before the request is even deserialised (gRPC hands the raw bytes here; they are parsed
+    only once the caller is let in). Only unary-unary methods can be guarded this way; anything
+    else is refused at registration rather than served unguarded."""
+    behavior, deserialize = handler.unary_unary, handler.request_deserializer
+    if behavior is None:
+        raise TypeError("only unary-unary methods can be guarded; this one would be open")
 
-    A refused call never reaches the handler: its request is not even deserialised."""
-
-    def __init__(self, gate: Gate) -> None:
-        self._gate = gate
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        method = cast(str, handler_call_details.method)
-        if handler is None or rpc_access(method) is Access.OPEN:
-            return handler  # no such method (UNIMPLEMENTED), or one anyone may call
-        metadata = handler_call_details.invocation_metadata or ()
+    async def checked(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+        metadata = context.invocation_metadata() or ()
         authorization = next(
             (v for k, v in metadata if k.lower() == "authorization" and isinstance(v, str)), ""
         )
         try:
-            self._gate.check(authorization)
+            gate.check(authorization)
         except ModelyardError as exc:
-            return _refusal(exc)
-        return handler
+            await context.abort(GRPC_STATUS[exc.code], exc.message)
+        request = deserialize(raw) if deserialize is not None else raw
+        return await behavior(request, context)
 
-
-def _refusal(error: ModelyardError) -> grpc.RpcMethodHandler:
-    async def refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(GRPC_STATUS[error.code], error.message)
-
-    return grpc.unary_unary_rpc_method_handler(refuse)  # request bytes stay undecoded
+    replaced: grpc.RpcMethodHandler = handler._replace(
+        request_deserializer=None, unary_unary=checked
+    )
+    return replaced
 
 
 class _Registrations:
-    """The server as servicers see it while they register: records each method's full name."""
+    """The server as servicers see it while they register: records each method's full name and
+    puts ``refuse_malformed`` and, on guarded methods, the gate around its handler."""
 
-    def __init__(self, server: grpc.aio.Server) -> None:
+    def __init__(self, server: grpc.aio.Server, gate: Gate) -> None:
         self._server = server
+        self._gate = gate
         self.methods: list[str] = []
 
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """``handler`` of the full method name ``method`` as the server serves it."""
+        handler = refuse_malformed(handler, method)
+        if rpc_access(method) is Access.GUARDED:
+            handler = _gated(handler, self._gate)
+        return handler
+
     def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
-        self._server.add_generic_rpc_handlers(handlers)
+        self._server.add_generic_rpc_handlers([_WrappedGeneric(h, self) for h in handlers])
 
     def add_registered_method_handlers(
         self, service: str, handlers: Mapping[str, grpc.RpcMethodHandler]
     ) -> None:
         self.methods.extend(f"/{service}/{name}" for name in handlers)
-        self._server.add_registered_method_handlers(service, handlers)
+        wrapped = {name: self.wrap(f"/{service}/{name}", h) for name, h in handlers.items()}
+        self._server.add_registered_method_handlers(service, wrapped)
+
+
+class _WrappedGeneric(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc is untyped
+    """A servicer's generic handler with each method's handler wrapped as registered ones are
+    (once per method). gRPC consults it only for methods without a registered handler."""
+
+    def __init__(self, inner: grpc.GenericRpcHandler, registrations: _Registrations) -> None:
+        self._inner = inner
+        self._registrations = registrations
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> Any:
+        method = cast(str, handler_call_details.method)
+        found = self._wrapped.get(method)
+        if found is None:
+            handler = self._inner.service(handler_call_details)
+            if handler is None:
+                return None
+            found = self._wrapped[method] = self._registrations.wrap(method, handler)
+        return found
 
 
 async def start_grpc_server(
@@ -115,8 +143,6 @@ async def start_grpc_server(
     """
     gate = Gate(management_token if management is not None else None)
     server = grpc.aio.server(
-        # The gate first: a refused call is answered before its request is even parsed.
-        interceptors=[_GateInterceptor(gate), MalformedRequests()],
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
@@ -124,7 +150,7 @@ async def start_grpc_server(
             ("grpc.so_reuseport", 0),
         ],
     )
-    registrations = _Registrations(server)
+    registrations = _Registrations(server, gate)
     as_server = cast(grpc.aio.Server, registrations)
     KServeServicer(dataplane, management).add_to_server(as_server)
     for add in extra_servicers:

@@ -13,15 +13,19 @@
 Other routes (health, metadata, management) pass through untouched: a management call is never
 cancelled halfway.
 
-Async safety: one event loop. The call runs in a task of its own so that it can be cancelled;
-the middleware's task watches the connection meanwhile.
+Async safety: one event loop. The call runs in the request's own task; a watcher task waits
+for the connection's end and cancels that task if the client leaves before the answer starts.
+The watcher starts ``WATCH_AFTER_S`` after the body was read (or at once if the app itself
+waits for the connection's end), so a call answered sooner never creates it; a client that left
+earlier is noticed then (uvicorn keeps saying "disconnected"). (A task per call and
+``asyncio.wait`` over both cost more per request than everything else the middleware does.)
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -29,6 +33,10 @@ from modelyard import deadlines
 from modelyard.deadlines import DeadlinePolicy
 
 _SUFFIXES = ("/infer", ":predict", ":classify", ":regress")
+
+WATCH_AFTER_S = 0.05
+"""How long after its body a call runs before it watches its connection: longer than most small
+requests take, short against the time a dropped request would hold a queue."""
 
 
 def is_inference(scope: Scope) -> bool:
@@ -51,51 +59,89 @@ class InferenceCalls:
         if not is_inference(scope):
             await self._app(scope, receive, send)
             return
-        arrived = time.monotonic()
-        body_done = asyncio.Event()
-        response_started = False
-        gone: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
-
-        async def receive_body() -> Message:
-            if body_done.is_set():  # the app asks again after the body: wait for the end
-                return await asyncio.shield(gone)
-            message = await receive()
-            if message["type"] != "http.request" or not message.get("more_body", False):
-                body_done.set()
-                if message["type"] == "http.disconnect" and not gone.done():
-                    gone.set_result(message)
-            return message
-
-        async def send_tracked(message: Message) -> None:
-            nonlocal response_started
-            response_started = True
-            await send(message)
-
-        with deadlines.given(self.policy.rest(arrived)):
-            call = asyncio.ensure_future(self._app(scope, receive_body, send_tracked))
-        watch = asyncio.ensure_future(_watch(receive, body_done, gone))
+        call = _Call(receive, send)
         try:
-            await asyncio.wait({call, watch}, return_when=asyncio.FIRST_COMPLETED)
-            if not call.done() and gone.done() and not response_started:
-                call.cancel()  # the client is gone: drop its queued work
-                with contextlib.suppress(asyncio.CancelledError):
-                    await call
-                return
-            await call
+            with deadlines.given(self.policy.rest(time.monotonic())):
+                await self._app(scope, call.receive, call.send)
+        except asyncio.CancelledError:
+            if call.dropped and call.task.uncancel() == 0:
+                return  # the client is gone: its queued work was dropped, nothing to answer
+            raise  # this middleware was cancelled itself (server stopping)
         finally:
-            watch.cancel()
-            if not call.done():  # this middleware was cancelled itself (server stopping)
-                call.cancel()
+            call.finish()
 
 
-async def _watch(receive: Receive, body_done: asyncio.Event, gone: asyncio.Future[Message]) -> None:
-    """Once the app has read the whole body, wait for the connection's end and resolve
-    ``gone`` with it. (Also resolved, harmlessly, once the response is complete.)"""
-    await body_done.wait()
-    if gone.done():
-        return
-    message = await receive()
-    while message["type"] != "http.disconnect":  # nothing else comes after the body
-        message = await receive()
-    if not gone.done():
-        gone.set_result(message)
+class _Call:
+    """One inference call's view of its connection: ``receive`` and ``send`` for the app, and
+    the watcher that cancels ``task`` when the client leaves before the answer starts."""
+
+    __slots__ = ("_gone", "_receive", "_send", "_timer", "body_done", "done", "dropped",
+                 "started", "task", "watch")  # fmt: skip
+
+    def __init__(self, receive: Receive, send: Send) -> None:
+        self._receive = receive
+        self._send = send
+        task = asyncio.current_task()
+        assert task is not None  # an ASGI app always runs in a task
+        self.task: asyncio.Task[Any] = task
+        self.body_done = False
+        self.started = False  # the answer has started: never cancelled from here on
+        self.done = False  # the app has returned
+        self.dropped = False  # the watcher cancelled the call
+        self._gone: asyncio.Future[Message] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self.watch: asyncio.Task[None] | None = None
+
+    def gone(self) -> asyncio.Future[Message]:
+        """Resolved with the connection's end (made on first use)."""
+        if self._gone is None:
+            self._gone = asyncio.get_running_loop().create_future()
+        return self._gone
+
+    async def receive(self) -> Message:
+        if self.body_done:  # the app asks again after the body: wait for the end
+            self.start_watch()
+            return await asyncio.shield(self.gone())
+        message = await self._receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            self.body_done = True
+            if message["type"] == "http.disconnect":
+                self.gone().set_result(message)
+            else:
+                loop = asyncio.get_running_loop()
+                self._timer = loop.call_later(WATCH_AFTER_S, self.start_watch)
+        return message
+
+    def start_watch(self) -> None:
+        """Start the watcher (once), unless the call has returned or the end is known."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.watch is None and not self.done and not self.gone().done():
+            self.watch = asyncio.ensure_future(self._watch())
+
+    def finish(self) -> None:
+        """The app has returned: no watcher from now on."""
+        self.done = True
+        if self._timer is not None:
+            self._timer.cancel()
+        if self.watch is not None:
+            self.watch.cancel()
+
+    async def send(self, message: Message) -> None:
+        self.started = True
+        await self._send(message)
+
+    async def _watch(self) -> None:
+        """Once the whole body is read, wait for the connection's end (or the response's:
+        uvicorn then says disconnect too) and resolve ``gone``; cancel the call if the client
+        left before its answer started."""
+        message = await self._receive()
+        while message["type"] != "http.disconnect":  # nothing else comes after the body
+            message = await self._receive()
+        gone = self.gone()
+        if not gone.done():
+            gone.set_result(message)
+        if not self.started and not self.done:
+            self.dropped = True
+            self.task.cancel()  # drops its queued work (batcher, worker)
