@@ -22,11 +22,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from modelyard.cli.plan_paging import dumps, render_paging
 from modelyard.config import load_config
 from modelyard.config.sizes import format_size
 from modelyard.devices.inventory import build_inventory
 from modelyard.errors import ModelyardError
-from modelyard.planner.demands import plan_for_config
+from modelyard.planner.demands import plan_for_config, plan_paging_for_config
 from modelyard.planner.plan import DeviceUsage, Plan
 
 EXIT_FITS = 0
@@ -47,6 +48,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
+        if config.paging is not None:  # home devices, resident set, host and disk
+            paged = plan_paging_for_config(config, build_inventory(config.devices))
+            print(dumps(paged) if args.json else render_paging(paged))
+            if not paged.feasible:
+                print(f"\nNo plan with paging.\n{paged.explanation}", file=sys.stderr)
+                return EXIT_DOES_NOT_FIT
+            return EXIT_FITS
         plan = plan_for_config(config, build_inventory(config.devices))
     except ModelyardError as exc:
         print(f"modelyard plan: {exc.message}", file=sys.stderr)
