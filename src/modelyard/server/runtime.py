@@ -22,19 +22,22 @@ from modelyard.config.schema import ServerConfig
 from modelyard.devices.inventory import build_inventory
 from modelyard.errors import NotFound
 from modelyard.lifecycle.controller import Controller, Loader
+from modelyard.lifecycle.paging.loader import PagingLoader
 from modelyard.lifecycle.placement import demand_of
 from modelyard.lifecycle.registry import ModelRegistry
 from modelyard.management import Management
 from modelyard.metrics import ServerMetrics
 from modelyard.planner import Plan
-from modelyard.planner.demands import plan_for_config
+from modelyard.planner.demands import plan_for_config, plan_paging_for_config
 from modelyard.planner.footprints import FootprintCache
+from modelyard.planner.paging import PagingPlan
 from modelyard.repository import PollingSource, aspired_snapshot
 from modelyard.server.dataplane import DataPlane
 from modelyard.server.grpc.server import GrpcServer, start_grpc_server
 from modelyard.server.http.app import build_app
 from modelyard.server.http.status import build_status
 from modelyard.server.options import DesiredState, ServerOptions, desired_state
+from modelyard.server.paging import paging_loader
 from modelyard.workers.loader import WorkerLoader
 from modelyard.workers.progress import LoadProgress
 
@@ -62,6 +65,7 @@ class Server:
         plan: Plan,
         options: ServerOptions,
         loader: Loader | None = None,
+        paging: PagingPlan | None = None,
     ) -> None:
         """Wire the parts for ``desired``, placed as ``plan`` says; ``from_config`` is the way
         in (it plans). ``loader``: default a ``WorkerLoader`` (one worker process per plan
@@ -87,6 +91,9 @@ class Server:
         self._workers: WorkerLoader | None = None
         if loader is None:
             loader = self._workers = _worker_loader(plan, options.footprints)
+        self.paging: PagingLoader | None = None  # with paging: (docs/paging.md)
+        if paging is not None and config.paging is not None:
+            loader = self.paging = paging_loader(loader, self._workers, paging, config.paging)
         self._loader: Loader = loader
         self.controller = Controller(
             config,
@@ -147,6 +154,9 @@ class Server:
         options = options if options is not None else ServerOptions()
         desired = desired_state(config, options)
         devices = build_inventory(desired.config.devices)
+        if desired.config.paging is not None:
+            paged = plan_paging_for_config(desired.config, devices, cache=options.footprints)
+            return cls(desired, paged.booking_plan(), options, loader, paging=paged)
         plan = plan_for_config(desired.config, devices, cache=options.footprints)
         return cls(desired, plan, options, loader)
 
@@ -211,6 +221,8 @@ class Server:
         await self.controller.stop()
         if self._workers is not None:
             await self._workers.aclose()  # returns once every worker process has exited
+        if self.paging is not None:
+            await self.paging.pager.aclose()  # host memory's copies go
 
     async def _stop_grpc(self, grace_seconds: float) -> None:
         if self._grpc is not None:
@@ -265,7 +277,10 @@ class Server:
     def status(self) -> dict[str, Any]:
         """The status API's document (``modelyard.server.http.status``)."""
         workers = self._workers.workers if self._workers is not None else {}
-        return build_status(self.registry, self.plan, workers)
+        doc = build_status(self.registry, self.plan, workers)
+        if self.paging is not None:
+            doc["paging"] = self.paging.pager.status()
+        return doc
 
     async def worker_report(self, device: str) -> dict[str, Any]:
         """A device's worker's own report of what it holds."""
