@@ -91,7 +91,7 @@ def test_every_model_answers_and_pages_in_on_demand(
     doc = paging(server.rest_url)["paging"]
     assert doc["page_ins"] > 0
     on_device = [v["model"] for v in doc["versions"] if v["tier"] == "device"]
-    assert 2 <= len(on_device) <= 5  # the device holds a few, not all seven
+    assert 2 <= len(on_device) < len(built)  # the device holds some, not all seven
     assert "r" in on_device
 
 
