@@ -93,6 +93,9 @@ def test_every_model_answers_and_pages_in_on_demand(
     on_device = [v["model"] for v in doc["versions"] if v["tier"] == "device"]
     assert 2 <= len(on_device) < len(built)  # the device holds some, not all seven
     assert "r" in on_device
+    assert {v["model"] for v in doc["versions"]} == set(built)  # every version has a tier
+    page = httpx.get(f"{server.rest_url}/", timeout=30).text
+    assert "status.paging" in page  # the live page draws each version's tier from it
 
 
 def test_a_burst_of_16_requests_causes_exactly_one_page_in(
