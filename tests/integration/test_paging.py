@@ -208,7 +208,7 @@ def test_a_worker_killed_during_a_page_in_comes_back_from_host_memory_without_it
         os.kill(pid, signal.SIGKILL)
     for other, model in built.items():
         reply = until_served(url, other, model)
-        assert reply.status_code == 200, f"{other}: {reply.text}"
+        assert reply.status_code == 200, (other, reply.text, paging(url))
         assert correct(reply, model)
     doc = paging(url)
     assert doc["devices"][0]["pid"] != pid
