@@ -188,7 +188,12 @@ class Pager:
     async def remove(self, replica: PagedReplica) -> None:
         """The version is unloaded for good: close it wherever it is, drop its copy."""
         replica.removed = True
-        if replica.task is not None:
+        if replica.task is not None and not replica.task.done():
+            # A page-in under way finishes (its load is not torn in half), unless it waits for
+            # room that pinned versions hold: then it is given up.
+            done, _ = await asyncio.wait({replica.task}, timeout=30.0)
+            if not done:
+                replica.task.cancel()
             with contextlib.suppress(BaseException):
                 await replica.task
         async with self._devices[replica.device].lock:
