@@ -8,7 +8,8 @@ from modelyard.errors import ModelyardError
 from modelyard.ids import VersionKey
 from modelyard.lifecycle.loading import Loader
 from modelyard.lifecycle.paging.loader import PagingLoader
-from modelyard.lifecycle.paging.pager import Measure, MemoryProbe, Pager, Room
+from modelyard.lifecycle.paging.pager import Measure, MemoryProbe, Pager
+from modelyard.lifecycle.paging.replica import Room
 from modelyard.lifecycle.paging.store import HostStore
 from modelyard.planner.paging import PagingPlan
 from modelyard.workers.loader import WorkerLoader

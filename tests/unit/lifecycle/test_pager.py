@@ -17,7 +17,8 @@ from modelyard.errors import Unavailable
 from modelyard.ids import VersionKey
 from modelyard.lifecycle.loading import LoadRequest
 from modelyard.lifecycle.paging.eviction import Candidate, Usage, choose_victims
-from modelyard.lifecycle.paging.pager import PagedReplica, Pager, Room
+from modelyard.lifecycle.paging.pager import Pager
+from modelyard.lifecycle.paging.replica import PagedReplica, Room
 from modelyard.lifecycle.paging.store import HostStore
 from modelyard.servable import Servable
 from modelyard.tensors import DataType, Signature, TensorSpec

@@ -13,7 +13,8 @@ from collections.abc import Mapping
 import numpy as np
 
 from modelyard.lifecycle.loading import Loader, LoadRequest
-from modelyard.lifecycle.paging.pager import PagedReplica, Pager
+from modelyard.lifecycle.paging.pager import Pager
+from modelyard.lifecycle.paging.replica import PagedReplica
 from modelyard.planner.paging import PagingPlan
 from modelyard.servable import Servable
 from modelyard.tensors import Signature

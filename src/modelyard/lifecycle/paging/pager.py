@@ -28,11 +28,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import enum
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from modelyard import deadlines
@@ -40,7 +38,8 @@ from modelyard.config.sizes import format_size
 from modelyard.errors import DeadlineExceeded, ModelyardError, Unavailable
 from modelyard.ids import VersionKey
 from modelyard.lifecycle.loading import Loader, LoadRequest
-from modelyard.lifecycle.paging.eviction import Candidate, Usage, choose_victims, coldest_first
+from modelyard.lifecycle.paging.eviction import Candidate, choose_victims, coldest_first
+from modelyard.lifecycle.paging.replica import DeviceBook, PagedReplica, Room, Tier
 from modelyard.lifecycle.paging.store import HostStore, folder_bytes
 from modelyard.servable import Servable
 
@@ -54,74 +53,6 @@ MemoryProbe = Callable[[str], Awaitable[int | None]]
 
 Measure = Callable[[VersionKey, str], int | None]
 """What the last load of a version on a device measured (its memory growth)."""
-
-
-class Tier(enum.Enum):
-    """Where a version's weights are."""
-
-    DEVICE = "device"  # loaded in its device's worker: serving
-    HOST = "host"  # a copy of its folder in host memory: a page-in reads RAM
-    DISK = "disk"  # only its files: a page-in reads the disk
-
-
-@dataclass(eq=False)
-class PagedReplica:
-    """One version on its home device, as the pager books it. Mutated by the pager only."""
-
-    key: VersionKey
-    device: str
-    request: LoadRequest
-    planned_bytes: int
-    declared: bool
-    """The bytes come from ``memory:`` (the user's word, kept over any measurement)."""
-    resident: bool
-    artifact_bytes: int = 0
-    servable: Servable | None = None
-    measured_bytes: int = 0
-    in_flight: int = 0
-    """Requests running on it or waiting for its page-in: it may not leave while > 0."""
-    task: asyncio.Task[None] | None = None
-    usage: Usage = field(default_factory=Usage)
-    removed: bool = False
-    page_ins: int = 0
-    page_ins_from_host: int = 0
-    evictions: int = 0
-    bytes_paged_in: int = 0
-    page_in_seconds: float = 0.0
-    hits: int = 0
-    misses: int = 0
-    timeouts: int = 0
-
-    @property
-    def bytes(self) -> int:
-        """The device bytes it is booked at: ``memory:`` when given, else what its loads
-        measured (at least its artifact's bytes: a load that reused memory freed just before
-        measures less than it holds), else the planner's estimate."""
-        if self.declared or not self.measured_bytes:
-            return self.planned_bytes
-        return max(self.measured_bytes, self.artifact_bytes)
-
-
-@dataclass(frozen=True, slots=True)
-class Room:
-    """A device's size for paging: the budget the book keeps to, the capacity measurements
-    are held to (see ``Pager._confirmed``)."""
-
-    budget_bytes: int
-    capacity_bytes: int
-
-
-@dataclass
-class _Device:
-    name: str
-    budget_bytes: int
-    capacity_bytes: int
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    released: asyncio.Event = field(default_factory=asyncio.Event)
-    baseline_bytes: int | None = None
-    """The worker's memory with no version loaded (its framework): learnt from measurements."""
-    unbooked_bytes: int = 0
-    """What the worker held beyond its book and baseline at the last measurement."""
 
 
 class Pager:
@@ -142,7 +73,9 @@ class Pager:
         ones included, are kept within the budget by the book)."""
         self._loader = loader
         self._store = store
-        self._devices = {n: _Device(n, r.budget_bytes, r.capacity_bytes) for n, r in rooms.items()}
+        self._devices = {
+            n: DeviceBook(n, r.budget_bytes, r.capacity_bytes) for n, r in rooms.items()
+        }
         self._max_wait_s = max_wait_ms / 1000.0
         self._memory = memory
         self._measure = measure
@@ -160,7 +93,7 @@ class Pager:
         are learnt; it may be paged out right after). Raises what the load raises."""
         device = request.device_name or str(request.device)
         if device not in self._devices:
-            self._devices[device] = _Device(device, planned_bytes, planned_bytes)
+            self._devices[device] = DeviceBook(device, planned_bytes, planned_bytes)
         original = request.version_dir
         link = self._store.link(request.key, original)
         replica = PagedReplica(
@@ -309,7 +242,7 @@ class Pager:
             log.info("paged in %s on %s from %s in %.3f s", replica.key, device.name,
                      source.value, seconds)  # fmt: skip
 
-    async def _make_room(self, device: _Device, incoming: PagedReplica) -> None:
+    async def _make_room(self, device: DeviceBook, incoming: PagedReplica) -> None:
         """Page out the coldest versions on ``device`` until ``incoming`` fits; wait for
         pinned ones when nothing else can go. Then confirm by measurement."""
         need = incoming.bytes + incoming.artifact_bytes
@@ -329,7 +262,7 @@ class Pager:
             if await self._confirmed(device, need, incoming):
                 return
 
-    async def _confirmed(self, device: _Device, need: int, incoming: PagedReplica) -> bool:
+    async def _confirmed(self, device: DeviceBook, need: int, incoming: PagedReplica) -> bool:
         """True when the worker's measured memory leaves room for ``need`` within the device's
         capacity; else one more version leaves (False: look again). True when it cannot be
         measured or nothing more may leave.
@@ -394,7 +327,7 @@ class Pager:
                 self._store.drop(other.key)
         await asyncio.to_thread(self._store.copy_in, replica.key, size)
 
-    async def _learn_baseline(self, device: _Device) -> None:
+    async def _learn_baseline(self, device: DeviceBook) -> None:
         """The worker's memory less what its versions measured, after its first load: the
         framework's share (taken once: later, allocator caches blur it)."""
         if self._memory is None or device.baseline_bytes is not None:
