@@ -51,3 +51,22 @@ def test_copies_stay_within_the_capacity(tmp_path: Path) -> None:
     store.forget(keys[2])
     assert not store.holds(keys[2])
     store.close()
+
+
+def test_a_store_left_by_a_server_that_was_killed_is_removed_at_the_next_start(
+    tmp_path: Path,
+) -> None:
+    import subprocess
+    import sys
+
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                           capture_output=True, text=True, check=True)  # fmt: skip
+    dead = int(ended.stdout)
+    left = tmp_path / f"modelyard-{dead}-abc"
+    (left / "links").mkdir(parents=True)
+    (left / "data" / "m@1.1").mkdir(parents=True)
+    mine = HostStore(100, parent=tmp_path)
+    mine.start()  # a live store of this process: kept by the next one
+    HostStore(100, parent=tmp_path).start()
+    assert not left.exists()
+    assert mine.root.exists()

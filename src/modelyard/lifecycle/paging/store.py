@@ -61,6 +61,7 @@ class HostStore:
         parent = self._parent
         if parent is None:
             parent = SHM if SHM.is_dir() and os.access(SHM, os.W_OK) else None
+        _sweep(parent if parent is not None else Path(tempfile.gettempdir()))
         root = Path(tempfile.mkdtemp(prefix=f"modelyard-{os.getpid()}-", dir=parent))
         (root / "links").mkdir()
         (root / "data").mkdir()
@@ -162,6 +163,30 @@ class HostStore:
             self._copies.clear()
         if self._root is not None:
             shutil.rmtree(self._root, ignore_errors=True)
+
+
+def _sweep(parent: Path) -> None:
+    """Remove the stores of servers that ended without stopping (SIGKILL, a crash): their
+    copies would hold host memory (tmpfs) until the machine restarts. A store whose process
+    still exists (or whose id was reused) is left alone."""
+    for path in parent.glob("modelyard-*-*"):
+        try:
+            pid = int(path.name.split("-")[1])
+        except (IndexError, ValueError):
+            continue
+        if pid == os.getpid() or _exists(pid) or not (path / "links").is_dir():
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _point(link: Path, target: Path) -> None:
