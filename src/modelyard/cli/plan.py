@@ -30,10 +30,11 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from modelyard.cli import exits, sources
+from modelyard.cli.plan_paging import dumps, render_paging
 from modelyard.config.sizes import format_size
 from modelyard.devices.inventory import build_inventory
 from modelyard.errors import ModelyardError
-from modelyard.planner.demands import plan_for_config
+from modelyard.planner.demands import plan_for_config, plan_paging_for_config
 from modelyard.planner.plan import DeviceUsage, Plan
 
 if TYPE_CHECKING:
@@ -83,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
     nodes = ""
     try:
         checked = sources.checked_config(args, placeholders=True)
+        for warning in checked.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
         config = checked.config
         if config.cluster is not None:  # ray is imported only here, only then
             from modelyard.cluster.runtime import cluster_devices
@@ -92,12 +95,17 @@ def run(args: argparse.Namespace) -> int:
             nodes = render_nodes(found.nodes)
         else:
             devices = build_inventory(config.devices)
+        if config.paging is not None:  # home devices, resident set, host and disk
+            paged = plan_paging_for_config(config, devices)
+            print(dumps(paged) if args.json else render_paging(paged))
+            if not paged.feasible:
+                print(f"\nNo plan with paging.\n{paged.explanation}", file=sys.stderr)
+                return EXIT_DOES_NOT_FIT
+            return EXIT_FITS
         plan = plan_for_config(config, devices)
     except ModelyardError as exc:
         print(f"modelyard plan: {exc.message}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    for warning in checked.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
     if args.json:
         print(json.dumps(plan_to_json(plan), indent=2))
     else:

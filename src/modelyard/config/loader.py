@@ -8,6 +8,7 @@ from typing import Any, get_args
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from modelyard.config.paging import paging_problems
 from modelyard.config.schema import LocatedError, ServerConfig
 from modelyard.config.textfiles import read_text, yaml_problem
 from modelyard.config.tfserving import (
@@ -63,6 +64,9 @@ def parse_config(
     except ValidationError as exc:
         lines = [_describe(err, root, source) for err in exc.errors() if not _union_noise(err)]
         raise ConfigError("invalid config:\n  " + "\n  ".join(lines)) from None
+    problems = [_at(root, loc, source, message) for loc, message in paging_problems(config)]
+    if problems:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
     if base_dir is not None:
         config = _resolve_paths(config, base_dir)
     return config
@@ -103,6 +107,13 @@ def _describe(err: Any, root: yaml.Node | None, source: str) -> str:
         return f"{source}{line}: unknown key {last_key!r} at {path}{hint}"
     message = str(err["msg"]).removeprefix("Value error, ")
     return f"{source}{line}: {path}: {message}"
+
+
+def _at(root: yaml.Node | None, loc: tuple[int | str, ...], source: str, message: str) -> str:
+    """``file:line: key.path: message`` for a problem found after validation."""
+    node, _ = _find_node(root, loc)
+    line = f":{node.start_mark.line + 1}" if node is not None else ""
+    return f"{source}{line}: {'.'.join(str(p) for p in loc)}: {message}"
 
 
 def _find_node(root: yaml.Node | None, loc: tuple[int | str, ...]) -> tuple[yaml.Node | None, str]:

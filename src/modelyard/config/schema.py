@@ -199,6 +199,27 @@ class TensorConfig(_Frozen):
         return TensorSpec(self.name, self.datatype, self.shape)
 
 
+class PagingConfig(_Frozen):
+    """``paging:``: serve more models than the devices hold (see docs/paging.md). Off when absent.
+
+    A version not on its device is paged in on its first request; to make room its device
+    pages out the coldest versions, to host memory while ``host_memory`` has room, else to disk.
+    """
+
+    host_memory_bytes: Bytes = Field(
+        0,
+        alias="host_memory",
+        description="Host memory for paged-out versions' weights; beyond it versions page to "
+        "disk. 0: every paged-out version pages to disk.",
+    )
+    max_wait_ms: int = Field(
+        30000,
+        ge=1,
+        le=3_600_000,
+        description="How long a request may wait for its version to page in; past it: 503.",
+    )
+
+
 class ModelConfig(_Frozen):
     """One model: where its versions live and how to serve them."""
 
@@ -226,6 +247,11 @@ class ModelConfig(_Frozen):
         None, description="Signature inputs, for formats that carry none (TorchScript)."
     )
     outputs: tuple[TensorConfig, ...] | None = None
+    resident: bool = Field(
+        False,
+        description="With paging: never paged out (latency-critical); its versions always "
+        "stay on their devices.",
+    )
 
     @model_validator(mode="after")
     def _checks(self) -> ModelConfig:
@@ -260,6 +286,10 @@ class ServerConfig(_Frozen):
         None,
         description="Seconds between polls of the base paths for new versions (default: "
         "--file_system_poll_wait_seconds, 1); 0 or less: look once at start only.",
+    )
+    paging: PagingConfig | None = Field(
+        None,
+        description="Page versions between device, host memory and disk (off when absent).",
     )
 
     @model_validator(mode="after")

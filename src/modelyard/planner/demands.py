@@ -27,6 +27,7 @@ from modelyard.errors import ConfigError, InvalidArgument
 from modelyard.ids import VersionKey
 from modelyard.planner.estimate import estimate_footprint
 from modelyard.planner.footprints import FootprintCache
+from modelyard.planner.paging import PagingPlan, paging_hint, plan_paging
 from modelyard.planner.place import PlacerOptions, place
 from modelyard.planner.plan import FootprintSource, ModelDemand, Plan, UnreadableVersion
 from modelyard.repository import aspired_versions, scan_versions, version_dir
@@ -135,7 +136,31 @@ def plan_for_config(
         headroom_fraction=config.headroom_fraction,
         options=options,
     )
+    if not plan.feasible and config.paging is None:
+        hint = paging_hint(plan, found.demands)
+        if hint:
+            plan = dataclasses.replace(plan, explanation=f"{plan.explanation}\n{hint}")
     return dataclasses.replace(plan, notes=plan.notes + found.notes, unreadable=found.unreadable)
+
+
+def plan_paging_for_config(
+    config: ServerConfig, devices: Sequence[Device], *, cache: FootprintCache | None = None
+) -> PagingPlan:
+    """``plan_for_config`` for a config with ``paging:`` (``modelyard.planner.paging``): home
+    devices, the resident set, host use and what pages to disk."""
+    paging = config.paging
+    found = demands_for_config(config, cache=cache if cache is not None else FootprintCache())
+    result = plan_paging(
+        found.demands,
+        devices,
+        resident=frozenset(m.name for m in config.models if m.resident),
+        host_memory_bytes=paging.host_memory_bytes if paging is not None else 0,
+        headroom_fraction=config.headroom_fraction,
+    )
+    plan = dataclasses.replace(
+        result.plan, notes=result.plan.notes + found.notes, unreadable=found.unreadable
+    )
+    return dataclasses.replace(result, plan=plan)
 
 
 def _aspired(model: ModelConfig) -> list[int]:

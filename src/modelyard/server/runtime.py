@@ -22,13 +22,15 @@ from modelyard.config.schema import ServerConfig
 from modelyard.devices.inventory import build_inventory
 from modelyard.errors import NotFound
 from modelyard.lifecycle.controller import Controller, Loader
+from modelyard.lifecycle.paging.loader import PagingLoader
 from modelyard.lifecycle.placement import demand_of
 from modelyard.lifecycle.registry import ModelRegistry
 from modelyard.management import Management
 from modelyard.metrics import ServerMetrics
 from modelyard.planner import Plan
-from modelyard.planner.demands import plan_for_config
+from modelyard.planner.demands import plan_for_config, plan_paging_for_config
 from modelyard.planner.footprints import FootprintCache
+from modelyard.planner.paging import PagingPlan
 from modelyard.repository import PollingSource, aspired_snapshot
 from modelyard.server.dataplane import DataPlane
 from modelyard.server.grpc.server import GrpcServer, start_grpc_server
@@ -36,6 +38,7 @@ from modelyard.server.http.app import build_app
 from modelyard.server.http.status import build_status
 from modelyard.server.listen import ListenError, Protocol
 from modelyard.server.options import DesiredState, ServerOptions, desired_state
+from modelyard.server.paging import paging_loader
 from modelyard.workers.launcher import WorkerLauncher
 from modelyard.workers.loader import WorkerLoader
 from modelyard.workers.progress import LoadProgress
@@ -68,6 +71,7 @@ class Server:
         options: ServerOptions,
         loader: Loader | None = None,
         cluster: ClusterRuntime | None = None,
+        paging: PagingPlan | None = None,
     ) -> None:
         """Wire the parts for ``desired``, placed as ``plan`` says; ``from_config`` is the way
         in (it plans). ``loader``: default a ``WorkerLoader`` (one worker process per plan
@@ -95,6 +99,9 @@ class Server:
         if loader is None:
             launcher = cluster.launcher if cluster is not None else None
             loader = self._workers = _worker_loader(plan, options.footprints, launcher)
+        self.paging: PagingLoader | None = None  # with paging: (docs/paging.md)
+        if paging is not None and config.paging is not None:
+            loader = self.paging = paging_loader(loader, self._workers, paging, config.paging)
         self._loader: Loader = loader
         self.controller = Controller(
             config,
@@ -165,6 +172,11 @@ class Server:
             devices = cluster.devices
         else:
             devices = build_inventory(desired.config.devices)
+        if desired.config.paging is not None:
+            paged = plan_paging_for_config(desired.config, devices, cache=options.footprints)
+            return cls(
+                desired, paged.booking_plan(), options, loader, cluster=cluster, paging=paged
+            )
         plan = plan_for_config(desired.config, devices, cache=options.footprints)
         return cls(desired, plan, options, loader, cluster=cluster)
 
@@ -246,6 +258,8 @@ class Server:
         await self.controller.stop()
         if self._workers is not None:
             await self._workers.aclose()  # returns once every worker process has exited
+        if self.paging is not None:
+            await self.paging.pager.aclose()  # host memory's copies go
 
     async def _stop_grpc(self, grace_seconds: float) -> None:
         if self._grpc is not None:
@@ -304,6 +318,8 @@ class Server:
         if self.cluster is not None:  # each device's node
             for device in document["devices"]:
                 device["node"] = self.cluster.node_of(device["name"])
+        if self.paging is not None:
+            document["paging"] = self.paging.pager.status()
         return document
 
     async def worker_report(self, device: str) -> dict[str, Any]:

@@ -50,6 +50,7 @@ from modelyard.workers.protocol import (
     send_message,
 )
 from modelyard.workers.slots import FairSlots, Job
+from modelyard.workers.tiers import release_free_memory
 
 log = logging.getLogger(__name__)
 
@@ -222,6 +223,7 @@ class WorkerHost:
         if held is not None:
             held.model.unload()
             gc.collect()
+            release_free_memory()  # a page-out must shrink the worker's RSS (docs/paging.md)
         self._send(Done(message.request_id))
 
     def _unload_all(self) -> None:
@@ -313,6 +315,7 @@ class WorkerHost:
                     return int(torch.cuda.memory_reserved(0))
             return nvml_process_bytes()
         gc.collect()
+        release_free_memory()  # freed buffers (a load's transient ones) are nobody's bytes
         return int(self._process.memory_info().rss)
 
     def _send(self, message: Message) -> None:

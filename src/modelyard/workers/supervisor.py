@@ -143,6 +143,10 @@ class DeviceWorker:
                     # under way), so the retry waits for the new worker.
                     if died is not None:
                         await died.wait_closed()
+                    else:
+                        # The worker is known dead but its end is not handled yet (readiness
+                        # still set): yield, or this loop spins without letting it be handled.
+                        await asyncio.sleep(0.01)
         except BaseException:
             if self._slots.get(request.key) is slot:
                 del self._slots[request.key]  # nothing to reload after a restart
