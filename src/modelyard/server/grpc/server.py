@@ -20,8 +20,10 @@ import grpc
 from modelyard.errors import ModelyardError, Unavailable
 from modelyard.management import Management
 from modelyard.management.access import Access, Gate, rpc_access
+from modelyard.observability.boundary import Observer
 from modelyard.server.dataplane import DataPlane
 from modelyard.server.grpc.kserve import KServeServicer
+from modelyard.server.grpc.observe import ObservedRpcs
 from modelyard.server.grpc.status import GRPC_STATUS, MalformedRequests
 
 
@@ -103,18 +105,25 @@ async def start_grpc_server(
     extra_servicers: Sequence[Callable[[grpc.aio.Server], None]] = (),
     management: Management | None = None,
     management_token: str | None = None,
+    observer: Observer | None = None,
 ) -> GrpcServer:
     """Serve ``inference.GRPCInferenceService`` (and ``extra_servicers``) on ``host:port``.
 
     ``port`` 0 picks a free port. Messages larger than ``max_message_bytes`` in either direction
     are refused by gRPC with RESOURCE_EXHAUSTED. Guarded methods need ``management_token`` (and
     ``management``); without them they answer PERMISSION_DENIED. Raises Unavailable when the
-    address cannot be bound.
+    address cannot be bound. ``observer``: what sees each inference call end (metrics of
+    refusals, access log, traces); None or inactive: no observing layer at all.
     """
     gate = Gate(management_token if management is not None else None)
     server = grpc.aio.server(
-        # The gate first: a refused call is answered before its request is even parsed.
-        interceptors=[_GateInterceptor(gate), MalformedRequests()],
+        # Observing first, so it sees the calls the others refuse; then the gate, so a refused
+        # call is answered before its request is even parsed.
+        interceptors=[
+            *([ObservedRpcs(observer)] if observer is not None and observer.active else []),
+            _GateInterceptor(gate),
+            MalformedRequests(),
+        ],
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import grpc
 
 from modelyard.errors import Code, Internal, InvalidArgument, ModelyardError
+from modelyard.observability import calls
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ def rpc_errors(service: str) -> Callable[[Handler[_S]], Handler[_S]]:
                 log.exception("unexpected error in %s/%s", service, handler.__name__)
                 error = Internal(f"internal error ({type(exc).__name__}); see the server log")
             # Outside the except blocks: abort raises, and that must not be caught above.
+            calls.note_error(error)  # the call's failure reason, for metrics and access log
             await context.abort(GRPC_STATUS[error.code], error.message)
 
         return wrapper
@@ -115,6 +117,7 @@ def _refusing_malformed(
 ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
     async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
         if isinstance(request, _Malformed):
+            calls.note_error(request.error)
             await context.abort(GRPC_STATUS[request.error.code], request.error.message)
         return await behavior(request, context)
 
