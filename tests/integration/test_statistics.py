@@ -56,8 +56,9 @@ def _infer_rest(server: RunningServer, model: str, rows: list[list[float]]) -> h
 
 
 def _stats(doc: dict[str, Any], model: str) -> dict[str, Any]:
-    (found,) = [s for s in doc["model_stats"] if s["name"] == model]
-    return found
+    found: list[dict[str, Any]] = [s for s in doc["model_stats"] if s["name"] == model]
+    assert len(found) == 1, doc
+    return found[0]
 
 
 def test_counts_match_what_was_sent_over_both_protocols(server: RunningServer) -> None:
