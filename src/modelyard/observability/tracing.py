@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from modelyard.deadlines import Phase
+from modelyard.errors import BackendMissing, ConfigError
 from modelyard.observability.calls import Call
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,10 @@ def traces_url(endpoint: str) -> str:
     the standard ``/v1/traces`` added (``http://collector:4318`` -> ``.../v1/traces``)."""
     parts = urlsplit(endpoint)
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError(f"--otlp-endpoint {endpoint!r} is not an http(s) URL")
+        raise ConfigError(
+            f"--otlp-endpoint {endpoint!r} is not an http(s) URL; expected e.g. "
+            "http://localhost:4318 (the OTLP/HTTP port of a collector)"
+        )
     if parts.path in ("", "/"):
         return endpoint.rstrip("/") + "/v1/traces"
     return endpoint
@@ -44,8 +48,8 @@ class Tracer:
     """Makes the spans of ended calls and exports them. ``close`` flushes what is pending."""
 
     def __init__(self, endpoint: str, *, service_name: str = "modelyard") -> None:
-        """Raises ValueError for an endpoint that is not an http(s) URL, ImportError (with the
-        install hint) when OpenTelemetry is not installed."""
+        """Raises ConfigError for an endpoint that is not an http(s) URL, BackendMissing (with
+        the install hint) when OpenTelemetry is not installed."""
         url = traces_url(endpoint)
         try:
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -57,8 +61,8 @@ class Tracer:
                 TraceContextTextMapPropagator,
             )
         except ImportError as exc:
-            raise ImportError(
-                "tracing needs OpenTelemetry: pip install 'modelyard[tracing]' "
+            raise BackendMissing(
+                "--otlp-endpoint needs OpenTelemetry: pip install 'modelyard[tracing]' "
                 f"(missing {exc.name})"
             ) from exc
         self.url = url
