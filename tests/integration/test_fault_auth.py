@@ -62,6 +62,7 @@ EXPECTED_OPEN_ROUTES = {
     ("GET", "/"),
     ("GET", "/metrics"),
     ("GET", "/modelyard/v1/status"),
+    ("GET", "/modelyard/v1/traffic"),
     ("GET", "/modelyard/v1/status/devices/{device}/report"),
     ("GET", "/v1/models/{path:path}"),
     ("POST", "/v1/models/{path:path}"),

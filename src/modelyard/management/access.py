@@ -52,6 +52,7 @@ OPEN_ROUTES: frozenset[tuple[str, str]] = frozenset(
         ("GET", "/"),
         ("GET", "/metrics"),
         ("GET", "/modelyard/v1/status"),
+        ("GET", "/modelyard/v1/traffic"),
         ("GET", "/modelyard/v1/status/devices/{device}/report"),
         # TF Serving REST: status and metadata (GET), :predict/:classify/:regress (POST).
         ("GET", "/v1/models/{path:path}"),

@@ -18,6 +18,7 @@ Async safety: read on the server's event loop.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -27,7 +28,7 @@ from modelyard.errors import NotFound
 from modelyard.ids import VersionKey
 from modelyard.lifecycle.registry import ModelRegistry, VersionEntry
 from modelyard.lifecycle.states import ModelState
-from modelyard.metrics.stats import StatsBook, VersionStats
+from modelyard.metrics.stats import LATENCY_BUCKETS_S, StatsBook, VersionStats
 from modelyard.planner import Plan
 from modelyard.tensors import DataType, TensorSpec
 
@@ -103,6 +104,37 @@ class Extensions:
                 for size, (n, ns) in sorted(stats.batches.items())
             ],
             "memory_usage": measured.get(key, []),
+        }
+
+    def traffic(self) -> dict[str, Any]:
+        """What the live page draws its rates and latencies from: per version, the totals so
+        far (successes, failures by code, the request-duration histogram's counts per bucket,
+        not cumulative) and the requests in flight, stamped with the server's time. Rates and
+        quantiles are differences between two such documents, as Prometheus computes them
+        from ``/metrics`` (the same counters)."""
+        rows = []
+        for entry in sorted(self._registry.entries(), key=lambda e: e.key):
+            stats = self._book.get(entry.key) or VersionStats()
+            rows.append(
+                {
+                    "model": entry.key.model,
+                    "version": entry.key.version,
+                    "state": entry.state.value,
+                    "success": stats.success_count,
+                    "failure": stats.fail_count,
+                    "failures": {c.value: n for c, n in sorted(stats.failures.items(), key=str)},
+                    "in_flight": sum(r.in_flight for r in entry.replicas),
+                    "latency_counts": list(stats.request_duration.counts),
+                    "latency_sum_s": stats.request_duration.sum,
+                    "rows": stats.inference_count,
+                    "executions": stats.execution_count,
+                }
+            )
+        return {
+            "time_ms": time.time_ns() / 1e6,
+            "latency_bounds_s": list(LATENCY_BUCKETS_S),
+            "versions": rows,
+            "rejected": sum(self._book.rejected.values()),
         }
 
     def config(self, model: str, version: int | None = None) -> dict[str, Any]:

@@ -141,7 +141,7 @@ def build_app(
     each inference call end (None or inactive: no observing layer)."""
     routes: list[BaseRoute] = [
         Route("/metrics", _metrics_endpoint(dataplane), methods=["GET"]),
-        *ui.routes(),
+        *ui.routes(dataplane),
         *tfserving.routes(dataplane, max_request_bytes=max_request_bytes),
         *extensions.routes(dataplane),  # before kserve's: /v2/models/stats is not a model
         *kserve.routes(dataplane, max_request_bytes=max_request_bytes),
