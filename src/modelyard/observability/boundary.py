@@ -40,6 +40,16 @@ class Observer:
         them)."""
         return self.access is not None
 
+    def needs_names(self, call: Call) -> bool:
+        """Whether ``call`` should name the model and version its request named (read from the
+        request by the boundary): when something shows them, or to count a refusal the data
+        plane did not see against the version it named."""
+        return (
+            self.access is not None
+            or self.tracer is not None
+            or (call.code is not None and not call.counted)
+        )
+
     def finish(self, call: Call, carrier: Mapping[str, str]) -> None:
         """``call`` was answered (or abandoned) now. ``carrier``: the trace context the caller
         sent (``traceparent``, and ``tracestate``), empty if none."""

@@ -53,7 +53,6 @@ class ObservedRpcs(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is
 def _observed(behavior: Behavior, protocol: Protocol, method: str, observer: Observer) -> Behavior:
     async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
         record = Call(protocol, method)
-        record.model, record.version = _named(request, protocol)
         if observer.wants_bytes:
             record.bytes_in = _size(request)
         token = calls.begin(record)
@@ -70,6 +69,8 @@ def _observed(behavior: Behavior, protocol: Protocol, method: str, observer: Obs
             record.status = record.code.value if record.code is not None else ended
             if observer.wants_bytes and response is not None:
                 record.bytes_out = _size(response)
+            if not record.model and observer.needs_names(record):
+                record.model, record.version = _named(request, protocol)
             carrier = _carrier(context) if observer.tracer is not None else {}
             observer.finish(record, carrier)
 

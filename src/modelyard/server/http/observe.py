@@ -46,14 +46,13 @@ class ObservedCalls:
             return
         path: str = scope["path"]
         kserve = path.startswith("/v2/")
-        call = Call(Protocol.KSERVE_REST if kserve else Protocol.TFSERVING_REST, f"POST {path}")
-        call.model, call.version = _named(path, kserve)
+        call = Call(Protocol.KSERVE_REST if kserve else Protocol.TFSERVING_REST, path)
         observer = self._observer
         counting = observer.wants_bytes
 
         async def receive_counted() -> Message:
             message = await receive()
-            if counting and message["type"] == "http.request":
+            if message["type"] == "http.request":
                 call.bytes_in += len(message.get("body", b""))
             return message
 
@@ -66,11 +65,17 @@ class ObservedCalls:
 
         token = calls.begin(call)
         try:
-            await self._app(scope, receive_counted, send_noted)
+            # Bytes in are counted only for the access log: otherwise no wrapper on receive.
+            await self._app(scope, receive_counted if counting else receive, send_noted)
         finally:
             calls.end(token)
             if call.code is None and call.status[:1] in ("4", "5"):
                 call.code = _STATUS_CODE.get(int(call.status), Code.INTERNAL)
+            call.method = f"POST {path}"
+            if not call.model and observer.needs_names(call):
+                # Read from the path only when something shows it: the data plane names the
+                # version of every request it counted.
+                call.model, call.version = _named(path, kserve)
             observer.finish(call, _carrier(scope) if observer.tracer is not None else {})
 
 

@@ -1,0 +1,283 @@
+"""What statistics and metrics cost per request (issue 16): on (the default, tracing off)
+against ``--no-metrics``, measured two ways in one run.
+
+1. End to end, wall clock: two ``modelyard serve`` processes on the same config (the tiny ONNX
+   MLP, unbatched), one default and one with ``--no-metrics``, loaded in turn by the load
+   generator (``bench/loadgen.py``, its own process): p50 latency at 1 client and requests per
+   second at 64 clients, KServe REST JSON and KServe gRPC. The rounds alternate A B / B A so
+   drift in the machine's load falls on both; medians over rounds are reported.
+2. Instructions per request (``--callgrind``): the KServe REST path in one process (the real
+   Starlette app, data plane and hooks, over an in-process servable that returns a fixed
+   output, so only server code is counted), under valgrind's callgrind, for N1 and N2 requests;
+   (I(N2) - I(N1)) / (N2 - N1) is the cost of one request without start-up. On a loaded
+   machine this is the stable number; wall-clock figures there move by more than the cost.
+
+    python bench/observability_cost.py --rounds 6 --seconds 2 [--callgrind] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from bench_models import TINY, write_mlp
+from protocols import GRPC_METHOD, payload
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+
+
+@contextmanager
+def serve(config: Path, root: Path, *flags: str) -> Iterator[dict[str, int]]:
+    ports_file = root / f"ports{'-'.join(flags)}.json"
+    command = [PYTHON, "-m", "modelyard", "serve", str(config), "--port", "0",
+               "--rest_api_port", "0", f"--ports-file={ports_file}", "--log-level", "WARNING",
+               *flags]  # fmt: skip
+    env = {**os.environ, "MODELYARD_CACHE_DIR": str(root / "cache")}
+    env["MODELYARD_INTRA_OP_THREADS"] = "1"
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, env=env)
+    try:
+        deadline = time.monotonic() + 180
+        while not ports_file.exists():
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"modelyard serve {flags} did not start")
+            time.sleep(0.1)
+        ports: dict[str, int] = json.loads(ports_file.read_text())
+        while httpx.get(f"http://127.0.0.1:{ports['rest']}/v2/health/ready").status_code != 200:
+            time.sleep(0.1)
+        yield ports
+    finally:
+        process.terminate()
+        process.wait(60)
+
+
+def load(port: int, protocol: str, clients: int, seconds: float) -> dict[str, float]:
+    x = np.ones((1, TINY.in_features), np.float32)
+    spec = {
+        "protocol": "grpc" if protocol == "kserve_grpc" else "http",
+        "host": "127.0.0.1",
+        "port": port,
+        "payload_b64": base64.b64encode(payload(protocol, TINY.name, x)).decode(),
+        "grpc_method": GRPC_METHOD if protocol == "kserve_grpc" else "",
+        "concurrencies": [clients],
+        "open_rate_fraction": 0.0,
+        "duration_s": seconds,
+        "warmup_s": 0.5,
+    }
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(spec, f)
+    out = subprocess.run(
+        [PYTHON, str(Path(__file__).parent / "loadgen.py"), f.name],
+        capture_output=True, text=True, check=True, timeout=120,
+    )  # fmt: skip
+    os.unlink(f.name)
+    (result,) = json.loads(out.stdout)
+    return {
+        "p50_ms": float(np.percentile(result["latencies_ms"], 50)),
+        "rps": result["requests"] / result["elapsed_s"],
+        "errors": result["errors"],
+    }
+
+
+def wall_clock(rounds: int, seconds: float) -> dict[str, Any]:
+    root = Path(tempfile.mkdtemp(prefix="obs-cost-"))
+    write_mlp(TINY, root / TINY.name / "1")
+    config = root / "modelyard.yaml"
+    config.write_text(f"models:\n  - name: {TINY.name}\n    base_path: {root / TINY.name}\n")
+    results: dict[str, dict[str, list[float]]] = {}
+    with serve(config, root) as on, serve(config, root, "--no-metrics") as off:
+        servers = {"on": on, "off": off}
+        for index in range(rounds):
+            order = ["on", "off"] if index % 2 == 0 else ["off", "on"]
+            for protocol in ("kserve_json", "kserve_grpc"):
+                for name in order:
+                    port = servers[name]["grpc" if protocol == "kserve_grpc" else "rest"]
+                    one = load(port, protocol, 1, seconds)
+                    many = load(port, protocol, 64, seconds)
+                    row = results.setdefault(f"{protocol}/{name}", {"p50_ms": [], "rps": []})
+                    row["p50_ms"].append(one["p50_ms"])
+                    row["rps"].append(many["rps"])
+                    print(f"round {index} {protocol:12} {name:3}: p50 {one['p50_ms']:.3f} ms "
+                          f"at 1 client, {many['rps']:.0f} req/s at 64", flush=True)  # fmt: skip
+    summary: dict[str, Any] = {"rounds": rounds, "seconds": seconds, "raw": results}
+    for protocol in ("kserve_json", "kserve_grpc"):
+        on, off = results[f"{protocol}/on"], results[f"{protocol}/off"]
+        # Paired by round (each pair ran back to back), then the median of the differences.
+        p50_deltas = [(a - b) * 1000 for a, b in zip(on["p50_ms"], off["p50_ms"], strict=True)]
+        rps_ratios = [a / b for a, b in zip(on["rps"], off["rps"], strict=True)]
+        summary[protocol] = {
+            "p50_ms_on": statistics.median(on["p50_ms"]),
+            "p50_ms_off": statistics.median(off["p50_ms"]),
+            "p50_added_us_median_of_pairs": statistics.median(p50_deltas),
+            "rps_on": statistics.median(on["rps"]),
+            "rps_off": statistics.median(off["rps"]),
+            "rps_loss_pct_median_of_pairs": 100 * (1 - statistics.median(rps_ratios)),
+        }
+    return summary
+
+
+# -- instructions per request, in one process, under callgrind ----------------------------------
+
+
+def _inprocess(requests: int, metrics: bool) -> None:
+    """Drive ``requests`` KServe REST inference calls through the real app, in process."""
+    from modelyard.config.schema import Platform
+    from modelyard.ids import VersionKey
+    from modelyard.lifecycle.registry import ModelRegistry, Replica, VersionEntry
+    from modelyard.lifecycle.states import ModelState
+    from modelyard.metrics import ServerMetrics
+    from modelyard.observability.boundary import Observer
+    from modelyard.server.dataplane import DataPlane
+    from modelyard.server.http.app import build_app
+    from modelyard.tensors import DataType, Signature, TensorSpec
+
+    signature = Signature(
+        (TensorSpec("x", DataType.FP32, (-1, TINY.in_features)),),
+        (TensorSpec("y", DataType.FP32, (-1, TINY.out_features)),),
+    )
+    output = {"y": np.zeros((1, TINY.out_features), np.float32)}
+
+    class Fixed:
+        """A servable that answers at once with a fixed output: only server code counts."""
+
+        @property
+        def signature(self) -> Signature:
+            return signature
+
+        @property
+        def signatures(self) -> dict[str, Signature]:
+            return {"serving_default": signature}
+
+        async def infer(self, inputs: Any, signature_name: str | None = None) -> Any:
+            return output
+
+        async def close(self) -> None:
+            pass
+
+    registry = ModelRegistry()
+    entry = VersionEntry(VersionKey(TINY.name, 1), Platform.ONNX, signature=signature)
+    entry.transition(ModelState.LOADING)
+    entry.transition(ModelState.AVAILABLE)
+    entry.replicas.append(Replica(Fixed(), "cpu"))  # type: ignore[arg-type]
+    registry.add(entry)
+    server_metrics = ServerMetrics(registry) if metrics else None
+    dataplane = DataPlane(registry, metrics=server_metrics)
+    dataplane.started = True
+    observer = Observer(count=server_metrics.call_ended if server_metrics else None)
+    app = build_app(dataplane, max_request_bytes=1 << 20, observer=observer)
+    raw = payload("kserve_json", TINY.name, np.ones((1, TINY.in_features), np.float32))
+    head, body = raw.split(b"\r\n\r\n", 1)
+    headers = [
+        (k.strip().lower().encode(), v.strip().encode())
+        for k, v in (line.split(":", 1) for line in head.decode().split("\r\n")[1:])
+    ]
+
+    statuses: dict[int, int] = {}
+
+    async def one() -> None:
+        done = asyncio.Event()
+        sent = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await done.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                statuses[message["status"]] = statuses.get(message["status"], 0) + 1
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                done.set()
+
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+                 "method": "POST", "scheme": "http", "path": f"/v2/models/{TINY.name}/infer",
+                 "raw_path": b"", "query_string": b"", "headers": headers,
+                 "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 2)}  # fmt: skip
+        await app(scope, receive, send)
+
+    async def many() -> None:
+        for _ in range(requests):
+            await one()
+
+    asyncio.run(many())
+    if statuses != {200: requests}:
+        raise SystemExit(f"not every request succeeded: {statuses}")
+    if server_metrics is not None and server_metrics.book.of(entry.key).success_count != requests:
+        raise SystemExit("the statistics did not count every request")
+
+
+def callgrind(small: int, large: int) -> dict[str, Any]:
+    counts: dict[str, dict[int, int]] = {}
+    for metrics in (True, False):
+        for n in (small, large):
+            with tempfile.TemporaryDirectory() as out:
+                command = [
+                    "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}/cg.out",
+                    PYTHON, __file__, "--inprocess", str(n), *(["--metrics"] if metrics else []),
+                ]  # fmt: skip
+                done = subprocess.run(command, capture_output=True, text=True, timeout=3600)
+                total = next(
+                    int(line.split()[-1].replace(",", ""))
+                    for line in done.stderr.splitlines()
+                    if "Collected" in line
+                )
+            counts.setdefault("on" if metrics else "off", {})[n] = total
+            print(f"callgrind metrics={'on' if metrics else 'off'} n={n}: {total:,} instructions",
+                  flush=True)  # fmt: skip
+    per = {k: (v[large] - v[small]) / (large - small) for k, v in counts.items()}
+    return {
+        "requests": [small, large],
+        "instructions_per_request_on": per["on"],
+        "instructions_per_request_off": per["off"],
+        "added_instructions_per_request": per["on"] - per["off"],
+        "added_pct": 100 * (per["on"] - per["off"]) / per["off"],
+        "raw": counts,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--callgrind", action="store_true")
+    parser.add_argument("--no-wall-clock", action="store_true")
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--inprocess", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--metrics", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.inprocess is not None:
+        _inprocess(args.inprocess, args.metrics)
+        return
+    report: dict[str, Any] = {}
+    if args.callgrind:
+        report["callgrind"] = callgrind(100, 600)
+    if not args.no_wall_clock:
+        report["wall_clock"] = wall_clock(args.rounds, args.seconds)
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.json is not None:
+        args.json.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
