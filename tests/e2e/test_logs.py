@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -76,6 +77,10 @@ def test_json_logs_parse_and_the_access_log_has_one_line_per_request(tmp_path: P
             tensor = request.inputs.add(name="x", datatype="FP32", shape=[1, 4])
             tensor.contents.fp32_contents.extend(x[0])
             service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30)
+        # Bytes that are no HTTP request: uvicorn's own warning comes out as JSON too.
+        with socket.create_connection(("127.0.0.1", ports["rest"]), timeout=10) as raw:
+            raw.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+            raw.recv(1024)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
     finally:
@@ -88,6 +93,7 @@ def test_json_logs_parse_and_the_access_log_has_one_line_per_request(tmp_path: P
     for record in records:
         assert {"time", "level", "logger", "message"} <= set(record), record
     assert any(r["logger"].startswith("modelyard") and r["level"] == "INFO" for r in records)
+    assert any(r["logger"].startswith("uvicorn") and r["level"] == "WARNING" for r in records)
     access = [r for r in records if r["logger"] == "modelyard.access"]
     seen = [(r["protocol"], r["model"], r["version"], r["status"]) for r in access]
     assert seen == [

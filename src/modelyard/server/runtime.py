@@ -185,6 +185,7 @@ class Server:
             lifespan="off",
             access_log=False,  # modelyard's own (--access-log) covers every protocol
             log_level="warning",
+            log_config=None,  # its records go to modelyard's handler (--log-format), not its own
             timeout_graceful_shutdown=30,
         )
         self._http = _Uvicorn(config)
