@@ -1,14 +1,16 @@
 """What statistics and metrics cost per request (issue 16): on (the default, tracing off)
 against ``--no-metrics``, measured two ways in one run.
 
-1. End to end, wall clock: two ``modelyard serve`` processes on the same config (the tiny ONNX
+1. In one process, CPU time: the KServe REST path (the real Starlette app, data plane and hooks,
+   over an in-process servable that answers at once, so only server code is timed), on and off
+   side by side in one event loop, alternating batches; medians of per-request CPU time.
+2. End to end, wall clock: two ``modelyard serve`` processes on the same config (the tiny ONNX
    MLP, unbatched), one default and one with ``--no-metrics``, loaded in turn by the load
    generator (``bench/loadgen.py``, its own process): p50 latency at 1 client and requests per
    second at 64 clients, KServe REST JSON and KServe gRPC. The rounds alternate A B / B A so
    drift in the machine's load falls on both; medians over rounds are reported.
-2. Instructions per request (``--callgrind``): the KServe REST path in one process (the real
-   Starlette app, data plane and hooks, over an in-process servable that returns a fixed
-   output, so only server code is counted), under valgrind's callgrind, for N1 and N2 requests;
+3. Instructions per request (``--callgrind``): the same in-process path under valgrind's
+   callgrind, for N1 and N2 requests;
    (I(N2) - I(N1)) / (N2 - N1) is the cost of one request without start-up. On a loaded
    machine this is the stable number; wall-clock figures there move by more than the cost.
 
@@ -136,8 +138,9 @@ def wall_clock(rounds: int, seconds: float) -> dict[str, Any]:
 # -- instructions per request, in one process, under callgrind ----------------------------------
 
 
-def _inprocess(requests: int, metrics: bool) -> None:
-    """Drive ``requests`` KServe REST inference calls through the real app, in process."""
+def _build(metrics: bool) -> tuple[Any, Any]:
+    """The real REST app over an in-process servable that answers at once, with statistics and
+    metrics on or off; and a coroutine function that sends it one KServe REST inference call."""
     from modelyard.config.schema import Platform
     from modelyard.ids import VersionKey
     from modelyard.lifecycle.registry import ModelRegistry, Replica, VersionEntry
@@ -215,35 +218,87 @@ def _inprocess(requests: int, metrics: bool) -> None:
                  "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 2)}  # fmt: skip
         await app(scope, receive, send)
 
+    def check(requests: int) -> None:
+        if statuses != {200: requests}:
+            raise SystemExit(f"not every request succeeded: {statuses}")
+        counted = server_metrics.book.of(entry.key).success_count if server_metrics else requests
+        if counted != requests:
+            raise SystemExit("the statistics did not count every request")
+
+    one.check = check  # type: ignore[attr-defined]
+    return app, one
+
+
+def _inprocess(requests: int, metrics: bool) -> None:
+    """Drive ``requests`` KServe REST inference calls through the real app, in process."""
+    _, one = _build(metrics)
+
     async def many() -> None:
         for _ in range(requests):
             await one()
 
     asyncio.run(many())
-    if statuses != {200: requests}:
-        raise SystemExit(f"not every request succeeded: {statuses}")
-    if server_metrics is not None and server_metrics.book.of(entry.key).success_count != requests:
-        raise SystemExit("the statistics did not count every request")
+    one.check(requests)
+
+
+def cpu_time(rounds: int, batch: int) -> dict[str, Any]:
+    """CPU seconds per request of the in-process REST path, on and off, in one process and one
+    event loop, alternating batches of ``batch`` requests: process CPU time is far less
+    disturbed by other load than wall clock (it still pays for caches others evict)."""
+    _, on = _build(True)
+    _, off = _build(False)
+    per: dict[str, list[float]] = {"on": [], "off": []}
+
+    async def run() -> None:
+        for _ in range(batch):  # warm up both
+            await on()
+            await off()
+        for index in range(rounds):
+            order = [("on", on), ("off", off)] if index % 2 == 0 else [("off", off), ("on", on)]
+            for name, one in order:
+                start = time.process_time()
+                for _ in range(batch):
+                    await one()
+                per[name].append((time.process_time() - start) / batch * 1e6)
+
+    asyncio.run(run())
+    deltas = [a - b for a, b in zip(per["on"], per["off"], strict=True)]
+    return {
+        "rounds": rounds,
+        "batch": batch,
+        "cpu_us_per_request_on": statistics.median(per["on"]),
+        "cpu_us_per_request_off": statistics.median(per["off"]),
+        "added_cpu_us_median_of_pairs": statistics.median(deltas),
+        "raw": per,
+    }
 
 
 def callgrind(small: int, large: int) -> dict[str, Any]:
-    counts: dict[str, dict[int, int]] = {}
-    for metrics in (True, False):
-        for n in (small, large):
-            with tempfile.TemporaryDirectory() as out:
+    """Instructions per request, on and off: four runs under callgrind, side by side (each is
+    single-threaded; on a shared machine running them at once gets them more of it)."""
+    runs: dict[tuple[str, int], tuple[subprocess.Popen[str], str]] = {}
+    with tempfile.TemporaryDirectory() as out:
+        for metrics in (True, False):
+            for n in (small, large):
+                name = "on" if metrics else "off"
                 command = [
-                    "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}/cg.out",
+                    "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}/{name}-{n}.out",
                     PYTHON, __file__, "--inprocess", str(n), *(["--metrics"] if metrics else []),
                 ]  # fmt: skip
-                done = subprocess.run(command, capture_output=True, text=True, timeout=3600)
-                total = next(
-                    int(line.split()[-1].replace(",", ""))
-                    for line in done.stderr.splitlines()
-                    if "Collected" in line
-                )
-            counts.setdefault("on" if metrics else "off", {})[n] = total
-            print(f"callgrind metrics={'on' if metrics else 'off'} n={n}: {total:,} instructions",
-                  flush=True)  # fmt: skip
+                process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+                runs[(name, n)] = (process, "")
+        counts: dict[str, dict[int, int]] = {}
+        for (name, n), (process, _) in runs.items():
+            _, stderr = process.communicate(timeout=7200)
+            if process.returncode != 0:
+                raise RuntimeError(f"callgrind run {name} {n} failed:\n{stderr[-2000:]}")
+            total = next(
+                int(line.split()[-1].replace(",", ""))
+                for line in stderr.splitlines()
+                if "Collected" in line
+            )
+            counts.setdefault(name, {})[n] = total
+            print(f"callgrind metrics={name} n={n}: {total:,} instructions", flush=True)
     per = {k: (v[large] - v[small]) / (large - small) for k, v in counts.items()}
     return {
         "requests": [small, large],
@@ -261,6 +316,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--callgrind", action="store_true")
     parser.add_argument("--no-wall-clock", action="store_true")
+    parser.add_argument("--cpu-rounds", type=int, default=20, help="0: skip the CPU-time part")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--inprocess", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--metrics", action="store_true", help=argparse.SUPPRESS)
@@ -269,6 +325,9 @@ def main() -> None:
         _inprocess(args.inprocess, args.metrics)
         return
     report: dict[str, Any] = {}
+    if args.cpu_rounds:
+        report["cpu_time"] = cpu_time(args.cpu_rounds, 300)
+        print(json.dumps({k: v for k, v in report["cpu_time"].items() if k != "raw"}), flush=True)
     if args.callgrind:
         report["callgrind"] = callgrind(100, 600)
     if not args.no_wall_clock:

@@ -119,20 +119,23 @@ class StatsBook:
     requests refused before any model version was found, by protocol and code."""
 
     def __init__(self) -> None:
-        self._versions: dict[VersionKey, VersionStats] = {}
+        # Keyed by (model, version): a tuple of a str and an int hashes in C, a VersionKey
+        # (a dataclass) through Python code, and this look-up is on every request.
+        self._versions: dict[tuple[str, int], VersionStats] = {}
         self.rejected: dict[tuple[str, Code], int] = {}
 
     def of(self, key: VersionKey) -> VersionStats:
-        stats = self._versions.get(key)
+        pair = (key.model, key.version)
+        stats = self._versions.get(pair)
         if stats is None:
-            stats = self._versions[key] = VersionStats()
+            stats = self._versions[pair] = VersionStats()
         return stats
 
     def get(self, key: VersionKey) -> VersionStats | None:
-        return self._versions.get(key)
+        return self._versions.get((key.model, key.version))
 
     def items(self) -> Iterator[tuple[VersionKey, VersionStats]]:
-        return iter(sorted(self._versions.items()))
+        return iter([(VersionKey(m, v), s) for (m, v), s in sorted(self._versions.items())])
 
     def observe(
         self,

@@ -35,6 +35,12 @@ class Observer:
         return self.count is not None or self.access is not None or self.tracer is not None
 
     @property
+    def wants_status(self) -> bool:
+        """Whether calls should note the status they answered and their method (only the
+        access log and traces show them; counts use the error's code)."""
+        return self.access is not None or self.tracer is not None
+
+    @property
     def wants_bytes(self) -> bool:
         """Whether calls should measure their bytes in and out (only the access log shows
         them)."""
@@ -59,6 +65,4 @@ class Observer:
         if self.access is not None:
             self.access.write(call, now - call.started)
         if self.tracer is not None:
-            self.tracer.record(
-                call, call.started_wall_ns + int((now - call.started) * 1e9), carrier
-            )
+            self.tracer.record(call, time.time_ns(), now, carrier)

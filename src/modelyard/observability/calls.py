@@ -59,7 +59,6 @@ class Call:
         "request_id",
         "rows",
         "started",
-        "started_wall_ns",
         "status",
         "version",
     )
@@ -68,7 +67,6 @@ class Call:
         self.protocol = protocol
         self.method = method  # the HTTP method and path, or the gRPC method's full name
         self.started = time.monotonic()
-        self.started_wall_ns = time.time_ns()
         self.request_id = next(_ids)
         self.model = ""
         self.version = ""
@@ -98,6 +96,29 @@ def begin(call: Call) -> contextvars.Token[Call | None]:
 
 def end(token: contextvars.Token[Call | None]) -> None:
     _CURRENT.reset(token)
+
+
+_STATUS_CODE = {
+    400: Code.INVALID_ARGUMENT,
+    401: Code.UNAUTHENTICATED,
+    403: Code.PERMISSION_DENIED,
+    404: Code.NOT_FOUND,
+    405: Code.UNIMPLEMENTED,
+    413: Code.RESOURCE_EXHAUSTED,
+    429: Code.RESOURCE_EXHAUSTED,
+    501: Code.UNIMPLEMENTED,
+    503: Code.UNAVAILABLE,
+    504: Code.DEADLINE_EXCEEDED,
+}
+
+
+def note_status(status: int) -> None:
+    """Record the code of an HTTP refusal that no modelyard error named (the router's own 404
+    and 405): the code whose HTTP status it is (INTERNAL for another 5xx)."""
+    call = _CURRENT.get()
+    if call is not None and call.code is None and status >= 400:
+        other = Code.INTERNAL if status >= 500 else Code.INVALID_ARGUMENT
+        call.code = _STATUS_CODE.get(status, other)
 
 
 def note_error(error: ModelyardError) -> None:

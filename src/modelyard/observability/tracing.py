@@ -75,9 +75,13 @@ class Tracer:
         self._propagator = TraceContextTextMapPropagator()
         self._server_kind = SpanKind.SERVER
 
-    def record(self, call: Call, end_wall_ns: int, carrier: Mapping[str, str]) -> None:
-        """Make and end the spans of ``call`` (ended at ``end_wall_ns``, epoch ns); its parent
-        is the ``traceparent`` in ``carrier``, if any."""
+    def record(
+        self, call: Call, end_wall_ns: int, end_mono: float, carrier: Mapping[str, str]
+    ) -> None:
+        """Make and end the spans of ``call``, which ended at ``end_wall_ns`` (epoch ns), that
+        is ``end_mono`` (``time.monotonic()``); its parent is the ``traceparent`` in
+        ``carrier``, if any."""
+        wall = _Wall(end_mono, end_wall_ns)  # the call's monotonic marks, as epoch ns
         from opentelemetry import trace
 
         parent = self._propagator.extract(carrier=dict(carrier)) if carrier else None
@@ -95,12 +99,11 @@ class Tracer:
             context=parent,
             kind=self._server_kind,
             attributes=attributes,
-            start_time=call.started_wall_ns,
+            start_time=wall.ns(call.started),
         )
         clock = call.clock
         if clock is not None:
             inside = trace.set_span_in_context(request)
-            wall = _Wall(call.started, call.started_wall_ns)
             marks = clock.marks
             for index, (phase, at) in enumerate(marks):
                 until = marks[index + 1][1] if index + 1 < len(marks) else None
@@ -131,7 +134,7 @@ class Tracer:
 
 class _Wall:
     """Turns ``time.monotonic()`` readings of a call into epoch nanoseconds (spans need wall
-    time), anchored at the call's start, so the clock's phases line up with the span."""
+    time), anchored at one reading of both clocks, so the phases line up with the span."""
 
     __slots__ = ("_mono", "_wall_ns")
 

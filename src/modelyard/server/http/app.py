@@ -23,6 +23,7 @@ from modelyard.errors import Internal, ModelyardError, Unauthenticated
 from modelyard.management import Management
 from modelyard.management.access import Access, Gate, route_access
 from modelyard.metrics.server_metrics import CONTENT_TYPE
+from modelyard.observability import calls
 from modelyard.observability.boundary import Observer
 from modelyard.server.dataplane import DataPlane
 from modelyard.server.http import extensions, kserve, management, status, tfserving, ui
@@ -43,6 +44,7 @@ async def _on_http_exception(request: Request, exc: Exception) -> Response:
     # The router's own 404 (no route) and 405 (wrong method), in the protocols' JSON error
     # shape instead of Starlette's plain text.
     assert isinstance(exc, HTTPException)
+    calls.note_status(exc.status_code)  # the refusal's reason, for metrics and the access log
     return JSONResponse(
         {"error": f"{exc.detail}: {request.method} {request.url.path}"},
         status_code=exc.status_code,

@@ -12,25 +12,10 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from modelyard.errors import Code
 from modelyard.observability import calls
 from modelyard.observability.boundary import TRACEPARENT, Observer
 from modelyard.observability.calls import Call, Protocol
 from modelyard.server.http.deadline import is_inference
-
-_STATUS_CODE = {
-    400: Code.INVALID_ARGUMENT,
-    401: Code.UNAUTHENTICATED,
-    403: Code.PERMISSION_DENIED,
-    404: Code.NOT_FOUND,
-    405: Code.UNIMPLEMENTED,
-    413: Code.RESOURCE_EXHAUSTED,
-    429: Code.RESOURCE_EXHAUSTED,
-    501: Code.UNIMPLEMENTED,
-    503: Code.UNAVAILABLE,
-    504: Code.DEADLINE_EXCEEDED,
-}
-"""The code of a refusal no modelyard error named (the router's own 404 and 405)."""
 
 
 class ObservedCalls:
@@ -48,6 +33,18 @@ class ObservedCalls:
         kserve = path.startswith("/v2/")
         call = Call(Protocol.KSERVE_REST if kserve else Protocol.TFSERVING_REST, path)
         observer = self._observer
+        if not observer.wants_status:
+            # Counting only: the failure's code comes from the error mapping, so the call's
+            # messages need no wrappers.
+            token = calls.begin(call)
+            try:
+                await self._app(scope, receive, send)
+            finally:
+                calls.end(token)
+                if not call.model and observer.needs_names(call):
+                    call.model, call.version = _named(path, kserve)
+                observer.finish(call, {})
+            return
         counting = observer.wants_bytes
 
         async def receive_counted() -> Message:
@@ -69,8 +66,6 @@ class ObservedCalls:
             await self._app(scope, receive_counted if counting else receive, send_noted)
         finally:
             calls.end(token)
-            if call.code is None and call.status[:1] in ("4", "5"):
-                call.code = _STATUS_CODE.get(int(call.status), Code.INTERNAL)
             call.method = f"POST {path}"
             if not call.model and observer.needs_names(call):
                 # Read from the path only when something shows it: the data plane names the
