@@ -28,8 +28,24 @@ _INFERENCE: dict[str, Protocol] = {
 Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
 
+def observed(
+    handler: grpc.RpcMethodHandler | None, method: str, observer: Observer
+) -> grpc.RpcMethodHandler | None:
+    """``handler`` of the full method name ``method``, observed when it is an inference method
+    (unchanged otherwise). Usable once per method where handlers are registered, or per call
+    from ``ObservedRpcs``; it must be the outermost wrapper to see every refusal."""
+    protocol = _INFERENCE.get(method)
+    if handler is None or protocol is None or handler.unary_unary is None:
+        return handler
+    wrapped: grpc.RpcMethodHandler = handler._replace(
+        unary_unary=_observed(handler.unary_unary, protocol, method, observer)
+    )
+    return wrapped
+
+
 class ObservedRpcs(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is untyped
-    """See the module docstring."""
+    """``observed`` as the first server interceptor, so that the calls the other interceptors
+    refuse (a message that does not parse) are seen too."""
 
     def __init__(self, observer: Observer) -> None:
         self._observer = observer
@@ -38,16 +54,9 @@ class ObservedRpcs(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler | None:
         handler = await continuation(handler_call_details)
-        method: str = handler_call_details.method
-        protocol = _INFERENCE.get(method)
-        if handler is None or protocol is None or handler.unary_unary is None:
-            return handler
-        observed: grpc.RpcMethodHandler = handler._replace(
-            unary_unary=_observed(handler.unary_unary, protocol, method, self._observer)
-        )
-        return observed
+        return observed(handler, handler_call_details.method, self._observer)
 
 
 def _observed(behavior: Behavior, protocol: Protocol, method: str, observer: Observer) -> Behavior:
