@@ -44,6 +44,8 @@ from modelyard.planner import Plan
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
+_current_call = calls.current  # looked up once: observe_ok runs on every request
+
 StatusReader = Callable[[], Mapping[str, Any]]
 """Returns the status document (``modelyard.server.http.status``): devices, workers, bytes."""
 
@@ -71,7 +73,7 @@ class ServerMetrics:
 
     def observe_ok(self, key: VersionKey, clock: RequestClock, rows: int) -> None:
         """A request on ``key`` succeeded; ``clock`` holds its phases, ``rows`` its dim 0."""
-        call = calls.current()
+        call = _current_call()
         if call is None:
             self.book.observe(key, clock, rows, "in_process", None)
             return

@@ -75,15 +75,28 @@ def _observed(behavior: Behavior, protocol: Protocol, method: str, observer: Obs
             raise
         finally:
             calls.end(token)
-            record.status = record.code.value if record.code is not None else ended
-            if observer.wants_bytes and response is not None:
-                record.bytes_out = _size(response)
-            if not record.model and observer.needs_names(record):
-                record.model, record.version = _named(request, protocol)
-            carrier = _carrier(context) if observer.tracer is not None else {}
-            observer.finish(record, carrier)
+            # Counting only, and the data plane counted it (or nothing failed): nothing to do.
+            if observer.wants_status or (record.code is not None and not record.counted):
+                _finish(record, request, response, ended, context, observer)
 
     return call
+
+
+def _finish(
+    record: Call,
+    request: Any,
+    response: Any,
+    ended: str,
+    context: grpc.aio.ServicerContext,
+    observer: Observer,
+) -> None:
+    record.status = record.code.value if record.code is not None else ended
+    if observer.wants_bytes and response is not None:
+        record.bytes_out = _size(response)
+    if not record.model and observer.needs_names(record):
+        record.model, record.version = _named(request, record.protocol)
+    carrier = _carrier(context) if observer.tracer is not None else {}
+    observer.finish(record, carrier)
 
 
 def _named(request: Any, protocol: Protocol) -> tuple[str, str]:

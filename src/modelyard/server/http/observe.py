@@ -35,15 +35,16 @@ class ObservedCalls:
         observer = self._observer
         if not observer.wants_status:
             # Counting only: the failure's code comes from the error mapping, so the call's
-            # messages need no wrappers.
+            # messages need no wrappers, and a call the data plane counted needs nothing more.
             token = calls.begin(call)
             try:
                 await self._app(scope, receive, send)
             finally:
                 calls.end(token)
-                if not call.model and observer.needs_names(call):
-                    call.model, call.version = _named(path, kserve)
-                observer.finish(call, {})
+                if call.code is not None and not call.counted:
+                    if not call.model:
+                        call.model, call.version = _named(path, kserve)
+                    observer.finish(call, {})
             return
         counting = observer.wants_bytes
 
