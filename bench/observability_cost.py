@@ -135,6 +135,111 @@ def wall_clock(rounds: int, seconds: float) -> dict[str, Any]:
     return summary
 
 
+# -- wall clock, paired: both servers under the same load at the same moment ---------------------
+
+
+def _spec(port: int, protocol: str) -> Any:
+    from loadgen import Spec
+
+    x = np.ones((1, TINY.in_features), np.float32)
+    return Spec(
+        protocol="grpc" if protocol == "kserve_grpc" else "http",
+        host="127.0.0.1",
+        port=port,
+        payload_b64=base64.b64encode(payload(protocol, TINY.name, x)).decode(),
+        grpc_method=GRPC_METHOD if protocol == "kserve_grpc" else "",
+    )
+
+
+async def _paired_latency(specs: dict[str, Any], requests: int) -> dict[str, Any]:
+    """One client, alternating its requests between the two servers (A B, then B A): each
+    pair ran under the same load, so the median of the pair differences is the cost."""
+    import loadgen
+
+    sends = {}
+    for name, spec in specs.items():
+        make = await loadgen._senders(spec, base64.b64decode(spec.payload_b64))
+        sends[name] = await make()
+    for _ in range(200):  # warm up
+        for send in sends.values():
+            await send()
+    latencies: dict[str, list[float]] = {"on": [], "off": []}
+    clock = time.perf_counter
+    for index in range(requests):
+        for name in ("on", "off") if index % 2 == 0 else ("off", "on"):
+            began = clock()
+            await sends[name]()
+            latencies[name].append((clock() - began) * 1e6)
+    pairs = [a - b for a, b in zip(latencies["on"], latencies["off"], strict=True)]
+    return {
+        "requests": requests,
+        "p50_us_on": statistics.median(latencies["on"]),
+        "p50_us_off": statistics.median(latencies["off"]),
+        "added_us_median_of_pairs": statistics.median(pairs),
+    }
+
+
+def _simultaneous_throughput(
+    ports: dict[str, int], protocol: str, seconds: float
+) -> dict[str, float]:
+    """64 clients on each server at the same time (two load generators): both servers share
+    the machine under the same conditions, so the ratio of their rates is the relative cost."""
+    processes = {}
+    for name, port in ports.items():
+        spec = _spec(port, protocol).__dict__ | {
+            "concurrencies": [64], "open_rate_fraction": 0.0, "duration_s": seconds,
+            "warmup_s": 0.5,
+        }  # fmt: skip
+        path = Path(tempfile.mkstemp(suffix=".json")[1])
+        path.write_text(json.dumps(spec))
+        processes[name] = (
+            subprocess.Popen(
+                [PYTHON, str(Path(__file__).parent / "loadgen.py"), str(path)],
+                stdout=subprocess.PIPE,
+                text=True,
+            ),
+            path,
+        )
+    rates = {}
+    for name, (process, path) in processes.items():
+        out, _ = process.communicate(timeout=120)
+        path.unlink()
+        (result,) = json.loads(out)
+        rates[name] = result["requests"] / result["elapsed_s"]
+    return rates
+
+
+def paired(rounds: int, requests: int, seconds: float) -> dict[str, Any]:
+    import uvloop
+
+    root = Path(tempfile.mkdtemp(prefix="obs-paired-"))
+    write_mlp(TINY, root / TINY.name / "1")
+    config = root / "modelyard.yaml"
+    config.write_text(f"models:\n  - name: {TINY.name}\n    base_path: {root / TINY.name}\n")
+    report: dict[str, Any] = {}
+    with serve(config, root) as on, serve(config, root, "--no-metrics") as off:
+        servers = {"on": on, "off": off}
+        for protocol in ("kserve_json", "kserve_grpc"):
+            key = "grpc" if protocol == "kserve_grpc" else "rest"
+            specs = {name: _spec(ports[key], protocol) for name, ports in servers.items()}
+            latency = uvloop.run(_paired_latency(specs, requests))
+            ratios = []
+            for _ in range(rounds):
+                rates = _simultaneous_throughput(
+                    {n: p[key] for n, p in servers.items()}, protocol, seconds
+                )
+                ratios.append(rates["on"] / rates["off"])
+                print(f"{protocol}: simultaneous {rates['on']:.0f} (on) vs {rates['off']:.0f} "
+                      "(off) req/s", flush=True)  # fmt: skip
+            report[protocol] = {
+                **latency,
+                "throughput_ratio_on_over_off": ratios,
+                "throughput_loss_pct_median": 100 * (1 - statistics.median(ratios)),
+            }
+            print(protocol, json.dumps(report[protocol]), flush=True)
+    return report
+
+
 # -- instructions per request, in one process, under callgrind ----------------------------------
 
 
@@ -316,6 +421,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--callgrind", action="store_true")
     parser.add_argument("--no-wall-clock", action="store_true")
+    parser.add_argument("--paired", action="store_true", help="the paired wall-clock measure")
     parser.add_argument("--cpu-rounds", type=int, default=20, help="0: skip the CPU-time part")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--inprocess", type=int, help=argparse.SUPPRESS)
@@ -330,6 +436,8 @@ def main() -> None:
         print(json.dumps({k: v for k, v in report["cpu_time"].items() if k != "raw"}), flush=True)
     if args.callgrind:
         report["callgrind"] = callgrind(100, 600)
+    if args.paired:
+        report["paired"] = paired(args.rounds, 3000, args.seconds)
     if not args.no_wall_clock:
         report["wall_clock"] = wall_clock(args.rounds, args.seconds)
     text = json.dumps(report, indent=2)

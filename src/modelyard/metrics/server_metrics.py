@@ -44,7 +44,7 @@ from modelyard.planner import Plan
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
-_current_call = calls.current  # looked up once: observe_ok runs on every request
+_current_call = calls.CURRENT.get  # bound once: observe_ok runs on every request
 
 StatusReader = Callable[[], Mapping[str, Any]]
 """Returns the status document (``modelyard.server.http.status``): devices, workers, bytes."""
@@ -82,7 +82,7 @@ class ServerMetrics:
         call.rows = rows
         call.model = key.model
         call.version = str(key.version)
-        self.book.observe(key, clock, rows, call.protocol.value, None)
+        self.book.observe(key, clock, rows, call.protocol_label, None)
 
     def observe_error(
         self,

@@ -29,22 +29,15 @@ class Observer:
         self.count = count
         self.access = access
         self.tracer = tracer
+        # Plain attributes, read on every call: whether calls should note the status they
+        # answered and their method (only the access log and traces show them; counts use the
+        # error's code), and their bytes in and out (only the access log shows those).
+        self.wants_status = access is not None or tracer is not None
+        self.wants_bytes = access is not None
 
     @property
     def active(self) -> bool:
         return self.count is not None or self.access is not None or self.tracer is not None
-
-    @property
-    def wants_status(self) -> bool:
-        """Whether calls should note the status they answered and their method (only the
-        access log and traces show them; counts use the error's code)."""
-        return self.access is not None or self.tracer is not None
-
-    @property
-    def wants_bytes(self) -> bool:
-        """Whether calls should measure their bytes in and out (only the access log shows
-        them)."""
-        return self.access is not None
 
     def needs_names(self, call: Call) -> bool:
         """Whether ``call`` should name the model and version its request named (read from the

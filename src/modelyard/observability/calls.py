@@ -56,6 +56,7 @@ class Call:
         "method",
         "model",
         "protocol",
+        "protocol_label",
         "request_id",
         "rows",
         "started",
@@ -65,6 +66,8 @@ class Call:
 
     def __init__(self, protocol: Protocol, method: str = "") -> None:
         self.protocol = protocol
+        # The label as a plain str: Enum.value is a Python-level descriptor, read per request.
+        self.protocol_label: str = protocol._value_
         self.method = method  # the HTTP method and path, or the gRPC method's full name
         self.started = time.monotonic()
         self.request_id = next(_ids)
@@ -79,9 +82,14 @@ class Call:
         self.rows = 0  # the request's rows (dim 0), once the data plane ran it
 
 
-_CURRENT: contextvars.ContextVar[Call | None] = contextvars.ContextVar(
+CURRENT: contextvars.ContextVar[Call | None] = contextvars.ContextVar(
     "modelyard_call", default=None
 )
+"""The call this task serves. The boundaries ``set`` and ``reset`` it around a call, and the
+hooks read it with ``get`` directly: on every request, a Python wrapper would cost more than
+the look-up (``current``, ``begin`` and ``end`` say the same for other callers)."""
+
+_CURRENT = CURRENT
 
 
 def current() -> Call | None:

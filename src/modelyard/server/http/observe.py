@@ -14,7 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modelyard.observability import calls
 from modelyard.observability.boundary import TRACEPARENT, Observer
-from modelyard.observability.calls import Call, Protocol
+from modelyard.observability.calls import CURRENT, Call, Protocol
 from modelyard.server.http.deadline import is_inference
 
 
@@ -36,11 +36,11 @@ class ObservedCalls:
         if not observer.wants_status:
             # Counting only: the failure's code comes from the error mapping, so the call's
             # messages need no wrappers, and a call the data plane counted needs nothing more.
-            token = calls.begin(call)
+            token = CURRENT.set(call)
             try:
                 await self._app(scope, receive, send)
             finally:
-                calls.end(token)
+                CURRENT.reset(token)
                 if call.code is not None and not call.counted:
                     if not call.model:
                         call.model, call.version = _named(path, kserve)
