@@ -96,16 +96,30 @@ class DeadlinePolicy:
         return client if server is None or client.at < server.at else server
 
 
+class BatchRun:
+    """One execution of a batch, shared by the clocks of the requests in it, so that statistics
+    count the execution once however many requests it served. Mutable; one event loop."""
+
+    __slots__ = ("counted", "rows")
+
+    def __init__(self, rows: int) -> None:
+        self.rows = rows  # the rows the batch ran with, before padding
+        self.counted = False  # set by the first of its requests that statistics count
+
+
 class RequestClock:
     """One request's deadline and the phases it went through. Mutable; owned by the request
-    (the data plane creates it, the batcher moves it to the next phase); one event loop."""
+    (the data plane creates it, the batcher moves it to the next phase); one event loop.
 
-    __slots__ = ("_phases", "deadline", "device", "model")
+    ``batch``: the batch the request ran in, when a batcher ran it (statistics read it)."""
+
+    __slots__ = ("_phases", "batch", "deadline", "device", "model")
 
     def __init__(self, deadline: Deadline | None, *, model: str = "", start: float | None = None):
         self.deadline = deadline
         self.model = model
         self.device = ""
+        self.batch: BatchRun | None = None
         begun = time.monotonic() if start is None else start
         self._phases: list[tuple[Phase, float]] = [(Phase.ADMITTED, begun)]
 
@@ -115,6 +129,12 @@ class RequestClock:
     @property
     def phase(self) -> Phase:
         return self._phases[-1][0]
+
+    @property
+    def marks(self) -> list[tuple[Phase, float]]:
+        """Each phase entered and when (``time.monotonic()``), in order; the first is ADMITTED
+        at the request's start. Read-only for callers (statistics and traces read it)."""
+        return self._phases
 
     def expired(self, now: float | None = None) -> bool:
         return self.deadline is not None and self.deadline.expired(now)

@@ -62,6 +62,7 @@ EXPECTED_OPEN_ROUTES = {
     ("GET", "/"),
     ("GET", "/metrics"),
     ("GET", "/modelyard/v1/status"),
+    ("GET", "/modelyard/v1/traffic"),
     ("GET", "/modelyard/v1/status/devices/{device}/report"),
     ("GET", "/v1/models/{path:path}"),
     ("POST", "/v1/models/{path:path}"),
@@ -74,6 +75,11 @@ EXPECTED_OPEN_ROUTES = {
     ("GET", "/v2/models/{model}/versions/{version}/ready"),
     ("POST", "/v2/models/{model}/infer"),
     ("POST", "/v2/models/{model}/versions/{version}/infer"),
+    ("GET", "/v2/models/stats"),
+    ("GET", "/v2/models/{model}/stats"),
+    ("GET", "/v2/models/{model}/versions/{version}/stats"),
+    ("GET", "/v2/models/{model}/config"),
+    ("GET", "/v2/models/{model}/versions/{version}/config"),
 }
 """REST entry points anyone may call: each reads, none changes what is served."""
 
@@ -84,6 +90,8 @@ EXPECTED_OPEN_RPCS = {
     "/inference.GRPCInferenceService/ServerMetadata",
     "/inference.GRPCInferenceService/ModelMetadata",
     "/inference.GRPCInferenceService/ModelInfer",
+    "/inference.GRPCInferenceService/ModelStatistics",
+    "/inference.GRPCInferenceService/ModelConfig",
     "/tensorflow.serving.PredictionService/Predict",
     "/tensorflow.serving.PredictionService/GetModelMetadata",
     "/tensorflow.serving.PredictionService/Classify",

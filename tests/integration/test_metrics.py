@@ -20,11 +20,16 @@ def _samples(rest_url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], flo
 def test_requests_and_errors_are_counted_per_model(server: RunningServer) -> None:
     ok_key = (
         "modelyard_inference_requests_total",
-        (("model", "linear"), ("outcome", "OK"), ("version", "1")),
+        (("model", "linear"), ("outcome", "OK"), ("protocol", "tfserving_rest"), ("version", "1")),
     )
     bad_key = (
         "modelyard_inference_requests_total",
-        (("model", "linear"), ("outcome", "INVALID_ARGUMENT"), ("version", "1")),
+        (
+            ("model", "linear"),
+            ("outcome", "INVALID_ARGUMENT"),
+            ("protocol", "tfserving_rest"),
+            ("version", "1"),
+        ),
     )
     before = _samples(server.rest_url)
     url = f"{server.rest_url}/v1/models/linear/versions/1:predict"

@@ -24,7 +24,7 @@ PURE_PACKAGES = ("planner", "repository")
 # STYLE.md's layers, lowest first: a package imports its own layer or those below, never above.
 LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"errors", "ids", "tensors", "codec", "config", "tfproto", "deadlines", "servable"}),
-    frozenset({"repository", "planner", "batching", "backends", "devices"}),
+    frozenset({"repository", "planner", "batching", "backends", "devices", "observability"}),
     frozenset({"lifecycle", "workers", "management", "metrics", "cluster"}),
     frozenset({"server"}),
     frozenset({"testing", "demo"}),

@@ -260,8 +260,10 @@ class DynamicBatcher:
                 continue
             batch.stage = _Stage.RUNNING
             clocks = [r.clock for r in batch.requests if r.clock is not None]
+            run = deadlines.BatchRun(batch.rows)  # statistics count this execution once
             for clock in clocks:
                 clock.enter(deadlines.Phase.DEVICE)
+                clock.batch = run
             # The batch's task runs under a clock of its own: the latest deadline of its
             # requests (none if one has none), which the worker client sends with the batch.
             shared = None

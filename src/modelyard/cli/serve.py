@@ -20,6 +20,8 @@ from modelyard.config import ServerConfig, parse_size
 from modelyard.deadlines import DeadlinePolicy
 from modelyard.errors import ModelyardError
 from modelyard.management.state import StateStore
+from modelyard.observability import logs
+from modelyard.observability.logs import LogFormat
 from modelyard.planner.footprints import FootprintCache
 from modelyard.server.defaults import (
     DEFAULT_GRPC_PORT,
@@ -265,6 +267,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="LEVEL",
         help=f"{', '.join(LOG_LEVELS)} (default INFO)",
     )
+    parser.add_argument(
+        "--log-format",
+        choices=[f.value for f in LogFormat],
+        default=LogFormat.TEXT.value,
+        help="text (default) or json: one JSON object per line (time, level, logger, message, "
+        "request_id)",
+    )
+    parser.add_argument(
+        "--access-log",
+        action="store_true",
+        help="log one line per inference request, any protocol: request id, protocol, model, "
+        "version, status, latency, bytes (logger modelyard.access)",
+    )
+    parser.add_argument(
+        "--otlp-endpoint",
+        default=None,
+        metavar="URL",
+        help="export OpenTelemetry traces over OTLP/HTTP to URL, e.g. http://localhost:4318 "
+        "(default: tracing off). Needs pip install 'modelyard[tracing]'",
+    )
+    parser.add_argument(
+        "--no-metrics",
+        dest="metrics",
+        action="store_false",
+        help="turn statistics and /metrics off (they cost a few microseconds per request)",
+    )
 
 
 def resolve_config(args: argparse.Namespace) -> tuple[ServerConfig, bool]:
@@ -273,11 +301,7 @@ def resolve_config(args: argparse.Namespace) -> tuple[ServerConfig, bool]:
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=args.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.configure(args.log_level, LogFormat(args.log_format), sys.stderr)
     for flag in getattr(args, "ignored_tf_flags", []):
         log.warning("ignoring TF Serving flag --%s: it has no effect in modelyard", flag)
     try:
@@ -329,6 +353,9 @@ def server_options(args: argparse.Namespace) -> ServerOptions:
         config_files=tuple(sources.watched_files(args)),
         read_config=lambda: resolve_config(args)[0],
         config_poll_s=args.model_config_file_poll_wait_seconds,
+        access_log=args.access_log,
+        metrics=args.metrics,
+        otlp_endpoint=args.otlp_endpoint,
     )
 
 

@@ -52,6 +52,7 @@ OPEN_ROUTES: frozenset[tuple[str, str]] = frozenset(
         ("GET", "/"),
         ("GET", "/metrics"),
         ("GET", "/modelyard/v1/status"),
+        ("GET", "/modelyard/v1/traffic"),
         ("GET", "/modelyard/v1/status/devices/{device}/report"),
         # TF Serving REST: status and metadata (GET), :predict/:classify/:regress (POST).
         ("GET", "/v1/models/{path:path}"),
@@ -66,6 +67,12 @@ OPEN_ROUTES: frozenset[tuple[str, str]] = frozenset(
         ("GET", _KSERVE_VERSION + "/ready"),
         ("POST", _KSERVE_MODEL + "/infer"),
         ("POST", _KSERVE_VERSION + "/infer"),
+        # Triton's statistics and model configuration extensions: read-only views.
+        ("GET", "/v2/models/stats"),
+        ("GET", _KSERVE_MODEL + "/stats"),
+        ("GET", _KSERVE_VERSION + "/stats"),
+        ("GET", _KSERVE_MODEL + "/config"),
+        ("GET", _KSERVE_VERSION + "/config"),
     }
 )
 """(method, route path template) pairs anyone may call; HEAD counts as GET. Every other route
@@ -80,6 +87,8 @@ OPEN_RPCS: frozenset[str] = frozenset(
         "/inference.GRPCInferenceService/ServerMetadata",
         "/inference.GRPCInferenceService/ModelMetadata",
         "/inference.GRPCInferenceService/ModelInfer",
+        "/inference.GRPCInferenceService/ModelStatistics",
+        "/inference.GRPCInferenceService/ModelConfig",
         "/tensorflow.serving.PredictionService/Predict",
         "/tensorflow.serving.PredictionService/GetModelMetadata",
         "/tensorflow.serving.PredictionService/Classify",

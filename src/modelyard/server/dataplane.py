@@ -31,6 +31,7 @@ from modelyard.errors import (
 from modelyard.lifecycle.registry import ModelRegistry, VersionEntry
 from modelyard.lifecycle.states import ModelState
 from modelyard.metrics import ServerMetrics
+from modelyard.metrics.extensions import Extensions
 from modelyard.server.defaults import DEFAULT_MAX_IN_FLIGHT
 from modelyard.tensors import DEFAULT_SIGNATURE, Signature, signature_named
 
@@ -157,6 +158,8 @@ class DataPlane:
         self.started = False
         self.stopping = False
         self.extensions: tuple[str, ...] = ("binary_tensor_data", "model_repository")
+        # Triton's statistics and model configuration documents (None: statistics are off).
+        self.introspection: Extensions | None = None
 
     # -- health --------------------------------------------------------------------------
 
@@ -257,18 +260,19 @@ class DataPlane:
                 else:
                     signature, run_name = _pick_signature(entry, signature_name)
             with deadlines.serving(clock):
-                result, seconds = await self._bounded(
+                result, _seconds = await self._bounded(
                     clock, entry, signature, run_name, inputs, outputs
                 )
         except ModelyardError as exc:
             if self.metrics is not None:
-                key = entry.key if entry is not None else None
-                self.metrics.observe_error(
-                    key.model if key else None, key.version if key else None, exc.code
-                )
+                if entry is not None:
+                    self.metrics.observe_error(entry.key, exc.code, clock)
+                elif isinstance(ref, ModelRef):
+                    named = (ref.name, ref.version, ref.label)
+                    self.metrics.observe_error(None, exc.code, None, named)
             raise
         if self.metrics is not None:
-            self.metrics.observe_ok(entry.key.model, entry.key.version, seconds)
+            self.metrics.observe_ok(entry.key, clock, _rows(inputs))
         return result
 
     async def _bounded(
@@ -349,6 +353,13 @@ class DataPlane:
         if entry.state is not ModelState.AVAILABLE:
             raise Unavailable(entry.unavailable_reason())
         return entry
+
+
+def _rows(inputs: Mapping[str, np.ndarray]) -> int:
+    """A request's rows as statistics count them: dim 0 of its first input (1 for a scalar)."""
+    for array in inputs.values():
+        return array.shape[0] if array.ndim else 1
+    return 0
 
 
 def _default_signature(entry: VersionEntry) -> Signature:

@@ -43,6 +43,10 @@ class ServerOptions:
     load (None: read from the default cache, never recorded).
     ``poll_interval_s``: seconds between polls of the base paths (None: the config's
     ``poll_interval_seconds``, else 1 s; 0 or less: never after start).
+    ``metrics``: keep statistics and metrics (``/metrics``, the statistics extension); False
+    (``--no-metrics``) takes every count off the request path.
+    ``access_log``: one log line per inference call (``modelyard.access``, ``--access-log``).
+    ``otlp_endpoint``: export traces there over OTLP/HTTP (None: tracing off).
     ``config_files``: polled every ``config_poll_s`` (0: never); when they change,
     ``read_config`` gives the new config.
     """
@@ -56,6 +60,8 @@ class ServerOptions:
         default_factory=lambda: DeadlinePolicy(DEFAULT_REQUEST_TIMEOUT_MS)
     )
     access_log: bool = False
+    metrics: bool = True
+    otlp_endpoint: str | None = None
     management_token: str | None = None
     model_roots: tuple[Path, ...] | None = None
     state_store: StateStore | None = None

@@ -18,7 +18,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from modelyard.batching import batching_wrapper
-from modelyard.config.schema import ServerConfig
+from modelyard.config.schema import ModelConfig, ServerConfig
 from modelyard.devices.inventory import build_inventory
 from modelyard.errors import NotFound
 from modelyard.lifecycle.controller import Controller, Loader
@@ -27,6 +27,10 @@ from modelyard.lifecycle.placement import demand_of
 from modelyard.lifecycle.registry import ModelRegistry
 from modelyard.management import Management
 from modelyard.metrics import ServerMetrics
+from modelyard.metrics.extensions import Extensions
+from modelyard.observability.boundary import Observer
+from modelyard.observability.logs import AccessLog
+from modelyard.observability.tracing import Tracer
 from modelyard.planner import Plan
 from modelyard.planner.demands import plan_for_config, plan_paging_for_config
 from modelyard.planner.footprints import FootprintCache
@@ -87,12 +91,26 @@ class Server:
         self.grpc_port = options.grpc_port
         self.max_request_bytes = options.max_request_bytes
         self.registry = ModelRegistry()
-        self.metrics = ServerMetrics(self.registry, lambda: self.plan)
+        # Statistics and metrics (None with --no-metrics: the request path then counts nothing).
+        self.metrics: ServerMetrics | None = None
+        if options.metrics:
+            self.metrics = ServerMetrics(self.registry, lambda: self.plan, self.status)
         self.dataplane = DataPlane(
             self.registry,
             metrics=self.metrics,
             max_in_flight=options.max_concurrent_requests,
             deadline_policy=options.deadline_policy,
+        )
+        if self.metrics is not None:
+            self.dataplane.introspection = Extensions(
+                self.metrics.book, self.registry, self._model_config, lambda: self.plan, self.status
+            )
+            self.dataplane.extensions += ("statistics", "model_configuration")
+        self.tracer = Tracer(options.otlp_endpoint) if options.otlp_endpoint else None
+        self.observer = Observer(
+            count=self.metrics.call_ended if self.metrics is not None else None,
+            access=AccessLog() if options.access_log else None,
+            tracer=self.tracer,
         )
         # The worker processes this server launched and owns (None: a caller's loader).
         self._workers: WorkerLoader | None = None
@@ -138,7 +156,6 @@ class Server:
         self.cluster = cluster
         if cluster is not None:
             cluster.attach(self.controller, self._workers)
-        self._access_log = options.access_log
         self._http: _Uvicorn | None = None
         self._http_task: asyncio.Task[None] | None = None
         self._grpc: GrpcServer | None = None
@@ -209,12 +226,14 @@ class Server:
             status_source=self,
             manager=self.management,
             management_token=self._token,
+            observer=self.observer,
         )
         config = uvicorn.Config(
             app,
             lifespan="off",
-            access_log=self._access_log,
+            access_log=False,  # modelyard's own (--access-log) covers every protocol
             log_level="warning",
+            log_config=None,  # its records go to modelyard's handler (--log-format), not its own
             timeout_graceful_shutdown=30,
         )
         self._http = _Uvicorn(config)
@@ -231,6 +250,7 @@ class Server:
             ),
             management=self.management,
             management_token=self._token,
+            observer=self.observer,
         )
         self.grpc_port = self._grpc.port
         while not self._http.started:
@@ -260,6 +280,8 @@ class Server:
             await self._workers.aclose()  # returns once every worker process has exited
         if self.paging is not None:
             await self.paging.pager.aclose()  # host memory's copies go
+        if self.tracer is not None:
+            await asyncio.to_thread(self.tracer.close)  # export the last traces
 
     async def _stop_grpc(self, grace_seconds: float) -> None:
         if self._grpc is not None:
@@ -301,6 +323,9 @@ class Server:
         assert self._read_config is not None
         await self.management.reload_file(self._read_config)
         self.config = self.controller.config
+
+    def _model_config(self, name: str) -> ModelConfig | None:
+        return next((m for m in self.controller.config.models if m.name == name), None)
 
     @property
     def grpc_methods(self) -> tuple[str, ...]:

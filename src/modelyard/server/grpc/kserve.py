@@ -28,6 +28,7 @@ from modelyard.management import Management
 from modelyard.management.access import OFF_MESSAGE
 from modelyard.management.requests import model_entry
 from modelyard.server.dataplane import DataPlane, ModelRef
+from modelyard.server.grpc import extensions
 from modelyard.server.grpc.generated import grpc_service_pb2 as pb
 from modelyard.server.grpc.generated import grpc_service_pb2_grpc as pb_grpc
 from modelyard.server.grpc.status import rpc_errors
@@ -202,6 +203,16 @@ class KServeServicer:
             response.outputs.add(name=name, datatype=datatype.value, shape=array.shape)
             response.raw_output_contents.append(codec.encode_raw(array, datatype))
         return response
+
+    # -- Triton's statistics and model configuration extensions ----------------------------
+
+    @_rpc
+    async def ModelStatistics(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return extensions.model_statistics(self._dataplane, request)
+
+    @_rpc
+    async def ModelConfig(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return extensions.model_config(self._dataplane, request)
 
     # -- Triton's repository extension (the management API) --------------------------------
 

@@ -27,8 +27,10 @@ import grpc
 from modelyard.errors import ModelyardError
 from modelyard.management import Management
 from modelyard.management.access import Access, Gate, rpc_access
+from modelyard.observability.boundary import Observer
 from modelyard.server.dataplane import DataPlane
 from modelyard.server.grpc.kserve import KServeServicer
+from modelyard.server.grpc.observe import observed
 from modelyard.server.grpc.status import GRPC_STATUS, refuse_malformed
 from modelyard.server.listen import ListenError, Protocol
 
@@ -79,11 +81,13 @@ def _gated(handler: grpc.RpcMethodHandler, gate: Gate) -> grpc.RpcMethodHandler:
 
 class _Registrations:
     """The server as servicers see it while they register: records each method's full name and
-    puts ``refuse_malformed`` and, on guarded methods, the gate around its handler."""
+    puts ``refuse_malformed``, on guarded methods the gate, and on inference methods the
+    observer (outermost) around its handler."""
 
-    def __init__(self, server: grpc.aio.Server, gate: Gate) -> None:
+    def __init__(self, server: grpc.aio.Server, gate: Gate, observer: Observer | None) -> None:
         self._server = server
         self._gate = gate
+        self._observer = observer if observer is not None and observer.active else None
         self.methods: list[str] = []
 
     def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
@@ -91,6 +95,8 @@ class _Registrations:
         handler = refuse_malformed(handler, method)
         if rpc_access(method) is Access.GUARDED:
             handler = _gated(handler, self._gate)
+        if self._observer is not None:  # outermost, so it sees the calls the others refuse
+            handler = observed(handler, method, self._observer)
         return handler
 
     def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
@@ -133,13 +139,15 @@ async def start_grpc_server(
     extra_servicers: Sequence[Callable[[grpc.aio.Server], None]] = (),
     management: Management | None = None,
     management_token: str | None = None,
+    observer: Observer | None = None,
 ) -> GrpcServer:
     """Serve ``inference.GRPCInferenceService`` (and ``extra_servicers``) on ``host:port``.
 
     ``port`` 0 picks a free port. Messages larger than ``max_message_bytes`` in either direction
     are refused by gRPC with RESOURCE_EXHAUSTED. Guarded methods need ``management_token`` (and
     ``management``); without them they answer PERMISSION_DENIED. Raises ListenError when the
-    address cannot be bound.
+    address cannot be bound. ``observer``: what sees each inference call end (metrics of
+    refusals, access log, traces); None or inactive: no observing layer at all.
     """
     gate = Gate(management_token if management is not None else None)
     server = grpc.aio.server(
@@ -150,7 +158,7 @@ async def start_grpc_server(
             ("grpc.so_reuseport", 0),
         ],
     )
-    registrations = _Registrations(server, gate)
+    registrations = _Registrations(server, gate, observer)
     as_server = cast(grpc.aio.Server, registrations)
     KServeServicer(dataplane, management).add_to_server(as_server)
     for add in extra_servicers:

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import grpc
 
 from modelyard.errors import Code, Internal, InvalidArgument, ModelyardError
+from modelyard.observability import calls
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ def rpc_errors(service: str) -> Callable[[Handler[_S]], Handler[_S]]:
                 log.exception("unexpected error in %s/%s", service, handler.__name__)
                 error = Internal(f"internal error ({type(exc).__name__}); see the server log")
             # Outside the except blocks: abort raises, and that must not be caught above.
+            calls.note_error(error)  # the call's failure reason, for metrics and access log
             await context.abort(GRPC_STATUS[error.code], error.message)
 
         wrapper._modelyard_refuses_malformed = True  # type: ignore[attr-defined]
@@ -119,6 +121,7 @@ def _refusing_malformed(
 ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
     async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
         if type(request) is _Malformed:
+            calls.note_error(request.error)
             await context.abort(GRPC_STATUS[request.error.code], request.error.message)
         return await behavior(request, context)
 

@@ -23,10 +23,13 @@ from modelyard.errors import Internal, ModelyardError, Unauthenticated
 from modelyard.management import Management
 from modelyard.management.access import Access, Gate, route_access
 from modelyard.metrics.server_metrics import CONTENT_TYPE
+from modelyard.observability import calls
+from modelyard.observability.boundary import Observer
 from modelyard.server.dataplane import DataPlane
-from modelyard.server.http import kserve, management, status, tfserving, ui
+from modelyard.server.http import extensions, kserve, management, status, tfserving, ui
 from modelyard.server.http.common import error_response
 from modelyard.server.http.deadline import InferenceCalls
+from modelyard.server.http.observe import ObservedCalls
 from modelyard.server.http.status import StatusSource
 
 log = logging.getLogger(__name__)
@@ -41,6 +44,7 @@ async def _on_http_exception(request: Request, exc: Exception) -> Response:
     # The router's own 404 (no route) and 405 (wrong method), in the protocols' JSON error
     # shape instead of Starlette's plain text.
     assert isinstance(exc, HTTPException)
+    calls.note_status(exc.status_code)  # the refusal's reason, for metrics and the access log
     return JSONResponse(
         {"error": f"{exc.detail}: {request.method} {request.url.path}"},
         status_code=exc.status_code,
@@ -132,13 +136,16 @@ def build_app(
     status_source: StatusSource | None = None,
     manager: Management | None = None,
     management_token: str | None = None,
+    observer: Observer | None = None,
 ) -> Starlette:
     """The REST routes. The management routes are always there: without ``management_token``
-    (or without ``manager``) they answer 403 with how to turn them on."""
+    (or without ``manager``) they answer 403 with how to turn them on. ``observer``: what sees
+    each inference call end (None or inactive: no observing layer)."""
     routes: list[BaseRoute] = [
         Route("/metrics", _metrics_endpoint(dataplane), methods=["GET"]),
-        *ui.routes(),
+        *ui.routes(dataplane),
         *tfserving.routes(dataplane, max_request_bytes=max_request_bytes),
+        *extensions.routes(dataplane),  # before kserve's: /v2/models/stats is not a model
         *kserve.routes(dataplane, max_request_bytes=max_request_bytes),
         *(status.routes(status_source) if status_source is not None else []),
         *management.routes(manager),
@@ -148,6 +155,12 @@ def build_app(
         routes=gate_routes(routes, gate),
         # Inference calls get their REST deadline and are cancelled when the client goes away.
         middleware=[
+            # Outermost: it sees every inference call once, whatever answers it.
+            *(
+                [Middleware(ObservedCalls, observer=observer)]
+                if observer and observer.active
+                else []
+            ),
             Middleware(_AnswerBugs),
             Middleware(InferenceCalls, policy=dataplane.deadlines),
         ],

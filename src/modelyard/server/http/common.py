@@ -20,6 +20,7 @@ from modelyard.errors import (
     ModelyardError,
     ResourceExhausted,
 )
+from modelyard.observability import calls
 from modelyard.server.defaults import DEFAULT_MAX_REQUEST_BYTES as DEFAULT_MAX_REQUEST_BYTES
 
 
@@ -38,6 +39,7 @@ def encode_json(content: Any) -> bytes:
 
 
 def error_response(exc: ModelyardError) -> JSONResponse:
+    calls.note_error(exc)  # the call's failure reason, for metrics and the access log
     return JSONResponse({"error": exc.message}, status_code=status_for(exc))
 
 

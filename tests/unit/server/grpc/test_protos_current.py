@@ -9,7 +9,8 @@ import pytest
 
 from modelyard.server.grpc import gen
 from modelyard.server.grpc.generated import grpc_service_pb2 as pb
-from modelyard.testing.protos import assert_same_message
+from modelyard.server.grpc.generated import model_config_pb2 as model_config_pb
+from modelyard.testing.protos import assert_same_message, fields
 
 pytest.importorskip("grpc_tools")
 
@@ -58,4 +59,27 @@ def test_messages_and_service_match_tritonclient() -> None:
         "ServerMetadata",
         "ModelMetadata",
         "ModelInfer",
+    }
+
+
+def test_model_config_is_a_subset_of_tritons() -> None:
+    """Our ``ModelConfig`` messages carry some of Triton's fields, each with Triton's name,
+    number and type, so tritonclient parses what we send (fields we leave out are absent)."""
+    triton = pytest.importorskip("tritonclient.grpc.model_config_pb2")
+    ours = model_config_pb.DESCRIPTOR
+    assert ours.package == "inference"
+    for name, message in ours.message_types_by_name.items():
+        theirs = triton.DESCRIPTOR.message_types_by_name[name]
+        their_fields = fields(theirs)
+        for field, wire in fields(message).items():
+            assert their_fields.get(field) == wire, f"{name}.{field}"
+    for name, enum in ours.enum_types_by_name.items():
+        theirs_enum = triton.DESCRIPTOR.enum_types_by_name[name]
+        assert {v.name: v.number for v in enum.values} == {
+            v.name: v.number for v in theirs_enum.values
+        }
+    nested = ours.message_types_by_name["ModelInstanceGroup"].enum_types_by_name["Kind"]
+    their_nested = triton.DESCRIPTOR.message_types_by_name["ModelInstanceGroup"]
+    assert {v.name: v.number for v in nested.values} == {
+        v.name: v.number for v in their_nested.enum_types_by_name["Kind"].values
     }

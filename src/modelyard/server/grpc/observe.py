@@ -1,0 +1,108 @@
+"""The gRPC boundary of observed calls: a wrapper around every inference method's handler.
+
+For ``inference.GRPCInferenceService/ModelInfer`` and TF Serving's ``Predict``, ``Classify`` and
+``Regress`` it opens a ``Call`` (``modelyard.observability.calls``) with the protocol and the
+model the request names, keeps it current while the handler runs, notes the status it ended
+with, and hands it to the ``Observer``. ``server/grpc/server.py`` puts it outermost when each
+method registers, so a request refused inside (a message that does not parse) is still seen
+once. Other methods pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from modelyard.observability import calls
+from modelyard.observability.boundary import TRACEPARENT, Observer
+from modelyard.observability.calls import Call, Protocol
+
+_INFERENCE: dict[str, Protocol] = {
+    "/inference.GRPCInferenceService/ModelInfer": Protocol.KSERVE_GRPC,
+    "/tensorflow.serving.PredictionService/Predict": Protocol.TFSERVING_GRPC,
+    "/tensorflow.serving.PredictionService/Classify": Protocol.TFSERVING_GRPC,
+    "/tensorflow.serving.PredictionService/Regress": Protocol.TFSERVING_GRPC,
+}
+
+Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+
+
+def observed(
+    handler: grpc.RpcMethodHandler | None, method: str, observer: Observer
+) -> grpc.RpcMethodHandler | None:
+    """``handler`` of the full method name ``method``, observed when it is an inference method
+    (unchanged otherwise). Applied once per method where handlers are registered; it must be
+    the outermost wrapper to see every refusal."""
+    protocol = _INFERENCE.get(method)
+    if handler is None or protocol is None or handler.unary_unary is None:
+        return handler
+    wrapped: grpc.RpcMethodHandler = handler._replace(
+        unary_unary=_observed(handler.unary_unary, protocol, method, observer)
+    )
+    return wrapped
+
+
+def _observed(behavior: Behavior, protocol: Protocol, method: str, observer: Observer) -> Behavior:
+    async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        record = Call(protocol, method)
+        if observer.wants_bytes:
+            record.bytes_in = _size(request)
+        token = calls.begin(record)
+        response: Any = None
+        ended = "OK"
+        try:
+            response = await behavior(request, context)
+            return response
+        except BaseException:
+            ended = "CANCELLED"  # unless an error was noted: the client or server went away
+            raise
+        finally:
+            calls.end(token)
+            # Counting only, and the data plane counted it (or nothing failed): nothing to do.
+            if observer.wants_status or (record.code is not None and not record.counted):
+                _finish(record, request, response, ended, context, observer)
+
+    return call
+
+
+def _finish(
+    record: Call,
+    request: Any,
+    response: Any,
+    ended: str,
+    context: grpc.aio.ServicerContext,
+    observer: Observer,
+) -> None:
+    record.status = record.code.value if record.code is not None else ended
+    if observer.wants_bytes and response is not None:
+        record.bytes_out = _size(response)
+    if not record.model and observer.needs_names(record):
+        record.model, record.version = _named(request, record.protocol)
+    carrier = _carrier(context) if observer.tracer is not None else {}
+    observer.finish(record, carrier)
+
+
+def _named(request: Any, protocol: Protocol) -> tuple[str, str]:
+    """The model and version a request names ("" where none; the request may be malformed)."""
+    if protocol is Protocol.KSERVE_GRPC:
+        return str(getattr(request, "model_name", "")), str(getattr(request, "model_version", ""))
+    spec = getattr(request, "model_spec", None)
+    if spec is None:
+        return "", ""
+    version = spec.version.value if spec.HasField("version") else None
+    return str(spec.name), "" if version is None else str(version)
+
+
+def _size(message: Any) -> int:
+    byte_size = getattr(message, "ByteSize", None)
+    return int(byte_size()) if byte_size is not None else 0
+
+
+def _carrier(context: grpc.aio.ServicerContext) -> dict[str, str]:
+    carrier: dict[str, str] = {}
+    for key, value in context.invocation_metadata() or ():
+        if key in (TRACEPARENT, "tracestate") and isinstance(value, str):
+            carrier[key] = value
+    return carrier

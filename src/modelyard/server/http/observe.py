@@ -1,0 +1,99 @@
+"""The REST boundary of observed calls: a pure ASGI middleware around every inference route.
+
+For each inference call (``POST .../infer``, ``:predict``, ``:classify``, ``:regress``) it opens
+a ``Call`` (``modelyard.observability.calls``) with the protocol and the model the path names,
+keeps it current while the routes run, notes the status answered (and the bytes, for the access
+log), and hands it to the ``Observer`` once the answer is out. It is the outermost layer, so a
+request refused anywhere under it (a body too large, JSON that does not parse, a model TF
+Serving's path names that is not served) is still seen once. Other routes pass untouched.
+"""
+
+from __future__ import annotations
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from modelyard.observability import calls
+from modelyard.observability.boundary import TRACEPARENT, Observer
+from modelyard.observability.calls import CURRENT, Call, Protocol
+from modelyard.server.http.deadline import is_inference
+
+
+class ObservedCalls:
+    """See the module docstring."""
+
+    def __init__(self, app: ASGIApp, observer: Observer) -> None:
+        self._app = app
+        self._observer = observer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not is_inference(scope):
+            await self._app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        kserve = path.startswith("/v2/")
+        call = Call(Protocol.KSERVE_REST if kserve else Protocol.TFSERVING_REST, path)
+        observer = self._observer
+        if not observer.wants_status:
+            # Counting only: the failure's code comes from the error mapping, so the call's
+            # messages need no wrappers, and a call the data plane counted needs nothing more.
+            token = CURRENT.set(call)
+            try:
+                await self._app(scope, receive, send)
+            finally:
+                CURRENT.reset(token)
+                if call.code is not None and not call.counted:
+                    if not call.model:
+                        call.model, call.version = _named(path, kserve)
+                    observer.finish(call, {})
+            return
+        counting = observer.wants_bytes
+
+        async def receive_counted() -> Message:
+            message = await receive()
+            if message["type"] == "http.request":
+                call.bytes_in += len(message.get("body", b""))
+            return message
+
+        async def send_noted(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                call.status = str(message["status"])
+            elif counting and message["type"] == "http.response.body":
+                call.bytes_out += len(message.get("body", b""))
+            await send(message)
+
+        token = calls.begin(call)
+        try:
+            # Bytes in are counted only for the access log: otherwise no wrapper on receive.
+            await self._app(scope, receive_counted if counting else receive, send_noted)
+        finally:
+            calls.end(token)
+            call.method = f"POST {path}"
+            if not call.model and observer.needs_names(call):
+                # Read from the path only when something shows it: the data plane names the
+                # version of every request it counted.
+                call.model, call.version = _named(path, kserve)
+            observer.finish(call, _carrier(scope) if observer.tracer is not None else {})
+
+
+def _named(path: str, kserve: bool) -> tuple[str, str]:
+    """The model and version a path names ("" where it names none), read leniently: the path
+    may be malformed (that is what the routes answer)."""
+    if kserve:  # /v2/models/{m}[/versions/{v}]/infer
+        parts = path.split("/")
+        model = parts[3] if len(parts) > 3 else ""
+        version = parts[5] if len(parts) > 6 and parts[4] == "versions" else ""
+        return model, version
+    # /v1/models/{m}[/versions/{v}|/labels/{l}]:verb
+    rest = path[len("/v1/models/") :].rsplit(":", 1)[0] if path.startswith("/v1/models/") else ""
+    parts = rest.split("/")
+    version = parts[2] if len(parts) > 2 and parts[1] == "versions" else ""
+    return parts[0], version
+
+
+def _carrier(scope: Scope) -> dict[str, str]:
+    carrier: dict[str, str] = {}
+    for name, value in scope.get("headers", ()):
+        key = name.decode("latin-1").lower()
+        if key in (TRACEPARENT, "tracestate"):
+            carrier[key] = value.decode("latin-1")
+    return carrier
