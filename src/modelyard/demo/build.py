@@ -104,9 +104,16 @@ def demo_examples() -> dict[str, dict[str, np.ndarray]]:
 def _write_in_child(root: Path, marker: dict[str, str | int]) -> None:
     """``_write`` in a child process: building imports torch and onnx, and the server that
     asks for the demo must never hold them (hundreds of MB in the front end for good)."""
-    child = subprocess.run(
-        [sys.executable, "-m", __name__, str(root), json.dumps(marker)], check=False
-    )
+    # The child prints one progress line per model on stdout; each is logged here as it comes
+    # (the child has no logging set up, and a silent wait of seconds looks like a hang).
+    with subprocess.Popen(
+        [sys.executable, "-m", __name__, str(root), json.dumps(marker)],
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as child:
+        assert child.stdout is not None
+        for line in child.stdout:
+            log.info("%s", line.rstrip("\n"))
     if child.returncode != 0:  # its traceback went to stderr
         raise RuntimeError(
             f"building the demo models failed (exit code {child.returncode}); see the error "
@@ -175,5 +182,6 @@ def _exclusive(lock_path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-if __name__ == "__main__":  # _write_in_child's child: ROOT MARKER_JSON
+if __name__ == "__main__":  # _write_in_child's child: ROOT MARKER_JSON; progress on stdout
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     _write(Path(sys.argv[1]), json.loads(sys.argv[2]))
