@@ -42,14 +42,17 @@ class FakeServable:
         return {"y": inputs["x"]}
 
     async def close(self) -> None:
+        await asyncio.sleep(self.loader.close_s)
         self.loader.loaded.discard(self.key)
 
 
 class FakeLoader:
-    """Loads take ``load_s`` (0: at once); ``gates`` hold inferences of a version."""
+    """Loads take ``load_s`` and closes ``close_s`` (0: at once); ``gates`` hold inferences of
+    a version."""
 
     def __init__(self, load_s: float = 0.0) -> None:
         self.load_s = load_s
+        self.close_s = 0.0
         self.loads: list[VersionKey] = []
         self.loaded: set[VersionKey] = set()
         self.gates: dict[VersionKey, asyncio.Event] = {}
@@ -124,6 +127,36 @@ def test_a_version_with_a_request_in_flight_is_not_evicted_while_it_runs(tmp_pat
         assert VersionKey("b", 1) in loader.loaded
         loader.gates[VersionKey("b", 1)].set()
         await asyncio.wait_for(asyncio.gather(long, waiting), 5)
+
+    asyncio.run(main())
+
+
+def test_a_victim_pinned_while_an_earlier_victim_closes_is_not_evicted(tmp_path: Path) -> None:
+    """A page-in that needs two victims closes them one by one (each close awaits the worker);
+    a request for the second that arrives meanwhile pins it, and it stays while it runs."""
+
+    async def main() -> None:
+        loader = FakeLoader()
+        pager, r = await pager_with(tmp_path, loader, ["a", "b"], slots=2)
+        big = await pager.register(request(tmp_path, "big"), 20 * MiB, declared=True,
+                                   resident=False)  # fmt: skip
+        await call(pager, r["a"])  # a and b on the device, big paged out; a the colder
+        await call(pager, r["b"])
+        assert pager.tier(big).value != "device"
+        evictions = r["b"].evictions
+        loader.close_s = 0.2
+        incoming = asyncio.ensure_future(call(pager, big))  # a and b must both go
+        await asyncio.sleep(0.05)  # a is closing
+        loader.gates[VersionKey("b", 1)] = asyncio.Event()
+        long = asyncio.ensure_future(call(pager, r["b"]))  # a hit: b runs and runs
+        await asyncio.sleep(0.5)
+        assert r["b"].in_flight == 1
+        assert pager.tier(r["b"]).value == "device"
+        assert r["b"].evictions == evictions
+        loader.gates[VersionKey("b", 1)].set()
+        await asyncio.wait_for(asyncio.gather(long, incoming), 5)
+        assert pager.tier(big).value == "device"  # then b could go
+        assert r["b"].evictions == evictions + 1
 
     asyncio.run(main())
 

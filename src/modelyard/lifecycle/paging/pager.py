@@ -258,9 +258,15 @@ class Pager:
                     await asyncio.wait_for(device.released.wait(), 1.0)
                 continue
             for key in victims:
-                await self._page_out(self._replicas[(key, device.name)])
-            if await self._confirmed(device, need, incoming):
-                return
+                victim = self._replicas.get((key, device.name))
+                # Each close awaits the worker: a request may have pinned a later victim
+                # meanwhile (a hit). It stays while it runs; the room is counted again.
+                if victim is None or victim.in_flight > 0:
+                    break
+                await self._page_out(victim)
+            else:
+                if await self._confirmed(device, need, incoming):
+                    return
 
     async def _confirmed(self, device: DeviceBook, need: int, incoming: PagedReplica) -> bool:
         """True when the worker's measured memory leaves room for ``need`` within the device's
