@@ -1,4 +1,11 @@
-"""Shared fixtures: one real server over every test model, started once per test module."""
+"""Shared fixtures: one real server over every test model, started once per test session.
+
+The modules that use ``server`` only read from it (inference, metadata, status, metrics deltas,
+bad requests it must survive); none loads, unloads or kills anything on it. Starting it once
+instead of once per module saves a full start (every test model loaded in its workers) and stop
+per module. A module that needs a server of its own (other models, options or faults) defines
+its own ``server`` or calls ``serving(...)`` itself.
+"""
 
 from __future__ import annotations
 
@@ -15,14 +22,14 @@ SMALL_BODY_LIMIT = 256 * 1024
 """Request body limit of the shared server, small enough to test the 413 cheaply."""
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def repository(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> tuple[Path, dict[str, dict[int, BuiltModel]]]:
     return build_test_repository(tmp_path_factory.mktemp("repo"))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def models(
     repository: tuple[Path, dict[str, dict[int, BuiltModel]]],
 ) -> dict[str, dict[int, BuiltModel]]:
@@ -34,7 +41,7 @@ def body_limit() -> int:
     return SMALL_BODY_LIMIT
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def server(repository: tuple[Path, dict[str, dict[int, BuiltModel]]]) -> Iterator[RunningServer]:
     with serving(repository[0], max_request_bytes=SMALL_BODY_LIMIT) as running:
         yield running
