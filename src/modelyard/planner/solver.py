@@ -20,8 +20,9 @@ which puts its own copy of protobuf's C++ symbols in the process's global scope;
 version, another object layout) and CP-SAT dies with SIGSEGV (first in
 ``RepeatedPtrFieldBase::DestroyProtos`` under ``CpModelProto``'s destructor). OR-Tools loaded
 first is safe: TensorFlow then binds its own. So when TensorFlow came first, the model is solved
-in a child Python process (``python -I solver.py``, the problem as JSON on stdin, about a second
-of start-up), where OR-Tools is alone; its answer is the same, by the determinism above. This
+in a child Python process (``python -I solver.py``, one JSON line per model on stdin), where
+OR-Tools is alone; its answer is the same, by the determinism above. The child is started on
+the first such solve and kept, so only that solve pays its start-up and the OR-Tools import. This
 module imports nothing of modelyard at run time when run as that child, so the child starts fast.
 """
 
@@ -31,8 +32,10 @@ import importlib
 import json
 import logging
 import math
+import selectors
 import subprocess
 import sys
+import threading
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -104,30 +107,62 @@ def in_process_safe() -> bool:
     return _CP_MODEL in sys.modules or not any(m in sys.modules for m in _CLASHING)
 
 
+class _Child:
+    """One child Python that solves models sent as JSON lines, started on first use and kept,
+    so only the first solve pays its start-up and the OR-Tools import. It reads until its stdin
+    closes, so it ends with this process, however this process ends."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen[str] | None = None
+
+    def solve(self, spec: Spec) -> list[list[int]] | None:
+        with self._lock:
+            try:
+                return self._ask(spec, float(spec["time_limit_s"]) + _CHILD_START_S)
+            except (OSError, ValueError, TimeoutError) as exc:
+                self._end()
+                log.warning("CP-SAT child process failed (%s); placement keeps its plan", exc)
+                return None
+
+    def _ask(self, spec: Spec, timeout_s: float) -> list[list[int]] | None:
+        if self._proc is None or self._proc.poll() is not None:
+            # -I: no user site, no PYTHONPATH, and not this file's folder on sys.path (its
+            # siblings' names must not shadow anything): the child needs only OR-Tools.
+            self._proc = subprocess.Popen(
+                [sys.executable, "-I", __file__],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+            )
+        proc = self._proc
+        assert proc.stdin is not None
+        assert proc.stdout is not None
+        proc.stdin.write(json.dumps(spec) + "\n")
+        proc.stdin.flush()
+        with selectors.DefaultSelector() as sel:
+            sel.register(proc.stdout, selectors.EVENT_READ)
+            if not sel.select(timeout_s):
+                raise TimeoutError(f"no answer within {timeout_s:.0f} s")
+        line = proc.stdout.readline()
+        if not line:
+            raise ValueError(f"it exited with {proc.wait()}")
+        answer: list[list[int]] | None = json.loads(line)
+        return answer
+
+    def _end(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            proc.kill()
+            proc.wait()
+
+
+_CHILD = _Child()
+
+
 def _solve_in_child(spec: Spec) -> list[list[int]] | None:
-    # -I: no user site, no PYTHONPATH, and not this file's folder on sys.path (its siblings'
-    # names must not shadow anything); the child needs only the standard library and OR-Tools.
-    try:
-        done = subprocess.run(
-            [sys.executable, "-I", __file__],
-            input=json.dumps(spec),
-            capture_output=True,
-            text=True,
-            timeout=float(spec["time_limit_s"]) + _CHILD_START_S,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        log.warning("CP-SAT child process failed (%s); placement keeps the greedy plan", exc)
-        return None
-    if done.returncode != 0:
-        log.warning(
-            "CP-SAT child process exited %s (%s); placement keeps the greedy plan",
-            done.returncode,
-            done.stderr.strip()[-500:],
-        )
-        return None
-    answer: list[list[int]] | None = json.loads(done.stdout)
-    return answer
+    return _CHILD.solve(spec)
 
 
 def _unit(sizes: list[int], replicas: list[int], caps: list[int]) -> int:
@@ -202,5 +237,6 @@ def solve_spec(spec: Spec) -> list[list[int]] | None:
     return [[d for d in allowed[i] if (i, d) in x and cp.BooleanValue(x[i, d])] for i in range(n)]
 
 
-if __name__ == "__main__":  # the child process of ``_solve_in_child``
-    json.dump(solve_spec(json.load(sys.stdin)), sys.stdout)
+if __name__ == "__main__":  # the child process of ``_Child``: one JSON line in, one out
+    for request in sys.stdin:
+        print(json.dumps(solve_spec(json.loads(request))), flush=True)
