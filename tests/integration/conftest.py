@@ -103,8 +103,8 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
 
 
 @pytest.fixture(scope="module")
-def server(repository: tuple[Path, dict[str, dict[int, BuiltModel]]]) -> Iterator[RunningServer]:
-    yield _SHARED.get(repository[0])  # stopped by pytest_runtest_teardown
+def server(repository: tuple[Path, dict[str, dict[int, BuiltModel]]]) -> RunningServer:
+    return _SHARED.get(repository[0])  # stopped by pytest_runtest_teardown
 
 
 @pytest.fixture(scope="module")
