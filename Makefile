@@ -1,8 +1,9 @@
 # The two commands a user needs (see README.md):
 #   make demo   set up, then serve the bundled demo models
 #   make test   set up, then run lint, types and the whole test suite
-# Set-up installs torch through constraints.txt (exactly torch==2.13.0, a CPU wheel) so a fresh
-# machine never pulls CUDA packages; the package itself asks only for a torch range.
+# Set-up installs torch through constraints.txt (exactly torch==2.13.0: the CPU wheel where the
+# machine's pip finds it locally, as on our build and CI machines; PyPI's own is the CUDA build,
+# see the README); the package itself asks only for a torch range.
 
 PYTHON ?= python3
 VENV   ?= .venv
