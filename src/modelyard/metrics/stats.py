@@ -173,7 +173,7 @@ class StatsBook:
                 stats.failures[code] = stats.failures.get(code, 0) + 1
             return
         now = time.monotonic()
-        marks = clock.marks
+        marks = clock._phases  # what ``clock.marks`` returns, without a property call
         start = marks[0][1]
         queued = 0.0
         device_at = now

@@ -17,7 +17,7 @@ import grpc
 
 from modelyard.observability import calls
 from modelyard.observability.boundary import TRACEPARENT, Observer
-from modelyard.observability.calls import Call, Protocol
+from modelyard.observability.calls import CURRENT, Call, Protocol
 
 _INFERENCE: dict[str, Protocol] = {
     "/inference.GRPCInferenceService/ModelInfer": Protocol.KSERVE_GRPC,
@@ -45,6 +45,9 @@ def observed(
 
 
 def _observed(behavior: Behavior, protocol: Protocol, method: str, observer: Observer) -> Behavior:
+    if not observer.wants_status:
+        return _counted(behavior, protocol, method, observer)
+
     async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
         record = Call(protocol, method)
         if observer.wants_bytes:
@@ -63,6 +66,24 @@ def _observed(behavior: Behavior, protocol: Protocol, method: str, observer: Obs
             # Counting only, and the data plane counted it (or nothing failed): nothing to do.
             if observer.wants_status or (record.code is not None and not record.counted):
                 _finish(record, request, response, ended, context, observer)
+
+    return call
+
+
+def _counted(behavior: Behavior, protocol: Protocol, method: str, observer: Observer) -> Behavior:
+    """``_observed`` when the observer only counts: no status, bytes or carrier to note, and a
+    call the data plane counted (or that did not fail) needs nothing more; the context variable
+    is set directly (on every call, the ``calls.begin``/``end`` wrappers cost more)."""
+
+    async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        record = Call(protocol, method)
+        token = CURRENT.set(record)
+        try:
+            return await behavior(request, context)
+        finally:
+            CURRENT.reset(token)
+            if record.code is not None and not record.counted:
+                _finish(record, request, None, "OK", context, observer)
 
     return call
 

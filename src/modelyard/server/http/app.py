@@ -29,7 +29,7 @@ from modelyard.server.dataplane import DataPlane
 from modelyard.server.http import extensions, kserve, management, status, tfserving, ui
 from modelyard.server.http.common import error_response
 from modelyard.server.http.deadline import InferenceCalls
-from modelyard.server.http.observe import ObservedCalls
+from modelyard.server.http.observe import CountedInferenceCalls, ObservedCalls
 from modelyard.server.http.status import StatusSource
 
 log = logging.getLogger(__name__)
@@ -129,6 +129,24 @@ def _metrics_endpoint(dataplane: DataPlane) -> Callable[[Request], Awaitable[Res
     return metrics
 
 
+def _middleware(dataplane: DataPlane, observer: Observer | None) -> list[Middleware]:
+    """Inference calls get their REST deadline and are cancelled when the client goes away;
+    the observing layer, outermost, sees every inference call once, whatever answers it. When
+    the observer only counts, one layer inside ``_AnswerBugs`` does both (``observe``)."""
+    if observer is None or not observer.active:
+        return [Middleware(_AnswerBugs), Middleware(InferenceCalls, policy=dataplane.deadlines)]
+    if not observer.wants_status:
+        return [
+            Middleware(_AnswerBugs),
+            Middleware(CountedInferenceCalls, policy=dataplane.deadlines, observer=observer),
+        ]
+    return [
+        Middleware(ObservedCalls, observer=observer),
+        Middleware(_AnswerBugs),
+        Middleware(InferenceCalls, policy=dataplane.deadlines),
+    ]
+
+
 def build_app(
     dataplane: DataPlane,
     *,
@@ -153,17 +171,7 @@ def build_app(
     gate = Gate(management_token if manager is not None else None)
     return Starlette(
         routes=gate_routes(routes, gate),
-        # Inference calls get their REST deadline and are cancelled when the client goes away.
-        middleware=[
-            # Outermost: it sees every inference call once, whatever answers it.
-            *(
-                [Middleware(ObservedCalls, observer=observer)]
-                if observer and observer.active
-                else []
-            ),
-            Middleware(_AnswerBugs),
-            Middleware(InferenceCalls, policy=dataplane.deadlines),
-        ],
+        middleware=_middleware(dataplane, observer),
         exception_handlers={
             ModelyardError: _on_modelyard_error,
             HTTPException: _on_http_exception,

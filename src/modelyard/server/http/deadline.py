@@ -41,9 +41,11 @@ requests take, short against the time a dropped request would hold a queue."""
 
 def is_inference(scope: Scope) -> bool:
     """Whether ``scope`` is a REST inference call (the only calls given a deadline)."""
+    # The method first: most scopes that are not inference calls stop there (only HTTP
+    # scopes have one), and this runs on every request.
     return (
-        scope["type"] == "http"
-        and scope.get("method") == "POST"
+        scope.get("method") == "POST"
+        and scope["type"] == "http"
         and str(scope.get("path", "")).endswith(_SUFFIXES)
     )
 

@@ -6,16 +6,27 @@ keeps it current while the routes run, notes the status answered (and the bytes,
 log), and hands it to the ``Observer`` once the answer is out. It is the outermost layer, so a
 request refused anywhere under it (a body too large, JSON that does not parse, a model TF
 Serving's path names that is not served) is still seen once. Other routes pass untouched.
+
+When the observer only counts (no access log, no traces), ``CountedInferenceCalls`` takes the
+place of both this middleware and ``InferenceCalls``: one layer instead of two on every request
+(each ASGI layer is a coroutine frame and an ``is_inference`` test). It opens the call inside
+``_AnswerBugs``, so it notes the 500 that middleware answers for a bug itself.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from modelyard import deadlines
+from modelyard.deadlines import DeadlinePolicy
+from modelyard.errors import Code
 from modelyard.observability import calls
 from modelyard.observability.boundary import TRACEPARENT, Observer
 from modelyard.observability.calls import CURRENT, Call, Protocol
-from modelyard.server.http.deadline import is_inference
+from modelyard.server.http.deadline import InferenceCalls, _Call, is_inference
 
 
 class ObservedCalls:
@@ -73,6 +84,45 @@ class ObservedCalls:
                 # version of every request it counted.
                 call.model, call.version = _named(path, kserve)
             observer.finish(call, _carrier(scope) if observer.tracer is not None else {})
+
+
+class CountedInferenceCalls(InferenceCalls):
+    """``InferenceCalls`` and a counting-only ``ObservedCalls`` in one layer (see the module
+    docstring): the deadline and disconnect handling are ``InferenceCalls``'s, unchanged."""
+
+    def __init__(self, app: ASGIApp, policy: DeadlinePolicy, observer: Observer) -> None:
+        super().__init__(app, policy)
+        self._observer = observer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not is_inference(scope):
+            await self._app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        kserve = path.startswith("/v2/")
+        observed = Call(Protocol.KSERVE_REST if kserve else Protocol.TFSERVING_REST, path)
+        token = CURRENT.set(observed)
+        call = _Call(receive, send)
+        try:
+            with deadlines.given(self.policy.rest(time.monotonic())):
+                await self._app(scope, call.receive, call.send)
+        except asyncio.CancelledError:
+            if call.dropped and call.task.uncancel() == 0:
+                return  # the client is gone: its queued work was dropped, nothing to answer
+            raise  # this middleware was cancelled itself (server stopping)
+        except Exception:
+            # A bug: _AnswerBugs (outside) answers it 500 when no answer has started, which
+            # notes INTERNAL on the call it sees; here that call is already over, so note it.
+            if not call.started and observed.code is None:
+                observed.code = Code.INTERNAL
+            raise
+        finally:
+            call.finish()
+            CURRENT.reset(token)
+            if observed.code is not None and not observed.counted:
+                if not observed.model:
+                    observed.model, observed.version = _named(path, kserve)
+                self._observer.finish(observed, {})
 
 
 def _named(path: str, kserve: bool) -> tuple[str, str]:
