@@ -63,7 +63,7 @@ EXPECTED_OPEN_ROUTES = {
     ("GET", "/metrics"),
     ("GET", "/modelyard/v1/status"),
     ("GET", "/modelyard/v1/traffic"),
-    ("GET", "/modelyard/v1/status/devices/{device}/report"),
+    ("GET", "/modelyard/v1/status/devices/{device:path}/report"),
     ("GET", "/v1/models/{path:path}"),
     ("POST", "/v1/models/{path:path}"),
     ("GET", "/v2/health/live"),

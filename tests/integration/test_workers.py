@@ -132,6 +132,7 @@ def test_each_device_gets_one_worker_holding_the_models_the_plan_gave_it(
         report = httpx.get(
             f"{server.rest_url}/modelyard/v1/status/devices/{name}/report", timeout=5
         ).json()
+        assert "pid" in report, report
         assert report["pid"] == device["pid"]
         assert report["device"] == name
         assert report["cuda_visible_devices"] == ""
@@ -139,6 +140,11 @@ def test_each_device_gets_one_worker_holding_the_models_the_plan_gave_it(
         assert held == planned[name]
         assert all(m["placed_on"].startswith("cpu") for m in report["models"])
         assert all(m["measured_bytes"] >= 0 for m in report["models"])
+    # A cluster names its GPUs `<node>/gpuN`: such a name reaches the server whole (its own
+    # 404 names the device and lists the ones it has), not the router's bare "Not Found".
+    missing = httpx.get(f"{server.rest_url}/modelyard/v1/status/devices/nodeA/gpu0/report")
+    assert missing.status_code == 404
+    assert "'nodeA/gpu0'" in missing.text and sorted(devices)[0] in missing.text
     for model in status["models"]:
         assert model["state"] == "AVAILABLE", model
         assert model["estimated_bytes"] == 30 * 2**20

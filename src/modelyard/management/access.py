@@ -53,7 +53,7 @@ OPEN_ROUTES: frozenset[tuple[str, str]] = frozenset(
         ("GET", "/metrics"),
         ("GET", "/modelyard/v1/status"),
         ("GET", "/modelyard/v1/traffic"),
-        ("GET", "/modelyard/v1/status/devices/{device}/report"),
+        ("GET", "/modelyard/v1/status/devices/{device:path}/report"),
         # TF Serving REST: status and metadata (GET), :predict/:classify/:regress (POST).
         ("GET", "/v1/models/{path:path}"),
         ("POST", "/v1/models/{path:path}"),

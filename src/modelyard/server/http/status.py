@@ -10,6 +10,7 @@ Shape (sizes in bytes; ``null`` where not known)::
                  "measured_bytes": {"sim0": 2162688}}, ...]}
 
 ``GET /modelyard/v1/status/devices/{device}/report`` returns that device's worker's own report
+(a cluster's device names hold a slash, ``<node>/gpuN``, and are taken whole)
 (pid, CUDA_VISIBLE_DEVICES, each model with its measured bytes and where its weights are).
 """
 
@@ -103,5 +104,5 @@ def routes(source: StatusSource) -> list[Route]:
 
     return [
         Route("/modelyard/v1/status", status, methods=["GET"]),
-        Route("/modelyard/v1/status/devices/{device}/report", report, methods=["GET"]),
+        Route("/modelyard/v1/status/devices/{device:path}/report", report, methods=["GET"]),
     ]
