@@ -37,6 +37,10 @@ LATENCY_BUCKETS_S: tuple[float, ...] = (
 
 BATCH_SIZE_BUCKETS: tuple[float, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
+FOLD_EVERY = 64
+"""Successes recorded before ``StatsBook.fold`` adds them up (readers fold at once): enough to
+keep the loop's code in the CPU's caches, few enough that the clocks held are no burden."""
+
 _LANE_INDEX = {label: index for index, label in enumerate(PROTOCOL_LABELS)}
 
 
@@ -214,8 +218,12 @@ class StatsBook:
         # (a dataclass) through Python code, and this look-up is on every request.
         self._versions: dict[tuple[str, int], VersionStats] = {}
         self.rejected: dict[tuple[str, Code], int] = {}
+        # Successes recorded by ``ok`` and not yet folded into ``_versions`` (``fold``).
+        self._pending: list[tuple[VersionKey, int, RequestClock, int, float]] = []
 
     def of(self, key: VersionKey) -> VersionStats:
+        if self._pending:
+            self.fold()
         pair = (key.model, key.version)
         stats = self._versions.get(pair)
         if stats is None:
@@ -223,9 +231,13 @@ class StatsBook:
         return stats
 
     def get(self, key: VersionKey) -> VersionStats | None:
+        if self._pending:
+            self.fold()
         return self._versions.get((key.model, key.version))
 
     def items(self) -> Iterator[tuple[VersionKey, VersionStats]]:
+        if self._pending:
+            self.fold()
         return iter([(VersionKey(m, v), s) for (m, v), s in sorted(self._versions.items())])
 
     def ok(self, key: VersionKey, clock: RequestClock, rows: int, index: int = -1) -> None:
@@ -234,8 +246,8 @@ class StatsBook:
         counted; or, given ``index``, on that lane (``PROTOCOL_LABELS``) and the call is not
         told.
 
-        The data plane calls this once per request (as ``ServerMetrics.observe_ok``), so it is
-        written flat: each Python call here would cost about as much as the arithmetic."""
+        The data plane calls this once per request (as ``ServerMetrics.observe_ok``): it only
+        notes the request (its key, lane, clock, rows and end) for ``fold`` to add up."""
         call = _get_lane() if index < 0 else None
         if call is None:
             if index < 0:
@@ -250,40 +262,58 @@ class StatsBook:
                 call.version = str(key.version)  # type: ignore[union-attr]
             else:
                 _set_lane(call.done)  # type: ignore[union-attr]
-        stats = self._versions.get((key.model, key.version))
-        if stats is None:
-            stats = self.of(key)
-        now = _monotonic()
-        marks = clock._phases  # what ``clock.marks`` returns, without a property call
-        if len(marks) == 2 and marks[1][0] is _DEVICE:  # unbatched: admitted, then the device
-            total = now - marks[0][1]
-            infer = now - marks[1][1]
-            stats.queue_counts[0] += 1  # queued 0 s: the first bucket
-        else:
-            total, queued, infer = _phases(marks, now)
-            stats.queue_counts[_bisect(LATENCY_BUCKETS_S, queued)] += 1
-            stats.queue_s += queued
-        stats.ok[index] += 1
-        stats.inference_count += rows
-        stats.last_inference = now
-        stats.request_counts[_bisect(LATENCY_BUCKETS_S, total)] += 1
-        stats.request_s += total
-        stats.infer_counts[_bisect(LATENCY_BUCKETS_S, infer)] += 1
-        stats.infer_s += infer
-        run = clock.batch
-        if run is None:
-            size = rows if rows > 1 else 1
-        elif not run.counted:
-            run.counted = True
-            size = run.rows if run.rows > 1 else 1
-        else:
-            return  # its batch's execution was counted by another of its requests
-        executed = stats.executions.get(size)
-        if executed is None:
-            stats.executions[size] = [1, infer]
-        else:
-            executed[0] += 1
-            executed[1] += infer
+        pending = self._pending
+        pending.append((key, index, clock, rows, _monotonic()))
+        if len(pending) >= FOLD_EVERY:
+            self.fold()
+
+    def fold(self) -> None:
+        """Add the successes ``ok`` recorded since the last fold to their versions' numbers.
+
+        Called by every reader (``of``, ``get``, ``items``) and every ``FOLD_EVERY`` requests:
+        the arithmetic runs here, in one tight loop over a few dozen requests, rather than on
+        each request's path, where its code and data would have to be brought back into the
+        CPU's caches every time (measured: several times the cost of the same loop)."""
+        pending = self._pending
+        if not pending:
+            return
+        self._pending = []
+        versions = self._versions
+        bounds = LATENCY_BUCKETS_S
+        for key, index, clock, rows, now in pending:
+            stats = versions.get((key.model, key.version))
+            if stats is None:
+                stats = versions[(key.model, key.version)] = VersionStats()
+            marks = clock._phases  # what ``clock.marks`` returns, without a property call
+            if len(marks) == 2 and marks[1][0] is _DEVICE:  # unbatched: admitted, then device
+                total = now - marks[0][1]
+                infer = now - marks[1][1]
+                stats.queue_counts[0] += 1  # queued 0 s: the first bucket
+            else:
+                total, queued, infer = _phases(marks, now)
+                stats.queue_counts[_bisect(bounds, queued)] += 1
+                stats.queue_s += queued
+            stats.ok[index] += 1
+            stats.inference_count += rows
+            stats.last_inference = now
+            stats.request_counts[_bisect(bounds, total)] += 1
+            stats.request_s += total
+            stats.infer_counts[_bisect(bounds, infer)] += 1
+            stats.infer_s += infer
+            run = clock.batch
+            if run is None:
+                size = rows if rows > 1 else 1
+            elif not run.counted:
+                run.counted = True
+                size = run.rows if run.rows > 1 else 1
+            else:
+                continue  # its batch's execution was counted by another of its requests
+            executed = stats.executions.get(size)
+            if executed is None:
+                stats.executions[size] = [1, infer]
+            else:
+                executed[0] += 1
+                executed[1] += infer
 
     def observe(
         self,
