@@ -44,7 +44,7 @@ def test_a_counted_call_has_no_call_and_a_later_error_does_not_count_it_again() 
 def test_a_call_refused_before_the_data_plane_gets_a_call_with_its_code() -> None:
     lane = LANES[Protocol.TFSERVING_REST]
 
-    def refused() -> object:
+    def refused() -> tuple[calls.Call | calls.Lane | None, int | None]:
         CURRENT.set(lane)
         assert calls.current() is None  # nothing failed yet: no Call
         first = calls.request_id()
