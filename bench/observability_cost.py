@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import gc
 import json
 import os
 import statistics
@@ -405,13 +406,17 @@ def _grpc_call(dataplane: Any, observer: Any, raw: bytes, statuses: dict[Any, in
 def _inprocess(requests: int, metrics: bool, protocol: str) -> None:
     """Drive ``requests`` inference calls over ``protocol`` through the real front end."""
     _, one = _build(metrics, protocol)
+    warm = 50
 
     async def many() -> None:
-        for _ in range(requests):
+        for index in range(warm + requests):
             await one()
+            if index == warm - 1:  # warm: what lives now is never collected again (less noise)
+                gc.collect()
+                gc.freeze()
 
     asyncio.run(many())
-    one.check(requests)
+    one.check(warm + requests)
 
 
 def cpu_time(rounds: int, batch: int, protocol: str = "kserve_json") -> dict[str, Any]:
@@ -462,7 +467,9 @@ def callgrind(small: int, large: int, protocol: str = "kserve_json") -> dict[str
                     PYTHON, __file__, "--inprocess", str(n), "--protocol", protocol,
                     *(["--metrics"] if metrics else []),
                 ]  # fmt: skip
-                process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+                # A fixed hash seed: the same dict layouts in every run (less noise).
+                env = {**os.environ, "PYTHONHASHSEED": "0"}
+                process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
                 runs[(name, n)] = (process, "")
         counts: dict[str, dict[int, int]] = {}
         for (name, n), (process, _) in runs.items():
