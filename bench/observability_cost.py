@@ -1,20 +1,25 @@
 """What statistics and metrics cost per request (issue 16): on (the default, tracing off)
-against ``--no-metrics``, measured two ways in one run.
+against ``--no-metrics``, measured three ways in one run, printed as one Markdown table.
 
-1. In one process, CPU time: the KServe REST path (the real Starlette app, data plane and hooks,
-   over an in-process servable that answers at once, so only server code is timed), on and off
-   side by side in one event loop, alternating batches; medians of per-request CPU time.
+1. In one process, CPU time (``--cpu-rounds``): the KServe REST path (the real Starlette app,
+   data plane and hooks) and the KServe gRPC path (the ``ModelInfer`` handler as the gRPC server
+   registers it, wrappers included, without the transport), over an in-process servable that
+   answers at once, so only server code is timed; on and off side by side in one event loop,
+   alternating batches; medians of per-request CPU time.
 2. End to end, wall clock: two ``modelyard serve`` processes on the same config (the tiny ONNX
-   MLP, unbatched), one default and one with ``--no-metrics``, loaded in turn by the load
-   generator (``bench/loadgen.py``, its own process): p50 latency at 1 client and requests per
-   second at 64 clients, KServe REST JSON and KServe gRPC. The rounds alternate A B / B A so
-   drift in the machine's load falls on both; medians over rounds are reported.
-3. Instructions per request (``--callgrind``): the same in-process path under valgrind's
-   callgrind, for N1 and N2 requests;
-   (I(N2) - I(N1)) / (N2 - N1) is the cost of one request without start-up. On a loaded
-   machine this is the stable number; wall-clock figures there move by more than the cost.
+   MLP, unbatched), one default and one with ``--no-metrics``, loaded by the load generator
+   (``bench/loadgen.py``, its own process): p50 latency at 1 client and requests per second at
+   64 clients, KServe REST JSON and KServe gRPC. In turn (the default): rounds alternate A B /
+   B A so drift in the machine's load falls on both; medians over rounds. ``--paired`` adds
+   one client alternating its requests between the two servers (median of pair differences)
+   and 64 clients on both servers at once (the ratio of their rates).
+3. Instructions per request (``--callgrind``): the in-process paths under valgrind's callgrind,
+   for N1 and N2 requests; (I(N2) - I(N1)) / (N2 - N1) is the cost of one request without
+   start-up. On a loaded machine this is the stable number; wall-clock figures there move by
+   more than the cost.
 
-    python bench/observability_cost.py --rounds 6 --seconds 2 [--callgrind] [--json out.json]
+    python bench/observability_cost.py --paired --rounds 4 --seconds 2 [--callgrind]
+        [--json out.json] [--table out.md]
 """
 
 from __future__ import annotations
