@@ -1,20 +1,25 @@
 """What statistics and metrics cost per request (issue 16): on (the default, tracing off)
-against ``--no-metrics``, measured two ways in one run.
+against ``--no-metrics``, measured three ways in one run, printed as one Markdown table.
 
-1. In one process, CPU time: the KServe REST path (the real Starlette app, data plane and hooks,
-   over an in-process servable that answers at once, so only server code is timed), on and off
-   side by side in one event loop, alternating batches; medians of per-request CPU time.
+1. In one process, CPU time (``--cpu-rounds``): the KServe REST path (the real Starlette app,
+   data plane and hooks) and the KServe gRPC path (the ``ModelInfer`` handler as the gRPC server
+   registers it, wrappers included, without the transport), over an in-process servable that
+   answers at once, so only server code is timed; on and off side by side in one event loop,
+   alternating batches; medians of per-request CPU time.
 2. End to end, wall clock: two ``modelyard serve`` processes on the same config (the tiny ONNX
-   MLP, unbatched), one default and one with ``--no-metrics``, loaded in turn by the load
-   generator (``bench/loadgen.py``, its own process): p50 latency at 1 client and requests per
-   second at 64 clients, KServe REST JSON and KServe gRPC. The rounds alternate A B / B A so
-   drift in the machine's load falls on both; medians over rounds are reported.
-3. Instructions per request (``--callgrind``): the same in-process path under valgrind's
-   callgrind, for N1 and N2 requests;
-   (I(N2) - I(N1)) / (N2 - N1) is the cost of one request without start-up. On a loaded
-   machine this is the stable number; wall-clock figures there move by more than the cost.
+   MLP, unbatched), one default and one with ``--no-metrics``, loaded by the load generator
+   (``bench/loadgen.py``, its own process): p50 latency at 1 client and requests per second at
+   64 clients, KServe REST JSON and KServe gRPC. In turn (the default): rounds alternate A B /
+   B A so drift in the machine's load falls on both; medians over rounds. ``--paired`` adds
+   one client alternating its requests between the two servers (median of pair differences)
+   and 64 clients on both servers at once (the ratio of their rates).
+3. Instructions per request (``--callgrind``): the in-process paths under valgrind's callgrind,
+   for N1 and N2 requests; (I(N2) - I(N1)) / (N2 - N1) is the cost of one request without
+   start-up. On a loaded machine this is the stable number; wall-clock figures there move by
+   more than the cost.
 
-    python bench/observability_cost.py --rounds 6 --seconds 2 [--callgrind] [--json out.json]
+    python bench/observability_cost.py --paired --rounds 4 --seconds 2 [--callgrind]
+        [--json out.json] [--table out.md]
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import gc
 import json
 import os
 import statistics
@@ -240,12 +246,17 @@ def paired(rounds: int, requests: int, seconds: float) -> dict[str, Any]:
     return report
 
 
-# -- instructions per request, in one process, under callgrind ----------------------------------
+# -- in process: CPU time and instructions per request ----------------------------------------
+
+IN_PROCESS = ("kserve_json", "kserve_grpc")
+"""The in-process paths: KServe REST JSON through the real Starlette app, and KServe gRPC
+through the handler the gRPC server registers (with its wrappers), called as a server calls it."""
 
 
-def _build(metrics: bool) -> tuple[Any, Any]:
-    """The real REST app over an in-process servable that answers at once, with statistics and
-    metrics on or off; and a coroutine function that sends it one KServe REST inference call."""
+def _build(metrics: bool, protocol: str = "kserve_json") -> tuple[Any, Any]:
+    """The real front end over an in-process servable that answers at once, with statistics
+    and metrics on or off; and a coroutine function that sends it one KServe inference call
+    over ``protocol`` (``IN_PROCESS``)."""
     from modelyard.config.schema import Platform
     from modelyard.ids import VersionKey
     from modelyard.lifecycle.registry import ModelRegistry, Replica, VersionEntry
@@ -253,7 +264,6 @@ def _build(metrics: bool) -> tuple[Any, Any]:
     from modelyard.metrics import ServerMetrics
     from modelyard.observability.boundary import Observer
     from modelyard.server.dataplane import DataPlane
-    from modelyard.server.http.app import build_app
     from modelyard.tensors import DataType, Signature, TensorSpec
 
     signature = Signature(
@@ -289,15 +299,36 @@ def _build(metrics: bool) -> tuple[Any, Any]:
     dataplane = DataPlane(registry, metrics=server_metrics)
     dataplane.started = True
     observer = Observer(count=server_metrics.call_ended if server_metrics else None)
+    raw = payload(protocol, TINY.name, np.ones((1, TINY.in_features), np.float32))
+    statuses: dict[Any, int] = {}
+    if protocol == "kserve_grpc":
+        one = _grpc_call(dataplane, observer, raw, statuses)
+    else:
+        one = _rest_call(dataplane, observer, raw, statuses)
+
+    def check(requests: int) -> None:
+        if statuses != {"OK": requests}:
+            raise SystemExit(f"not every request succeeded: {statuses}")
+        counted = server_metrics.book.of(entry.key).success_count if server_metrics else requests
+        if counted != requests:
+            raise SystemExit("the statistics did not count every request")
+
+    one.check = check  # type: ignore[attr-defined]
+    return dataplane, one
+
+
+def _rest_call(dataplane: Any, observer: Any, raw: bytes, statuses: dict[Any, int]) -> Any:
+    """One KServe REST call through the real app, as uvicorn drives it."""
+    from modelyard.server.http.app import build_app
+
     app = build_app(dataplane, max_request_bytes=1 << 20, observer=observer)
-    raw = payload("kserve_json", TINY.name, np.ones((1, TINY.in_features), np.float32))
     head, body = raw.split(b"\r\n\r\n", 1)
+    lines = head.decode().split("\r\n")
+    path = lines[0].split(" ")[1]
     headers = [
         (k.strip().lower().encode(), v.strip().encode())
-        for k, v in (line.split(":", 1) for line in head.decode().split("\r\n")[1:])
+        for k, v in (line.split(":", 1) for line in lines[1:])
     ]
-
-    statuses: dict[int, int] = {}
 
     async def one() -> None:
         done = asyncio.Event()
@@ -313,45 +344,93 @@ def _build(metrics: bool) -> tuple[Any, Any]:
 
         async def send(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
-                statuses[message["status"]] = statuses.get(message["status"], 0) + 1
+                status = "OK" if message["status"] == 200 else message["status"]
+                statuses[status] = statuses.get(status, 0) + 1
             if message["type"] == "http.response.body" and not message.get("more_body"):
                 done.set()
 
         scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
-                 "method": "POST", "scheme": "http", "path": f"/v2/models/{TINY.name}/infer",
+                 "method": "POST", "scheme": "http", "path": path,
                  "raw_path": b"", "query_string": b"", "headers": headers,
                  "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 2)}  # fmt: skip
         await app(scope, receive, send)
 
-    def check(requests: int) -> None:
-        if statuses != {200: requests}:
-            raise SystemExit(f"not every request succeeded: {statuses}")
-        counted = server_metrics.book.of(entry.key).success_count if server_metrics else requests
-        if counted != requests:
-            raise SystemExit("the statistics did not count every request")
-
-    one.check = check  # type: ignore[attr-defined]
-    return app, one
+    return one
 
 
-def _inprocess(requests: int, metrics: bool) -> None:
-    """Drive ``requests`` KServe REST inference calls through the real app, in process."""
-    _, one = _build(metrics)
+def _grpc_call(dataplane: Any, observer: Any, raw: bytes, statuses: dict[Any, int]) -> Any:
+    """One KServe gRPC ``ModelInfer`` through the handler the server registers, wrapped as
+    ``start_grpc_server`` wraps it (the malformed-request guard, then the observer outermost):
+    deserialised, run and serialised as a gRPC server does, without the transport."""
+    from modelyard.server.grpc.kserve import KServeServicer
+    from modelyard.server.grpc.observe import observed
+    from modelyard.server.grpc.status import refuse_malformed
+
+    found: dict[str, Any] = {}
+
+    class Capture:
+        def add_generic_rpc_handlers(self, handlers: Any) -> None:
+            pass
+
+        def add_registered_method_handlers(self, service: str, handlers: Any) -> None:
+            found.update({f"/{service}/{name}": h for name, h in handlers.items()})
+
+    KServeServicer(dataplane).add_to_server(Capture())  # type: ignore[arg-type]
+    handler = refuse_malformed(found[GRPC_METHOD], GRPC_METHOD)
+    if observer.active:
+        handler = observed(handler, GRPC_METHOD, observer)
+    deserialize, serialize, behavior = (
+        handler.request_deserializer,
+        handler.response_serializer,
+        handler.unary_unary,
+    )
+
+    class Context:
+        """What the handlers ask of a grpc.aio context on a successful call."""
+
+        def time_remaining(self) -> float | None:
+            return None
+
+        def invocation_metadata(self) -> tuple[()]:
+            return ()
+
+        async def abort(self, code: Any, details: str) -> None:
+            statuses[code] = statuses.get(code, 0) + 1
+            raise RuntimeError(details)
+
+    context = Context()
+
+    async def one() -> None:
+        response = await behavior(deserialize(raw), context)
+        serialize(response)
+        statuses["OK"] = statuses.get("OK", 0) + 1
+
+    return one
+
+
+def _inprocess(requests: int, metrics: bool, protocol: str) -> None:
+    """Drive ``requests`` inference calls over ``protocol`` through the real front end."""
+    _, one = _build(metrics, protocol)
+    warm = 50
 
     async def many() -> None:
-        for _ in range(requests):
+        for index in range(warm + requests):
             await one()
+            if index == warm - 1:  # warm: what lives now is never collected again (less noise)
+                gc.collect()
+                gc.freeze()
 
     asyncio.run(many())
-    one.check(requests)
+    one.check(warm + requests)
 
 
-def cpu_time(rounds: int, batch: int) -> dict[str, Any]:
-    """CPU seconds per request of the in-process REST path, on and off, in one process and one
-    event loop, alternating batches of ``batch`` requests: process CPU time is far less
-    disturbed by other load than wall clock (it still pays for caches others evict)."""
-    _, on = _build(True)
-    _, off = _build(False)
+def cpu_time(rounds: int, batch: int, protocol: str = "kserve_json") -> dict[str, Any]:
+    """CPU seconds per request of the in-process path over ``protocol``, on and off, in one
+    process and one event loop, alternating batches of ``batch`` requests: process CPU time
+    is far less disturbed by other load than wall clock (it still pays for caches others
+    evict)."""
+    _, on = _build(True, protocol)
+    _, off = _build(False, protocol)
     per: dict[str, list[float]] = {"on": [], "off": []}
 
     async def run() -> None:
@@ -369,6 +448,7 @@ def cpu_time(rounds: int, batch: int) -> dict[str, Any]:
     asyncio.run(run())
     deltas = [a - b for a, b in zip(per["on"], per["off"], strict=True)]
     return {
+        "protocol": protocol,
         "rounds": rounds,
         "batch": batch,
         "cpu_us_per_request_on": statistics.median(per["on"]),
@@ -378,9 +458,10 @@ def cpu_time(rounds: int, batch: int) -> dict[str, Any]:
     }
 
 
-def callgrind(small: int, large: int) -> dict[str, Any]:
-    """Instructions per request, on and off: four runs under callgrind, side by side (each is
-    single-threaded; on a shared machine running them at once gets them more of it)."""
+def callgrind(small: int, large: int, protocol: str = "kserve_json") -> dict[str, Any]:
+    """Instructions per request over ``protocol``, on and off: four runs under callgrind,
+    side by side (each is single-threaded; on a shared machine running them at once gets them
+    more of it)."""
     runs: dict[tuple[str, int], tuple[subprocess.Popen[str], str]] = {}
     with tempfile.TemporaryDirectory() as out:
         for metrics in (True, False):
@@ -388,9 +469,12 @@ def callgrind(small: int, large: int) -> dict[str, Any]:
                 name = "on" if metrics else "off"
                 command = [
                     "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}/{name}-{n}.out",
-                    PYTHON, __file__, "--inprocess", str(n), *(["--metrics"] if metrics else []),
+                    PYTHON, __file__, "--inprocess", str(n), "--protocol", protocol,
+                    *(["--metrics"] if metrics else []),
                 ]  # fmt: skip
-                process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+                # A fixed hash seed: the same dict layouts in every run (less noise).
+                env = {**os.environ, "PYTHONHASHSEED": "0"}
+                process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
                 runs[(name, n)] = (process, "")
         counts: dict[str, dict[int, int]] = {}
         for (name, n), (process, _) in runs.items():
@@ -403,9 +487,10 @@ def callgrind(small: int, large: int) -> dict[str, Any]:
                 if "Collected" in line
             )
             counts.setdefault(name, {})[n] = total
-            print(f"callgrind metrics={name} n={n}: {total:,} instructions", flush=True)
+            print(f"callgrind {protocol} metrics={name} n={n}: {total:,} instructions", flush=True)
     per = {k: (v[large] - v[small]) / (large - small) for k, v in counts.items()}
     return {
+        "protocol": protocol,
         "requests": [small, large],
         "instructions_per_request_on": per["on"],
         "instructions_per_request_off": per["off"],
@@ -415,27 +500,90 @@ def callgrind(small: int, large: int) -> dict[str, Any]:
     }
 
 
+# -- the table of docs/operations.md -------------------------------------------------------------
+
+_NAMES = {"kserve_json": "KServe REST JSON", "kserve_grpc": "KServe gRPC"}
+
+
+def table(report: dict[str, Any]) -> str:
+    """The issue's figures as a Markdown table, from whatever parts ``report`` holds: per
+    protocol, p50 at 1 client and req/s at 64 clients, on and off, and what statistics and
+    metrics add; then the front end's CPU (and instructions) per request, on and off."""
+    rows = ["| measure | protocol | on | off | added |", "| --- | --- | --- | --- | --- |"]
+    paired = report.get("paired", {})
+    turns = report.get("wall_clock", {})
+    for protocol in ("kserve_json", "kserve_grpc"):
+        name = _NAMES[protocol]
+        if protocol in paired:
+            got = paired[protocol]
+            rows.append(
+                f"| p50 at 1 client, alternating requests ({got['requests']} pairs) | {name} "
+                f"| {got['p50_us_on']:.1f} µs | {got['p50_us_off']:.1f} µs "
+                f"| **{got['added_us_median_of_pairs']:+.1f} µs** |"
+            )
+        if protocol in turns:
+            got = turns[protocol]
+            rows.append(
+                f"| p50 at 1 client, servers in turn ({turns['rounds']} rounds) | {name} "
+                f"| {got['p50_ms_on'] * 1000:.1f} µs | {got['p50_ms_off'] * 1000:.1f} µs "
+                f"| {got['p50_added_us_median_of_pairs']:+.1f} µs |"
+            )
+            rows.append(
+                f"| req/s at 64 clients, servers in turn ({turns['rounds']} rounds) | {name} "
+                f"| {got['rps_on']:.0f} | {got['rps_off']:.0f} "
+                f"| **{-got['rps_loss_pct_median_of_pairs']:+.1f} %** |"
+            )
+        if protocol in paired:
+            got = paired[protocol]
+            ratios = got["throughput_ratio_on_over_off"]
+            rows.append(
+                f"| req/s at 64 clients, both servers at once ({len(ratios)} rounds, on/off) "
+                f"| {name} | | | {-got['throughput_loss_pct_median']:+.1f} % |"
+            )
+    for part in report.get("cpu_time", []):
+        rows.append(
+            f"| front-end CPU per request, in process ({part['rounds']} alternating rounds of "
+            f"{part['batch']}) | {_NAMES[part['protocol']]} | {part['cpu_us_per_request_on']:.1f}"
+            f" µs | {part['cpu_us_per_request_off']:.1f} µs "
+            f"| **{part['added_cpu_us_median_of_pairs']:+.1f} µs** |"
+        )
+    for part in report.get("callgrind", []):
+        rows.append(
+            f"| instructions per request, in process (callgrind) | {_NAMES[part['protocol']]} "
+            f"| {part['instructions_per_request_on']:,.0f} "
+            f"| {part['instructions_per_request_off']:,.0f} "
+            f"| {part['added_instructions_per_request']:+,.0f} ({part['added_pct']:.1f} %) |"
+        )
+    return "\n".join(rows) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--callgrind", action="store_true")
     parser.add_argument("--no-wall-clock", action="store_true")
-    parser.add_argument("--paired", action="store_true", help="the paired wall-clock measure")
+    parser.add_argument(
+        "--paired", action="store_true",
+        help="also the paired wall-clock measures (alternating requests, both servers at once)",
+    )  # fmt: skip
     parser.add_argument("--cpu-rounds", type=int, default=20, help="0: skip the CPU-time part")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--table", type=Path, help="also write the Markdown table here")
     parser.add_argument("--inprocess", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--protocol", default="kserve_json", help=argparse.SUPPRESS)
     parser.add_argument("--metrics", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.inprocess is not None:
-        _inprocess(args.inprocess, args.metrics)
+        _inprocess(args.inprocess, args.metrics, args.protocol)
         return
-    report: dict[str, Any] = {}
+    report: dict[str, Any] = {"git": _git()}
     if args.cpu_rounds:
-        report["cpu_time"] = cpu_time(args.cpu_rounds, 300)
-        print(json.dumps({k: v for k, v in report["cpu_time"].items() if k != "raw"}), flush=True)
+        report["cpu_time"] = [cpu_time(args.cpu_rounds, 300, p) for p in IN_PROCESS]
+        for part in report["cpu_time"]:
+            print(json.dumps({k: v for k, v in part.items() if k != "raw"}), flush=True)
     if args.callgrind:
-        report["callgrind"] = callgrind(100, 600)
+        report["callgrind"] = [callgrind(100, 600, p) for p in IN_PROCESS]
     if args.paired:
         report["paired"] = paired(args.rounds, 3000, args.seconds)
     if not args.no_wall_clock:
@@ -444,6 +592,30 @@ def main() -> None:
     print(text)
     if args.json is not None:
         args.json.write_text(text + "\n")
+    markdown = table(report)
+    print(markdown)
+    if args.table is not None:
+        args.table.write_text(markdown)
+
+
+def _git() -> str:
+    """The commit measured (with ``+`` when the tree has changes), for the record."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "src"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+" if dirty else "")  # fmt: skip
 
 
 if __name__ == "__main__":

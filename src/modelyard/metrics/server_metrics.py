@@ -44,8 +44,6 @@ from modelyard.planner import Plan
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
-_current_call = calls.CURRENT.get  # bound once: observe_ok runs on every request
-
 StatusReader = Callable[[], Mapping[str, Any]]
 """Returns the status document (``modelyard.server.http.status``): devices, workers, bytes."""
 
@@ -64,6 +62,7 @@ class ServerMetrics:
         """``plan`` returns the plan in force when scraped (run-time loads and moves change
         it); ``status`` the status document (workers and measured bytes), None without one."""
         self.book = StatsBook()
+        self.observe_ok = self.book.ok
         self._registry = registry
         self.prometheus = CollectorRegistry(auto_describe=True)
         self.prometheus.register(_TrafficCollector(self.book, registry))
@@ -71,18 +70,9 @@ class ServerMetrics:
 
     # -- hooks (the hot path: keep them to a look-up and some additions) ---------------------
 
-    def observe_ok(self, key: VersionKey, clock: RequestClock, rows: int) -> None:
-        """A request on ``key`` succeeded; ``clock`` holds its phases, ``rows`` its dim 0."""
-        call = _current_call()
-        if call is None:
-            self.book.observe(key, clock, rows, "in_process", None)
-            return
-        call.counted = True
-        call.clock = clock
-        call.rows = rows
-        call.model = key.model
-        call.version = str(key.version)
-        self.book.observe(key, clock, rows, call.protocol_label, None)
+    observe_ok: Callable[[VersionKey, RequestClock, int], None]
+    """A request on ``key`` succeeded; ``clock`` holds its phases, ``rows`` its dim 0. It is
+    ``StatsBook.ok`` itself (set per instance): one Python call per request, not two."""
 
     def observe_error(
         self,
@@ -94,16 +84,18 @@ class ServerMetrics:
         """A request failed with ``code``: on ``key``, or (None) before a version was found;
         ``named`` is then the (model, version, label) it named, counted against that version
         when it exists and as a refusal otherwise."""
-        call = calls.current()
-        protocol = call.protocol.value if call is not None else "in_process"
+        call = calls.CURRENT.get()
+        protocol = call.protocol._value_ if call is not None else "in_process"
         if key is None and named is not None:
             key = self._existing(*named)
             clock = None
-        if call is not None:
+        if isinstance(call, calls.Call):
             call.counted = True
             call.clock = clock
             if key is not None:
                 call.model, call.version = key.model, str(key.version)
+        elif call is not None:
+            calls.CURRENT.set(call.done)  # counted: the boundary and error mapping leave it
         if key is None:
             self.book.reject(protocol, code)
         else:
@@ -289,25 +281,41 @@ class _StateCollector(Collector):
             yield from _status_metrics(self._status())
 
 
+_Family = CounterMetricFamily | GaugeMetricFamily
+_FamilySpec = tuple[type[_Family], str, str, tuple[str, ...]]
+
+_PLAN_FAMILIES: tuple[_FamilySpec, ...] = (
+    (GaugeMetricFamily, "modelyard_device_capacity_bytes", "Device capacity the planner uses.",
+     ("device",)),
+    (GaugeMetricFamily, "modelyard_device_planned_bytes",
+     "Bytes of the models the plan puts on the device.", ("device",)),
+    (GaugeMetricFamily, "nv_gpu_memory_total_bytes",
+     "GPU memory the server may use (the device's capacity in the plan).", ("gpu_uuid",)),
+    (GaugeMetricFamily, "modelyard_model_planned_bytes",
+     "Bytes the plan reserves for a model version on each device it is on.",
+     ("model", "version", "device")),
+)  # fmt: skip
+
+_STATUS_FAMILIES: tuple[_FamilySpec, ...] = (
+    (CounterMetricFamily, "modelyard_worker_restarts",
+     "Times each device's worker was restarted.", ("device",)),
+    (GaugeMetricFamily, "modelyard_device_measured_bytes",
+     "Bytes the device's worker measured for the models it holds.", ("device",)),
+    (GaugeMetricFamily, "nv_gpu_memory_used_bytes",
+     "GPU memory the models on the device were measured to use.", ("gpu_uuid",)),
+    (GaugeMetricFamily, "modelyard_model_measured_bytes",
+     "Bytes a model version was measured to use on a device, after it loaded.",
+     ("model", "version", "device")),
+)  # fmt: skip
+
+
+def _families(specs: tuple[_FamilySpec, ...]) -> list[_Family]:
+    """Fresh metric families, one per (kind, name, help, labels), in order."""
+    return [kind(name, doc, labels=list(labels)) for kind, name, doc, labels in specs]
+
+
 def _plan_metrics(plan: Plan) -> Iterator[Metric]:
-    capacity = GaugeMetricFamily(
-        "modelyard_device_capacity_bytes", "Device capacity the planner uses.", labels=["device"]
-    )
-    planned = GaugeMetricFamily(
-        "modelyard_device_planned_bytes",
-        "Bytes of the models the plan puts on the device.",
-        labels=["device"],
-    )
-    gpu_total = GaugeMetricFamily(
-        "nv_gpu_memory_total_bytes",
-        "GPU memory the server may use (the device's capacity in the plan).",
-        labels=["gpu_uuid"],
-    )
-    placed = GaugeMetricFamily(
-        "modelyard_model_planned_bytes",
-        "Bytes the plan reserves for a model version on each device it is on.",
-        labels=["model", "version", "device"],
-    )
+    capacity, planned, gpu_total, placed = _families(_PLAN_FAMILIES)
     for usage in plan.devices:
         capacity.add_metric([usage.device.name], usage.device.capacity_bytes)
         planned.add_metric([usage.device.name], usage.used_bytes)
@@ -320,24 +328,7 @@ def _plan_metrics(plan: Plan) -> Iterator[Metric]:
 
 
 def _status_metrics(status: Mapping[str, Any]) -> Iterator[Metric]:
-    restarts = CounterMetricFamily(
-        "modelyard_worker_restarts", "Times each device's worker was restarted.", labels=["device"]
-    )
-    measured = GaugeMetricFamily(
-        "modelyard_device_measured_bytes",
-        "Bytes the device's worker measured for the models it holds.",
-        labels=["device"],
-    )
-    gpu_used = GaugeMetricFamily(
-        "nv_gpu_memory_used_bytes",
-        "GPU memory the models on the device were measured to use.",
-        labels=["gpu_uuid"],
-    )
-    per_model = GaugeMetricFamily(
-        "modelyard_model_measured_bytes",
-        "Bytes a model version was measured to use on a device, after it loaded.",
-        labels=["model", "version", "device"],
-    )
+    restarts, measured, gpu_used, per_model = _families(_STATUS_FAMILIES)
     totals: dict[str, int] = {}
     for model in status.get("models", []):
         for device, value in (model.get("measured_bytes") or {}).items():

@@ -1,14 +1,18 @@
-"""Per-version request statistics: plain integers updated once per request, read when asked.
+"""Per-version request statistics: plain numbers updated once per request, shaped when read.
 
 One ``VersionStats`` per model version holds everything the statistics extension
-(``/v2/models/{m}/stats``, gRPC ``ModelStatistics``) and ``/metrics`` show about its traffic:
-success and failure counts and durations, queue and compute durations, rows and executions,
-executions by batch size, failures by reason, and histograms. ``StatsBook.observe`` is the one
-write, called by the data plane when a request ends; the exporters only read.
+(``/v2/models/{m}/stats``, gRPC ``ModelStatistics``), ``/metrics`` and the live page show about
+its traffic. A request writes only raw fields: successes per protocol lane, rows, three
+fixed-bucket histogram arrays with their sums (request, queue and compute time, in seconds),
+executions per batch size, and for a failure its code. Everything else is derived when read:
+success count (the request histogram's count), Triton's nanosecond totals (the sums), the
+execution count and the batch-size histogram (the executions per size), outcomes per
+protocol. ``StatsBook.ok`` is the write of a success (on every request),
+``StatsBook.observe`` the general one (failures; tests).
 
 Why not prometheus_client's metric objects on the hot path: each ``labels(...).inc()`` takes a
 lock and a dict look-up of the label tuple, several per request; a request here costs one dict
-look-up (its version's stats) and some integer additions. Histograms are fixed-bucket arrays.
+look-up (its version's stats) and some integer additions.
 
 Async safety: written and read on the server's event loop only (scrapes run there too), so a
 reader sees whole requests and nothing needs a lock.
@@ -23,6 +27,7 @@ from collections.abc import Iterator, Sequence
 from modelyard.deadlines import Phase, RequestClock
 from modelyard.errors import Code
 from modelyard.ids import VersionKey
+from modelyard.observability.calls import CURRENT, IN_PROCESS_INDEX, PROTOCOL_LABELS
 
 LATENCY_BUCKETS_S: tuple[float, ...] = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -32,6 +37,12 @@ LATENCY_BUCKETS_S: tuple[float, ...] = (
 
 BATCH_SIZE_BUCKETS: tuple[float, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
+FOLD_EVERY = 64
+"""Successes recorded before ``StatsBook.fold`` adds them up (readers fold at once): enough to
+keep the loop's code in the CPU's caches, few enough that the clocks held are no burden."""
+
+_LANE_INDEX = {label: index for index, label in enumerate(PROTOCOL_LABELS)}
+
 
 class Histogram:
     """A cumulative-on-export histogram: one count per bucket (upper bounds ``bounds``, then
@@ -39,10 +50,13 @@ class Histogram:
 
     __slots__ = ("bounds", "counts", "sum")
 
-    def __init__(self, bounds: Sequence[float]) -> None:
+    def __init__(
+        self, bounds: Sequence[float], counts: list[int] | None = None, total: float = 0.0
+    ) -> None:
+        """``counts`` and ``total``: start from these (a view of counts kept elsewhere)."""
         self.bounds = tuple(bounds)
-        self.counts = [0] * (len(self.bounds) + 1)
-        self.sum = 0.0
+        self.counts = counts if counts is not None else [0] * (len(self.bounds) + 1)
+        self.sum = total
 
     def observe(self, value: float) -> None:
         self.counts[bisect.bisect_left(self.bounds, value)] += 1
@@ -62,57 +76,123 @@ class Histogram:
         return sum(self.counts)
 
 
+def _ns(seconds: float) -> int:
+    return round(seconds * 1e9)
+
+
 class VersionStats:
     """The traffic of one model version since the server started (Triton's counters).
 
-    Durations are integer nanoseconds, as Triton reports them. A request that fails counts in
-    ``fail_*`` only; one that succeeds in ``success_*``, ``queue_*`` and ``infer_*``.
-    ``batches``: batch size -> [executions, compute ns] (a batch counts once, for the first of
-    its requests to end). ``outcomes``: (protocol, outcome) -> requests, where outcome is
-    ``OK`` or the failure's code. The histograms of request, queue and compute time use
-    ``LATENCY_BUCKETS_S`` (``StatsBook.observe`` relies on it).
+    Raw fields, written per request: ``ok`` successes per protocol lane (``PROTOCOL_LABELS``'
+    order); ``inference_count`` rows; ``last_inference`` the ``time.monotonic()`` of the last
+    success (0.0: none); ``request_counts``/``queue_counts``/``infer_counts`` histogram arrays
+    on ``LATENCY_BUCKETS_S`` (successes only) with their sums in seconds; ``executions`` batch
+    size -> [executions, compute seconds] (a batch counts once, for the first of its requests
+    to end); ``fail_count``, ``fail_s`` and ``failures`` (code -> requests) and ``failed``
+    ((protocol, code) -> requests) for failures. The rest are read-time views, in Triton's
+    units (integer nanoseconds).
     """
 
     __slots__ = (
-        "batch_size",
-        "batches",
-        "execution_count",
+        "executions",
         "fail_count",
-        "fail_ns",
+        "fail_s",
+        "failed",
         "failures",
-        "infer_count",
-        "infer_duration",
-        "infer_ns",
+        "infer_counts",
+        "infer_s",
         "inference_count",
         "last_inference",
-        "outcomes",
-        "queue_count",
-        "queue_duration",
-        "queue_ns",
-        "request_duration",
-        "success_count",
-        "success_ns",
+        "ok",
+        "queue_counts",
+        "queue_s",
+        "request_counts",
+        "request_s",
     )
 
     def __init__(self) -> None:
-        self.success_count = 0
-        self.success_ns = 0
-        self.fail_count = 0
-        self.fail_ns = 0
-        self.queue_count = 0
-        self.queue_ns = 0
-        self.infer_count = 0
-        self.infer_ns = 0
+        self.ok = [0] * len(PROTOCOL_LABELS)
         self.inference_count = 0
-        self.execution_count = 0
-        self.last_inference = 0.0  # time.monotonic() of the last success; 0.0: none yet
+        self.last_inference = 0.0
+        buckets = len(LATENCY_BUCKETS_S) + 1
+        self.request_counts = [0] * buckets
+        self.request_s = 0.0
+        self.queue_counts = [0] * buckets
+        self.queue_s = 0.0
+        self.infer_counts = [0] * buckets
+        self.infer_s = 0.0
+        self.executions: dict[int, list[float]] = {}
+        self.fail_count = 0
+        self.fail_s = 0.0
         self.failures: dict[Code, int] = {}
-        self.outcomes: dict[tuple[str, str], int] = {}
-        self.batches: dict[int, list[int]] = {}
-        self.request_duration = Histogram(LATENCY_BUCKETS_S)
-        self.queue_duration = Histogram(LATENCY_BUCKETS_S)
-        self.infer_duration = Histogram(LATENCY_BUCKETS_S)
-        self.batch_size = Histogram(BATCH_SIZE_BUCKETS)
+        self.failed: dict[tuple[str, Code], int] = {}
+
+    # -- read-time views ------------------------------------------------------------------
+
+    @property
+    def success_count(self) -> int:
+        return sum(self.ok)
+
+    @property
+    def success_ns(self) -> int:
+        return _ns(self.request_s)
+
+    @property
+    def fail_ns(self) -> int:
+        return _ns(self.fail_s)
+
+    @property
+    def queue_count(self) -> int:
+        return self.success_count  # every success has a queue time (0 without a batcher)
+
+    @property
+    def queue_ns(self) -> int:
+        return _ns(self.queue_s)
+
+    @property
+    def infer_count(self) -> int:
+        return self.success_count
+
+    @property
+    def infer_ns(self) -> int:
+        return _ns(self.infer_s)
+
+    @property
+    def execution_count(self) -> int:
+        return sum(int(n) for n, _ in self.executions.values())
+
+    @property
+    def batches(self) -> dict[int, list[int]]:
+        """Batch size -> [executions, compute ns]."""
+        return {size: [int(n), _ns(s)] for size, (n, s) in self.executions.items()}
+
+    @property
+    def outcomes(self) -> dict[tuple[str, str], int]:
+        """(protocol, outcome) -> requests; outcome is ``OK`` or the failure's code."""
+        out = {(PROTOCOL_LABELS[i], "OK"): n for i, n in enumerate(self.ok) if n}
+        out.update(((protocol, code.value), n) for (protocol, code), n in self.failed.items())
+        return out
+
+    @property
+    def request_duration(self) -> Histogram:
+        return Histogram(LATENCY_BUCKETS_S, list(self.request_counts), self.request_s)
+
+    @property
+    def queue_duration(self) -> Histogram:
+        return Histogram(LATENCY_BUCKETS_S, list(self.queue_counts), self.queue_s)
+
+    @property
+    def infer_duration(self) -> Histogram:
+        return Histogram(LATENCY_BUCKETS_S, list(self.infer_counts), self.infer_s)
+
+    @property
+    def batch_size(self) -> Histogram:
+        """Rows per execution (1 per unbatched request), on ``BATCH_SIZE_BUCKETS``."""
+        hist = Histogram(BATCH_SIZE_BUCKETS)
+        for size, (n, _) in self.executions.items():
+            hist.counts[bisect.bisect_left(BATCH_SIZE_BUCKETS, size)] += int(n)
+            hist.sum += size * n
+        return hist
 
     @property
     def last_inference_ms(self) -> int:
@@ -120,6 +200,13 @@ class VersionStats:
         if not self.last_inference:
             return 0
         return int((time.time() - (time.monotonic() - self.last_inference)) * 1000)
+
+
+_get_lane = CURRENT.get
+_set_lane = CURRENT.set
+_monotonic = time.monotonic
+_bisect = bisect.bisect_left
+_DEVICE = Phase.DEVICE
 
 
 class StatsBook:
@@ -131,8 +218,12 @@ class StatsBook:
         # (a dataclass) through Python code, and this look-up is on every request.
         self._versions: dict[tuple[str, int], VersionStats] = {}
         self.rejected: dict[tuple[str, Code], int] = {}
+        # Successes recorded by ``ok`` and not yet folded into ``_versions`` (``fold``).
+        self._pending: list[tuple[VersionKey, int, RequestClock, int, float]] = []
 
     def of(self, key: VersionKey) -> VersionStats:
+        if self._pending:
+            self.fold()
         pair = (key.model, key.version)
         stats = self._versions.get(pair)
         if stats is None:
@@ -140,10 +231,89 @@ class StatsBook:
         return stats
 
     def get(self, key: VersionKey) -> VersionStats | None:
+        if self._pending:
+            self.fold()
         return self._versions.get((key.model, key.version))
 
     def items(self) -> Iterator[tuple[VersionKey, VersionStats]]:
+        if self._pending:
+            self.fold()
         return iter([(VersionKey(m, v), s) for (m, v), s in sorted(self._versions.items())])
+
+    def ok(self, key: VersionKey, clock: RequestClock, rows: int, index: int = -1) -> None:
+        """A request on ``key`` succeeded now: ``clock`` holds its phases, ``rows`` its rows
+        (dim 0). Counted on the current call's protocol, and the call learns that it was
+        counted; or, given ``index``, on that lane (``PROTOCOL_LABELS``) and the call is not
+        told.
+
+        The data plane calls this once per request (as ``ServerMetrics.observe_ok``): it only
+        notes the request (its key, lane, clock, rows and end) for ``fold`` to add up."""
+        call = _get_lane() if index < 0 else None
+        if call is None:
+            if index < 0:
+                index = IN_PROCESS_INDEX
+        else:
+            index = call.index
+            if call.full:  # an observed call: the access log and traces read these
+                call.counted = True  # type: ignore[union-attr]
+                call.clock = clock  # type: ignore[union-attr]
+                call.rows = rows  # type: ignore[union-attr]
+                call.model = key.model  # type: ignore[union-attr]
+                call.version = str(key.version)  # type: ignore[union-attr]
+            else:
+                _set_lane(call.done)  # type: ignore[union-attr]
+        pending = self._pending
+        pending.append((key, index, clock, rows, _monotonic()))
+        if len(pending) >= FOLD_EVERY:
+            self.fold()
+
+    def fold(self) -> None:
+        """Add the successes ``ok`` recorded since the last fold to their versions' numbers.
+
+        Called by every reader (``of``, ``get``, ``items``) and every ``FOLD_EVERY`` requests:
+        the arithmetic runs here, in one tight loop over a few dozen requests, rather than on
+        each request's path, where its code and data would have to be brought back into the
+        CPU's caches every time (measured: several times the cost of the same loop)."""
+        pending = self._pending
+        if not pending:
+            return
+        self._pending = []
+        versions = self._versions
+        bounds = LATENCY_BUCKETS_S
+        for key, index, clock, rows, now in pending:
+            stats = versions.get((key.model, key.version))
+            if stats is None:
+                stats = versions[(key.model, key.version)] = VersionStats()
+            marks = clock._phases  # what ``clock.marks`` returns, without a property call
+            if len(marks) == 2 and marks[1][0] is _DEVICE:  # unbatched: admitted, then device
+                total = now - marks[0][1]
+                infer = now - marks[1][1]
+                stats.queue_counts[0] += 1  # queued 0 s: the first bucket
+            else:
+                total, queued, infer = _phases(marks, now)
+                stats.queue_counts[_bisect(bounds, queued)] += 1
+                stats.queue_s += queued
+            stats.ok[index] += 1
+            stats.inference_count += rows
+            stats.last_inference = now
+            stats.request_counts[_bisect(bounds, total)] += 1
+            stats.request_s += total
+            stats.infer_counts[_bisect(bounds, infer)] += 1
+            stats.infer_s += infer
+            run = clock.batch
+            if run is None:
+                size = rows if rows > 1 else 1
+            elif not run.counted:
+                run.counted = True
+                size = run.rows if run.rows > 1 else 1
+            else:
+                continue  # its batch's execution was counted by another of its requests
+            executed = stats.executions.get(size)
+            if executed is None:
+                stats.executions[size] = [1, infer]
+            else:
+                executed[0] += 1
+                executed[1] += infer
 
     def observe(
         self,
@@ -153,79 +323,39 @@ class StatsBook:
         protocol: str,
         code: Code | None,
     ) -> None:
-        """One request on ``key`` ended now: succeeded (``code`` None) or failed with ``code``.
+        """One request on ``key`` ended now: succeeded (``code`` None) or failed with ``code``,
+        on ``protocol`` (a ``PROTOCOL_LABELS`` label). The current call is not told.
 
         ``clock`` gives its phases (None: it never reached a model, e.g. refused while being
-        decoded: it counts as a failure of no duration); ``rows``: its rows (dim 0).
-
-        On every request: written flat (no helper calls, histograms inlined), since each
-        Python call here costs about as much as the arithmetic it would wrap."""
-        pair = (key.model, key.version)
-        stats = self._versions.get(pair)
-        if stats is None:
-            stats = self._versions[pair] = VersionStats()
-        outcome = (protocol, "OK" if code is None else code.value)
-        outcomes = stats.outcomes
-        outcomes[outcome] = outcomes.get(outcome, 0) + 1
-        if clock is None:
-            stats.fail_count += 1
-            if code is not None:
-                stats.failures[code] = stats.failures.get(code, 0) + 1
+        decoded: it counts as a failure of no duration); ``rows``: its rows (dim 0)."""
+        if code is None:
+            if clock is None:
+                raise ValueError("a success has a clock")
+            self.ok(key, clock, rows, _LANE_INDEX[protocol])
             return
-        now = time.monotonic()
-        marks = clock._phases  # what ``clock.marks`` returns, without a property call
-        start = marks[0][1]
-        queued = 0.0
-        device_at = now
-        for index, (phase, at) in enumerate(marks):
-            if phase is Phase.DEVICE:
-                device_at = at
-            elif phase is Phase.BATCH_QUEUE:
-                until = marks[index + 1][1] if index + 1 < len(marks) else now
-                queued += until - at
-        total_s = now - start
-        if code is not None:
-            stats.fail_count += 1
-            stats.fail_ns += int(total_s * 1e9)
-            stats.failures[code] = stats.failures.get(code, 0) + 1
-            return
-        infer_s = now - device_at
-        infer_ns = int(infer_s * 1e9)
-        stats.success_count += 1
-        stats.success_ns += int(total_s * 1e9)
-        stats.queue_count += 1
-        stats.queue_ns += int(queued * 1e9)
-        stats.infer_count += 1
-        stats.infer_ns += infer_ns
-        stats.inference_count += rows
-        stats.last_inference = now
-        hist = stats.request_duration
-        hist.counts[bisect.bisect_left(LATENCY_BUCKETS_S, total_s)] += 1
-        hist.sum += total_s
-        hist = stats.queue_duration
-        hist.counts[bisect.bisect_left(LATENCY_BUCKETS_S, queued)] += 1
-        hist.sum += queued
-        hist = stats.infer_duration
-        hist.counts[bisect.bisect_left(LATENCY_BUCKETS_S, infer_s)] += 1
-        hist.sum += infer_s
-        run = clock.batch
-        if run is None:
-            size = rows if rows > 1 else 1
-        elif not run.counted:
-            run.counted = True
-            size = run.rows if run.rows > 1 else 1
-        else:
-            return  # its batch's execution was counted by another of its requests
-        stats.execution_count += 1
-        stats.batch_size.observe(size)
-        batch = stats.batches.get(size)
-        if batch is None:
-            stats.batches[size] = [1, infer_ns]
-        else:
-            batch[0] += 1
-            batch[1] += infer_ns
+        stats = self.of(key)
+        stats.fail_count += 1
+        stats.failures[code] = stats.failures.get(code, 0) + 1
+        failed = (protocol, code)
+        stats.failed[failed] = stats.failed.get(failed, 0) + 1
+        if clock is not None:
+            stats.fail_s += _monotonic() - clock._phases[0][1]
 
     def reject(self, protocol: str, code: Code) -> None:
         """A request refused before a model version was found (an unknown model, a bad path)."""
         key = (protocol, code)
         self.rejected[key] = self.rejected.get(key, 0) + 1
+
+
+def _phases(marks: list[tuple[Phase, float]], now: float) -> tuple[float, float, float]:
+    """(total, queued, on the device) seconds of a request whose ``marks`` end ``now``: queued
+    is every ``BATCH_QUEUE`` span, on the device from its last ``DEVICE`` mark."""
+    queued = 0.0
+    device_at = now
+    for index, (phase, at) in enumerate(marks):
+        if phase is Phase.DEVICE:
+            device_at = at
+        elif phase is Phase.BATCH_QUEUE:
+            until = marks[index + 1][1] if index + 1 < len(marks) else now
+            queued += until - at
+    return now - marks[0][1], queued, now - device_at

@@ -50,8 +50,7 @@ class JsonFormatter(logging.Formatter):
         }
         request_id = getattr(record, "request_id", None)
         if request_id is None:
-            call = calls.current()
-            request_id = call.request_id if call is not None else None
+            request_id = calls.request_id()
         if request_id is not None:
             doc["request_id"] = request_id
         for name in _ACCESS_FIELDS[1:]:
@@ -67,10 +66,10 @@ class _TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
-        call = calls.current()
-        if call is not None and record.name != ACCESS_LOGGER:
+        request_id = calls.request_id() if record.name != ACCESS_LOGGER else None
+        if request_id is not None:
             head, sep, tail = text.partition(": ")
-            return f"{head} [request {call.request_id}]{sep}{tail}"
+            return f"{head} [request {request_id}]{sep}{tail}"
         return text
 
 

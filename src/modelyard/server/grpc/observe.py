@@ -17,7 +17,7 @@ import grpc
 
 from modelyard.observability import calls
 from modelyard.observability.boundary import TRACEPARENT, Observer
-from modelyard.observability.calls import CURRENT, Call, Protocol
+from modelyard.observability.calls import CURRENT, LANES, Call, Protocol
 
 _INFERENCE: dict[str, Protocol] = {
     "/inference.GRPCInferenceService/ModelInfer": Protocol.KSERVE_GRPC,
@@ -71,19 +71,25 @@ def _observed(behavior: Behavior, protocol: Protocol, method: str, observer: Obs
 
 
 def _counted(behavior: Behavior, protocol: Protocol, method: str, observer: Observer) -> Behavior:
-    """``_observed`` when the observer only counts: no status, bytes or carrier to note, and a
-    call the data plane counted (or that did not fail) needs nothing more; the context variable
-    is set directly (on every call, the ``calls.begin``/``end`` wrappers cost more)."""
+    """``_observed`` when the observer only counts: no ``Call`` per call, but the protocol's
+    preallocated ``Lane`` current while it runs (``modelyard.observability.calls``); a call the
+    data plane counted (or that did not fail) needs nothing more. Only one refused before the
+    data plane counted it has a ``Call`` when it ends (the error mapping made it), and is
+    counted here. The context variable is set directly (on every call, the
+    ``calls.begin``/``end`` wrappers cost more)."""
+    lane = LANES[protocol]
 
     async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        record = Call(protocol, method)
-        token = CURRENT.set(record)
+        token = CURRENT.set(lane)
         try:
             return await behavior(request, context)
         finally:
+            ended = CURRENT.get()
             CURRENT.reset(token)
-            if record.code is not None and not record.counted:
-                _finish(record, request, None, "OK", context, observer)
+            # The lane (nothing failed) or its twin (the data plane counted the call): done.
+            if isinstance(ended, Call) and ended.code is not None and not ended.counted:
+                ended.method = method
+                _finish(ended, request, None, "OK", context, observer)
 
     return call
 

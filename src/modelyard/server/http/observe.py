@@ -9,7 +9,9 @@ Serving's path names that is not served) is still seen once. Other routes pass u
 
 When the observer only counts (no access log, no traces), ``CountedInferenceCalls`` takes the
 place of both this middleware and ``InferenceCalls``: one layer instead of two on every request
-(each ASGI layer is a coroutine frame and an ``is_inference`` test). It opens the call inside
+(each ASGI layer is a coroutine frame and an ``is_inference`` test), and no ``Call``: it makes
+its protocol's preallocated ``Lane`` current, and a ``Call`` exists only for a call refused
+before the data plane counted it (``modelyard.observability.calls``). It runs inside
 ``_AnswerBugs``, so it notes the 500 that middleware answers for a bug itself.
 """
 
@@ -25,7 +27,7 @@ from modelyard.deadlines import DeadlinePolicy
 from modelyard.errors import Code
 from modelyard.observability import calls
 from modelyard.observability.boundary import TRACEPARENT, Observer
-from modelyard.observability.calls import CURRENT, Call, Protocol
+from modelyard.observability.calls import CURRENT, LANES, Call, Protocol
 from modelyard.server.http.deadline import InferenceCalls, _Call, is_inference
 
 
@@ -99,9 +101,8 @@ class CountedInferenceCalls(InferenceCalls):
             await self._app(scope, receive, send)
             return
         path: str = scope["path"]
-        kserve = path.startswith("/v2/")
-        observed = Call(Protocol.KSERVE_REST if kserve else Protocol.TFSERVING_REST, path)
-        token = CURRENT.set(observed)
+        lane = _KSERVE if path.startswith("/v2/") else _TFSERVING
+        token = CURRENT.set(lane)
         call = _Call(receive, send)
         try:
             with deadlines.given(self.policy.rest(time.monotonic())):
@@ -113,16 +114,23 @@ class CountedInferenceCalls(InferenceCalls):
         except Exception:
             # A bug: _AnswerBugs (outside) answers it 500 when no answer has started, which
             # notes INTERNAL on the call it sees; here that call is already over, so note it.
-            if not call.started and observed.code is None:
-                observed.code = Code.INTERNAL
+            if not call.started:
+                calls.note_code(Code.INTERNAL)
             raise
         finally:
             call.finish()
+            ended = CURRENT.get()
             CURRENT.reset(token)
-            if observed.code is not None and not observed.counted:
-                if not observed.model:
-                    observed.model, observed.version = _named(path, kserve)
-                self._observer.finish(observed, {})
+            # The lane (nothing failed) or its twin (the data plane counted the call): done.
+            if isinstance(ended, Call) and ended.code is not None and not ended.counted:
+                if not ended.model:
+                    ended.model, ended.version = _named(path, lane is _KSERVE)
+                ended.method = path
+                self._observer.finish(ended, {})
+
+
+_KSERVE = LANES[Protocol.KSERVE_REST]
+_TFSERVING = LANES[Protocol.TFSERVING_REST]
 
 
 def _named(path: str, kserve: bool) -> tuple[str, str]:
