@@ -86,4 +86,12 @@ def http_protocol() -> type[asyncio.Protocol] | str:
             coalescing = CoalescingTransport(transport, self.loop)
             super().connection_made(coalescing)  # type: ignore[arg-type]
 
+        def on_response_complete(self) -> None:
+            # The answer is whole (uvicorn calls this right after its last write): send it
+            # now rather than at the end of the turn.
+            transport = self.transport
+            if isinstance(transport, CoalescingTransport):
+                transport.flush()
+            super().on_response_complete()
+
     return CoalescingHttpToolsProtocol
