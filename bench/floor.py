@@ -8,6 +8,7 @@ sweep of batch sizes, from which the best rows/s is the batched floor.
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from pathlib import Path
 from bench_models import BenchModel
 
 from modelyard.backends import get_backend
+from modelyard.backends.onnx import THREADS_ENV
 from modelyard.config.schema import Platform
 
 
@@ -29,8 +31,21 @@ class FloorPoint:
 def measure(
     model: BenchModel, version_dir: Path, sizes: list[int], seconds: float
 ) -> list[FloorPoint]:
-    """One point per batch size: median call time and rows/s over ``seconds`` of calls."""
-    loaded = get_backend(Platform.ONNX).load(version_dir, "cpu", None)
+    """One point per batch size: median call time and rows/s over ``seconds`` of calls.
+
+    The session gets ONNX Runtime's own thread pool (``THREADS_ENV=0``), as every floor before
+    the server learnt to give a model with a short call one thread: the batched floor is the
+    model's best over batch sizes, which a pool reaches at 256 rows. Set for the load only, so
+    servers started later by the same process keep their own choice."""
+    saved = os.environ.get(THREADS_ENV)
+    os.environ[THREADS_ENV] = "0"
+    try:
+        loaded = get_backend(Platform.ONNX).load(version_dir, "cpu", None)
+    finally:
+        if saved is None:
+            del os.environ[THREADS_ENV]
+        else:
+            os.environ[THREADS_ENV] = saved
     points = []
     try:
         for rows in sizes:

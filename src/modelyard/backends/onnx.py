@@ -4,13 +4,17 @@ The artifact carries its signature: the session's inputs and outputs with their 
 and shapes (a symbolic or unknown dimension is served as ``-1``). onnxruntime is imported inside
 ``load`` only.
 
-``MODELYARD_INTRA_OP_THREADS`` sets each session's intra-op thread count; unset, ONNX Runtime
-picks one (a thread per physical core), which suits one worker per device.
+``MODELYARD_INTRA_OP_THREADS`` sets each session's intra-op thread count. Unset, a CPU session
+gets ONNX Runtime's pool (a thread per physical core), except a model whose call is short: one
+call at one row is timed at load, and under ``SHORT_CALL_S`` the session is made again with one
+thread. A pool cannot split so small a call, and its threads spin after every call (hundreds of
+microseconds of CPU per request, on the cores the front end needs: issue 18).
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -31,6 +35,10 @@ from modelyard.errors import (
 from modelyard.tensors import DataType, Signature, TensorSpec
 
 THREADS_ENV = "MODELYARD_INTRA_OP_THREADS"
+# A call at one row under this runs on one thread (see the module docstring). The tiny
+# benchmark model's call takes about 20 us, the medium one's about 10 ms: far on either side.
+SHORT_CALL_S = 0.001
+_TIMED_CALLS = 5
 
 _ORT_TYPES: dict[str, DataType] = {
     "tensor(bool)": DataType.BOOL,
@@ -120,6 +128,11 @@ class OnnxBackend:
         signature = reconcile(artifact, declared, path)
         check_unique_names(signature, path)
         reject_bytes(signature, path, "ONNX")
+        if not target.is_cuda and _intra_op_threads() is None and _short_call(session, artifact):
+            del session  # freed before the second one is made: the load measures one session
+            session = ort.InferenceSession(
+                str(path), sess_options=_session_options(ort, threads=1), providers=providers
+            )
         return OnnxModel(session, signature, artifact, target, path)
 
 
@@ -254,9 +267,32 @@ def _providers(ort: Any, target: DeviceTarget, memory_cap_bytes: int | None) -> 
     return [("CUDAExecutionProvider", cuda_options), "CPUExecutionProvider"]
 
 
-def _session_options(ort: Any) -> Any:
+def _short_call(session: Any, artifact: Signature) -> bool:
+    """Whether one call of ``session`` at one row takes under ``SHORT_CALL_S`` (the fastest of
+    a few, zeros as input). False when it cannot be told: an input with a dynamic dimension
+    other than the first (a sequence length: one step says nothing of a real request's cost),
+    or a call that fails on zeros."""
+    feed = {}
+    for spec in artifact.inputs:
+        if any(d < 0 for d in spec.shape[1:]):
+            return False
+        shape = tuple(1 if d < 0 else d for d in spec.shape)
+        feed[spec.name] = np.zeros(shape, spec.datatype.numpy)
+    fastest = float("inf")
+    try:
+        for _ in range(_TIMED_CALLS):
+            began = time.perf_counter()
+            session.run(None, feed)
+            fastest = min(fastest, time.perf_counter() - began)
+    except Exception:
+        return False
+    return fastest < SHORT_CALL_S
+
+
+def _session_options(ort: Any, threads: int | None = None) -> Any:
     options = ort.SessionOptions()
-    threads = _intra_op_threads()
+    if threads is None:
+        threads = _intra_op_threads()
     if threads is not None:
         options.intra_op_num_threads = threads
     # Warnings (unassigned nodes, unused initializers) would repeat for every load; errors

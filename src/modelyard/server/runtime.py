@@ -40,6 +40,7 @@ from modelyard.server.dataplane import DataPlane
 from modelyard.server.grpc.server import GrpcServer, start_grpc_server
 from modelyard.server.http.app import build_app
 from modelyard.server.http.status import build_status
+from modelyard.server.http.transport import http_protocol
 from modelyard.server.listen import ListenError, Protocol
 from modelyard.server.options import DesiredState, ServerOptions, desired_state
 from modelyard.server.paging import paging_loader
@@ -235,6 +236,7 @@ class Server:
             log_level="warning",
             log_config=None,  # its records go to modelyard's handler (--log-format), not its own
             timeout_graceful_shutdown=30,
+            http=http_protocol(),  # an answer's head and body in one write (issue 18)
         )
         self._http = _Uvicorn(config)
         self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]))

@@ -213,6 +213,17 @@ _FIELD_NAMES: dict[type[Message], tuple[str, ...]] = {
 which was on every request)."""
 _SIGNATURE_FIELDS = frozenset({"signature", "declared"})
 _SIGNATURE_MAP_FIELDS = frozenset({"signatures"})
+# Looked up once per frame, so by plain dicts and sets (an enum's call costs more).
+_CLASS_OF_CODE: dict[int, type[Message]] = {int(kind): cls for kind, cls in _CLASSES.items()}
+_WITH_TENSORS = frozenset(cls for cls, names in _FIELD_NAMES.items() if "tensors" in names)
+_WITH_SIGNATURES = frozenset(
+    cls
+    for cls, names in _FIELD_NAMES.items()
+    if (_SIGNATURE_FIELDS | _SIGNATURE_MAP_FIELDS) & set(names)
+)
+_DATATYPE_OF_NAME: dict[str, DataType] = {t.value: t for t in DataType}
+_DATATYPE_OF_DTYPE: dict[np.dtype[Any], DataType] = {}
+"""``DataType.from_numpy`` of the dtypes seen so far (it compares against every type)."""
 
 
 # -- signatures as JSON ------------------------------------------------------------------
@@ -241,7 +252,9 @@ def signature_from_json(data: Mapping[str, Any]) -> Signature:
 
 def tensor_buffers(array: np.ndarray) -> tuple[list[Any], list[memoryview | bytes]]:
     """``[datatype, shape]`` and the raw buffer of one array (no copy when it is contiguous)."""
-    datatype = DataType.from_numpy(array.dtype)
+    datatype = _DATATYPE_OF_DTYPE.get(array.dtype)
+    if datatype is None:
+        datatype = _DATATYPE_OF_DTYPE[array.dtype] = DataType.from_numpy(array.dtype)
     return [datatype.value, list(array.shape)], [codec.raw_buffer(array, datatype)]
 
 
@@ -250,8 +263,9 @@ def tensor_from_buffer(
 ) -> np.ndarray:
     """Rebuild tensor ``name`` from its ``[datatype, shape]`` and raw buffer; InvalidArgument if
     they disagree (``decode`` makes it a ProtocolError: a bad frame never becomes an answer)."""
-    shape = tuple(int(d) for d in meta[1])
-    return codec.decode_raw(buffer, DataType(meta[0]), shape, f"tensor {name!r}")
+    shape = tuple(map(int, meta[1]))
+    datatype = _DATATYPE_OF_NAME.get(meta[0]) or DataType(meta[0])  # the latter raises
+    return codec.decode_raw(buffer, datatype, shape, f"tensor {name!r}")
 
 
 # -- frames ------------------------------------------------------------------------------
@@ -287,17 +301,21 @@ def decode(header: bytes, buffers: Sequence[bytes | bytearray | memoryview]) -> 
     """The message of a frame's header and buffers; ProtocolError when they do not make one."""
     try:
         data = orjson.loads(header)
-        cls = _CLASSES[MessageKind(data["k"])]
+        code = data["k"]
+        cls = _CLASS_OF_CODE.get(code)
+        if cls is None:
+            cls = _CLASSES[MessageKind(code)]  # raises ValueError: not a message kind
         fields = dict(data["f"])
-        for name in _SIGNATURE_FIELDS & fields.keys():
-            if fields[name] is not None:
-                fields[name] = signature_from_json(fields[name])
-        for name in _SIGNATURE_MAP_FIELDS & fields.keys():
-            fields[name] = {k: signature_from_json(v) for k, v in fields[name].items()}
+        if cls in _WITH_SIGNATURES:
+            for name in _SIGNATURE_FIELDS & fields.keys():
+                if fields[name] is not None:
+                    fields[name] = signature_from_json(fields[name])
+            for name in _SIGNATURE_MAP_FIELDS & fields.keys():
+                fields[name] = {k: signature_from_json(v) for k, v in fields[name].items()}
         metas = data["t"]
         if len(metas) != len(buffers):
             raise ProtocolError(f"{len(metas)} tensors described, {len(buffers)} buffers sent")
-        if metas or "tensors" in _FIELD_NAMES[cls]:
+        if metas or cls in _WITH_TENSORS:
             fields["tensors"] = {
                 m[0]: tensor_from_buffer(m[1:], b, m[0])
                 for m, b in zip(metas, buffers, strict=True)

@@ -172,6 +172,46 @@ def test_thread_count_from_the_environment(
         load(onnx_linear)
 
 
+def test_a_model_with_a_short_call_runs_on_one_thread(onnx_linear_relu: BuiltModel) -> None:
+    # A pool's threads would spin after every call of a model that takes microseconds: the
+    # process gains no thread for such a model, and its answers are the same.
+    import psutil
+
+    process = psutil.Process()
+    load(onnx_linear_relu).predict(onnx_linear_relu.example)  # onnxruntime's own threads
+    before = process.num_threads()
+    loaded = load(onnx_linear_relu)
+    assert loaded._session.get_session_options().intra_op_num_threads == 1
+    assert process.num_threads() == before
+    assert_matches(loaded, onnx_linear_relu, onnx_linear_relu.example)
+
+
+def test_a_model_with_a_dynamic_inner_dimension_keeps_the_pool(tmp_path: Path) -> None:
+    # One step of a sequence says nothing of a real request's cost: ONNX Runtime's pool stays.
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "sequence",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [-1, -1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [-1, -1])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.save(model, str(tmp_path / "model.onnx"))
+    loaded = OnnxBackend().load(tmp_path, "cpu", None)
+    assert isinstance(loaded, OnnxModel)
+    assert loaded._session.get_session_options().intra_op_num_threads == 0
+
+
+def test_the_environment_overrides_the_thread_choice(
+    onnx_linear_relu: BuiltModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MODELYARD_INTRA_OP_THREADS", "2")
+    loaded = load(onnx_linear_relu)
+    assert loaded._session.get_session_options().intra_op_num_threads == 2
+
+
 def test_concurrent_predicts_are_each_correct(onnx_linear_relu: BuiltModel) -> None:
     loaded = load(onnx_linear_relu)
     rng = np.random.default_rng(0)

@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Match, Route, Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modelyard.errors import Internal, ModelyardError, Unauthenticated
@@ -106,6 +106,47 @@ class _Gated:
         await self._app(scope, receive, send)
 
 
+class _RememberingRouter(Router):
+    """Starlette's router, remembering which route a path fully matched: a request to a path
+    seen before goes straight to its route instead of trying each route's pattern in turn (up
+    to 20 regular expressions per inference call, about 10 % of the front end's CPU for a tiny
+    model; issue 18). A full match depends only on the scope's type, method, path and root
+    path, and the routes do not change after start-up, so the answer is the one the walk would
+    give; anything else (no match, a partial match answered 405, a redirect) takes the walk.
+    At most ``LIMIT`` paths are kept (a client sending endless distinct paths resets it)."""
+
+    LIMIT = 4096
+
+    def __init__(self, routes: list[BaseRoute]) -> None:
+        super().__init__(routes)
+        self._found: dict[tuple[str, str, str], tuple[BaseRoute, Scope]] = {}
+
+    async def app(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await super().app(scope, receive, send)
+            return
+        key = (scope["method"], scope["path"], scope.get("root_path", ""))
+        found = self._found.get(key)
+        if found is None:
+            for route in self.routes:
+                match, child_scope = route.matches(scope)
+                if match is Match.FULL:
+                    if len(self._found) >= self.LIMIT:
+                        self._found.clear()
+                    found = self._found[key] = (route, child_scope)
+                    break  # the walk's answer too: it takes the first full match
+            if found is None:
+                await super().app(scope, receive, send)
+                return
+        route, child_scope = found
+        if "router" not in scope:
+            scope["router"] = self
+        scope["route"] = route
+        scope["endpoint"] = child_scope["endpoint"]
+        scope["path_params"] = dict(child_scope["path_params"])
+        await route.handle(scope, receive, send)
+
+
 def gate_routes(routes: list[BaseRoute], gate: Gate) -> list[BaseRoute]:
     """``routes`` with the gate in front of every route that is not open for all its methods.
 
@@ -169,11 +210,12 @@ def build_app(
         *management.routes(manager),
     ]
     gate = Gate(management_token if manager is not None else None)
-    return Starlette(
-        routes=gate_routes(routes, gate),
+    app = Starlette(
         middleware=_middleware(dataplane, observer),
         exception_handlers={
             ModelyardError: _on_modelyard_error,
             HTTPException: _on_http_exception,
         },
     )
+    app.router = _RememberingRouter(gate_routes(routes, gate))
+    return app

@@ -127,7 +127,8 @@ def decode_request(body: bytes, header_length: int | None = None) -> InferReques
     raw: memoryview | None = None
     if header_length is None:
         # Numeric tensors straight into numpy when provably equal; else the general parse.
-        document = jsonarrays.decode_kserve(body) or parse_json(body)
+        fast = jsonarrays.decode_kserve(body) if jsonarrays.use_fast_path(body) else None
+        document = fast or parse_json(body)
     else:
         document = parse_json(body[:header_length])
         # One copy of the binary section into a writable buffer; decoded arrays are views of

@@ -245,7 +245,7 @@ def decode_post(verb: str, raw: bytes, lookup: SignatureLookup) -> PredictBody |
     ``:classify`` and ``:regress`` the JSON object, with ``signature_name`` set (the default
     one when absent). Pure (no event loop, no server state), so it may run in another process
     (``modelyard.server.http.offload``); raises InvalidArgument for a malformed body."""
-    if verb == ":predict":
+    if verb == ":predict" and jsonarrays.use_fast_path(raw):
         fast = jsonarrays.decode_predict(raw, lookup)
         if fast is not None:
             return PredictBody(fast.signature_name, fast.signature, fast.key, fast.inputs)
