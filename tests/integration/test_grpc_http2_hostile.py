@@ -125,8 +125,10 @@ def _goaway_code(frames: list[tuple[int, int, int, bytes]]) -> int | None:
 
 @pytest.fixture(scope="module")
 def port() -> Iterator[int]:
-    """A gRPC port (modelyard's HTTP/2 server) with no models: the protocol is what is tested."""
-    loop = asyncio.new_event_loop()
+    """A gRPC port (modelyard's HTTP/2 server) with no models: the protocol is what is tested.
+    On uvloop, as ``modelyard serve`` runs it."""
+    uvloop = pytest.importorskip("uvloop")
+    loop = uvloop.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     plane = DataPlane(ModelRegistry())
@@ -316,16 +318,43 @@ def test_unknown_method_is_unimplemented(port: int) -> None:
 def test_tensors_larger_than_the_default_windows_both_ways(
     server: RunningServer, models: dict[str, dict[int, BuiltModel]]
 ) -> None:
-    """200 KiB in, 100 KiB out: both past HTTP/2's 64 KiB default windows."""
+    """200 KiB in, 100 KiB out: both past HTTP/2's 64 KiB default windows; plain and with
+    tritonclient's request compression."""
     built = models["linear"][2]
     x = np.random.default_rng(0).standard_normal((12800, 4)).astype(np.float32)
     client = grpcclient.InferenceServerClient(url=server.grpc_target)
     try:
         tensor = grpcclient.InferInput("x", list(x.shape), "FP32").set_data_from_numpy(x)
-        for _ in range(3):
-            result = client.infer("linear", [tensor])
+        for compression in (None, "gzip", "deflate"):  # tritonclient's option, decoded
+            result = client.infer("linear", [tensor], compression_algorithm=compression)
             np.testing.assert_allclose(
                 result.as_numpy("y"), built.reference({"x": x})["y"], rtol=1e-5
             )
     finally:
         client.close()
+
+
+def test_64_calls_at_once_from_one_channel_are_all_answered(port: int) -> None:
+    """A client keeping 64 calls in flight: answered streams stop counting against the stream
+    limit as soon as they are answered, so none is refused while fewer than 100 are open."""
+
+    async def load() -> list[str]:
+        failures: list[str] = []
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = channel.unary_unary(
+                LIVE,
+                request_serializer=pb.ServerLiveRequest.SerializeToString,
+                response_deserializer=pb.ServerLiveResponse.FromString,
+            )
+
+            async def client() -> None:
+                for _ in range(60):
+                    try:
+                        await call(pb.ServerLiveRequest(), timeout=30)
+                    except grpc.aio.AioRpcError as exc:
+                        failures.append(f"{exc.code()}: {exc.details()}")
+
+            await asyncio.gather(*(client() for _ in range(64)))
+        return failures
+
+    assert asyncio.run(load()) == []

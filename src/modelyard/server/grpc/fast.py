@@ -236,9 +236,34 @@ class FastServer:
         )
         stream.task = task
         self.running.add(task)
-        task.add_done_callback(self.running.discard)
-        if deadline is not None:
-            task.add_done_callback(_cancel_on_done(loop.call_at(deadline, _expire, task, context)))
+        timer = None if deadline is None else loop.call_at(deadline, _expire, task, context)
+        task.add_done_callback(self._ended(connection, stream, context, timer))
+
+    def _ended(
+        self,
+        connection: Connection,
+        stream: Stream,
+        context: Context,
+        timer: asyncio.TimerHandle | None,
+    ) -> Any:
+        """What runs when a call's task is done, however it ended (even cancelled before it
+        started, when none of its own code ran): the stream is let go, and answered if its
+        handler could not (DEADLINE_EXCEEDED past its deadline, CANCELLED otherwise; nothing
+        goes out on a stream the client reset)."""
+
+        def ended(task: asyncio.Task[None]) -> None:
+            self.running.discard(task)
+            if timer is not None:
+                timer.cancel()
+            if not stream.answered:
+                if context.expired:
+                    trailers = _trailers(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+                else:
+                    trailers = _trailers(grpc.StatusCode.CANCELLED, "the server is stopping")
+                connection.answer(stream, b"", b"", _HEAD + trailers)
+            connection.finished(stream)
+
+        return ended
 
     async def _call(
         self,
@@ -278,11 +303,6 @@ class FastServer:
             trailers = _TRAILERS_OK
         except _Status as status:
             trailers = _trailers(status.code, status.details)
-        except asyncio.CancelledError:
-            if not context.expired:  # the client reset the stream or went away: no answer
-                connection.finished(stream)
-                raise
-            trailers = _trailers(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
         except NotImplementedError as exc:  # a generated servicer's default method
             code = context._code or grpc.StatusCode.UNIMPLEMENTED
             trailers = _trailers(code, context._details or str(exc))
@@ -293,7 +313,6 @@ class FastServer:
             connection.answer(stream, head, data, trailers)
         else:
             connection.answer(stream, b"", b"", _HEAD + trailers)
-        connection.finished(stream)
 
     def _message(self, stream: Stream, encoding: bytes, too_large: bool) -> bytes:
         """The request's one message, decompressed."""
@@ -341,7 +360,3 @@ class FastServer:
 def _expire(task: asyncio.Task[None], context: Context) -> None:
     context.expired = True
     task.cancel()
-
-
-def _cancel_on_done(handle: asyncio.TimerHandle) -> Any:
-    return lambda _task: handle.cancel()

@@ -467,7 +467,7 @@ class Connection(asyncio.Protocol):
         stream.reset = True
         stream.open = False
         self._blocked.pop(sid, None)
-        if stream.task is not None and not stream.task.done():
+        if stream.task is not None and not stream.task.done() and not stream.answered:
             stream.task.cancel()  # it stays counted until it ends (``finished``)
         else:
             self._forget(stream)
@@ -530,8 +530,7 @@ class Connection(asyncio.Protocol):
             self._blocked[stream.id] = stream
         else:
             self._blocked.pop(stream.id, None)
-            if stream.task is None:
-                self._forget(stream)
+            self._forget(stream)  # answered: it no longer counts, whether its task has ended
 
     def _flush_blocked(self) -> None:
         for stream in list(self._blocked.values()):
@@ -546,8 +545,8 @@ class Connection(asyncio.Protocol):
             self._forget(stream)
 
     def _forget(self, stream: Stream) -> None:
-        if stream.task is not None and not stream.task.done():
-            return
+        if stream.task is not None and not stream.task.done() and not stream.answered:
+            return  # a handler still running (even on a reset stream) counts against the limit
         if (stream.pending or stream.pending_end) and not stream.reset:
             return  # still sending; forgotten when the last frame is written
         self.streams.pop(stream.id, None)
