@@ -223,7 +223,8 @@ async def _start_fast(fast: FastServer, host: str, port: int, methods: list[str]
             server_factory(fast, fast.limits, connections), host, port, backlog=1024
         )
     except OSError as exc:
-        raise ListenError(Protocol.GRPC, host, port, exc.strerror or str(exc)) from exc
+        # In the OS's words, as for grpcio's server (uvloop rewords them).
+        raise ListenError(Protocol.GRPC, host, port, _bind_reason(host, port)) from exc
     bound = int(listener.sockets[0].getsockname()[1])
 
     async def stop(grace: float) -> None:
