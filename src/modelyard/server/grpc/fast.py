@@ -28,7 +28,8 @@ from typing import Any, NamedTuple
 
 import grpc
 
-from modelyard.server.grpc.http2 import STATUS_200, Connection, Limits, Stream, literal
+from modelyard.server.grpc.h2wire import STATUS_200, Limits, Stream, literal
+from modelyard.server.grpc.http2 import Connection
 
 log = logging.getLogger(__name__)
 
