@@ -8,9 +8,10 @@ both. Inference itself is tested against the default server by the rest of the g
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, cast
 
 import grpc
+import pytest
 
 from modelyard.lifecycle.registry import ModelRegistry
 from modelyard.server.dataplane import DataPlane
@@ -71,3 +72,49 @@ def test_both_servers_give_the_same_answers_and_statuses() -> None:
     assert ("StatusCode.UNIMPLEMENTED", "Method not found!") in ours
     assert any(code == "StatusCode.NOT_FOUND" for code, _ in ours)
     assert any(code == "StatusCode.PERMISSION_DENIED" for code, _ in ours)
+
+
+@pytest.mark.parametrize("implementation", list(Implementation))
+def test_stop_lets_a_call_in_flight_finish_and_refuses_new_ones(
+    implementation: Implementation,
+) -> None:
+    """``stop(grace)``, as ``serve`` does on SIGTERM: the call already running is answered, a
+    call started after is not served."""
+
+    async def slow(request: bytes, context: Any) -> bytes:
+        await asyncio.sleep(0.5)
+        return b"done:" + request
+
+    def add(server: Any) -> None:
+        handlers = {"Slow": grpc.unary_unary_rpc_method_handler(slow)}
+        server.add_registered_method_handlers("test.S", handlers)
+
+    async def scenario() -> tuple[bytes, str]:
+        server = await start_grpc_server(
+            DataPlane(ModelRegistry()),
+            "127.0.0.1",
+            0,
+            max_message_bytes=1 << 20,
+            extra_servicers=[add],
+            management=cast(Any, object()),  # the method is guarded: a token lets it in
+            management_token="t",
+            implementation=implementation,
+        )
+        metadata = (("authorization", "Bearer t"),)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            call = channel.unary_unary("/test.S/Slow")
+            running = asyncio.ensure_future(call(b"x", metadata=metadata, timeout=10))
+            await asyncio.sleep(0.2)  # the call is in its handler
+            stopping = asyncio.ensure_future(server.stop(5))
+            answer = await running
+            await stopping
+            try:
+                await call(b"y", metadata=metadata, timeout=2)
+                later = "served"
+            except grpc.aio.AioRpcError as exc:
+                later = str(exc.code())
+        return answer, later
+
+    answer, later = asyncio.run(scenario())
+    assert answer == b"done:x"
+    assert later != "served"
