@@ -288,7 +288,9 @@ class Connection(asyncio.Protocol):
         after = (len(entries), entries[0] if entries else None, table.maxsize)
         if before[0] != after[0] or before[1] is not after[1] or before[2] != after[2]:
             self._decoded.clear()
-        elif len(self._decoded) < 32:
+        else:
+            if len(self._decoded) >= 32:  # blocks that vary (a header's value): start over
+                self._decoded.clear()
             self._decoded[block] = fields
         return fields
 
