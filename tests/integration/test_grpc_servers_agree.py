@@ -24,6 +24,8 @@ CALLS: list[tuple[str, Any, Any]] = [
     ("ServerMetadata", pb.ServerMetadataRequest(), pb.ServerMetadataResponse),
     ("ModelReady", pb.ModelReadyRequest(name="nope"), pb.ModelReadyResponse),
     ("ModelMetadata", pb.ModelMetadataRequest(name="nope"), pb.ModelMetadataResponse),
+    # Details with "%" and non-ASCII: grpc-message's percent-encoding, decoded alike.
+    ("ModelMetadata", pb.ModelMetadataRequest(name="café 100%"), pb.ModelMetadataResponse),
     ("ModelMetadata", pb.ModelMetadataRequest(name="x", version="abc"), pb.ModelMetadataResponse),
     ("ModelInfer", pb.ModelInferRequest(model_name="nope"), pb.ModelInferResponse),
     ("RepositoryIndex", pb.RepositoryIndexRequest(), pb.RepositoryIndexResponse),
@@ -71,6 +73,7 @@ def test_both_servers_give_the_same_answers_and_statuses() -> None:
     assert ours == theirs
     assert ("StatusCode.UNIMPLEMENTED", "Method not found!") in ours
     assert any(code == "StatusCode.NOT_FOUND" for code, _ in ours)
+    assert any("café 100%" in details for _, details in ours)
     assert any(code == "StatusCode.PERMISSION_DENIED" for code, _ in ours)
 
 
