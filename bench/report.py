@@ -169,9 +169,9 @@ def write_report(report: Report, out: Path) -> None:
     lines += [
         "The generators against endpoints that answer at once (`bench/trivial.py`; tiny-model "
         "request bodies). The trivial servers are Python too and share the cores, so these are "
-        "lower bounds on the generators' ceilings. The trivial gRPC server is itself grpc.aio: "
-        "against it h2load measures what Python's gRPC server can do at all (see below), not "
-        "h2load.",
+        "lower bounds on the generators' ceilings. The trivial gRPC server is modelyard's own "
+        "HTTP/2 server (the gRPC port's, `server/grpc/fast.py`) answering an empty message; "
+        "`bench/grpc_cost.py` compares its CPU per call with grpc.aio's.",
         "",
         "| protocol | mode | req/s | p50 ms |",
         "|---|---|---:|---:|",

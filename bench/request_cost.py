@@ -10,6 +10,9 @@ and of its children (the workers) read from /proc. Trees are run interleaved, ``
 times, and the median of the rounds is shown, so two trees are compared back to back.
 
     python bench/request_cost.py --tree new=src --tree old=/path/to/old/src --rounds 3
+
+A tree may carry ``serve`` flags after a comma, e.g. ``--tree grpcio=src,--grpc-server=grpcio``
+to compare the gRPC port's two servers on one tree.
 """
 
 from __future__ import annotations
@@ -81,7 +84,9 @@ class GrpcClient:
         self._call(request, timeout=30)
 
 
-def serve(tree: str, config: Path, root: Path) -> tuple[subprocess.Popen[bytes], dict[str, int]]:
+def serve(
+    tree: str, config: Path, root: Path, extra: tuple[str, ...] = ()
+) -> tuple[subprocess.Popen[bytes], dict[str, int]]:
     ports_file = root / f"ports-{os.getpid()}-{time.monotonic_ns()}.json"
     env = {**os.environ, "PYTHONPATH": str(Path(tree).resolve())}
     command = [
@@ -94,6 +99,7 @@ def serve(tree: str, config: Path, root: Path) -> tuple[subprocess.Popen[bytes],
         "--rest_api_port=0",
         f"--ports-file={ports_file}",
         "--log-level=WARNING",
+        *extra,
     ]
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
     deadline = time.monotonic() + 180
@@ -166,6 +172,8 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=1, help="requests in flight at once")
     args = parser.parse_args()
     trees = dict(t.split("=", 1) for t in args.tree)
+    flags = {label: tuple(tree.split(",")[1:]) for label, tree in trees.items()}
+    trees = {label: tree.split(",")[0] for label, tree in trees.items()}
     protocols = args.protocols.split(",")
     results: dict[tuple[str, str], list[dict[str, float]]] = {}
     with tempfile.TemporaryDirectory(prefix="modelyard-cost-") as tmp:
@@ -175,7 +183,7 @@ def main() -> None:
         config.write_text(f"models:\n  - {{name: tiny, base_path: {root / TINY.name}}}\n")
         for _ in range(args.rounds):
             for label, tree in trees.items():
-                process, ports = serve(tree, config, root)
+                process, ports = serve(tree, config, root, flags[label])
                 try:
                     for protocol in protocols:
                         point = measure(process, ports, protocol, args.requests, args.streams)

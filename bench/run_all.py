@@ -209,7 +209,8 @@ def load(protocol: str, port: int, request: bytes, args: argparse.Namespace) -> 
 def ceiling(seconds: float) -> dict[str, list[Any]]:
     """The generators against endpoints that answer at once (tiny model's request bodies)."""
     results = {}
-    for kind, protocol in (("http", "tfs_rest"), ("grpc", "kserve_grpc")):
+    # The gRPC endpoint is modelyard's own HTTP/2 server (``h2grpc``), as the gRPC port's.
+    for kind, protocol in (("http", "tfs_rest"), ("h2grpc", "kserve_grpc")):
         server = subprocess.Popen(
             [PYTHON, str(ROOT / "bench" / "trivial.py"), kind], stdout=subprocess.PIPE
         )
@@ -218,7 +219,7 @@ def ceiling(seconds: float) -> dict[str, list[Any]]:
             port = int(server.stdout.readline())
             ns = argparse.Namespace(seconds=seconds)
             results[protocol] = load(protocol, port, payload(protocol, "tiny", TINY.example()), ns)
-            if kind == "grpc" and h2grpc.available():
+            if kind == "h2grpc" and h2grpc.available():
                 results[H2LOAD_GRPC] = h2grpc.run(port, payload(protocol, "tiny", TINY.example()),
                                                   seconds)  # fmt: skip
         finally:

@@ -1,8 +1,9 @@
 """Trivial endpoints that answer at once, to measure the load generator's own ceiling.
 
-``python bench/trivial.py http|grpc`` prints its port, then answers every HTTP POST with a fixed
-``{}`` (reading the body by Content-Length) or every gRPC call with an empty message, until
-killed. Whatever rate the generator reaches against it is the most it can measure.
+``python bench/trivial.py http|grpc|h2grpc`` prints its port, then answers every HTTP POST with a
+fixed ``{}`` (reading the body by Content-Length) or every gRPC call with an empty message, until
+killed (``grpc``: grpc.aio's server; ``h2grpc``: modelyard's own, ``server/grpc/fast.py``).
+Whatever rate the generator reaches against it is the most it can measure.
 """
 
 from __future__ import annotations
@@ -65,7 +66,30 @@ async def _serve_grpc() -> None:
     await server.wait_for_termination()
 
 
+async def _serve_h2grpc() -> None:
+    import grpc
+
+    from modelyard.server.grpc.fast import FastServer
+    from modelyard.server.grpc.http2 import Connection, server_factory
+
+    async def answer(request: bytes, context: Any) -> bytes:
+        return b""
+
+    handler = grpc.method_handlers_generic_handler(
+        "inference.GRPCInferenceService",
+        {"ModelInfer": grpc.unary_unary_rpc_method_handler(answer)},
+    )
+    fast = FastServer(4 << 20)
+    fast.add_generic_rpc_handlers((handler,))
+    connections: set[Connection] = set()
+    factory = server_factory(fast, fast.limits, connections)
+    server = await asyncio.get_running_loop().create_server(factory, "127.0.0.1", 0)
+    print(server.sockets[0].getsockname()[1], flush=True)
+    await server.serve_forever()
+
+
 if __name__ == "__main__":
     import uvloop
 
-    uvloop.run(_serve_http() if sys.argv[1] == "http" else _serve_grpc())
+    kinds = {"http": _serve_http, "grpc": _serve_grpc, "h2grpc": _serve_h2grpc}
+    uvloop.run(kinds[sys.argv[1]]())

@@ -281,6 +281,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "version, status, latency, bytes (logger modelyard.access)",
     )
     parser.add_argument(
+        "--grpc-server",
+        choices=("modelyard", "grpcio"),
+        default="modelyard",
+        help="the HTTP/2 server of the gRPC port: modelyard's own (default; unary calls on the "
+        "event loop, a fraction of grpcio's CPU per call) or grpcio's (the one before, kept "
+        "for a release in case a client needs it)",
+    )
+    parser.add_argument(
         "--otlp-endpoint",
         default=None,
         metavar="URL",
@@ -356,6 +364,7 @@ def server_options(args: argparse.Namespace) -> ServerOptions:
         access_log=args.access_log,
         metrics=args.metrics,
         otlp_endpoint=args.otlp_endpoint,
+        grpc_server=args.grpc_server,
     )
 
 

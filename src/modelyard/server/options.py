@@ -47,6 +47,8 @@ class ServerOptions:
     (``--no-metrics``) takes every count off the request path.
     ``access_log``: one log line per inference call (``modelyard.access``, ``--access-log``).
     ``otlp_endpoint``: export traces there over OTLP/HTTP (None: tracing off).
+    ``grpc_server``: which HTTP/2 server carries the gRPC port (``--grpc-server``): "modelyard"
+    (``server/grpc/fast.py``) or "grpcio" (grpc.aio's, the one before, kept for a release).
     ``config_files``: polled every ``config_poll_s`` (0: never); when they change,
     ``read_config`` gives the new config.
     """
@@ -62,6 +64,7 @@ class ServerOptions:
     access_log: bool = False
     metrics: bool = True
     otlp_endpoint: str | None = None
+    grpc_server: str = "modelyard"
     management_token: str | None = None
     model_roots: tuple[Path, ...] | None = None
     state_store: StateStore | None = None

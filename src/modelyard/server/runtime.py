@@ -37,7 +37,7 @@ from modelyard.planner.footprints import FootprintCache
 from modelyard.planner.paging import PagingPlan
 from modelyard.repository import PollingSource, aspired_snapshot
 from modelyard.server.dataplane import DataPlane
-from modelyard.server.grpc.server import GrpcServer, start_grpc_server
+from modelyard.server.grpc.server import GrpcServer, Implementation, start_grpc_server
 from modelyard.server.http.app import build_app
 from modelyard.server.http.status import build_status
 from modelyard.server.http.transport import http_protocol
@@ -253,6 +253,7 @@ class Server:
             management=self.management,
             management_token=self._token,
             observer=self.observer,
+            implementation=Implementation(self.options.grpc_server),
         )
         self.grpc_port = self._grpc.port
         while not self._http.started:

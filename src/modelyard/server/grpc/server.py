@@ -18,8 +18,10 @@ lenient request parser.
 
 from __future__ import annotations
 
+import asyncio
+import enum
 import socket
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, cast
 
 import grpc
@@ -29,10 +31,25 @@ from modelyard.management import Management
 from modelyard.management.access import Access, Gate, rpc_access
 from modelyard.observability.boundary import Observer
 from modelyard.server.dataplane import DataPlane
+from modelyard.server.grpc.fast import FastServer
+from modelyard.server.grpc.http2 import Connection, server_factory
 from modelyard.server.grpc.kserve import KServeServicer
 from modelyard.server.grpc.observe import observed
 from modelyard.server.grpc.status import GRPC_STATUS, refuse_malformed
 from modelyard.server.listen import ListenError, Protocol
+
+
+class Implementation(enum.Enum):
+    """Which HTTP/2 server carries the gRPC port (``serve --grpc-server``)."""
+
+    FAST = "modelyard"
+    """``server/grpc/fast.py`` on ``server/grpc/http2.py``: unary calls on the event loop,
+    about a tenth of grpc.aio's CPU per call."""
+    GRPCIO = "grpcio"
+    """grpc.aio's server (the one before; kept selectable for a release)."""
+
+
+DEFAULT_IMPLEMENTATION = Implementation.FAST
 
 
 class GrpcServer:
@@ -42,14 +59,21 @@ class GrpcServer:
     Owned by whoever called ``start_grpc_server``, which must ``stop`` it on the same loop.
     """
 
-    def __init__(self, server: grpc.aio.Server, port: int, methods: Sequence[str] = ()) -> None:
-        self._server = server
+    def __init__(
+        self,
+        stop: Callable[[float], Awaitable[None]],
+        port: int,
+        methods: Sequence[str] = (),
+        implementation: Implementation = Implementation.GRPCIO,
+    ) -> None:
+        self._stop = stop
         self.port = port
         self.methods = tuple(methods)
+        self.implementation = implementation
 
     async def stop(self, grace: float) -> None:
         """Refuse new RPCs, give running ones ``grace`` seconds, then cancel what remains."""
-        await self._server.stop(grace)
+        await self._stop(grace)
 
 
 def _gated(handler: grpc.RpcMethodHandler, gate: Gate) -> grpc.RpcMethodHandler:
@@ -84,7 +108,9 @@ class _Registrations:
     puts ``refuse_malformed``, on guarded methods the gate, and on inference methods the
     observer (outermost) around its handler."""
 
-    def __init__(self, server: grpc.aio.Server, gate: Gate, observer: Observer | None) -> None:
+    def __init__(
+        self, server: grpc.aio.Server | FastServer, gate: Gate, observer: Observer | None
+    ) -> None:
         self._server = server
         self._gate = gate
         self._observer = observer if observer is not None and observer.active else None
@@ -140,6 +166,7 @@ async def start_grpc_server(
     management: Management | None = None,
     management_token: str | None = None,
     observer: Observer | None = None,
+    implementation: Implementation = DEFAULT_IMPLEMENTATION,
 ) -> GrpcServer:
     """Serve ``inference.GRPCInferenceService`` (and ``extra_servicers``) on ``host:port``.
 
@@ -148,8 +175,14 @@ async def start_grpc_server(
     ``management``); without them they answer PERMISSION_DENIED. Raises ListenError when the
     address cannot be bound. ``observer``: what sees each inference call end (metrics of
     refusals, access log, traces); None or inactive: no observing layer at all.
+    ``implementation``: which HTTP/2 server carries it (the servicers are the same).
     """
     gate = Gate(management_token if management is not None else None)
+    if implementation is Implementation.FAST:
+        fast = FastServer(max_message_bytes)
+        registrations = _Registrations(fast, gate, observer)
+        _register(dataplane, cast(grpc.aio.Server, registrations), extra_servicers, management)
+        return await _start_fast(fast, host, port, registrations.methods)
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
@@ -159,10 +192,7 @@ async def start_grpc_server(
         ],
     )
     registrations = _Registrations(server, gate, observer)
-    as_server = cast(grpc.aio.Server, registrations)
-    KServeServicer(dataplane, management).add_to_server(as_server)
-    for add in extra_servicers:
-        add(as_server)
+    _register(dataplane, cast(grpc.aio.Server, registrations), extra_servicers, management)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
         bound = server.add_insecure_port(address)
@@ -171,7 +201,47 @@ async def start_grpc_server(
     if bound == 0:  # older grpc versions report failure this way instead of raising
         raise ListenError(Protocol.GRPC, host, port, _bind_reason(host, port))
     await server.start()
-    return GrpcServer(server, bound, registrations.methods)
+    return GrpcServer(server.stop, bound, registrations.methods, Implementation.GRPCIO)
+
+
+def _register(
+    dataplane: DataPlane,
+    server: grpc.aio.Server,
+    extra_servicers: Sequence[Callable[[grpc.aio.Server], None]],
+    management: Management | None,
+) -> None:
+    KServeServicer(dataplane, management).add_to_server(server)
+    for add in extra_servicers:
+        add(server)
+
+
+async def _start_fast(fast: FastServer, host: str, port: int, methods: list[str]) -> GrpcServer:
+    loop = asyncio.get_running_loop()
+    connections: set[Connection] = set()
+    try:
+        listener = await loop.create_server(
+            server_factory(fast, fast.limits, connections), host, port, backlog=1024
+        )
+    except OSError as exc:
+        # In the OS's words, as for grpcio's server (uvloop rewords them).
+        raise ListenError(Protocol.GRPC, host, port, _bind_reason(host, port)) from exc
+    bound = int(listener.sockets[0].getsockname()[1])
+
+    async def stop(grace: float) -> None:
+        listener.close()
+        for connection in list(connections):
+            connection.goaway()
+        running = set(fast.running)
+        if running:
+            _, late = await asyncio.wait(running, timeout=max(grace, 0.0))
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late, timeout=1.0)
+        for connection in list(connections):
+            connection.close()
+
+    return GrpcServer(stop, bound, methods, Implementation.FAST)
 
 
 def _bind_reason(host: str, port: int) -> str:

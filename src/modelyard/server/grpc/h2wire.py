@@ -1,0 +1,120 @@
+"""HTTP/2's wire for ``http2``: frame types, flags and error codes, frames, HPACK literals,
+the limits of a connection and the state of one stream (RFC 9113, RFC 7541)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+# Frame types and flags.
+DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY = range(8)
+WINDOW_UPDATE, CONTINUATION = 8, 9
+END_STREAM, ACK, END_HEADERS, PADDED, PRIORITY_FLAG = 0x1, 0x1, 0x4, 0x8, 0x20
+
+# Error codes.
+NO_ERROR, PROTOCOL_ERROR, INTERNAL_ERROR, FLOW_CONTROL_ERROR = 0x0, 0x1, 0x2, 0x3
+STREAM_CLOSED, FRAME_SIZE_ERROR, REFUSED_STREAM, CANCEL = 0x5, 0x6, 0x7, 0x8
+COMPRESSION_ERROR, ENHANCE_YOUR_CALM = 0x9, 0xB
+
+MAX_FRAME = 16384  # what this side accepts (the protocol's default; never raised)
+MAX_WINDOW = (1 << 31) - 1
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What one connection may ask of the server."""
+
+    max_concurrent_streams: int = 100
+    max_header_list_bytes: int = 16384
+    max_message_bytes: int = 64 * 1024 * 1024
+    stream_window: int = 1 << 20
+    connection_window: int = 16 << 20
+    reset_burst: int = 200
+    """Client resets allowed at once; the budget refills at ``reset_per_s``."""
+    reset_per_s: float = 100.0
+
+
+class ConnectionError_(Exception):
+    """The client broke the protocol: GOAWAY with ``code`` and close."""
+
+    def __init__(self, code: int, why: str) -> None:
+        super().__init__(why)
+        self.code = code
+
+
+def frame(ftype: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
+    """One frame's bytes."""
+    return (
+        len(payload).to_bytes(3, "big")
+        + bytes((ftype, flags))
+        + stream_id.to_bytes(4, "big")
+        + payload
+    )
+
+
+def _integer(value: int, prefix_bits: int, first: int) -> bytes:
+    """HPACK's integer with ``prefix_bits`` bits in the first byte (whose high bits are
+    ``first``)."""
+    limit = (1 << prefix_bits) - 1
+    if value < limit:
+        return bytes((first | value,))
+    out = bytearray((first | limit,))
+    value -= limit
+    while value >= 128:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def literal(name: bytes, value: bytes) -> bytes:
+    """A header field as an HPACK literal without indexing, new name, no Huffman: stateless."""
+    return b"\x00" + _integer(len(name), 7, 0) + name + _integer(len(value), 7, 0) + value
+
+
+STATUS_200 = b"\x88"  # :status 200, static table index 8
+
+
+class Stream:
+    """One request: its headers, its body, and the state of its answer."""
+
+    __slots__ = (
+        "answered",
+        "body",
+        "headers",
+        "id",
+        "open",
+        "pending",
+        "pending_end",
+        "recv_unacked",
+        "recv_window",
+        "reset",
+        "send_window",
+        "sent",
+        "task",
+    )  # fmt: skip
+
+    def __init__(self, stream_id: int, send_window: int, recv_window: int) -> None:
+        self.id = stream_id
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body = bytearray()
+        self.open = True  # the client may still send (no END_STREAM yet)
+        self.task: asyncio.Task[None] | None = None
+        self.send_window = send_window
+        self.pending = b""  # response DATA not all sent (windows, or a paused transport)
+        self.sent = 0  # how much of ``pending`` was
+        self.pending_end = b""  # the trailers frame, sent once ``pending`` is
+        self.answered = False
+        self.reset = False  # by the client: nothing more may be sent
+        self.recv_window = recv_window
+        self.recv_unacked = 0
+
+
+def unpad(flags: int, payload: bytes) -> bytes:
+    if not flags & PADDED:
+        return payload
+    if not payload or payload[0] >= len(payload):
+        raise ConnectionError_(PROTOCOL_ERROR, "bad padding")
+    return payload[1 : len(payload) - payload[0]]

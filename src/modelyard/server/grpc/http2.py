@@ -1,0 +1,534 @@
+"""A small HTTP/2 server connection for unary gRPC calls, on the asyncio event loop.
+
+Why it exists: grpc.aio's Python layer costs 430-590 µs of CPU per call on a 2-core box
+(``bench/findings.md``), more than modelyard's whole REST front end; this layer parses frames
+in ``data_received`` and answers with precomputed header bytes, so a unary call costs about
+what an HTTP/1 request costs. gRPC's semantics (messages, statuses, the servicer context) are
+``modelyard.server.grpc.fast``'s; this module knows only HTTP/2.
+
+What it does, per RFC 9113, for a server that only answers requests:
+
+- Frames: the client preface, SETTINGS (+ACK), PING (+ACK), HEADERS/CONTINUATION (HPACK
+  decoded by the ``hpack`` package, whose dynamic table it keeps in step), DATA, WINDOW_UPDATE,
+  RST_STREAM, GOAWAY, PRIORITY (ignored). Responses never use the dynamic table (literals
+  "without indexing"), so nothing has to be tracked for the encoder.
+- A request is handed to the application once its stream ends (``Stream.body`` complete).
+- Flow control both ways: the client's DATA is bounded by the windows advertised here and
+  replenished as it is buffered; responses are sent only within the client's connection and
+  stream windows, and only while the transport is not paused (a client that stops reading
+  stops the response, and the connection stops reading the client until it reads again, so
+  no flood of PING or SETTINGS answers piles up in memory).
+- Limits (``Limits``): concurrent streams (a stream counts until its handler ends, even when
+  the client reset it, so rapid reset cannot run more handlers than the limit), header list
+  size (decoded and raw, so an endless CONTINUATION is cut), message size, and a budget of
+  client resets (CVE-2023-44487). A client that breaks the protocol gets GOAWAY and the
+  connection is closed; other connections never notice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any, cast
+
+import hpack
+
+from modelyard.server.grpc.h2wire import (
+    ACK,
+    COMPRESSION_ERROR,
+    CONTINUATION,
+    DATA,
+    END_HEADERS,
+    END_STREAM,
+    ENHANCE_YOUR_CALM,
+    FLOW_CONTROL_ERROR,
+    FRAME_SIZE_ERROR,
+    GOAWAY,
+    HEADERS,
+    MAX_FRAME,
+    MAX_WINDOW,
+    NO_ERROR,
+    PING,
+    PREFACE,
+    PRIORITY_FLAG,
+    PROTOCOL_ERROR,
+    PUSH_PROMISE,
+    REFUSED_STREAM,
+    RST_STREAM,
+    SETTINGS,
+    STREAM_CLOSED,
+    WINDOW_UPDATE,
+    ConnectionError_,
+    Limits,
+    Stream,
+    frame,
+    unpad,
+)
+
+Application = Callable[["Connection", Stream], None]
+"""Called when a stream's request is complete; it answers with ``Connection.answer``."""
+
+
+class Connection(asyncio.Protocol):
+    """One client connection. ``application`` is called for each complete request; it must
+    end by calling ``answer`` (or the stream is reset) and ``finished`` when its handler ends."""
+
+    def __init__(self, application: Application, limits: Limits, registry: set[Connection]):
+        self._app = application
+        self.limits = limits
+        self._registry = registry
+        self.transport: asyncio.Transport | None = None
+        self.peer = ""
+        self._buf = bytearray()
+        self._preface = False
+        self._decoder = hpack.Decoder(max_header_list_size=limits.max_header_list_bytes)
+        self._decoded: dict[bytes, list[tuple[bytes, bytes]]] = {}
+        self.streams: dict[int, Stream] = {}
+        self._last_id = 0
+        self._continuing: Stream | None = None
+        self._block = bytearray()
+        self._end_after_block = False
+        self._peer_window = 65535  # the client's SETTINGS_INITIAL_WINDOW_SIZE
+        self._peer_frame = 16384
+        self._send_window = 65535  # connection-level, for responses
+        self._recv_window = limits.connection_window
+        self._recv_unacked = 0
+        self._paused = False
+        self._closing = False
+        self.going_away = False
+        self._resets = float(limits.reset_burst)
+        self._reset_at = 0.0
+        self._blocked: dict[int, Stream] = {}
+
+    # -- asyncio.Protocol --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            family = "ipv6" if ":" in str(peer[0]) else "ipv4"
+            self.peer = (
+                f"{family}:{peer[0]}:{peer[1]}"
+                if family == "ipv4"
+                else (f"ipv6:[{peer[0]}]:{peer[1]}")
+            )
+        self._registry.add(self)
+        limits = self.limits
+        settings = b"".join(
+            key.to_bytes(2, "big") + value.to_bytes(4, "big")
+            for key, value in (
+                (0x2, 0),  # ENABLE_PUSH
+                (0x3, limits.max_concurrent_streams),
+                (0x4, limits.stream_window),
+                (0x6, limits.max_header_list_bytes),
+            )
+        )
+        increment = limits.connection_window - 65535
+        self.transport.write(
+            frame(SETTINGS, 0, 0, settings)
+            + frame(WINDOW_UPDATE, 0, 0, increment.to_bytes(4, "big"))
+        )
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closing = True
+        self._registry.discard(self)
+        for stream in self.streams.values():
+            stream.reset = True
+            if stream.task is not None:
+                stream.task.cancel()
+
+    def pause_writing(self) -> None:
+        # The client is not reading: stop reading it too, so what it sends cannot make this
+        # side queue answers (PING and SETTINGS ACKs, responses) without bound.
+        self._paused = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        if self.transport is not None and not self._closing:
+            self.transport.resume_reading()
+            self._flush_blocked()
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing:
+            return  # closing after GOAWAY: what still comes is dropped
+        buf = self._buf
+        buf += data
+        pos = 0
+        try:
+            if not self._preface:
+                if len(buf) < 24:
+                    if not PREFACE.startswith(bytes(buf)):
+                        raise ConnectionError_(PROTOCOL_ERROR, "not an HTTP/2 client preface")
+                    return
+                if buf[:24] != PREFACE:
+                    raise ConnectionError_(PROTOCOL_ERROR, "not an HTTP/2 client preface")
+                self._preface = True
+                pos = 24
+            size = len(buf)
+            while size - pos >= 9 and not self._closing:
+                length = (buf[pos] << 16) | (buf[pos + 1] << 8) | buf[pos + 2]
+                if length > MAX_FRAME:
+                    raise ConnectionError_(FRAME_SIZE_ERROR, "frame larger than allowed")
+                end = pos + 9 + length
+                if end > size:
+                    break
+                ftype, flags = buf[pos + 3], buf[pos + 4]
+                sid = int.from_bytes(buf[pos + 5 : pos + 9], "big") & 0x7FFFFFFF
+                payload = bytes(buf[pos + 9 : end])
+                pos = end
+                if self._continuing is not None and ftype != CONTINUATION:
+                    raise ConnectionError_(PROTOCOL_ERROR, "expected CONTINUATION")
+                if ftype == DATA:
+                    self._on_data(flags, sid, payload)
+                elif ftype == HEADERS:
+                    self._on_headers(flags, sid, payload)
+                elif ftype == CONTINUATION:
+                    self._on_continuation(flags, sid, payload)
+                elif ftype == WINDOW_UPDATE:
+                    self._on_window_update(sid, payload)
+                elif ftype == PING:
+                    if length != 8 or sid != 0:
+                        raise ConnectionError_(FRAME_SIZE_ERROR, "bad PING")
+                    if not flags & ACK:
+                        self._write(frame(PING, ACK, 0, payload))
+                elif ftype == SETTINGS:
+                    self._on_settings(flags, sid, payload)
+                elif ftype == RST_STREAM:
+                    self._on_reset(sid, payload)
+                elif ftype == GOAWAY:
+                    self.going_away = True
+                    if not self.streams:
+                        self.close()
+                elif ftype == PUSH_PROMISE:
+                    raise ConnectionError_(PROTOCOL_ERROR, "a client may not push")
+                # PRIORITY and unknown types are ignored, as the RFC says.
+        except ConnectionError_ as exc:
+            self.close(exc.code)
+            return
+        del buf[:pos]
+
+    # -- frames ------------------------------------------------------------------------------
+
+    def _on_headers(self, flags: int, sid: int, payload: bytes) -> None:
+        if sid == 0 or sid % 2 == 0:
+            raise ConnectionError_(PROTOCOL_ERROR, "HEADERS on a bad stream id")
+        payload = unpad(flags, payload)
+        if flags & PRIORITY_FLAG:
+            payload = payload[5:]
+        if sid <= self._last_id:  # trailers of a request, or a stream already gone
+            stream = self.streams.get(sid)
+            if stream is None or not stream.open or not flags & END_STREAM:
+                raise ConnectionError_(STREAM_CLOSED, "HEADERS on a closed stream")
+        else:
+            self._last_id = sid
+            stream = Stream(sid, self._peer_window, self.limits.stream_window)
+            if self.going_away:  # sent before the client saw GOAWAY: it may retry elsewhere
+                stream.answered = stream.reset = True
+                self._write(frame(RST_STREAM, 0, sid, REFUSED_STREAM.to_bytes(4, "big")))
+            elif len(self.streams) >= self.limits.max_concurrent_streams:
+                stream.answered = stream.reset = True
+                self._write(frame(RST_STREAM, 0, sid, REFUSED_STREAM.to_bytes(4, "big")))
+                self._spend_reset()  # refused streams are as cheap to send as resets
+            else:
+                self.streams[sid] = stream
+        self._block = bytearray(payload)
+        self._end_after_block = bool(flags & END_STREAM)
+        if flags & END_HEADERS:
+            self._headers_done(stream)
+        else:
+            self._continuing = stream
+            self._check_block()
+
+    def _on_continuation(self, flags: int, sid: int, payload: bytes) -> None:
+        stream = self._continuing
+        if stream is None or stream.id != sid:
+            raise ConnectionError_(PROTOCOL_ERROR, "CONTINUATION out of place")
+        self._block += payload
+        self._check_block()
+        if flags & END_HEADERS:
+            self._continuing = None
+            self._headers_done(stream)
+
+    def _check_block(self) -> None:
+        if len(self._block) > self.limits.max_header_list_bytes:
+            raise ConnectionError_(ENHANCE_YOUR_CALM, "header block larger than allowed")
+
+    def _headers_done(self, stream: Stream) -> None:
+        block = bytes(self._block)
+        self._block = bytearray()
+        fields = self._decoded.get(block)
+        if fields is None:
+            fields = self._decode(block)
+        if stream.answered:  # refused at the door; its headers only had to be decoded
+            return
+        if not stream.headers:  # else trailers: gRPC clients send none; accepted and dropped
+            stream.headers = fields
+        if self._end_after_block:
+            self._request_complete(stream)
+
+    def _decode(self, block: bytes) -> list[tuple[bytes, bytes]]:
+        """``block`` decoded, remembered while the dynamic table stays as it is.
+
+        A client sends the same block for the same call again and again (every field a
+        reference to the tables, nothing added): decoding it costs more than the rest of the
+        call, and gives the same fields as long as the dynamic table has not changed, which
+        the leftmost entry (a new tuple on each insertion) and the table's size tell.
+        """
+        table = self._decoder.header_table
+        entries = table.dynamic_entries
+        before = (len(entries), entries[0] if entries else None, table.maxsize)
+        try:
+            fields = cast(list[tuple[bytes, bytes]], self._decoder.decode(block, raw=True))
+        except hpack.OversizedHeaderListError as exc:
+            raise ConnectionError_(ENHANCE_YOUR_CALM, "header list larger than allowed") from exc
+        except Exception as exc:  # hpack's HPACKError and its kin: the table is out of step
+            raise ConnectionError_(COMPRESSION_ERROR, "bad HPACK block") from exc
+        after = (len(entries), entries[0] if entries else None, table.maxsize)
+        if before[0] != after[0] or before[1] is not after[1] or before[2] != after[2]:
+            self._decoded.clear()
+        else:
+            if len(self._decoded) >= 32:  # blocks that vary (a header's value): start over
+                self._decoded.clear()
+            self._decoded[block] = fields
+        return fields
+
+    def _on_data(self, flags: int, sid: int, payload: bytes) -> None:
+        length = len(payload)
+        self._recv_window -= length
+        if self._recv_window < 0:
+            raise ConnectionError_(FLOW_CONTROL_ERROR, "DATA beyond the connection window")
+        self._recv_unacked += length
+        if self._recv_unacked >= self.limits.connection_window // 2:
+            self._write(frame(WINDOW_UPDATE, 0, 0, self._recv_unacked.to_bytes(4, "big")))
+            self._recv_window += self._recv_unacked
+            self._recv_unacked = 0
+        stream = self.streams.get(sid)
+        if stream is None or not stream.open:
+            if sid == 0 or sid > self._last_id:
+                raise ConnectionError_(PROTOCOL_ERROR, "DATA on an idle stream")
+            return  # a stream already answered or reset: its bytes are dropped
+        stream.recv_window -= length
+        if stream.recv_window < 0:
+            raise ConnectionError_(FLOW_CONTROL_ERROR, "DATA beyond the stream window")
+        if not stream.answered:
+            stream.body += unpad(flags, payload)
+        if flags & END_STREAM:
+            self._request_complete(stream)
+            return
+        if len(stream.body) > self.limits.max_message_bytes + 5 and not stream.answered:
+            self._request_complete(stream, too_large=True)
+            return
+        stream.recv_unacked += length
+        if stream.recv_unacked >= self.limits.stream_window // 2:
+            self._write(frame(WINDOW_UPDATE, 0, sid, stream.recv_unacked.to_bytes(4, "big")))
+            stream.recv_window += stream.recv_unacked
+            stream.recv_unacked = 0
+
+    def _request_complete(self, stream: Stream, too_large: bool = False) -> None:
+        stream.open = False
+        if stream.answered:
+            self._forget(stream)
+            return
+        if too_large:
+            stream.open = True  # the client is still sending; the answer resets the stream
+            stream.body = bytearray()  # the application refuses it by its size
+            stream.headers = [*stream.headers, (b":too-large", b"1")]  # (the list may be shared)
+        self._app(self, stream)
+
+    def _on_window_update(self, sid: int, payload: bytes) -> None:
+        if len(payload) != 4:
+            raise ConnectionError_(FRAME_SIZE_ERROR, "bad WINDOW_UPDATE")
+        increment = int.from_bytes(payload, "big") & 0x7FFFFFFF
+        if sid == 0:
+            if increment == 0:
+                raise ConnectionError_(PROTOCOL_ERROR, "WINDOW_UPDATE of 0")
+            self._send_window += increment
+            if self._send_window > MAX_WINDOW:
+                raise ConnectionError_(FLOW_CONTROL_ERROR, "connection window overflow")
+            self._flush_blocked()
+            return
+        stream = self.streams.get(sid)
+        if stream is None:
+            return
+        if increment == 0 or stream.send_window + increment > MAX_WINDOW:
+            self._reset_stream(stream, FLOW_CONTROL_ERROR if increment else PROTOCOL_ERROR)
+            return
+        stream.send_window += increment
+        if stream.pending or stream.pending_end:
+            self._send_pending(stream)
+
+    def _on_settings(self, flags: int, sid: int, payload: bytes) -> None:
+        if sid != 0:
+            raise ConnectionError_(PROTOCOL_ERROR, "SETTINGS on a stream")
+        if flags & ACK:
+            return
+        if len(payload) % 6:
+            raise ConnectionError_(FRAME_SIZE_ERROR, "bad SETTINGS")
+        for at in range(0, len(payload), 6):
+            key = int.from_bytes(payload[at : at + 2], "big")
+            value = int.from_bytes(payload[at + 2 : at + 6], "big")
+            if key == 0x4:
+                if value > MAX_WINDOW:
+                    raise ConnectionError_(FLOW_CONTROL_ERROR, "initial window too large")
+                delta = value - self._peer_window
+                self._peer_window = value
+                for stream in self.streams.values():
+                    stream.send_window += delta
+            elif key == 0x5:
+                if not 16384 <= value <= 16777215:
+                    raise ConnectionError_(PROTOCOL_ERROR, "bad MAX_FRAME_SIZE")
+                self._peer_frame = value
+        self._write(frame(SETTINGS, ACK, 0))
+        self._flush_blocked()
+
+    def _on_reset(self, sid: int, payload: bytes) -> None:
+        if len(payload) != 4:
+            raise ConnectionError_(FRAME_SIZE_ERROR, "bad RST_STREAM")
+        if sid == 0 or sid > self._last_id:
+            raise ConnectionError_(PROTOCOL_ERROR, "RST_STREAM on an idle stream")
+        stream = self.streams.get(sid)
+        if stream is None:
+            return
+        self._spend_reset()
+        stream.reset = True
+        stream.open = False
+        self._blocked.pop(sid, None)
+        if stream.task is not None and not stream.task.done() and not stream.answered:
+            stream.task.cancel()  # it stays counted until it ends (``finished``)
+        else:
+            self._forget(stream)
+
+    def _spend_reset(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        refill = (now - self._reset_at) * self.limits.reset_per_s
+        self._resets = min(float(self.limits.reset_burst), self._resets + refill) - 1
+        self._reset_at = now
+        if self._resets < 0:
+            raise ConnectionError_(ENHANCE_YOUR_CALM, "too many streams reset or refused")
+
+    # -- answers -----------------------------------------------------------------------------
+
+    def answer(self, stream: Stream, headers: bytes, data: bytes, trailers: bytes) -> None:
+        """Send ``headers`` (a HEADERS block), ``data`` (within the windows) and ``trailers``
+        (a HEADERS block ending the stream; ``data`` empty and ``headers`` empty: a
+        trailers-only answer). Then the stream is closed from this side."""
+        if stream.answered or stream.reset or self._closing:
+            stream.answered = True
+            return
+        stream.answered = True
+        sid = stream.id
+        head = frame(HEADERS, END_HEADERS, sid, headers) if headers else b""
+        end = frame(HEADERS, END_HEADERS | END_STREAM, sid, trailers)
+        if stream.open:  # answered before the client finished sending: it must stop
+            end += frame(RST_STREAM, 0, sid, NO_ERROR.to_bytes(4, "big"))
+            stream.open = False  # what it still sends is dropped (and its window refunded)
+        if not data:
+            self._write(head + end)
+            return
+        stream.pending, stream.pending_end = data, end
+        self._send_pending(stream, head)
+
+    def _send_pending(self, stream: Stream, head: bytes = b"") -> None:
+        data = stream.pending
+        at, total = stream.sent, len(data)
+        out = [head] if head else []
+        while at < total and not self._paused:
+            size = min(total - at, self._send_window, stream.send_window, self._peer_frame)
+            if size <= 0:
+                break
+            out.append(frame(DATA, 0, stream.id, data[at : at + size]))
+            at += size
+            self._send_window -= size
+            stream.send_window -= size
+            if len(out) >= 64:  # a large answer goes out in pieces, not one copy of it all
+                self._write(b"".join(out))
+                out.clear()
+        stream.sent = at
+        if at >= total:
+            data = stream.pending = b""
+        if not data:
+            out.append(stream.pending_end)
+            stream.pending_end = b""
+        if out:
+            self._write(b"".join(out))
+        if data:
+            self._blocked[stream.id] = stream
+        else:
+            self._blocked.pop(stream.id, None)
+            self._forget(stream)  # answered: it no longer counts, whether its task has ended
+
+    def _flush_blocked(self) -> None:
+        for stream in list(self._blocked.values()):
+            if self._paused or self._send_window <= 0:
+                return
+            self._send_pending(stream)
+
+    def finished(self, stream: Stream) -> None:
+        """The stream's handler ended: it no longer counts against the stream limit."""
+        stream.task = None
+        if stream.reset or not (stream.open or stream.pending or stream.pending_end):
+            self._forget(stream)
+
+    def _forget(self, stream: Stream) -> None:
+        if stream.task is not None and not stream.task.done() and not stream.answered:
+            return  # a handler still running (even on a reset stream) counts against the limit
+        if (stream.pending or stream.pending_end) and not stream.reset:
+            return  # still sending; forgotten when the last frame is written
+        self.streams.pop(stream.id, None)
+        self._blocked.pop(stream.id, None)
+        if self.going_away and not self.streams:
+            self.close()
+
+    def _reset_stream(self, stream: Stream, code: int) -> None:
+        stream.reset = stream.answered = True
+        stream.open = False
+        self._write(frame(RST_STREAM, 0, stream.id, code.to_bytes(4, "big")))
+        if stream.task is not None:
+            stream.task.cancel()
+        self._forget(stream)
+
+    def goaway(self) -> None:
+        """No new streams: the server is stopping (the ones started are answered)."""
+        self.going_away = True
+        self._write(frame(GOAWAY, 0, 0, self._last_id.to_bytes(4, "big") + bytes(4)))
+        if not self.streams:
+            self.close()
+
+    def close(self, code: int | None = None) -> None:
+        """Close the connection (after GOAWAY with ``code`` when given)."""
+        if self._closing or self.transport is None:
+            return
+        transport = self.transport
+        if code is not None:
+            self._write(
+                frame(GOAWAY, 0, 0, self._last_id.to_bytes(4, "big") + code.to_bytes(4, "big"))
+            )
+        self._closing = True
+        for stream in self.streams.values():
+            stream.reset = True
+            if stream.task is not None:
+                stream.task.cancel()
+        if code is None or not transport.can_write_eof():
+            transport.close()
+            return
+        # Closing a socket with unread input makes the kernel send a reset, and the client may
+        # then lose the GOAWAY that says why: end the writing side, read (and drop) what is
+        # still coming for a moment, then close.
+        transport.write_eof()
+        if transport.is_reading() is False:
+            transport.resume_reading()
+        asyncio.get_running_loop().call_later(1.0, transport.close)
+
+    def _write(self, data: bytes) -> None:
+        if not self._closing and self.transport is not None:
+            self.transport.write(data)
+
+
+def server_factory(
+    application: Application, limits: Limits, registry: set[Connection]
+) -> Callable[[], Any]:
+    """A protocol factory for ``loop.create_server``."""
+    return lambda: Connection(application, limits, registry)

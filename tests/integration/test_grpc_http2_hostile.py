@@ -1,0 +1,360 @@
+"""The gRPC port's own HTTP/2 server against clients that break the protocol or its limits.
+
+Each test speaks raw HTTP/2 over a socket (frames built here, headers HPACK-encoded by the
+``hpack`` package) to a real server on 127.0.0.1, and checks what a user of the port would
+notice: the bad connection is refused or closed with the right GOAWAY, and a real gRPC client on
+another connection is answered throughout. Large tensors in and out go through tritonclient
+against the shared server (flow control both ways, past the 64 KiB default windows).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import hpack
+import numpy as np
+import pytest
+
+from modelyard.lifecycle.registry import ModelRegistry
+from modelyard.server.dataplane import DataPlane
+from modelyard.server.grpc.generated import grpc_service_pb2 as pb
+from modelyard.server.grpc.server import start_grpc_server
+from modelyard.testing.models import BuiltModel
+from modelyard.testing.server import RunningServer
+
+grpcclient = pytest.importorskip("tritonclient.grpc")
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+LIVE = "/inference.GRPCInferenceService/ServerLive"
+DATA, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = (
+    0, 1, 3, 4, 6, 7, 8, 9
+)  # fmt: skip
+ENHANCE_YOUR_CALM, FLOW_CONTROL_ERROR, REFUSED_STREAM = 0xB, 0x3, 0x7
+MESSAGE_LIMIT = 4 << 20
+
+
+def _frame(ftype: int, flags: int, sid: int, payload: bytes = b"") -> bytes:
+    return (
+        len(payload).to_bytes(3, "big") + bytes((ftype, flags)) + sid.to_bytes(4, "big") + payload
+    )
+
+
+class Raw:
+    """One raw HTTP/2 connection: frames out, frames in, nothing checked on its side."""
+
+    def __init__(self, port: int, preface: bool = True) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.encoder = hpack.Encoder()
+        self._buf = b""
+        if preface:
+            self.sock.sendall(PREFACE + _frame(SETTINGS, 0, 0))
+
+    def headers(self, sid: int, path: str = LIVE, extra: tuple[tuple[str, str], ...] = ()) -> bytes:
+        fields = [
+            (":method", "POST"), (":scheme", "http"), (":path", path), (":authority", "x"),
+            ("content-type", "application/grpc"), ("te", "trailers"), *extra,
+        ]  # fmt: skip
+        return self.encoder.encode(fields)
+
+    def request(self, sid: int, message: bytes = b"") -> bytes:
+        """HEADERS + one DATA frame ending the stream: a whole unary call's bytes."""
+        body = b"\x00" + len(message).to_bytes(4, "big") + message
+        return _frame(HEADERS, 0x4, sid, self.headers(sid)) + _frame(DATA, 0x1, sid, body)
+
+    def frames(
+        self, until: Any, timeout: float = 10.0, settle: bool = False
+    ) -> list[tuple[int, int, int, bytes]]:
+        """Frames read until ``until(frame)`` is true or the connection closes (``settle``:
+        or ``timeout`` passes; else that is a failure)."""
+        got: list[tuple[int, int, int, bytes]] = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            while len(self._buf) >= 9:
+                length = int.from_bytes(self._buf[:3], "big")
+                if len(self._buf) < 9 + length:
+                    break
+                f = (
+                    self._buf[3],
+                    self._buf[4],
+                    int.from_bytes(self._buf[5:9], "big") & 0x7FFFFFFF,
+                    self._buf[9 : 9 + length],
+                )
+                self._buf = self._buf[9 + length :]
+                got.append(f)
+                if until(f):
+                    return got
+            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                continue
+            except ConnectionResetError:
+                data = b""
+            if not data:
+                got.append((-1, 0, 0, b""))  # closed
+                return got
+            self._buf += data
+        if settle:
+            return got
+        raise AssertionError(f"nothing expected arrived in {timeout} s: {got[-5:]}")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _decoded(block: bytes) -> list[tuple[str, str]]:
+    """A header block of the server's (literals only, so no table is needed in between)."""
+    return [(str(k), str(v)) for k, v in hpack.Decoder().decode(block)]
+
+
+def _goaway(f: tuple[int, int, int, bytes]) -> bool:
+    return f[0] in (GOAWAY, -1)
+
+
+def _goaway_code(frames: list[tuple[int, int, int, bytes]]) -> int | None:
+    codes = [int.from_bytes(f[3][4:8], "big") for f in frames if f[0] == GOAWAY]
+    return codes[0] if codes else None
+
+
+@pytest.fixture(scope="module")
+def port() -> Iterator[int]:
+    """A gRPC port (modelyard's HTTP/2 server) with no models: the protocol is what is tested.
+    On uvloop, as ``modelyard serve`` runs it."""
+    uvloop = pytest.importorskip("uvloop")
+    loop = uvloop.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    plane = DataPlane(ModelRegistry())
+    started = asyncio.run_coroutine_threadsafe(
+        start_grpc_server(plane, "127.0.0.1", 0, max_message_bytes=MESSAGE_LIMIT), loop
+    ).result(30)
+    yield started.port
+    asyncio.run_coroutine_threadsafe(started.stop(0), loop).result(30)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+
+
+def _live(port: int) -> bool:
+    """A real gRPC client's call on its own connection (the one a bad client must not disturb)."""
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = channel.unary_unary(
+            LIVE,
+            request_serializer=pb.ServerLiveRequest.SerializeToString,
+            response_deserializer=pb.ServerLiveResponse.FromString,
+        )
+        return bool(call(pb.ServerLiveRequest(), timeout=10).live)
+
+
+def test_a_raw_call_is_answered_with_grpc_trailers(port: int) -> None:
+    raw = Raw(port)
+    raw.sock.sendall(raw.request(1))
+    frames = raw.frames(lambda f: f[0] == HEADERS and f[1] & 0x1)
+    raw.close()
+    data = b"".join(f[3] for f in frames if f[0] == DATA and f[2] == 1)
+    assert pb.ServerLiveResponse.FromString(data[5:]).live
+    trailers = _decoded(frames[-1][3])
+    assert ("grpc-status", "0") in trailers
+
+
+def test_garbage_instead_of_the_preface_closes_that_connection_only(port: int) -> None:
+    raw = Raw(port, preface=False)
+    raw.sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert raw.frames(_goaway)[-1][0] in (GOAWAY, -1)
+    assert raw.frames(lambda f: f[0] == -1)[-1][0] == -1  # then closed
+    raw.close()
+    assert _live(port)
+
+
+def test_streams_beyond_the_limit_are_refused_and_the_open_ones_still_answered(port: int) -> None:
+    raw = Raw(port)
+    opened = [1 + 2 * i for i in range(100)]  # the advertised limit; no stream ends yet
+    raw.sock.sendall(b"".join(_frame(HEADERS, 0x4, sid, raw.headers(sid)) for sid in opened))
+    raw.sock.sendall(_frame(HEADERS, 0x4, 201, raw.headers(201)))
+    frames = raw.frames(lambda f: f[0] == RST_STREAM)
+    assert frames[-1][2] == 201
+    assert int.from_bytes(frames[-1][3], "big") == REFUSED_STREAM
+    raw.sock.sendall(_frame(DATA, 0x1, 1, b"\x00" * 5))  # the first one ends: answered
+    frames = raw.frames(lambda f: f[0] == HEADERS and f[2] == 1 and f[1] & 0x1)
+    assert ("grpc-status", "0") in _decoded(frames[-1][3])  # stateless literals
+    raw.close()
+    assert _live(port)
+
+
+def test_a_header_list_over_the_limit_closes_the_connection(port: int) -> None:
+    raw = Raw(port)
+    block = raw.headers(1, extra=(("x-big", "a" * 20000),))
+    first, rest = block[:16000], block[16000:]
+    raw.sock.sendall(_frame(HEADERS, 0, 1, first) + _frame(CONTINUATION, 0x4, 1, rest))
+    frames = raw.frames(_goaway)
+    assert _goaway_code(frames) in (ENHANCE_YOUR_CALM, None)  # GOAWAY, or closed at once
+    raw.close()
+    assert _live(port)
+
+
+def test_continuation_without_end_is_cut(port: int) -> None:
+    raw = Raw(port)
+    raw.sock.sendall(_frame(HEADERS, 0, 1, raw.headers(1)))
+    sent = 0
+    try:
+        for _ in range(10_000):  # 40 MB if nothing stopped it
+            raw.sock.sendall(_frame(CONTINUATION, 0, 1, b"\x40\x01a\x01b" * 800))
+            sent += 1
+            if sent > 200:
+                time.sleep(0.001)
+    except OSError:
+        pass  # the server closed the connection: sending fails
+    assert sent < 10_000
+    raw.close()
+    assert _live(port)
+
+
+def test_rapid_reset_is_stopped_with_enhance_your_calm(port: int) -> None:
+    """CVE-2023-44487: open and reset streams as fast as possible."""
+    raw = Raw(port)
+    burst = b"".join(
+        raw.request(sid) + _frame(RST_STREAM, 0, sid, (8).to_bytes(4, "big"))
+        for sid in range(1, 4001, 2)
+    )
+    with contextlib.suppress(OSError):  # closed before all of it was sent
+        raw.sock.sendall(burst)
+    frames = raw.frames(_goaway, timeout=30)
+    assert _goaway_code(frames) == ENHANCE_YOUR_CALM
+    raw.close()
+    assert _live(port)
+
+
+def test_answers_stay_within_the_clients_windows(
+    server: RunningServer, models: dict[str, dict[int, BuiltModel]]
+) -> None:
+    """A 100 KiB answer to a client that grants the default 64 KiB: the server sends what the
+    window allows, waits, and sends the rest once the client grants more."""
+    x = np.random.default_rng(1).standard_normal((12800, 4)).astype(np.float32)
+    request = pb.ModelInferRequest(model_name="linear", model_version="2")
+    request.inputs.add(name="x", datatype="FP32", shape=list(x.shape))
+    request.raw_input_contents.append(x.tobytes())
+    raw = Raw(int(server.grpc_target.rsplit(":", 1)[1]))
+    message = request.SerializeToString()
+    body = b"\x00" + len(message).to_bytes(4, "big") + message
+    infer = "/inference.GRPCInferenceService/ModelInfer"
+    raw.sock.sendall(_frame(HEADERS, 0x4, 1, raw.headers(1, path=infer)))
+    for at in range(0, len(body), 16384):  # the server's windows are larger than this body
+        end = 0x1 if at + 16384 >= len(body) else 0
+        raw.sock.sendall(_frame(DATA, end, 1, body[at : at + 16384]))
+    first = raw.frames(lambda f: False, timeout=3, settle=True)
+    got = sum(len(f[3]) for f in first if f[0] == DATA)
+    assert 0 < got <= 65535  # what the default window allows, and no more
+    assert not any(f[0] == HEADERS and f[1] & 0x1 for f in first)
+    raw.sock.sendall(
+        _frame(WINDOW_UPDATE, 0, 0, (1 << 20).to_bytes(4, "big"))
+        + _frame(WINDOW_UPDATE, 0, 1, (1 << 20).to_bytes(4, "big"))
+    )
+    rest = raw.frames(lambda f: f[0] == HEADERS and f[2] == 1 and f[1] & 0x1)
+    raw.close()
+    assert ("grpc-status", "0") in _decoded(rest[-1][3])
+    assert got + sum(len(f[3]) for f in rest if f[0] == DATA) > 100_000
+
+
+def test_a_client_that_floods_pings_and_never_reads_is_not_read_either(port: int) -> None:
+    """PING answers queue up only until the client's socket is full; then the server stops
+    reading that client instead of buffering answers without bound."""
+    raw = Raw(port)
+    raw.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    raw.sock.setblocking(False)
+    pings = _frame(PING, 0, 0, b"12345678") * 4096  # 68 KiB per send
+    sent, deadline = 0, time.monotonic() + 20
+    while sent < 64 << 20 and time.monotonic() < deadline:
+        try:
+            sent += raw.sock.send(pings)
+        except BlockingIOError:
+            time.sleep(0.05)
+            try:
+                sent += raw.sock.send(pings)
+            except BlockingIOError:
+                break  # the server no longer reads this connection
+    assert sent < 64 << 20, "the server kept reading a client that does not read its answers"
+    assert _live(port)  # while that client still holds its connection
+    raw.close()
+    assert _live(port)
+
+
+def test_settings_flood_is_answered_and_others_unaffected(port: int) -> None:
+    raw = Raw(port)
+    raw.sock.sendall(
+        _frame(SETTINGS, 0, 0, (4).to_bytes(2, "big") + (65535).to_bytes(4, "big")) * 5000
+    )
+    raw.sock.sendall(raw.request(1))
+    frames = raw.frames(lambda f: f[0] == HEADERS and f[2] == 1 and f[1] & 0x1, timeout=30)
+    assert sum(1 for f in frames if f[0] == SETTINGS and f[1] & 0x1) >= 5000
+    raw.close()
+    assert _live(port)
+
+
+def test_gzip_requests_are_decoded(port: int) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{port}", compression=grpc.Compression.Gzip) as channel:
+        call = channel.unary_unary(
+            "/inference.GRPCInferenceService/ServerMetadata",
+            request_serializer=pb.ServerMetadataRequest.SerializeToString,
+            response_deserializer=pb.ServerMetadataResponse.FromString,
+        )
+        assert call(pb.ServerMetadataRequest(), timeout=10).name
+
+
+def test_unknown_method_is_unimplemented(port: int) -> None:
+    with (
+        grpc.insecure_channel(f"127.0.0.1:{port}") as channel,
+        pytest.raises(grpc.RpcError) as info,
+    ):
+        channel.unary_unary("/no.Such/Method")(b"", timeout=10)
+    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_tensors_larger_than_the_default_windows_both_ways(
+    server: RunningServer, models: dict[str, dict[int, BuiltModel]]
+) -> None:
+    """200 KiB in, 100 KiB out: both past HTTP/2's 64 KiB default windows; plain and with
+    tritonclient's request compression."""
+    built = models["linear"][2]
+    x = np.random.default_rng(0).standard_normal((12800, 4)).astype(np.float32)
+    client = grpcclient.InferenceServerClient(url=server.grpc_target)
+    try:
+        tensor = grpcclient.InferInput("x", list(x.shape), "FP32").set_data_from_numpy(x)
+        for compression in (None, "gzip", "deflate"):  # tritonclient's option, decoded
+            result = client.infer("linear", [tensor], compression_algorithm=compression)
+            np.testing.assert_allclose(
+                result.as_numpy("y"), built.reference({"x": x})["y"], rtol=1e-5
+            )
+    finally:
+        client.close()
+
+
+def test_64_calls_at_once_from_one_channel_are_all_answered(port: int) -> None:
+    """A client keeping 64 calls in flight: answered streams stop counting against the stream
+    limit as soon as they are answered, so none is refused while fewer than 100 are open."""
+
+    async def load() -> list[str]:
+        failures: list[str] = []
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = channel.unary_unary(
+                LIVE,
+                request_serializer=pb.ServerLiveRequest.SerializeToString,
+                response_deserializer=pb.ServerLiveResponse.FromString,
+            )
+
+            async def client() -> None:
+                for _ in range(60):
+                    try:
+                        await call(pb.ServerLiveRequest(), timeout=30)
+                    except grpc.aio.AioRpcError as exc:
+                        failures.append(f"{exc.code()}: {exc.details()}")
+
+            await asyncio.gather(*(client() for _ in range(64)))
+        return failures
+
+    assert asyncio.run(load()) == []
