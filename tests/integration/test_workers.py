@@ -144,7 +144,8 @@ def test_each_device_gets_one_worker_holding_the_models_the_plan_gave_it(
     # 404 names the device and lists the ones it has), not the router's bare "Not Found".
     missing = httpx.get(f"{server.rest_url}/modelyard/v1/status/devices/nodeA/gpu0/report")
     assert missing.status_code == 404
-    assert "'nodeA/gpu0'" in missing.text and sorted(devices)[0] in missing.text
+    assert "'nodeA/gpu0'" in missing.text
+    assert sorted(devices)[0] in missing.text
     for model in status["models"]:
         assert model["state"] == "AVAILABLE", model
         assert model["estimated_bytes"] == 30 * 2**20
