@@ -21,6 +21,7 @@ import pytest
 SERIAL = frozenset(
     {
         "tests/cluster/test_ray_cluster.py",
+        "tests/integration/test_fault_bad_client.py",
         "tests/integration/test_fault_deadlines.py",
         "tests/integration/test_fault_slow_model.py",
         "tests/integration/test_fault_stuck_worker.py",
