@@ -128,11 +128,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--deadline-s", type=float, help="stop starting steps after this "
                         "many seconds (default: the profile's)")  # fmt: skip
     parser.add_argument("--keep-work", action="store_true", help="keep the models afterwards")
+    parser.add_argument("--slices", type=int, help="the seed scenario on this many slices, 3 "
+                        "models each (default: 4, 12 models; the suite rehearses 2)")  # fmt: skip
     parser.add_argument("--step", help=argparse.SUPPRESS)  # internal: run one step here
     args = parser.parse_args(argv)
     profile = REHEARSAL if args.rehearse else GPU
     if args.deadline_s is not None:
         profile = dataclasses.replace(profile, deadline_s=min(profile.deadline_s, args.deadline_s))
+    if args.slices is not None:
+        profile = dataclasses.replace(profile, slices=args.slices, models=3 * args.slices)
     if args.step:
         return _run_step_here(args.step, profile, args.work, args.out)
     return _drive(profile, args)
@@ -209,6 +213,7 @@ def _run_step(outcome: StepOutcome, profile: Profile, work: Path, raw: Path, lim
     command += ["--work", str(work), "--out", str(raw)]
     if profile.device_kind == "cpu":
         command.append("--rehearse")
+    command += ["--slices", str(profile.slices)]
     started = time.monotonic()
     with (raw / f"{outcome.name}.log").open("wb") as log:
         process = subprocess.Popen(

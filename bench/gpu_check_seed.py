@@ -273,6 +273,9 @@ def _kill_one(
         len(others) == len(names) - 3 and answered == rounds * len(others) and not wrong
     )
     try:
+        # "Back" is a new worker holding them: with few neighbours the rounds above can end
+        # before the server has even seen the death, its models still AVAILABLE on the old pid.
+        _wait_replaced(served, victim["name"], victim["pid"], profile.restart_timeout_s)
         back = served.wait_available(victims, profile.restart_timeout_s)
         figures["kill"]["back_available_s"] = round(back - (killed_at - served.started), 3)
         x, want = expected[victims[0]]
@@ -282,6 +285,18 @@ def _kill_one(
     except ServeFailed as exc:
         checks["killed_device_back_and_right"] = False
         result["errors"].append(f"restart: {exc}")
+
+
+def _wait_replaced(served: Served, device: str, pid: int, timeout_s: float) -> None:
+    """Return once ``device``'s worker is a process other than ``pid``; ServeFailed after
+    ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        now = {d["name"]: d.get("pid") for d in served.status()["devices"]}.get(device)
+        if now not in (None, pid):
+            return
+        time.sleep(0.1)
+    raise ServeFailed(f"device {device}: worker pid {pid} not replaced within {timeout_s:.0f} s")
 
 
 def _solo_loads(dirs: list[str], profile: Any, raw: Path) -> list[float]:

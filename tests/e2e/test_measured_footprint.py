@@ -14,17 +14,13 @@ from typing import Any
 
 import httpx
 
+from modelyard.testing.cli import modelyard_plan
 from modelyard.testing.models import model_config, write_config, write_onnx_linear
 
 
-def _plan(config: Path, env: dict[str, str]) -> dict[str, Any]:
-    done = subprocess.run(
-        [sys.executable, "-m", "modelyard", "plan", str(config), "--json"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+def _plan(config: Path, cache_dir: Path) -> dict[str, Any]:
+    done = modelyard_plan(config, "--json", cache_dir=cache_dir)
+    assert done.returncode == 0, done.stderr
     (device,) = json.loads(done.stdout)["devices"]
     (model,) = device["models"]
     return dict(model)
@@ -37,7 +33,7 @@ def test_next_plan_uses_the_measured_footprint(tmp_path: Path) -> None:
         devices=[{"name": "sim0", "kind": "cpu", "memory": "1GiB"}],
     )
     env = {**os.environ, "MODELYARD_CACHE_DIR": str(tmp_path / "cache")}
-    before = _plan(config, env)
+    before = _plan(config, tmp_path / "cache")
     assert before["source"] == "estimated"
 
     ports_file = tmp_path / "ports.json"
@@ -62,7 +58,7 @@ def test_next_plan_uses_the_measured_footprint(tmp_path: Path) -> None:
         proc.communicate(timeout=60)
     assert proc.returncode == 0
 
-    after = _plan(config, env)
+    after = _plan(config, tmp_path / "cache")
     assert after["source"] == "measured"
     assert after["bytes"] > 0
     assert after["bytes"] != before["bytes"]

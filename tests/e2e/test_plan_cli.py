@@ -3,25 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
+
+from modelyard.testing.cli import modelyard_plan
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
 GiB = 2**30
-
-
-def modelyard_plan(*args: str, cache_dir: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "MODELYARD_CACHE_DIR": str(cache_dir)}
-    return subprocess.run(
-        [sys.executable, "-m", "modelyard", "plan", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-        check=False,
-    )
 
 
 def test_seed_example_fits_three_per_gpu(tmp_path: Path) -> None:

@@ -4,28 +4,15 @@ paging (sizes from `memory:`: nothing is built or loaded)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
+
+from modelyard.testing.cli import modelyard_plan
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
 
 
-def plan(*args: str, cache_dir: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "MODELYARD_CACHE_DIR": str(cache_dir)}
-    return subprocess.run(
-        [sys.executable, "-m", "modelyard", "plan", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-        check=False,
-    )
-
-
 def test_without_paging_it_is_refused_with_a_hint_to_page(tmp_path: Path) -> None:
-    result = plan(str(EXAMPLES / "seed-20x4GiB.yaml"), cache_dir=tmp_path)
+    result = modelyard_plan(str(EXAMPLES / "seed-20x4GiB.yaml"), cache_dir=tmp_path)
     assert result.returncode == 2
     assert "23.0 GiB short" in result.stderr
     assert "Or turn on paging" in result.stderr
@@ -34,7 +21,7 @@ def test_without_paging_it_is_refused_with_a_hint_to_page(tmp_path: Path) -> Non
 
 def test_with_paging_every_model_has_a_home_and_the_residents_are_shown(tmp_path: Path) -> None:
     path = EXAMPLES / "seed-20x4GiB-paging.yaml"
-    result = plan(str(path), cache_dir=tmp_path)
+    result = modelyard_plan(str(path), cache_dir=tmp_path)
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "with paging" in out
@@ -43,7 +30,7 @@ def test_with_paging_every_model_has_a_home_and_the_residents_are_shown(tmp_path
     assert out.count("home, on device at start") == 10
     assert out.count("home, paged") == 8
     assert "host memory: 32.0 GiB of 64.0 GiB at start (8 version(s))" in out
-    doc = json.loads(plan(str(path), "--json", cache_dir=tmp_path).stdout)
+    doc = json.loads(modelyard_plan(str(path), "--json", cache_dir=tmp_path).stdout)
     assert doc["feasible"] is True
     assert doc["paging"] is True
     homes = [h["model"] for d in doc["devices"] for h in d["homes"]]

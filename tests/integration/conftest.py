@@ -85,6 +85,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     users = [item for item in items if _uses_shared_server(item)]
     if not users:
         return
+    for item in users:  # in parallel runs (tests/conftest.py): all in one process, together
+        item.add_marker(pytest.mark.xdist_group("shared-server"))
     first = items.index(users[0])
     chosen = set(users)
     others = [item for item in items if item not in chosen]

@@ -32,6 +32,7 @@ import psutil
 import pytest
 
 from modelyard.config import load_config
+from modelyard.testing.cli import modelyard_plan
 from modelyard.testing.corrupt import CORRUPT_KINDS, CorruptKind
 from modelyard.testing.models import BuiltModel, model_config, write_config, write_onnx_linear
 from modelyard.testing.server import serving
@@ -230,10 +231,7 @@ def test_the_cli_serves_beside_corrupt_versions_and_plan_lists_them(
     repository: Repository, tmp_path: Path
 ) -> None:
     env = {**os.environ, "MODELYARD_CACHE_DIR": str(tmp_path / "cache")}
-    planned = subprocess.run(
-        [sys.executable, "-m", "modelyard", "plan", str(repository.config), "--json"],
-        capture_output=True, text=True, env=env, timeout=120,
-    )  # fmt: skip
+    planned = modelyard_plan(repository.config, "--json", cache_dir=tmp_path / "cache")
     assert planned.returncode == 3, planned.stderr  # the rest fits; some cannot be read
     doc = json.loads(planned.stdout)
     assert doc["feasible"] is True

@@ -386,3 +386,30 @@ def test_the_heartbeat_tells_a_busy_process_from_a_stuck_one() -> None:
         "stopped": Verdict.STUCK,
         "blocked": Verdict.STUCK,
     }, {name: watches[name].why for name in procs}
+
+
+def test_a_busy_process_first_looked_at_past_the_timeout_is_not_stuck() -> None:
+    """The CI flake: the front end's loop was held (a loaded machine, a server's start-up), so
+    the heartbeat's first look at a silent worker came with the silence already past the
+    timeout. That look was both the CPU baseline and the verdict: "used 0.00 s of CPU", stuck,
+    killed while it was busy starting. A real process computing with the GIL held (as a
+    framework import does) is judged the same way here: busy once its CPU has been measured."""
+    from modelyard.workers.heartbeat import HeartbeatWatch, Verdict, sample_process
+
+    policy = HeartbeatPolicy()  # the server's defaults
+    code = "import re; re.match(r'(a*)*b', 'a' * 40)"
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        time.sleep(0.5)  # past interpreter start-up: computing now
+        start = time.monotonic()
+        watch = HeartbeatWatch(policy, start - policy.timeout_s - 0.6)  # last heard 3.6 s ago
+        sample = functools.partial(sample_process, proc.pid)
+        verdict = watch.judge(start, sample)
+        assert verdict.name == "ALIVE", watch.why  # was STUCK: "used 0.00 s of CPU"
+        while time.monotonic() - start < 2 * policy.cpu_window_s and verdict is Verdict.ALIVE:
+            time.sleep(policy.interval_s)
+            verdict = watch.judge(time.monotonic(), sample)
+        assert verdict is Verdict.BUSY, watch.why
+    finally:
+        proc.kill()
+        proc.wait()

@@ -10,6 +10,7 @@ import importlib
 import logging
 from types import ModuleType
 
+from modelyard.config.paging import CLUSTER_AND_PAGING
 from modelyard.config.schema import ClusterConfig, ServerConfig
 from modelyard.errors import ConfigError, Unavailable
 
@@ -34,9 +35,12 @@ def import_ray() -> ModuleType:
 
 def with_ray_address(config: ServerConfig, address: str | None) -> ServerConfig:
     """``config`` joined to the Ray cluster at ``address`` (``--ray-address``); unchanged when
-    ``address`` is None. The flag wins over the file's ``cluster: address``."""
+    ``address`` is None. The flag wins over the file's ``cluster: address``. ConfigError when
+    the config has ``paging:`` (``CLUSTER_AND_PAGING``)."""
     if address is None:
         return config
+    if config.paging is not None:  # the file's own cluster: key is refused when it is read
+        raise ConfigError(f"--ray-address: the config's paging: {CLUSTER_AND_PAGING}")
     cluster = ClusterConfig(address=address)
     return config.model_copy(update={"cluster": cluster})
 

@@ -18,9 +18,10 @@ import uvicorn
 from starlette.applications import Starlette
 
 from modelyard.batching import batching_wrapper
+from modelyard.config.paging import CLUSTER_AND_PAGING
 from modelyard.config.schema import ModelConfig, ServerConfig
 from modelyard.devices.inventory import build_inventory
-from modelyard.errors import NotFound
+from modelyard.errors import ConfigError, NotFound
 from modelyard.lifecycle.controller import Controller, Loader
 from modelyard.lifecycle.paging.loader import PagingLoader
 from modelyard.lifecycle.placement import demand_of
@@ -177,12 +178,15 @@ class Server:
         this machine's devices (measured by ``build_inventory``, placed by ``plan_for_config``;
         an infeasible plan is kept, and the versions it could not place start FAILED:
         ``start_plan.feasible`` says whether all fit), and builds the controller, loader, data
-        plane and front ends. Raises ConfigError for a bad device list, state file, or a model
-        with neither files nor ``memory:``.
+        plane and front ends. Raises ConfigError for a bad device list, state file, a model
+        with neither files nor ``memory:``, or ``cluster:`` with ``paging:`` (before Ray is
+        joined).
         """
         options = options if options is not None else ServerOptions()
         desired = desired_state(config, options)
         cluster: ClusterRuntime | None = None
+        if desired.config.cluster is not None and desired.config.paging is not None:
+            raise ConfigError(f"paging: {CLUSTER_AND_PAGING}")  # a config not from a file
         if desired.config.cluster is not None:  # ray is imported only here, only then
             from modelyard.cluster.runtime import join_cluster
 

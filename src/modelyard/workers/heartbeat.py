@@ -11,6 +11,17 @@ the process itself is looked at (``ProcessSample``: its scheduler state and CPU 
   import), or it is waiting on the disk: **busy**, given up to ``busy_timeout_s`` of silence
   before it is declared stuck.
 
+"Almost no CPU" is a measurement over a window: the CPU clock is read when the silence is first
+noticed, and the idle verdict needs ``cpu_window_s`` of it. Without that, a silence first
+noticed after it already passed ``timeout_s`` (the front end's own event loop held for seconds:
+a loaded machine, a server's start-up work) was judged on a CPU sample of zero length, "used
+0.00 s of CPU", and a healthy worker whose answer was still unread was killed. A worker that is
+starting (``HeartbeatWatch.starting``: its first ``start_grace_s`` after HELLO, while it
+imports frameworks and loads its first models, when a thread that holds the GIL may wait on the
+disk or for the CPU with the leader asleep) is waited for up to ``start_grace_s`` before the
+idle rule applies. A stopped, dead or vanished process is stuck after ``timeout_s`` whatever
+the phase.
+
 ``HeartbeatWatch`` holds no clock and does no I/O: the caller passes the time and the sample,
 so every rule is tested on plain values (tests/unit/workers/test_heartbeat.py). ``Heartbeat``
 runs it for one worker incarnation through the launcher seam (``WorkerHandle.ping`` /
@@ -49,6 +60,15 @@ class HeartbeatPolicy:
     """Silence tolerated from a process that keeps using CPU (a call that holds the GIL)."""
     idle_cpu_s: float = 0.05
     """CPU time below which a silent process counts as not working at all."""
+    start_grace_s: float = 10.0
+    """From a worker's HELLO: how long a silent process that is not stopped is waited for
+    while it starts (imports, first loads) before the idle rule applies; it bounds how late a
+    worker that hangs while starting is found."""
+
+    @property
+    def cpu_window_s(self) -> float:
+        """The shortest CPU measurement the idle verdict is made on (half of ``timeout_s``)."""
+        return self.timeout_s / 2
 
 
 class Verdict(enum.Enum):
@@ -80,6 +100,8 @@ class HeartbeatWatch:
         self.policy = policy
         self.last_heard = now
         self._silent_since_cpu: float | None = None
+        self._silent_since_at = now
+        self._starting_until = now  # not starting unless ``starting`` says so
         self.why = ""
         """Why the last verdict was BUSY or STUCK, for logs and errors."""
 
@@ -87,6 +109,10 @@ class HeartbeatWatch:
         """The worker sent a frame: it is alive now."""
         self.last_heard = now
         self._silent_since_cpu = None
+
+    def starting(self, now: float) -> None:
+        """The worker has just started (said HELLO): ``start_grace_s`` of start grace."""
+        self._starting_until = now + self.policy.start_grace_s
 
     def silence(self, now: float) -> float:
         return max(0.0, now - self.last_heard)
@@ -108,7 +134,7 @@ class HeartbeatWatch:
             return Verdict.STUCK if silent > self.policy.timeout_s else Verdict.ALIVE
         if self._silent_since_cpu is None:
             # The first missed ping: the CPU time now is the baseline of the silence.
-            self._silent_since_cpu = seen.cpu_s
+            self._silent_since_cpu, self._silent_since_at = seen.cpu_s, now
         if seen.status in _NOT_RUNNING:
             # Stopped is stuck whatever the clock says, but give the ping its full timeout so
             # a process the debugger pauses for a moment is not killed under it.
@@ -118,7 +144,18 @@ class HeartbeatWatch:
             return Verdict.ALIVE
         used = seen.cpu_s - self._silent_since_cpu
         if used < self.policy.idle_cpu_s and seen.status != psutil.STATUS_DISK_SLEEP:
-            self.why = f"its process used {used:.2f} s of CPU while silent ({seen.status})"
+            measured = now - self._silent_since_at
+            if measured < self.policy.cpu_window_s:
+                # Silent past the timeout already when first looked at: measure first.
+                self.why = f"silent; measuring its CPU ({measured:.1f} s so far)"
+                return Verdict.ALIVE
+            if now < self._starting_until:
+                self.why = f"starting: {used:.2f} s of CPU while silent ({seen.status})"
+                return Verdict.BUSY
+            self.why = (
+                f"its process used {used:.2f} s of CPU in {measured:.1f} s while silent "
+                f"({seen.status})"
+            )
             return Verdict.STUCK
         if silent > self.policy.busy_timeout_s:
             self.why = f"it kept using CPU ({used:.1f} s) without answering"
@@ -167,6 +204,7 @@ class Heartbeat:
         """Watch ``handle``, the worker just launched with this as its events."""
         self._handle = handle
         self.heard()  # it has just said it is ready
+        self._watch.starting(self._clock.monotonic())
         if self.policy.interval_s > 0 and self._task is None:
             self._task = asyncio.get_running_loop().create_task(
                 self._run(handle), name=f"worker-{self._device}-heartbeat"

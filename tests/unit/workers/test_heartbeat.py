@@ -131,3 +131,32 @@ def test_the_worker_environment_keeps_what_frameworks_need_and_drops_secrets() -
 def test_a_silent_worker_waiting_on_the_disk_is_busy_not_stuck() -> None:
     watch, proc = HeartbeatWatch(POLICY, 0.0), Process("disk-sleep")
     assert _silent_until(watch, proc, 10.0, cpu_per_s=0.0) is Verdict.BUSY
+
+
+def test_a_silence_first_seen_past_the_timeout_is_measured_before_it_is_judged() -> None:
+    """The front end's own loop was held (a loaded machine, a server's start-up work): the
+    first look at the worker comes when its silence is already past the timeout. Judged on a
+    CPU sample of zero length it was "used 0.00 s of CPU" and killed; now it is measured."""
+    watch, proc = HeartbeatWatch(POLICY, 0.0), Process("sleeping")
+    assert watch.judge(0.5, proc) is Verdict.ALIVE  # answered in time: not sampled
+    assert watch.judge(3.6, proc) is Verdict.ALIVE  # the first sample: only a baseline
+    watch.heard(3.7)  # its answer, read once the loop ran again
+    assert watch.judge(4.1, proc) is Verdict.ALIVE
+    # One that stays silent and idle is still stuck, a CPU window (timeout / 2) later.
+    stuck, idle = HeartbeatWatch(POLICY, 0.0), Process("sleeping")
+    verdicts = [stuck.judge(now, idle) for now in (0.5, 3.6, 4.1, 4.6, 5.2)]
+    assert verdicts == [Verdict.ALIVE] * 4 + [Verdict.STUCK]
+    assert "used 0.00 s of CPU in 1.6 s while silent (sleeping)" in stuck.why
+
+
+def test_a_starting_worker_is_given_the_start_grace_but_a_bounded_one() -> None:
+    watch, proc = HeartbeatWatch(POLICY, 0.0), Process("sleeping")
+    watch.starting(0.0)
+    assert _silent_until(watch, proc, 9.5, cpu_per_s=0.0) is Verdict.BUSY
+    assert "starting" in watch.why
+    assert watch.judge(10.5, proc) is Verdict.STUCK  # start_grace_s (10 s) bounds it
+    # Stopped while starting is stuck as ever, once the timeout passes.
+    stopped = HeartbeatWatch(POLICY, 0.0)
+    stopped.starting(0.0)
+    assert stopped.judge(2.9, Process("stopped")) is Verdict.ALIVE
+    assert stopped.judge(3.1, Process("stopped")) is Verdict.STUCK

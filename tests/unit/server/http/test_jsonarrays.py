@@ -7,6 +7,7 @@ general path's; and when the general path refuses a body (400) the fast path mus
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,10 @@ from modelyard.server.http.tfserving import decode_columnar, decode_instances
 from modelyard.tensors import DEFAULT_SIGNATURE, DataType, Signature, TensorSpec
 
 pytestmark = pytest.mark.skipif(jsonarrays.simdjson is None, reason="needs pysimdjson")
+
+EXAMPLES = 200 if os.environ.get("CI") else 1000
+"""Examples per property test here: 1,000 on a developer's machine, 200 in CI (``CI`` set), where
+the whole suite must finish in 10 minutes; either way every property runs on every test run."""
 
 DTYPES = [DataType.FP32, DataType.FP64, DataType.FP16, DataType.INT64, DataType.INT8]
 DTYPES += [DataType.UINT8, DataType.BOOL, DataType.BYTES]
@@ -102,7 +107,7 @@ def tensors(draw: st.DrawFn) -> Any:
     dtype=st.sampled_from(DTYPES),
     key=st.sampled_from(["instances", "inputs"]),
 )
-@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_the_fast_path_agrees_with_the_general_path_or_declines(
     value: Any, dtype: DataType, key: str
 ) -> None:
@@ -209,7 +214,7 @@ KSERVE_TYPES = ["FP32", "FP64", "FP16", "INT64", "INT8", "UINT8", "BOOL", "BYTES
     declared=st.sampled_from(["right", "flat", "wrong"]),
     extra=st.sampled_from([{}, {"id": "r1"}, {"outputs": [{"name": "y"}]}, {"id": ["[x"]}]),
 )
-@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_kserve_fast_path_builds_the_same_request_or_the_same_error(
     value: Any, datatype: str, flat: bool, declared: str, extra: dict[str, Any]
 ) -> None:
