@@ -358,3 +358,81 @@ def test_64_calls_at_once_from_one_channel_are_all_answered(port: int) -> None:
         return failures
 
     assert asyncio.run(load()) == []
+
+
+PROTOCOL_ERROR = 0x1
+
+
+def test_enable_push_other_than_0_or_1_is_a_protocol_error(port: int) -> None:
+    """RFC 9113 6.5.2: SETTINGS_ENABLE_PUSH other than 0 or 1 is a connection error."""
+    raw = Raw(port)
+    raw.sock.sendall(_frame(SETTINGS, 0, 0, (0x2).to_bytes(2, "big") + (2).to_bytes(4, "big")))
+    frames = raw.frames(_goaway)
+    assert _goaway_code(frames) == PROTOCOL_ERROR
+    raw.close()
+    assert _live(port)
+
+
+def test_initial_window_raise_that_overflows_an_open_stream_is_a_flow_control_error(
+    port: int,
+) -> None:
+    """RFC 9113 6.9.2: a SETTINGS_INITIAL_WINDOW_SIZE change that takes an open stream's window
+    past 2^31-1 is a connection error of type FLOW_CONTROL_ERROR."""
+    raw = Raw(port)
+    raw.sock.sendall(
+        _frame(HEADERS, 0x4, 1, raw.headers(1))  # open, not ended: the server waits for DATA
+        + _frame(WINDOW_UPDATE, 0, 1, ((1 << 31) - 1 - 65535).to_bytes(4, "big"))  # at the max
+        + _frame(SETTINGS, 0, 0, (0x4).to_bytes(2, "big") + (65536).to_bytes(4, "big"))
+    )
+    frames = raw.frames(_goaway)
+    assert _goaway_code(frames) == FLOW_CONTROL_ERROR
+    raw.close()
+    assert _live(port)
+
+
+def test_unfinished_bodies_on_many_streams_are_bounded_per_connection(port: int) -> None:
+    """Each stream stays under the message limit, but together they would buffer 8 x 3 MiB
+    before any ends: the server refuses to hold more than a few messages' worth per connection
+    (a stream is reset with ENHANCE_YOUR_CALM) instead of buffering 100 x the message limit."""
+    raw = Raw(port)
+    sids = [1 + 2 * i for i in range(8)]
+    raw.sock.sendall(b"".join(_frame(HEADERS, 0x4, sid, raw.headers(sid)) for sid in sids))
+    chunk = b"\x00" * 16384
+    body = b"\x00" + (3 << 20).to_bytes(4, "big")
+    with contextlib.suppress(OSError):  # closed before all of it was sent
+        raw.sock.sendall(b"".join(_frame(DATA, 0, sid, body) for sid in sids))
+        for _ in range((3 << 20) // len(chunk)):  # round robin, as a multiplexing client does
+            raw.sock.sendall(b"".join(_frame(DATA, 0, sid, chunk) for sid in sids))
+    frames = raw.frames(lambda f: f[0] in (RST_STREAM, GOAWAY, -1), timeout=20)
+    assert frames[-1][0] == RST_STREAM
+    assert int.from_bytes(frames[-1][3], "big") == ENHANCE_YOUR_CALM
+    raw.close()
+    assert _live(port)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        [(":method", "POST"), (":scheme", "http"), (":authority", "x")],  # no :path
+        [(":method", "POST"), (":scheme", "http"), (":path", LIVE), ("X-Upper", "1")],
+        [(":method", "POST"), (":scheme", "http"), (":path", LIVE), ("connection", "close")],
+        [(":method", "POST"), (":scheme", "http"), (":path", LIVE), ("te", "gzip")],
+        [(":method", "POST"), ("x-a", "1"), (":scheme", "http"), (":path", LIVE)],
+    ],
+    ids=["no-path", "uppercase", "connection", "te-not-trailers", "pseudo-after-regular"],
+)
+def test_malformed_request_headers_reset_the_stream_only(
+    port: int, fields: list[tuple[str, str]]
+) -> None:
+    """RFC 9113 8.1.1/8.2/8.3: a malformed request is a stream error of type PROTOCOL_ERROR;
+    the connection goes on (the next call on it is answered)."""
+    raw = Raw(port)
+    block = raw.encoder.encode([*fields, ("content-type", "application/grpc")])
+    raw.sock.sendall(_frame(HEADERS, 0x4, 1, block) + _frame(DATA, 0x1, 1, b"\x00" * 5))
+    frames = raw.frames(lambda f: f[2] == 1 and (f[0] == RST_STREAM or f[1] & 0x1))
+    assert frames[-1][0] == RST_STREAM
+    assert int.from_bytes(frames[-1][3], "big") == PROTOCOL_ERROR
+    raw.sock.sendall(raw.request(3))
+    frames = raw.frames(lambda f: f[0] == HEADERS and f[2] == 3 and f[1] & 0x1)
+    assert ("grpc-status", "0") in _decoded(frames[-1][3])
+    raw.close()
