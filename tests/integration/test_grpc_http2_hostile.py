@@ -25,6 +25,7 @@ import pytest
 from modelyard.lifecycle.registry import ModelRegistry
 from modelyard.server.dataplane import DataPlane
 from modelyard.server.grpc.generated import grpc_service_pb2 as pb
+from modelyard.server.grpc.h2wire import literal
 from modelyard.server.grpc.server import start_grpc_server
 from modelyard.testing.models import BuiltModel
 from modelyard.testing.server import RunningServer
@@ -435,4 +436,70 @@ def test_malformed_request_headers_reset_the_stream_only(
     raw.sock.sendall(raw.request(3))
     frames = raw.frames(lambda f: f[0] == HEADERS and f[2] == 3 and f[1] & 0x1)
     assert ("grpc-status", "0") in _decoded(frames[-1][3])
+    raw.close()
+
+
+STREAM_CLOSED = 0x5
+
+
+def test_window_update_on_an_idle_stream_is_a_protocol_error(port: int) -> None:
+    """RFC 9113 5.1: an idle stream may receive only HEADERS or PRIORITY."""
+    raw = Raw(port)
+    raw.sock.sendall(_frame(WINDOW_UPDATE, 0, 9, (1).to_bytes(4, "big")))
+    assert _goaway_code(raw.frames(_goaway)) == PROTOCOL_ERROR
+    raw.close()
+
+
+def test_data_after_end_stream_resets_the_stream_with_stream_closed(port: int) -> None:
+    """RFC 9113 5.1: DATA on a half-closed (remote) stream is a stream error STREAM_CLOSED (the
+    extra bytes are not silently dropped while the call runs on); the connection goes on."""
+    raw = Raw(port)
+    raw.sock.sendall(raw.request(1) + _frame(DATA, 0x1, 1, b"\x00" * 5))
+    frames = raw.frames(lambda f: f[2] == 1 and (f[0] == RST_STREAM or f[1] & 0x1))
+    assert frames[-1][0] == RST_STREAM
+    assert int.from_bytes(frames[-1][3], "big") == STREAM_CLOSED
+    raw.sock.sendall(raw.request(3))
+    frames = raw.frames(lambda f: f[0] == HEADERS and f[2] == 3 and f[1] & 0x1)
+    assert ("grpc-status", "0") in _decoded(frames[-1][3])
+    raw.close()
+
+
+def test_padding_that_leaves_no_room_for_the_priority_fields_is_a_protocol_error(
+    port: int,
+) -> None:
+    """RFC 9113 6.2: padding beyond what the HEADERS frame's other fields leave is a connection
+    error PROTOCOL_ERROR."""
+    raw = Raw(port)
+    payload = bytes((5,)) + b"\x00" * 5  # PADDED | PRIORITY: pad 5 of 6 bytes, priority needs 5
+    raw.sock.sendall(_frame(HEADERS, 0x4 | 0x8 | 0x20, 1, payload))
+    assert _goaway_code(raw.frames(_goaway)) == PROTOCOL_ERROR
+    raw.close()
+
+
+def test_a_remembered_header_block_follows_the_dynamic_table(port: int) -> None:
+    """The same block bytes, sent again after the dynamic table changed, mean the new entry
+    (RFC 7541 2.3.3): index 62 is first a good field, then an uppercase (malformed) one."""
+    raw = Raw(port)
+    base = b"\x83\x86" + b"".join(  # :method POST, :scheme http; the rest not indexed
+        literal(name, value)
+        for name, value in (
+            (b":path", LIVE.encode()), (b":authority", b"x"),
+            (b"content-type", b"application/grpc"), (b"te", b"trailers"),
+        )
+    )  # fmt: skip
+    good = base + b"\x40\x05x-abc\x011"  # literal with incremental indexing: entry 62
+    again = base + b"\xbe"  # indexed field 62
+    bad = base + b"\x40\x05X-ABC\x012"  # indexed too: now entry 62 (malformed, upper case)
+
+    def call(sid: int, block: bytes) -> int:
+        data = b"\x00" * 5
+        raw.sock.sendall(_frame(HEADERS, 0x4, sid, block) + _frame(DATA, 0x1, sid, data))
+        got = raw.frames(lambda f: f[2] == sid and (f[0] == RST_STREAM or f[1] & 0x1))
+        return got[-1][0]
+
+    assert call(1, good) == HEADERS
+    assert call(3, again) == HEADERS  # (remembered now: the table did not change)
+    assert call(5, again) == HEADERS
+    assert call(7, bad) == RST_STREAM
+    assert call(9, again) == RST_STREAM  # the same bytes, the new entry 62
     raw.close()

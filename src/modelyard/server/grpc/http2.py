@@ -222,6 +222,8 @@ class Connection(asyncio.Protocol):
             raise ConnectionError_(PROTOCOL_ERROR, "HEADERS on a bad stream id")
         payload = unpad(flags, payload)
         if flags & PRIORITY_FLAG:
+            if len(payload) < 5:  # padding left no room for the priority fields (RFC 9113 6.2)
+                raise ConnectionError_(PROTOCOL_ERROR, "HEADERS padding too long")
             payload = payload[5:]
         if sid <= self._last_id:  # trailers of a request, or a stream already gone
             stream = self.streams.get(sid)
@@ -320,6 +322,8 @@ class Connection(asyncio.Protocol):
         if stream is None or not stream.open:
             if sid == 0 or sid > self._last_id:
                 raise ConnectionError_(PROTOCOL_ERROR, "DATA on an idle stream")
+            if stream is not None and not stream.answered:  # half-closed (remote): RFC 9113 5.1
+                self._reset_stream(stream, STREAM_CLOSED)
             return  # a stream already answered or reset: its bytes are dropped
         stream.recv_window -= length
         if stream.recv_window < 0:
@@ -373,6 +377,8 @@ class Connection(asyncio.Protocol):
             return
         stream = self.streams.get(sid)
         if stream is None:
+            if sid > self._last_id:  # idle: only HEADERS or PRIORITY may come (RFC 9113 5.1)
+                raise ConnectionError_(PROTOCOL_ERROR, "WINDOW_UPDATE on an idle stream")
             return
         if increment == 0 or stream.send_window + increment > MAX_WINDOW:
             self._reset_stream(stream, FLOW_CONTROL_ERROR if increment else PROTOCOL_ERROR)
