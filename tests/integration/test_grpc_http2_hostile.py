@@ -503,3 +503,19 @@ def test_a_remembered_header_block_follows_the_dynamic_table(port: int) -> None:
     assert call(7, bad) == RST_STREAM
     assert call(9, again) == RST_STREAM  # the same bytes, the new entry 62
     raw.close()
+
+
+def test_resets_the_client_provokes_count_like_its_own(port: int) -> None:
+    """Rapid reset by proxy: each call ended at once by a WINDOW_UPDATE of 0 on its stream
+    (which the server answers with RST_STREAM) spends the same reset budget as RST_STREAM."""
+    raw = Raw(port)
+    zero = (0).to_bytes(4, "big")
+    burst = b"".join(
+        raw.request(sid) + _frame(WINDOW_UPDATE, 0, sid, zero) for sid in range(1, 4001, 2)
+    )
+    with contextlib.suppress(OSError):  # closed before all of it was sent
+        raw.sock.sendall(burst)
+    frames = raw.frames(_goaway, timeout=30)
+    assert _goaway_code(frames) == ENHANCE_YOUR_CALM
+    raw.close()
+    assert _live(port)

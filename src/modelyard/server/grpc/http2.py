@@ -516,12 +516,18 @@ class Connection(asyncio.Protocol):
             self.close()
 
     def _reset_stream(self, stream: Stream, code: int) -> None:
+        """Reset ``stream`` for the client's error: that costs the client's reset budget (else
+        a stream error it provokes would be a free rapid reset), and a handler still running
+        keeps the stream counted until it ends (``finished``)."""
         stream.reset = stream.answered = True
         stream.open = False
         self._write(frame(RST_STREAM, 0, stream.id, code.to_bytes(4, "big")))
-        if stream.task is not None:
+        self._blocked.pop(stream.id, None)
+        if stream.task is not None and not stream.task.done():
             stream.task.cancel()
-        self._forget(stream)
+        else:
+            self._forget(stream)
+        self._spend_reset()
 
     def goaway(self) -> None:
         """No new streams: the server is stopping (the ones started are answered)."""
