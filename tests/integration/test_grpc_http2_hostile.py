@@ -519,3 +519,43 @@ def test_resets_the_client_provokes_count_like_its_own(port: int) -> None:
     assert _goaway_code(frames) == ENHANCE_YOUR_CALM
     raw.close()
     assert _live(port)
+
+
+@pytest.mark.parametrize(
+    ("body", "extra", "status"),
+    [
+        (b"\x00" + (100).to_bytes(4, "big") + b"\x00" * 10, (), "3"),  # says more than came
+        (b"\x01" + (2).to_bytes(4, "big") + b"\x08\x01", (), "13"),  # compressed, no encoding
+        (b"\x00" + (MESSAGE_LIMIT + 1).to_bytes(4, "big") + b"\x00" * 10, (), "8"),  # over max
+        (b"\x01" + (2).to_bytes(4, "big") + b"\x08\x01", (("grpc-encoding", "br"),), "12"),
+    ],
+    ids=["short", "compressed-no-encoding", "over-max", "unknown-encoding"],
+)
+def test_bad_grpc_messages_get_a_status_naming_the_problem(
+    port: int, body: bytes, extra: tuple[tuple[str, str], ...], status: str
+) -> None:
+    raw = Raw(port)
+    raw.sock.sendall(
+        _frame(HEADERS, 0x4, 1, raw.headers(1, extra=extra)) + _frame(DATA, 1, 1, body)
+    )
+    frames = raw.frames(lambda f: f[0] == HEADERS and f[2] == 1 and f[1] & 0x1)
+    trailers = dict(_decoded(frames[-1][3]))
+    assert trailers["grpc-status"] == status, trailers
+    assert trailers.get("grpc-message")
+    raw.close()
+
+
+def test_a_message_past_the_limit_is_refused_before_it_all_arrives(port: int) -> None:
+    """A body that grows past the message limit (without END_STREAM): RESOURCE_EXHAUSTED, and
+    the stream is reset so the client stops sending."""
+    raw = Raw(port)
+    raw.sock.sendall(_frame(HEADERS, 0x4, 1, raw.headers(1)))
+    chunk = b"\x00" * 16384
+    prefix = _frame(DATA, 0, 1, b"\x00" + (MESSAGE_LIMIT + 65536).to_bytes(4, "big"))
+    with contextlib.suppress(OSError):
+        raw.sock.sendall(prefix + b"".join(_frame(DATA, 0, 1, chunk) for _ in range(260)))
+    frames = raw.frames(lambda f: f[0] == RST_STREAM and f[2] == 1, timeout=20)
+    trailers = [dict(_decoded(f[3])) for f in frames if f[0] == HEADERS and f[2] == 1]
+    assert trailers[-1]["grpc-status"] == "8"
+    raw.close()
+    assert _live(port)
