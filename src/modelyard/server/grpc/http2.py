@@ -20,9 +20,12 @@ What it does, per RFC 9113, for a server that only answers requests:
   no flood of PING or SETTINGS answers piles up in memory).
 - Limits (``Limits``): concurrent streams (a stream counts until its handler ends, even when
   the client reset it, so rapid reset cannot run more handlers than the limit), header list
-  size (decoded and raw, so an endless CONTINUATION is cut), message size, and a budget of
-  client resets (CVE-2023-44487). A client that breaks the protocol gets GOAWAY and the
-  connection is closed; other connections never notice.
+  size (decoded and raw, so an endless CONTINUATION is cut), message size, request bytes
+  buffered on unfinished streams (a few messages' worth per connection, not one per stream),
+  and a budget of client resets (CVE-2023-44487), which the stream errors a client provokes
+  spend too. Malformed requests (RFC 9113 8.2-8.3: no :path, upper case or
+  connection-specific fields) are stream errors. A client that breaks the protocol gets GOAWAY
+  and the connection is closed; other connections never notice.
 """
 
 from __future__ import annotations
