@@ -25,6 +25,7 @@ import pytest
 from modelyard.lifecycle.registry import ModelRegistry
 from modelyard.server.dataplane import DataPlane
 from modelyard.server.grpc.generated import grpc_service_pb2 as pb
+from modelyard.server.grpc.h2wire import literal
 from modelyard.server.grpc.server import start_grpc_server
 from modelyard.testing.models import BuiltModel
 from modelyard.testing.server import RunningServer
@@ -358,3 +359,203 @@ def test_64_calls_at_once_from_one_channel_are_all_answered(port: int) -> None:
         return failures
 
     assert asyncio.run(load()) == []
+
+
+PROTOCOL_ERROR = 0x1
+
+
+def test_enable_push_other_than_0_or_1_is_a_protocol_error(port: int) -> None:
+    """RFC 9113 6.5.2: SETTINGS_ENABLE_PUSH other than 0 or 1 is a connection error."""
+    raw = Raw(port)
+    raw.sock.sendall(_frame(SETTINGS, 0, 0, (0x2).to_bytes(2, "big") + (2).to_bytes(4, "big")))
+    frames = raw.frames(_goaway)
+    assert _goaway_code(frames) == PROTOCOL_ERROR
+    raw.close()
+    assert _live(port)
+
+
+def test_initial_window_raise_that_overflows_an_open_stream_is_a_flow_control_error(
+    port: int,
+) -> None:
+    """RFC 9113 6.9.2: a SETTINGS_INITIAL_WINDOW_SIZE change that takes an open stream's window
+    past 2^31-1 is a connection error of type FLOW_CONTROL_ERROR."""
+    raw = Raw(port)
+    raw.sock.sendall(
+        _frame(HEADERS, 0x4, 1, raw.headers(1))  # open, not ended: the server waits for DATA
+        + _frame(WINDOW_UPDATE, 0, 1, ((1 << 31) - 1 - 65535).to_bytes(4, "big"))  # at the max
+        + _frame(SETTINGS, 0, 0, (0x4).to_bytes(2, "big") + (65536).to_bytes(4, "big"))
+    )
+    frames = raw.frames(_goaway)
+    assert _goaway_code(frames) == FLOW_CONTROL_ERROR
+    raw.close()
+    assert _live(port)
+
+
+def test_unfinished_bodies_on_many_streams_are_bounded_per_connection(port: int) -> None:
+    """Each stream stays under the message limit, but together they would buffer 8 x 3 MiB
+    before any ends: the server refuses to hold more than a few messages' worth per connection
+    (a stream is reset with ENHANCE_YOUR_CALM) instead of buffering 100 x the message limit."""
+    raw = Raw(port)
+    sids = [1 + 2 * i for i in range(8)]
+    raw.sock.sendall(b"".join(_frame(HEADERS, 0x4, sid, raw.headers(sid)) for sid in sids))
+    chunk = b"\x00" * 16384
+    body = b"\x00" + (3 << 20).to_bytes(4, "big")
+    with contextlib.suppress(OSError):  # closed before all of it was sent
+        raw.sock.sendall(b"".join(_frame(DATA, 0, sid, body) for sid in sids))
+        for _ in range((3 << 20) // len(chunk)):  # round robin, as a multiplexing client does
+            raw.sock.sendall(b"".join(_frame(DATA, 0, sid, chunk) for sid in sids))
+    frames = raw.frames(lambda f: f[0] in (RST_STREAM, GOAWAY, -1), timeout=20)
+    assert frames[-1][0] == RST_STREAM
+    assert int.from_bytes(frames[-1][3], "big") == ENHANCE_YOUR_CALM
+    raw.close()
+    assert _live(port)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        [(":method", "POST"), (":scheme", "http"), (":authority", "x")],  # no :path
+        [(":method", "POST"), (":scheme", "http"), (":path", LIVE), ("X-Upper", "1")],
+        [(":method", "POST"), (":scheme", "http"), (":path", LIVE), ("connection", "close")],
+        [(":method", "POST"), (":scheme", "http"), (":path", LIVE), ("te", "gzip")],
+        [(":method", "POST"), ("x-a", "1"), (":scheme", "http"), (":path", LIVE)],
+    ],
+    ids=["no-path", "uppercase", "connection", "te-not-trailers", "pseudo-after-regular"],
+)
+def test_malformed_request_headers_reset_the_stream_only(
+    port: int, fields: list[tuple[str, str]]
+) -> None:
+    """RFC 9113 8.1.1/8.2/8.3: a malformed request is a stream error of type PROTOCOL_ERROR;
+    the connection goes on (the next call on it is answered)."""
+    raw = Raw(port)
+    block = raw.encoder.encode([*fields, ("content-type", "application/grpc")])
+    raw.sock.sendall(_frame(HEADERS, 0x4, 1, block) + _frame(DATA, 0x1, 1, b"\x00" * 5))
+    frames = raw.frames(lambda f: f[2] == 1 and (f[0] == RST_STREAM or f[1] & 0x1))
+    assert frames[-1][0] == RST_STREAM
+    assert int.from_bytes(frames[-1][3], "big") == PROTOCOL_ERROR
+    raw.sock.sendall(raw.request(3))
+    frames = raw.frames(lambda f: f[0] == HEADERS and f[2] == 3 and f[1] & 0x1)
+    assert ("grpc-status", "0") in _decoded(frames[-1][3])
+    raw.close()
+
+
+STREAM_CLOSED = 0x5
+
+
+def test_window_update_on_an_idle_stream_is_a_protocol_error(port: int) -> None:
+    """RFC 9113 5.1: an idle stream may receive only HEADERS or PRIORITY."""
+    raw = Raw(port)
+    raw.sock.sendall(_frame(WINDOW_UPDATE, 0, 9, (1).to_bytes(4, "big")))
+    assert _goaway_code(raw.frames(_goaway)) == PROTOCOL_ERROR
+    raw.close()
+
+
+def test_data_after_end_stream_resets_the_stream_with_stream_closed(port: int) -> None:
+    """RFC 9113 5.1: DATA on a half-closed (remote) stream is a stream error STREAM_CLOSED (the
+    extra bytes are not silently dropped while the call runs on); the connection goes on."""
+    raw = Raw(port)
+    raw.sock.sendall(raw.request(1) + _frame(DATA, 0x1, 1, b"\x00" * 5))
+    frames = raw.frames(lambda f: f[2] == 1 and (f[0] == RST_STREAM or f[1] & 0x1))
+    assert frames[-1][0] == RST_STREAM
+    assert int.from_bytes(frames[-1][3], "big") == STREAM_CLOSED
+    raw.sock.sendall(raw.request(3))
+    frames = raw.frames(lambda f: f[0] == HEADERS and f[2] == 3 and f[1] & 0x1)
+    assert ("grpc-status", "0") in _decoded(frames[-1][3])
+    raw.close()
+
+
+def test_padding_that_leaves_no_room_for_the_priority_fields_is_a_protocol_error(
+    port: int,
+) -> None:
+    """RFC 9113 6.2: padding beyond what the HEADERS frame's other fields leave is a connection
+    error PROTOCOL_ERROR."""
+    raw = Raw(port)
+    payload = bytes((5,)) + b"\x00" * 5  # PADDED | PRIORITY: pad 5 of 6 bytes, priority needs 5
+    raw.sock.sendall(_frame(HEADERS, 0x4 | 0x8 | 0x20, 1, payload))
+    assert _goaway_code(raw.frames(_goaway)) == PROTOCOL_ERROR
+    raw.close()
+
+
+def test_a_remembered_header_block_follows_the_dynamic_table(port: int) -> None:
+    """The same block bytes, sent again after the dynamic table changed, mean the new entry
+    (RFC 7541 2.3.3): index 62 is first a good field, then an uppercase (malformed) one."""
+    raw = Raw(port)
+    base = b"\x83\x86" + b"".join(  # :method POST, :scheme http; the rest not indexed
+        literal(name, value)
+        for name, value in (
+            (b":path", LIVE.encode()), (b":authority", b"x"),
+            (b"content-type", b"application/grpc"), (b"te", b"trailers"),
+        )
+    )  # fmt: skip
+    good = base + b"\x40\x05x-abc\x011"  # literal with incremental indexing: entry 62
+    again = base + b"\xbe"  # indexed field 62
+    bad = base + b"\x40\x05X-ABC\x012"  # indexed too: now entry 62 (malformed, upper case)
+
+    def call(sid: int, block: bytes) -> int:
+        data = b"\x00" * 5
+        raw.sock.sendall(_frame(HEADERS, 0x4, sid, block) + _frame(DATA, 0x1, sid, data))
+        got = raw.frames(lambda f: f[2] == sid and (f[0] == RST_STREAM or f[1] & 0x1))
+        return got[-1][0]
+
+    assert call(1, good) == HEADERS
+    assert call(3, again) == HEADERS  # (remembered now: the table did not change)
+    assert call(5, again) == HEADERS
+    assert call(7, bad) == RST_STREAM
+    assert call(9, again) == RST_STREAM  # the same bytes, the new entry 62
+    raw.close()
+
+
+def test_resets_the_client_provokes_count_like_its_own(port: int) -> None:
+    """Rapid reset by proxy: each call ended at once by a WINDOW_UPDATE of 0 on its stream
+    (which the server answers with RST_STREAM) spends the same reset budget as RST_STREAM."""
+    raw = Raw(port)
+    zero = (0).to_bytes(4, "big")
+    burst = b"".join(
+        raw.request(sid) + _frame(WINDOW_UPDATE, 0, sid, zero) for sid in range(1, 4001, 2)
+    )
+    with contextlib.suppress(OSError):  # closed before all of it was sent
+        raw.sock.sendall(burst)
+    frames = raw.frames(_goaway, timeout=30)
+    assert _goaway_code(frames) == ENHANCE_YOUR_CALM
+    raw.close()
+    assert _live(port)
+
+
+@pytest.mark.parametrize(
+    ("body", "extra", "status"),
+    [
+        (b"\x00" + (100).to_bytes(4, "big") + b"\x00" * 10, (), "3"),  # says more than came
+        (b"\x01" + (2).to_bytes(4, "big") + b"\x08\x01", (), "13"),  # compressed, no encoding
+        (b"\x00" + (MESSAGE_LIMIT + 1).to_bytes(4, "big") + b"\x00" * 10, (), "8"),  # over max
+        (b"\x01" + (2).to_bytes(4, "big") + b"\x08\x01", (("grpc-encoding", "br"),), "12"),
+    ],
+    ids=["short", "compressed-no-encoding", "over-max", "unknown-encoding"],
+)
+def test_bad_grpc_messages_get_a_status_naming_the_problem(
+    port: int, body: bytes, extra: tuple[tuple[str, str], ...], status: str
+) -> None:
+    raw = Raw(port)
+    raw.sock.sendall(
+        _frame(HEADERS, 0x4, 1, raw.headers(1, extra=extra)) + _frame(DATA, 1, 1, body)
+    )
+    frames = raw.frames(lambda f: f[0] == HEADERS and f[2] == 1 and f[1] & 0x1)
+    trailers = dict(_decoded(frames[-1][3]))
+    assert trailers["grpc-status"] == status, trailers
+    assert trailers.get("grpc-message")
+    raw.close()
+
+
+def test_a_message_past_the_limit_is_refused_before_it_all_arrives(port: int) -> None:
+    """A body that grows past the message limit (without END_STREAM): RESOURCE_EXHAUSTED, and
+    the stream is reset so the client stops sending."""
+    raw = Raw(port)
+    raw.sock.sendall(_frame(HEADERS, 0x4, 1, raw.headers(1)))
+    chunk = b"\x00" * 16384
+    prefix = _frame(DATA, 0, 1, b"\x00" + (MESSAGE_LIMIT + 65536).to_bytes(4, "big"))
+    with contextlib.suppress(OSError):
+        raw.sock.sendall(prefix + b"".join(_frame(DATA, 0, 1, chunk) for _ in range(260)))
+    frames = raw.frames(lambda f: f[0] == RST_STREAM and f[2] == 1, timeout=20)
+    trailers = [dict(_decoded(f[3])) for f in frames if f[0] == HEADERS and f[2] == 1]
+    assert trailers[-1]["grpc-status"] == "8"
+    raw.close()
+    assert _live(port)

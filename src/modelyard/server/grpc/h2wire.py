@@ -34,6 +34,9 @@ class Limits:
     reset_burst: int = 200
     """Client resets allowed at once; the budget refills at ``reset_per_s``."""
     reset_per_s: float = 100.0
+    unfinished_bodies_bytes: int = 0
+    """Request bytes one connection may buffer on streams not yet ended (0: four messages of
+    ``max_message_bytes``); the stream that goes past it is reset with ENHANCE_YOUR_CALM."""
 
 
 class ConnectionError_(Exception):
@@ -118,3 +121,37 @@ def unpad(flags: int, payload: bytes) -> bytes:
     if not payload or payload[0] >= len(payload):
         raise ConnectionError_(PROTOCOL_ERROR, "bad padding")
     return payload[1 : len(payload) - payload[0]]
+
+
+_PSEUDO = frozenset((b":method", b":scheme", b":path", b":authority"))
+_CONNECTION_SPECIFIC = frozenset(
+    (b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade")
+)
+
+
+def malformed(fields: list[tuple[bytes, bytes]]) -> tuple[str | None, str | None]:
+    """Why ``fields`` are malformed (RFC 9113 8.2, 8.3.1) as a request's headers, and as its
+    trailers (first and second; ``None``: well formed)."""
+    regular = False
+    seen: set[bytes] = set()
+    for name, value in fields:
+        if name[:1] == b":":
+            if regular:
+                return "a pseudo-header after a regular field", "a pseudo-header in trailers"
+            if name not in _PSEUDO or name in seen:
+                why = f"pseudo-header {name!r} unknown or repeated"
+                return why, why
+            seen.add(name)
+            continue
+        regular = True
+        if name.lower() != name or not name:
+            why = f"field name {name!r} not in lowercase"
+            return why, why
+        if name in _CONNECTION_SPECIFIC or (name == b"te" and value != b"trailers"):
+            why = f"connection-specific field {name!r}"
+            return why, why
+    if not {b":method", b":scheme", b":path"} <= seen:
+        request = "a request without :method, :scheme or :path"
+    else:
+        request = None
+    return request, ("a pseudo-header in trailers" if seen else None)

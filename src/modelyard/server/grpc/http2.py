@@ -20,9 +20,12 @@ What it does, per RFC 9113, for a server that only answers requests:
   no flood of PING or SETTINGS answers piles up in memory).
 - Limits (``Limits``): concurrent streams (a stream counts until its handler ends, even when
   the client reset it, so rapid reset cannot run more handlers than the limit), header list
-  size (decoded and raw, so an endless CONTINUATION is cut), message size, and a budget of
-  client resets (CVE-2023-44487). A client that breaks the protocol gets GOAWAY and the
-  connection is closed; other connections never notice.
+  size (decoded and raw, so an endless CONTINUATION is cut), message size, request bytes
+  buffered on unfinished streams (a few messages' worth per connection, not one per stream),
+  and a budget of client resets (CVE-2023-44487), which the stream errors a client provokes
+  spend too. Malformed requests (RFC 9113 8.2-8.3: no :path, upper case or
+  connection-specific fields) are stream errors. A client that breaks the protocol gets GOAWAY
+  and the connection is closed; other connections never notice.
 """
 
 from __future__ import annotations
@@ -62,8 +65,12 @@ from modelyard.server.grpc.h2wire import (
     Limits,
     Stream,
     frame,
+    malformed,
     unpad,
 )
+
+Decoded = tuple[list[tuple[bytes, bytes]], str | None, str | None]
+"""A header block's fields, and why they are malformed as a request's headers / as trailers."""
 
 Application = Callable[["Connection", Stream], None]
 """Called when a stream's request is complete; it answers with ``Connection.answer``."""
@@ -82,7 +89,7 @@ class Connection(asyncio.Protocol):
         self._buf = bytearray()
         self._preface = False
         self._decoder = hpack.Decoder(max_header_list_size=limits.max_header_list_bytes)
-        self._decoded: dict[bytes, list[tuple[bytes, bytes]]] = {}
+        self._decoded: dict[bytes, Decoded] = {}
         self.streams: dict[int, Stream] = {}
         self._last_id = 0
         self._continuing: Stream | None = None
@@ -99,6 +106,8 @@ class Connection(asyncio.Protocol):
         self._resets = float(limits.reset_burst)
         self._reset_at = 0.0
         self._blocked: dict[int, Stream] = {}
+        # Unfinished request bodies on one connection: a few messages' worth, not one per stream.
+        self._budget = limits.unfinished_bodies_bytes or 4 * (limits.max_message_bytes + 5)
 
     # -- asyncio.Protocol --------------------------------------------------------------------
 
@@ -216,6 +225,8 @@ class Connection(asyncio.Protocol):
             raise ConnectionError_(PROTOCOL_ERROR, "HEADERS on a bad stream id")
         payload = unpad(flags, payload)
         if flags & PRIORITY_FLAG:
+            if len(payload) < 5:  # padding left no room for the priority fields (RFC 9113 6.2)
+                raise ConnectionError_(PROTOCOL_ERROR, "HEADERS padding too long")
             payload = payload[5:]
         if sid <= self._last_id:  # trailers of a request, or a stream already gone
             stream = self.streams.get(sid)
@@ -258,18 +269,23 @@ class Connection(asyncio.Protocol):
     def _headers_done(self, stream: Stream) -> None:
         block = bytes(self._block)
         self._block = bytearray()
-        fields = self._decoded.get(block)
-        if fields is None:
-            fields = self._decode(block)
+        decoded = self._decoded.get(block)
+        if decoded is None:
+            decoded = self._decode(block)
+        fields, as_request, as_trailers = decoded
         if stream.answered:  # refused at the door; its headers only had to be decoded
+            return
+        if (as_trailers if stream.headers else as_request) is not None:
+            self._reset_stream(stream, PROTOCOL_ERROR)  # malformed: a stream error
             return
         if not stream.headers:  # else trailers: gRPC clients send none; accepted and dropped
             stream.headers = fields
         if self._end_after_block:
             self._request_complete(stream)
 
-    def _decode(self, block: bytes) -> list[tuple[bytes, bytes]]:
-        """``block`` decoded, remembered while the dynamic table stays as it is.
+    def _decode(self, block: bytes) -> Decoded:
+        """``block`` decoded (with why it is malformed as a request's headers and as trailers),
+        remembered while the dynamic table stays as it is.
 
         A client sends the same block for the same call again and again (every field a
         reference to the tables, nothing added): decoding it costs more than the rest of the
@@ -285,14 +301,15 @@ class Connection(asyncio.Protocol):
             raise ConnectionError_(ENHANCE_YOUR_CALM, "header list larger than allowed") from exc
         except Exception as exc:  # hpack's HPACKError and its kin: the table is out of step
             raise ConnectionError_(COMPRESSION_ERROR, "bad HPACK block") from exc
+        decoded = (fields, *malformed(fields))
         after = (len(entries), entries[0] if entries else None, table.maxsize)
         if before[0] != after[0] or before[1] is not after[1] or before[2] != after[2]:
             self._decoded.clear()
         else:
             if len(self._decoded) >= 32:  # blocks that vary (a header's value): start over
                 self._decoded.clear()
-            self._decoded[block] = fields
-        return fields
+            self._decoded[block] = decoded
+        return decoded
 
     def _on_data(self, flags: int, sid: int, payload: bytes) -> None:
         length = len(payload)
@@ -308,6 +325,8 @@ class Connection(asyncio.Protocol):
         if stream is None or not stream.open:
             if sid == 0 or sid > self._last_id:
                 raise ConnectionError_(PROTOCOL_ERROR, "DATA on an idle stream")
+            if stream is not None and not stream.answered:  # half-closed (remote): RFC 9113 5.1
+                self._reset_stream(stream, STREAM_CLOSED)
             return  # a stream already answered or reset: its bytes are dropped
         stream.recv_window -= length
         if stream.recv_window < 0:
@@ -320,11 +339,21 @@ class Connection(asyncio.Protocol):
         if len(stream.body) > self.limits.max_message_bytes + 5 and not stream.answered:
             self._request_complete(stream, too_large=True)
             return
+        if len(self.streams) > 1 and not stream.answered and self._unfinished() > self._budget:
+            # Each stream is under the message limit, but together they are not: the stream
+            # that goes past the connection's budget is reset (ENHANCE_YOUR_CALM).
+            self._reset_stream(stream, ENHANCE_YOUR_CALM)
+            return
         stream.recv_unacked += length
         if stream.recv_unacked >= self.limits.stream_window // 2:
             self._write(frame(WINDOW_UPDATE, 0, sid, stream.recv_unacked.to_bytes(4, "big")))
             stream.recv_window += stream.recv_unacked
             stream.recv_unacked = 0
+
+    def _unfinished(self) -> int:
+        """Bytes buffered for requests not yet complete (checked only on DATA that does not end
+        its stream, so a large upload's frames, never a small call's)."""
+        return sum(len(s.body) for s in self.streams.values() if s.open and not s.answered)
 
     def _request_complete(self, stream: Stream, too_large: bool = False) -> None:
         stream.open = False
@@ -351,6 +380,8 @@ class Connection(asyncio.Protocol):
             return
         stream = self.streams.get(sid)
         if stream is None:
+            if sid > self._last_id:  # idle: only HEADERS or PRIORITY may come (RFC 9113 5.1)
+                raise ConnectionError_(PROTOCOL_ERROR, "WINDOW_UPDATE on an idle stream")
             return
         if increment == 0 or stream.send_window + increment > MAX_WINDOW:
             self._reset_stream(stream, FLOW_CONTROL_ERROR if increment else PROTOCOL_ERROR)
@@ -376,6 +407,11 @@ class Connection(asyncio.Protocol):
                 self._peer_window = value
                 for stream in self.streams.values():
                     stream.send_window += delta
+                    if stream.send_window > MAX_WINDOW:  # RFC 9113 6.9.2
+                        raise ConnectionError_(FLOW_CONTROL_ERROR, "a stream window overflows")
+            elif key == 0x2:
+                if value > 1:
+                    raise ConnectionError_(PROTOCOL_ERROR, "ENABLE_PUSH other than 0 or 1")
             elif key == 0x5:
                 if not 16384 <= value <= 16777215:
                     raise ConnectionError_(PROTOCOL_ERROR, "bad MAX_FRAME_SIZE")
@@ -483,12 +519,18 @@ class Connection(asyncio.Protocol):
             self.close()
 
     def _reset_stream(self, stream: Stream, code: int) -> None:
+        """Reset ``stream`` for the client's error: that costs the client's reset budget (else
+        a stream error it provokes would be a free rapid reset), and a handler still running
+        keeps the stream counted until it ends (``finished``)."""
         stream.reset = stream.answered = True
         stream.open = False
         self._write(frame(RST_STREAM, 0, stream.id, code.to_bytes(4, "big")))
-        if stream.task is not None:
+        self._blocked.pop(stream.id, None)
+        if stream.task is not None and not stream.task.done():
             stream.task.cancel()
-        self._forget(stream)
+        else:
+            self._forget(stream)
+        self._spend_reset()
 
     def goaway(self) -> None:
         """No new streams: the server is stopping (the ones started are answered)."""
