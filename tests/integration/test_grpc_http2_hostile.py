@@ -15,7 +15,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import hpack
@@ -24,8 +24,11 @@ import pytest
 
 from modelyard.lifecycle.registry import ModelRegistry
 from modelyard.server.dataplane import DataPlane
+from modelyard.server.grpc.fast import FastServer
 from modelyard.server.grpc.generated import grpc_service_pb2 as pb
-from modelyard.server.grpc.h2wire import literal
+from modelyard.server.grpc.h2wire import Stream, literal
+from modelyard.server.grpc.http2 import Connection, server_factory
+from modelyard.server.grpc.kserve import KServeServicer
 from modelyard.server.grpc.server import start_grpc_server
 from modelyard.testing.models import BuiltModel
 from modelyard.testing.server import RunningServer
@@ -559,3 +562,55 @@ def test_a_message_past_the_limit_is_refused_before_it_all_arrives(port: int) ->
     assert trailers[-1]["grpc-status"] == "8"
     raw.close()
     assert _live(port)
+
+
+@pytest.mark.parametrize("end", ["DATA", "trailers"])
+def test_a_body_past_a_small_limit_runs_its_handler_once(end: str) -> None:
+    """A message limit far below the stream window: the body passes the limit, and the client
+    keeps sending (more frames past the limit, then END_STREAM) before it sees the answer. The
+    stream is refused once (one RESOURCE_EXHAUSTED answer) and its handler starts once, not once
+    per frame that comes after the limit, nor again at the stream's end (DATA or trailers; each
+    start would be a handler the stream limit does
+    not count). The server is modelyard's gRPC application on the HTTP/2 layer, as
+    ``start_grpc_server`` builds it, with the calls into the application counted."""
+    uvloop = pytest.importorskip("uvloop")
+    fast = FastServer(1024)
+    KServeServicer(DataPlane(ModelRegistry()), None).add_to_server(cast(grpc.aio.Server, fast))
+    starts: list[int] = []
+
+    def application(connection: Connection, stream: Stream) -> None:
+        starts.append(stream.id)
+        fast(connection, stream)
+
+    loop = uvloop.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+
+    async def start() -> asyncio.Server:
+        factory = server_factory(application, fast.limits, set())
+        return await asyncio.get_running_loop().create_server(factory, "127.0.0.1", 0)
+
+    listener = asyncio.run_coroutine_threadsafe(start(), loop).result(30)
+    try:
+        raw = Raw(int(listener.sockets[0].getsockname()[1]))
+        chunk = b"\x00" * 2048
+        raw.sock.sendall(
+            _frame(HEADERS, 0x4, 1, raw.headers(1))
+            + _frame(DATA, 0, 1, b"\x00" + (8192).to_bytes(4, "big") + chunk)
+            + b"".join(_frame(DATA, 0, 1, chunk) for _ in range(4))
+            + (
+                _frame(DATA, 0x1, 1, chunk)
+                if end == "DATA"
+                else _frame(HEADERS, 0x5, 1, raw.encoder.encode([("x-end", "1")]))
+            )
+        )
+        frames = raw.frames(lambda f: f[0] == HEADERS and f[2] == 1 and f[1] & 0x1)
+        frames += raw.frames(lambda f: False, timeout=1.0, settle=True)  # anything more
+        raw.close()
+        answers = [dict(_decoded(f[3])) for f in frames if f[0] == HEADERS and f[2] == 1]
+        assert [a.get("grpc-status") for a in answers] == ["8"], answers
+        assert starts == [1]
+    finally:
+        loop.call_soon_threadsafe(listener.close)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)

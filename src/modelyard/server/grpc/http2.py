@@ -331,6 +331,10 @@ class Connection(asyncio.Protocol):
         stream.recv_window -= length
         if stream.recv_window < 0:
             raise ConnectionError_(FLOW_CONTROL_ERROR, "DATA beyond the stream window")
+        if stream.task is not None:  # started before its end (the body went past the limit):
+            if flags & END_STREAM:  # the rest is dropped, and never starts the handler again
+                self._request_complete(stream)
+            return
         if not stream.answered:
             stream.body += unpad(flags, payload)
         if flags & END_STREAM:
@@ -357,6 +361,8 @@ class Connection(asyncio.Protocol):
 
     def _request_complete(self, stream: Stream, too_large: bool = False) -> None:
         stream.open = False
+        if stream.task is not None:  # its handler already started (too large): once is all
+            return
         if stream.answered:
             self._forget(stream)
             return
