@@ -467,6 +467,25 @@ def test_data_after_end_stream_resets_the_stream_with_stream_closed(port: int) -
     raw.close()
 
 
+def test_a_second_headers_without_end_stream_resets_the_stream_with_protocol_error(
+    port: int,
+) -> None:
+    """RFC 9113 8.1: a HEADERS after the request's, without END_STREAM, makes the request
+    malformed: a stream error PROTOCOL_ERROR; the connection (and its HPACK state) goes on."""
+    raw = Raw(port)
+    raw.sock.sendall(
+        _frame(HEADERS, 0x4, 1, raw.headers(1))
+        + _frame(HEADERS, 0x4, 1, raw.encoder.encode([("x-more", "headers")]))
+    )
+    frames = raw.frames(lambda f: f[2] == 1 and (f[0] in (RST_STREAM, GOAWAY) or f[1] & 0x1))
+    assert frames[-1][0] == RST_STREAM, frames[-3:]
+    assert int.from_bytes(frames[-1][3], "big") == PROTOCOL_ERROR
+    raw.sock.sendall(raw.request(3))
+    frames = raw.frames(lambda f: f[0] == HEADERS and f[2] == 3 and f[1] & 0x1)
+    assert ("grpc-status", "0") in _decoded(frames[-1][3])
+    raw.close()
+
+
 def test_padding_that_leaves_no_room_for_the_priority_fields_is_a_protocol_error(
     port: int,
 ) -> None:

@@ -230,7 +230,7 @@ class Connection(asyncio.Protocol):
             payload = payload[5:]
         if sid <= self._last_id:  # trailers of a request, or a stream already gone
             stream = self.streams.get(sid)
-            if stream is None or not stream.open or not flags & END_STREAM:
+            if stream is None or not stream.open:
                 raise ConnectionError_(STREAM_CLOSED, "HEADERS on a closed stream")
         else:
             self._last_id = sid
@@ -275,8 +275,10 @@ class Connection(asyncio.Protocol):
         fields, as_request, as_trailers = decoded
         if stream.answered:  # refused at the door; its headers only had to be decoded
             return
-        if (as_trailers if stream.headers else as_request) is not None:
-            self._reset_stream(stream, PROTOCOL_ERROR)  # malformed: a stream error
+        if (as_trailers if stream.headers else as_request) is not None or (
+            stream.headers and not self._end_after_block  # a second HEADERS must end the stream
+        ):
+            self._reset_stream(stream, PROTOCOL_ERROR)  # malformed (RFC 9113 8.1): a stream error
             return
         if not stream.headers:  # else trailers: gRPC clients send none; accepted and dropped
             stream.headers = fields
