@@ -15,7 +15,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import hpack
@@ -24,8 +24,11 @@ import pytest
 
 from modelyard.lifecycle.registry import ModelRegistry
 from modelyard.server.dataplane import DataPlane
+from modelyard.server.grpc.fast import FastServer
 from modelyard.server.grpc.generated import grpc_service_pb2 as pb
-from modelyard.server.grpc.h2wire import literal
+from modelyard.server.grpc.h2wire import Stream, literal
+from modelyard.server.grpc.http2 import Connection, server_factory
+from modelyard.server.grpc.kserve import KServeServicer
 from modelyard.server.grpc.server import start_grpc_server
 from modelyard.testing.models import BuiltModel
 from modelyard.testing.server import RunningServer
@@ -464,6 +467,25 @@ def test_data_after_end_stream_resets_the_stream_with_stream_closed(port: int) -
     raw.close()
 
 
+def test_a_second_headers_without_end_stream_resets_the_stream_with_protocol_error(
+    port: int,
+) -> None:
+    """RFC 9113 8.1: a HEADERS after the request's, without END_STREAM, makes the request
+    malformed: a stream error PROTOCOL_ERROR; the connection (and its HPACK state) goes on."""
+    raw = Raw(port)
+    raw.sock.sendall(
+        _frame(HEADERS, 0x4, 1, raw.headers(1))
+        + _frame(HEADERS, 0x4, 1, raw.encoder.encode([("x-more", "headers")]))
+    )
+    frames = raw.frames(lambda f: f[2] == 1 and (f[0] in (RST_STREAM, GOAWAY) or f[1] & 0x1))
+    assert frames[-1][0] == RST_STREAM, frames[-3:]
+    assert int.from_bytes(frames[-1][3], "big") == PROTOCOL_ERROR
+    raw.sock.sendall(raw.request(3))
+    frames = raw.frames(lambda f: f[0] == HEADERS and f[2] == 3 and f[1] & 0x1)
+    assert ("grpc-status", "0") in _decoded(frames[-1][3])
+    raw.close()
+
+
 def test_padding_that_leaves_no_room_for_the_priority_fields_is_a_protocol_error(
     port: int,
 ) -> None:
@@ -559,3 +581,55 @@ def test_a_message_past_the_limit_is_refused_before_it_all_arrives(port: int) ->
     assert trailers[-1]["grpc-status"] == "8"
     raw.close()
     assert _live(port)
+
+
+@pytest.mark.parametrize("end", ["DATA", "trailers"])
+def test_a_body_past_a_small_limit_runs_its_handler_once(end: str) -> None:
+    """A message limit far below the stream window: the body passes the limit, and the client
+    keeps sending (more frames past the limit, then END_STREAM) before it sees the answer. The
+    stream is refused once (one RESOURCE_EXHAUSTED answer) and its handler starts once, not once
+    per frame that comes after the limit, nor again at the stream's end (DATA or trailers; each
+    start would be a handler the stream limit does
+    not count). The server is modelyard's gRPC application on the HTTP/2 layer, as
+    ``start_grpc_server`` builds it, with the calls into the application counted."""
+    uvloop = pytest.importorskip("uvloop")
+    fast = FastServer(1024)
+    KServeServicer(DataPlane(ModelRegistry()), None).add_to_server(cast(grpc.aio.Server, fast))
+    starts: list[int] = []
+
+    def application(connection: Connection, stream: Stream) -> None:
+        starts.append(stream.id)
+        fast(connection, stream)
+
+    loop = uvloop.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+
+    async def start() -> asyncio.Server:
+        factory = server_factory(application, fast.limits, set())
+        return await asyncio.get_running_loop().create_server(factory, "127.0.0.1", 0)
+
+    listener = asyncio.run_coroutine_threadsafe(start(), loop).result(30)
+    try:
+        raw = Raw(int(listener.sockets[0].getsockname()[1]))
+        chunk = b"\x00" * 2048
+        raw.sock.sendall(
+            _frame(HEADERS, 0x4, 1, raw.headers(1))
+            + _frame(DATA, 0, 1, b"\x00" + (8192).to_bytes(4, "big") + chunk)
+            + b"".join(_frame(DATA, 0, 1, chunk) for _ in range(4))
+            + (
+                _frame(DATA, 0x1, 1, chunk)
+                if end == "DATA"
+                else _frame(HEADERS, 0x5, 1, raw.encoder.encode([("x-end", "1")]))
+            )
+        )
+        frames = raw.frames(lambda f: f[0] == HEADERS and f[2] == 1 and f[1] & 0x1)
+        frames += raw.frames(lambda f: False, timeout=1.0, settle=True)  # anything more
+        raw.close()
+        answers = [dict(_decoded(f[3])) for f in frames if f[0] == HEADERS and f[2] == 1]
+        assert [a.get("grpc-status") for a in answers] == ["8"], answers
+        assert starts == [1]
+    finally:
+        loop.call_soon_threadsafe(listener.close)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)

@@ -1,10 +1,14 @@
 """HTTP/2's wire for ``http2``: frame types, flags and error codes, frames, HPACK literals,
-the limits of a connection and the state of one stream (RFC 9113, RFC 7541)."""
+the limits of a connection, the state of one stream and a connection's HPACK decoder (RFC 9113,
+RFC 7541)."""
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from typing import cast
+
+import hpack
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -155,3 +159,48 @@ def malformed(fields: list[tuple[bytes, bytes]]) -> tuple[str | None, str | None
     else:
         request = None
     return request, ("a pseudo-header in trailers" if seen else None)
+
+
+Decoded = tuple[list[tuple[bytes, bytes]], str | None, str | None]
+"""A header block's fields, and why they are malformed as a request's headers / as trailers."""
+
+
+class HeaderDecoder:
+    """One connection's HPACK decoder (``hpack``'s, whose dynamic table it keeps in step), with
+    the blocks it decoded remembered. Raises ``ConnectionError_`` for a block too large or
+    out of step with the table."""
+
+    def __init__(self, max_header_list_bytes: int) -> None:
+        self._decoder = hpack.Decoder(max_header_list_size=max_header_list_bytes)
+        self._decoded: dict[bytes, Decoded] = {}
+
+    def decode(self, block: bytes) -> Decoded:
+        """``block`` decoded (with why it is malformed as a request's headers and as trailers),
+        remembered while the dynamic table stays as it is.
+
+        A client sends the same block for the same call again and again (every field a
+        reference to the tables, nothing added): decoding it costs more than the rest of the
+        call, and gives the same fields as long as the dynamic table has not changed, which
+        the leftmost entry (a new tuple on each insertion) and the table's size tell.
+        """
+        decoded = self._decoded.get(block)
+        if decoded is not None:
+            return decoded
+        table = self._decoder.header_table
+        entries = table.dynamic_entries
+        before = (len(entries), entries[0] if entries else None, table.maxsize)
+        try:
+            fields = cast(list[tuple[bytes, bytes]], self._decoder.decode(block, raw=True))
+        except hpack.OversizedHeaderListError as exc:
+            raise ConnectionError_(ENHANCE_YOUR_CALM, "header list larger than allowed") from exc
+        except Exception as exc:  # hpack's HPACKError and its kin: the table is out of step
+            raise ConnectionError_(COMPRESSION_ERROR, "bad HPACK block") from exc
+        decoded = (fields, *malformed(fields))
+        after = (len(entries), entries[0] if entries else None, table.maxsize)
+        if before[0] != after[0] or before[1] is not after[1] or before[2] != after[2]:
+            self._decoded.clear()
+        else:
+            if len(self._decoded) >= 32:  # blocks that vary (a header's value): start over
+                self._decoded.clear()
+            self._decoded[block] = decoded
+        return decoded

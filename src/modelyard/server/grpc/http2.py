@@ -14,10 +14,8 @@ What it does, per RFC 9113, for a server that only answers requests:
   "without indexing"), so nothing has to be tracked for the encoder.
 - A request is handed to the application once its stream ends (``Stream.body`` complete).
 - Flow control both ways: the client's DATA is bounded by the windows advertised here and
-  replenished as it is buffered; responses are sent only within the client's connection and
-  stream windows, and only while the transport is not paused (a client that stops reading
-  stops the response, and the connection stops reading the client until it reads again, so
-  no flood of PING or SETTINGS answers piles up in memory).
+  replenished as it is buffered; responses are sent only within the client's windows
+  (``h2answer.Answering``, the sending side of the same connection, this class's base).
 - Limits (``Limits``): concurrent streams (a stream counts until its handler ends, even when
   the client reset it, so rapid reset cannot run more handlers than the limit), header list
   size (decoded and raw, so an endless CONTINUATION is cut), message size, request bytes
@@ -34,11 +32,9 @@ import asyncio
 from collections.abc import Callable
 from typing import Any, cast
 
-import hpack
-
+from modelyard.server.grpc.h2answer import Answering
 from modelyard.server.grpc.h2wire import (
     ACK,
-    COMPRESSION_ERROR,
     CONTINUATION,
     DATA,
     END_HEADERS,
@@ -50,7 +46,6 @@ from modelyard.server.grpc.h2wire import (
     HEADERS,
     MAX_FRAME,
     MAX_WINDOW,
-    NO_ERROR,
     PING,
     PREFACE,
     PRIORITY_FLAG,
@@ -62,50 +57,38 @@ from modelyard.server.grpc.h2wire import (
     STREAM_CLOSED,
     WINDOW_UPDATE,
     ConnectionError_,
+    HeaderDecoder,
     Limits,
     Stream,
     frame,
-    malformed,
     unpad,
 )
-
-Decoded = tuple[list[tuple[bytes, bytes]], str | None, str | None]
-"""A header block's fields, and why they are malformed as a request's headers / as trailers."""
 
 Application = Callable[["Connection", Stream], None]
 """Called when a stream's request is complete; it answers with ``Connection.answer``."""
 
 
-class Connection(asyncio.Protocol):
+class Connection(Answering):
     """One client connection. ``application`` is called for each complete request; it must
-    end by calling ``answer`` (or the stream is reset) and ``finished`` when its handler ends."""
+    end by calling ``answer`` (or the stream is reset) and ``finished`` when its handler ends.
+    This module reads the client; what is sent back, and when, is ``Answering``'s."""
 
     def __init__(self, application: Application, limits: Limits, registry: set[Connection]):
+        super().__init__()
         self._app = application
         self.limits = limits
         self._registry = registry
-        self.transport: asyncio.Transport | None = None
         self.peer = ""
         self._buf = bytearray()
         self._preface = False
-        self._decoder = hpack.Decoder(max_header_list_size=limits.max_header_list_bytes)
-        self._decoded: dict[bytes, Decoded] = {}
-        self.streams: dict[int, Stream] = {}
-        self._last_id = 0
+        self._headers = HeaderDecoder(limits.max_header_list_bytes)
         self._continuing: Stream | None = None
         self._block = bytearray()
         self._end_after_block = False
-        self._peer_window = 65535  # the client's SETTINGS_INITIAL_WINDOW_SIZE
-        self._peer_frame = 16384
-        self._send_window = 65535  # connection-level, for responses
         self._recv_window = limits.connection_window
         self._recv_unacked = 0
-        self._paused = False
-        self._closing = False
-        self.going_away = False
         self._resets = float(limits.reset_burst)
         self._reset_at = 0.0
-        self._blocked: dict[int, Stream] = {}
         # Unfinished request bodies on one connection: a few messages' worth, not one per stream.
         self._budget = limits.unfinished_bodies_bytes or 4 * (limits.max_message_bytes + 5)
 
@@ -145,19 +128,6 @@ class Connection(asyncio.Protocol):
             stream.reset = True
             if stream.task is not None:
                 stream.task.cancel()
-
-    def pause_writing(self) -> None:
-        # The client is not reading: stop reading it too, so what it sends cannot make this
-        # side queue answers (PING and SETTINGS ACKs, responses) without bound.
-        self._paused = True
-        if self.transport is not None:
-            self.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        self._paused = False
-        if self.transport is not None and not self._closing:
-            self.transport.resume_reading()
-            self._flush_blocked()
 
     def data_received(self, data: bytes) -> None:
         if self._closing:
@@ -230,7 +200,7 @@ class Connection(asyncio.Protocol):
             payload = payload[5:]
         if sid <= self._last_id:  # trailers of a request, or a stream already gone
             stream = self.streams.get(sid)
-            if stream is None or not stream.open or not flags & END_STREAM:
+            if stream is None or not stream.open:
                 raise ConnectionError_(STREAM_CLOSED, "HEADERS on a closed stream")
         else:
             self._last_id = sid
@@ -269,47 +239,18 @@ class Connection(asyncio.Protocol):
     def _headers_done(self, stream: Stream) -> None:
         block = bytes(self._block)
         self._block = bytearray()
-        decoded = self._decoded.get(block)
-        if decoded is None:
-            decoded = self._decode(block)
-        fields, as_request, as_trailers = decoded
+        fields, as_request, as_trailers = self._headers.decode(block)
         if stream.answered:  # refused at the door; its headers only had to be decoded
             return
-        if (as_trailers if stream.headers else as_request) is not None:
-            self._reset_stream(stream, PROTOCOL_ERROR)  # malformed: a stream error
+        if (as_trailers if stream.headers else as_request) is not None or (
+            stream.headers and not self._end_after_block  # a second HEADERS must end the stream
+        ):
+            self._reset_stream(stream, PROTOCOL_ERROR)  # malformed (RFC 9113 8.1): a stream error
             return
         if not stream.headers:  # else trailers: gRPC clients send none; accepted and dropped
             stream.headers = fields
         if self._end_after_block:
             self._request_complete(stream)
-
-    def _decode(self, block: bytes) -> Decoded:
-        """``block`` decoded (with why it is malformed as a request's headers and as trailers),
-        remembered while the dynamic table stays as it is.
-
-        A client sends the same block for the same call again and again (every field a
-        reference to the tables, nothing added): decoding it costs more than the rest of the
-        call, and gives the same fields as long as the dynamic table has not changed, which
-        the leftmost entry (a new tuple on each insertion) and the table's size tell.
-        """
-        table = self._decoder.header_table
-        entries = table.dynamic_entries
-        before = (len(entries), entries[0] if entries else None, table.maxsize)
-        try:
-            fields = cast(list[tuple[bytes, bytes]], self._decoder.decode(block, raw=True))
-        except hpack.OversizedHeaderListError as exc:
-            raise ConnectionError_(ENHANCE_YOUR_CALM, "header list larger than allowed") from exc
-        except Exception as exc:  # hpack's HPACKError and its kin: the table is out of step
-            raise ConnectionError_(COMPRESSION_ERROR, "bad HPACK block") from exc
-        decoded = (fields, *malformed(fields))
-        after = (len(entries), entries[0] if entries else None, table.maxsize)
-        if before[0] != after[0] or before[1] is not after[1] or before[2] != after[2]:
-            self._decoded.clear()
-        else:
-            if len(self._decoded) >= 32:  # blocks that vary (a header's value): start over
-                self._decoded.clear()
-            self._decoded[block] = decoded
-        return decoded
 
     def _on_data(self, flags: int, sid: int, payload: bytes) -> None:
         length = len(payload)
@@ -331,6 +272,10 @@ class Connection(asyncio.Protocol):
         stream.recv_window -= length
         if stream.recv_window < 0:
             raise ConnectionError_(FLOW_CONTROL_ERROR, "DATA beyond the stream window")
+        if stream.task is not None:  # started before its end (the body went past the limit):
+            if flags & END_STREAM:  # the rest is dropped, and never starts the handler again
+                self._request_complete(stream)
+            return
         if not stream.answered:
             stream.body += unpad(flags, payload)
         if flags & END_STREAM:
@@ -357,6 +302,8 @@ class Connection(asyncio.Protocol):
 
     def _request_complete(self, stream: Stream, too_large: bool = False) -> None:
         stream.open = False
+        if stream.task is not None:  # its handler already started (too large): once is all
+            return
         if stream.answered:
             self._forget(stream)
             return
@@ -390,35 +337,6 @@ class Connection(asyncio.Protocol):
         if stream.pending or stream.pending_end:
             self._send_pending(stream)
 
-    def _on_settings(self, flags: int, sid: int, payload: bytes) -> None:
-        if sid != 0:
-            raise ConnectionError_(PROTOCOL_ERROR, "SETTINGS on a stream")
-        if flags & ACK:
-            return
-        if len(payload) % 6:
-            raise ConnectionError_(FRAME_SIZE_ERROR, "bad SETTINGS")
-        for at in range(0, len(payload), 6):
-            key = int.from_bytes(payload[at : at + 2], "big")
-            value = int.from_bytes(payload[at + 2 : at + 6], "big")
-            if key == 0x4:
-                if value > MAX_WINDOW:
-                    raise ConnectionError_(FLOW_CONTROL_ERROR, "initial window too large")
-                delta = value - self._peer_window
-                self._peer_window = value
-                for stream in self.streams.values():
-                    stream.send_window += delta
-                    if stream.send_window > MAX_WINDOW:  # RFC 9113 6.9.2
-                        raise ConnectionError_(FLOW_CONTROL_ERROR, "a stream window overflows")
-            elif key == 0x2:
-                if value > 1:
-                    raise ConnectionError_(PROTOCOL_ERROR, "ENABLE_PUSH other than 0 or 1")
-            elif key == 0x5:
-                if not 16384 <= value <= 16777215:
-                    raise ConnectionError_(PROTOCOL_ERROR, "bad MAX_FRAME_SIZE")
-                self._peer_frame = value
-        self._write(frame(SETTINGS, ACK, 0))
-        self._flush_blocked()
-
     def _on_reset(self, sid: int, payload: bytes) -> None:
         if len(payload) != 4:
             raise ConnectionError_(FRAME_SIZE_ERROR, "bad RST_STREAM")
@@ -445,79 +363,6 @@ class Connection(asyncio.Protocol):
         if self._resets < 0:
             raise ConnectionError_(ENHANCE_YOUR_CALM, "too many streams reset or refused")
 
-    # -- answers -----------------------------------------------------------------------------
-
-    def answer(self, stream: Stream, headers: bytes, data: bytes, trailers: bytes) -> None:
-        """Send ``headers`` (a HEADERS block), ``data`` (within the windows) and ``trailers``
-        (a HEADERS block ending the stream; ``data`` empty and ``headers`` empty: a
-        trailers-only answer). Then the stream is closed from this side."""
-        if stream.answered or stream.reset or self._closing:
-            stream.answered = True
-            return
-        stream.answered = True
-        sid = stream.id
-        head = frame(HEADERS, END_HEADERS, sid, headers) if headers else b""
-        end = frame(HEADERS, END_HEADERS | END_STREAM, sid, trailers)
-        if stream.open:  # answered before the client finished sending: it must stop
-            end += frame(RST_STREAM, 0, sid, NO_ERROR.to_bytes(4, "big"))
-            stream.open = False  # what it still sends is dropped (and its window refunded)
-        if not data:
-            self._write(head + end)
-            return
-        stream.pending, stream.pending_end = data, end
-        self._send_pending(stream, head)
-
-    def _send_pending(self, stream: Stream, head: bytes = b"") -> None:
-        data = stream.pending
-        at, total = stream.sent, len(data)
-        out = [head] if head else []
-        while at < total and not self._paused:
-            size = min(total - at, self._send_window, stream.send_window, self._peer_frame)
-            if size <= 0:
-                break
-            out.append(frame(DATA, 0, stream.id, data[at : at + size]))
-            at += size
-            self._send_window -= size
-            stream.send_window -= size
-            if len(out) >= 64:  # a large answer goes out in pieces, not one copy of it all
-                self._write(b"".join(out))
-                out.clear()
-        stream.sent = at
-        if at >= total:
-            data = stream.pending = b""
-        if not data:
-            out.append(stream.pending_end)
-            stream.pending_end = b""
-        if out:
-            self._write(b"".join(out))
-        if data:
-            self._blocked[stream.id] = stream
-        else:
-            self._blocked.pop(stream.id, None)
-            self._forget(stream)  # answered: it no longer counts, whether its task has ended
-
-    def _flush_blocked(self) -> None:
-        for stream in list(self._blocked.values()):
-            if self._paused or self._send_window <= 0:
-                return
-            self._send_pending(stream)
-
-    def finished(self, stream: Stream) -> None:
-        """The stream's handler ended: it no longer counts against the stream limit."""
-        stream.task = None
-        if stream.reset or not (stream.open or stream.pending or stream.pending_end):
-            self._forget(stream)
-
-    def _forget(self, stream: Stream) -> None:
-        if stream.task is not None and not stream.task.done() and not stream.answered:
-            return  # a handler still running (even on a reset stream) counts against the limit
-        if (stream.pending or stream.pending_end) and not stream.reset:
-            return  # still sending; forgotten when the last frame is written
-        self.streams.pop(stream.id, None)
-        self._blocked.pop(stream.id, None)
-        if self.going_away and not self.streams:
-            self.close()
-
     def _reset_stream(self, stream: Stream, code: int) -> None:
         """Reset ``stream`` for the client's error: that costs the client's reset budget (else
         a stream error it provokes would be a free rapid reset), and a handler still running
@@ -531,42 +376,6 @@ class Connection(asyncio.Protocol):
         else:
             self._forget(stream)
         self._spend_reset()
-
-    def goaway(self) -> None:
-        """No new streams: the server is stopping (the ones started are answered)."""
-        self.going_away = True
-        self._write(frame(GOAWAY, 0, 0, self._last_id.to_bytes(4, "big") + bytes(4)))
-        if not self.streams:
-            self.close()
-
-    def close(self, code: int | None = None) -> None:
-        """Close the connection (after GOAWAY with ``code`` when given)."""
-        if self._closing or self.transport is None:
-            return
-        transport = self.transport
-        if code is not None:
-            self._write(
-                frame(GOAWAY, 0, 0, self._last_id.to_bytes(4, "big") + code.to_bytes(4, "big"))
-            )
-        self._closing = True
-        for stream in self.streams.values():
-            stream.reset = True
-            if stream.task is not None:
-                stream.task.cancel()
-        if code is None or not transport.can_write_eof():
-            transport.close()
-            return
-        # Closing a socket with unread input makes the kernel send a reset, and the client may
-        # then lose the GOAWAY that says why: end the writing side, read (and drop) what is
-        # still coming for a moment, then close.
-        transport.write_eof()
-        if transport.is_reading() is False:
-            transport.resume_reading()
-        asyncio.get_running_loop().call_later(1.0, transport.close)
-
-    def _write(self, data: bytes) -> None:
-        if not self._closing and self.transport is not None:
-            self.transport.write(data)
 
 
 def server_factory(
