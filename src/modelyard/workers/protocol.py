@@ -127,7 +127,7 @@ class Infer(Message):
     """Milliseconds left to the request's deadline when it was sent (None: no deadline). The
     worker skips the request, answering DEADLINE_EXCEEDED, when they have run out before an
     execution slot takes it. Relative, so the two processes need not share a clock."""
-    decoded_ns: int = 0
+    decoded_ns: int = field(default=0, compare=False)
     """Not sent: what ``decode`` measured rebuilding ``tensors`` from the frame (Triton's
     compute_input), for the worker to send back with the outputs."""
 
