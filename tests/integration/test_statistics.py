@@ -115,6 +115,13 @@ def test_counts_match_what_was_sent_over_both_protocols(server: RunningServer) -
     assert [
         (int(b["batch_size"]), int(b["compute_infer"]["count"])) for b in batched["batch_stats"]
     ] == [(BATCH, 1)]
+    # The execution's worker-measured times: once in batch_stats, and each of its requests
+    # gets them in inference_stats (Triton's rule).
+    (execution,) = batched["batch_stats"]
+    for part in ("compute_input", "compute_infer", "compute_output"):
+        once = int(execution[part]["ns"])
+        assert once > 0
+        assert int(batched["inference_stats"][part]["ns"]) == pytest.approx(BATCH * once, abs=8)
     # The first three waited in the queue for the fourth.
     assert int(batched["inference_stats"]["queue"]["ns"]) > 0
     assert [row["type"] for row in batched["memory_usage"]] == ["CPU"]
