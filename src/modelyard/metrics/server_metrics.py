@@ -231,7 +231,7 @@ class _TrafficCollector(Collector):
         )
         computed = _histogram(
             "modelyard_compute_duration_seconds",
-            "Time on the device's worker per request.",
+            "Time in the model's call per request (compute_infer), as its worker measured it.",
             mv,
         )
         batch = _histogram(
