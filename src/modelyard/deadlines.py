@@ -25,7 +25,7 @@ import contextvars
 import enum
 import itertools
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from modelyard.errors import DeadlineExceeded
@@ -100,28 +100,40 @@ class BatchRun:
     """One execution of a batch, shared by the clocks of the requests in it, so that statistics
     count the execution once however many requests it served. Mutable; one event loop."""
 
-    __slots__ = ("counted", "rows")
+    __slots__ = ("compute_ns", "counted", "rows")
 
     def __init__(self, rows: int) -> None:
         self.rows = rows  # the rows the batch ran with, before padding
         self.counted = False  # set by the first of its requests that statistics count
+        self.compute_ns: Sequence[int] = ()  # the worker's (input, infer, output) ns, if told
 
 
 class RequestClock:
     """One request's deadline and the phases it went through. Mutable; owned by the request
     (the data plane creates it, the batcher moves it to the next phase); one event loop.
 
-    ``batch``: the batch the request ran in, when a batcher ran it (statistics read it)."""
+    ``batch``: the batch the request ran in, when a batcher ran it (statistics read it).
+    ``compute_ns``: Triton's (compute_input, compute_infer, compute_output) ns the worker
+    measured for the request (``note_compute``; for a batch, on its ``BatchRun``)."""
 
-    __slots__ = ("_phases", "batch", "deadline", "device", "model")
+    __slots__ = ("_phases", "batch", "compute_ns", "deadline", "device", "model")
 
     def __init__(self, deadline: Deadline | None, *, model: str = "", start: float | None = None):
         self.deadline = deadline
         self.model = model
         self.device = ""
         self.batch: BatchRun | None = None
+        self.compute_ns: Sequence[int] = ()  # the worker's (input, infer, output) ns, if told
         begun = time.monotonic() if start is None else start
         self._phases: list[tuple[Phase, float]] = [(Phase.ADMITTED, begun)]
+
+    def note_compute(self, compute_ns: Sequence[int]) -> None:
+        """The worker's times for the execution this clock ran: on its batch if it has one
+        (every request of the batch shares them), else on itself."""
+        if self.batch is not None:
+            self.batch.compute_ns = compute_ns
+        else:
+            self.compute_ns = compute_ns
 
     def enter(self, phase: Phase, now: float | None = None) -> None:
         self._phases.append((phase, time.monotonic() if now is None else now))

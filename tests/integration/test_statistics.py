@@ -16,16 +16,27 @@ import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 from tritonclient.utils import InferenceServerException
 
-from modelyard.testing.models import model_config, write_config, write_onnx_linear
+from modelyard.testing.models import (
+    loop_turns_per_second,
+    model_config,
+    write_config,
+    write_onnx_linear,
+    write_torchscript_loop,
+)
 from modelyard.testing.server import RunningServer, serving
 
 BATCH = 4
+SLOW_S = 0.15
+"""How long each request to the slow model runs in its model's call."""
+SLOW_REQUESTS = 3
+PARTS = ("success", "queue", "compute_input", "compute_infer", "compute_output")
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     root = tmp_path_factory.mktemp("stats")
     linear = write_onnx_linear(root / "linear" / "1")
+    slow = write_torchscript_loop(root / "slow" / "1")
     (root / "batched" / "1").mkdir(parents=True)
     shutil.copy(linear.artifact, root / "batched" / "1" / linear.artifact.name)
     # A batch closes when full: 4 concurrent one-row requests are one execution of 4 rows
@@ -36,9 +47,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
         [
             model_config("linear", {1: linear}),
             model_config("batched", {1: linear}, batching=batching),
+            model_config("slow", {1: slow}),
         ],
     )
     with serving(config) as running:
+        running.slow_turns = int(SLOW_S * loop_turns_per_second(slow))  # type: ignore[attr-defined]
         yield running
 
 
@@ -102,9 +115,66 @@ def test_counts_match_what_was_sent_over_both_protocols(server: RunningServer) -
     assert [
         (int(b["batch_size"]), int(b["compute_infer"]["count"])) for b in batched["batch_stats"]
     ] == [(BATCH, 1)]
+    # The execution's worker-measured times: once in batch_stats, and each of its requests
+    # gets them in inference_stats (Triton's rule).
+    (execution,) = batched["batch_stats"]
+    for part in ("compute_input", "compute_infer", "compute_output"):
+        once = int(execution[part]["ns"])
+        assert once > 0
+        assert int(batched["inference_stats"][part]["ns"]) == pytest.approx(BATCH * once, abs=8)
     # The first three waited in the queue for the fourth.
     assert int(batched["inference_stats"]["queue"]["ns"]) > 0
     assert [row["type"] for row in batched["memory_usage"]] == ["CPU"]
+
+
+def _metric(text: str, name: str, model: str) -> float:
+    prefix = f'{name}{{model="{model}",version="1"}} '
+    found = [float(line[len(prefix) :]) for line in text.splitlines() if line.startswith(prefix)]
+    assert len(found) == 1, (name, model)
+    return found[0]
+
+
+def test_compute_split_is_the_workers_own_measure(server: RunningServer) -> None:
+    # A model whose call takes SLOW_S: compute_infer is that call as the worker timed it, not
+    # the whole request; decoding and encoding the tensors are measured, non-zero and small.
+    turns = server.slow_turns  # type: ignore[attr-defined]
+    before = _http(server).get_inference_statistics("slow", "1")
+    before_infer = int(_stats(before, "slow")["inference_stats"]["compute_infer"]["ns"])
+    client = _grpc(server)
+    for _ in range(SLOW_REQUESTS):
+        x = triton_grpc.InferInput("x", [1, 4], "FP32")
+        x.set_data_from_numpy(np.ones((1, 4), np.float32))
+        n = triton_grpc.InferInput("n", [1], "INT64")
+        n.set_data_from_numpy(np.array([turns], np.int64))
+        client.infer("slow", [x, n])
+    over_rest = _http(server).get_inference_statistics("slow", "1")
+    over_grpc = client.get_inference_statistics("slow", "1", as_json=True)
+    metrics = httpx.get(f"{server.rest_url}/metrics").text
+    for doc in (over_rest, over_grpc):
+        stats = _stats(doc, "slow")["inference_stats"]
+        count = int(stats["success"]["count"])
+        assert count >= SLOW_REQUESTS  # a warm-up elsewhere may have run it too
+        # gRPC's JSON leaves out zeros (the queue: no batcher here).
+        ns = {k: int(stats[k].get("ns", 0)) for k in PARTS}
+        assert all(int(stats[k].get("count", 0)) == count for k in ns)
+        infer_per_request = (ns["compute_infer"] - before_infer) / SLOW_REQUESTS
+        # At least the call's length (the pace was the fastest of three timings: a margin for
+        # a loaded machine where one run of the loop is quicker than the measured pace).
+        assert infer_per_request >= 0.8 * SLOW_S * 1e9, ns
+        # The transport to and from the worker is in the request's duration, not in compute.
+        assert ns["compute_infer"] < ns["success"]
+        computed = ns["queue"] + ns["compute_input"] + ns["compute_infer"] + ns["compute_output"]
+        assert computed < ns["success"], ns
+        for part in ("compute_input", "compute_output"):  # a few small tensors: microseconds
+            assert 0 < ns[part] < 0.05 * ns["compute_infer"], (part, ns)
+        for batch in _stats(doc, "slow")["batch_stats"]:
+            assert int(batch["compute_input"].get("ns", 0)) > 0
+            assert int(batch["compute_output"].get("ns", 0)) > 0
+    # /metrics shows the same totals, in microseconds.
+    stats = _stats(over_rest, "slow")["inference_stats"]
+    for part in ("input", "infer", "output"):
+        shown = _metric(metrics, f"nv_inference_compute_{part}_duration_us", "slow")
+        assert shown == pytest.approx(int(stats[f"compute_{part}"]["ns"]) / 1000.0, rel=1e-6)
 
 
 def test_model_config_shows_batching_tensors_and_devices(server: RunningServer) -> None:

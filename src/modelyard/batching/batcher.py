@@ -269,6 +269,7 @@ class DynamicBatcher:
             shared = None
             if len(clocks) == len(batch.requests):
                 shared = deadlines.RequestClock(deadlines.latest(clocks), model=self._model)
+                shared.batch = run  # the worker's compute times land on the batch's run
             task = loop.create_task(self._run(batch), context=deadlines.context_with(shared))
             self._running.add(task)
             task.add_done_callback(self._finished)

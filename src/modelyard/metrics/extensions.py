@@ -8,10 +8,19 @@ protocols cannot drift. ``tritonclient``'s ``get_inference_statistics`` and
 ``get_model_config`` read them unchanged.
 
 What modelyard measures and what it cannot: ``queue`` is the time a request waited in its
-model's batcher (0 without batching); ``compute_infer`` the time on the device's worker (the
-model's call plus the transfer to and from the worker process); ``compute_input`` and
-``compute_output`` are not measured apart and stay 0; the cache counters stay 0 (no response
-cache). ``memory_usage`` is what each device's worker measured after the version loaded.
+model's batcher (0 without batching). The device's worker process measures the rest of
+Triton's split for each execution and sends it back with the outputs: ``compute_input`` its
+decoding of the request's tensors from the frame, ``compute_infer`` the model's call,
+``compute_output`` its encoding of the outputs into the reply frame. A batch's execution
+counts once per batch size in ``batch_stats``; in ``inference_stats`` each request of the
+batch gets the execution's times, as Triton does. The transport to and from the worker
+process (front-end encoding, the socket, the worker's wait for an execution slot, decoding
+the reply) is in no compute field: like Triton's own overheads outside the backend it is only
+in ``success`` (the request's whole duration, ``nv_inference_request_duration_us``), which is
+why ``success`` exceeds ``queue`` plus the three compute fields. A model served in the front
+end's process, with no worker to measure, has the whole device time as ``compute_infer``.
+The cache counters stay 0 (no response cache). ``memory_usage`` is what each device's
+worker measured after the version loaded.
 
 Async safety: read on the server's event loop.
 """
@@ -88,20 +97,20 @@ class Extensions:
                 "success": _duration(stats.success_count, stats.success_ns),
                 "fail": _duration(stats.fail_count, stats.fail_ns),
                 "queue": _duration(stats.queue_count, stats.queue_ns),
-                "compute_input": _duration(stats.infer_count, 0),
+                "compute_input": _duration(stats.infer_count, stats.input_ns),
                 "compute_infer": _duration(stats.infer_count, stats.infer_ns),
-                "compute_output": _duration(stats.infer_count, 0),
+                "compute_output": _duration(stats.infer_count, stats.output_ns),
                 "cache_hit": zero,
                 "cache_miss": zero,
             },
             "batch_stats": [
                 {
                     "batch_size": size,
-                    "compute_input": _duration(n, 0),
+                    "compute_input": _duration(n, input_ns),
                     "compute_infer": _duration(n, ns),
-                    "compute_output": _duration(n, 0),
+                    "compute_output": _duration(n, output_ns),
                 }
-                for size, (n, ns) in sorted(stats.batches.items())
+                for size, (n, ns, input_ns, output_ns) in sorted(stats.batches.items())
             ],
             "memory_usage": measured.get(key, []),
         }

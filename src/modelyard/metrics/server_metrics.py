@@ -3,11 +3,14 @@
 Names follow Triton where the meaning is the same, so Triton's Grafana dashboards work
 (``nv_inference_request_success``, ``nv_inference_request_failure{reason}``,
 ``nv_inference_count``, ``nv_inference_exec_count``, ``nv_inference_request_duration_us``,
-``nv_inference_queue_duration_us``, ``nv_inference_compute_infer_duration_us``,
+``nv_inference_queue_duration_us``, ``nv_inference_compute_input_duration_us``,
+``nv_inference_compute_infer_duration_us``, ``nv_inference_compute_output_duration_us``,
 ``nv_inference_pending_request_count``, ``nv_gpu_memory_total_bytes``,
 ``nv_gpu_memory_used_bytes``; labels ``model`` and ``version``). As in Triton, the ``*_us``
 durations are counters of accumulated microseconds (divide their rate by the request rate for
-a mean). ``reason`` is modelyard's error code (``INVALID_ARGUMENT``, ``NOT_FOUND``,
+a mean). The compute ones are the worker's own times (see ``metrics.extensions``); the
+transport to and from the worker is only in ``nv_inference_request_duration_us``.
+``reason`` is modelyard's error code (``INVALID_ARGUMENT``, ``NOT_FOUND``,
 ``RESOURCE_EXHAUSTED``, ``UNAVAILABLE``, ``DEADLINE_EXCEEDED``, ``INTERNAL``...), where Triton
 has four coarser reasons; the sum over reasons means the same. What only modelyard has is
 ``modelyard_*``: histograms of request, queue and compute time and of batch sizes, requests per
@@ -139,10 +142,17 @@ _TRITON_COUNTERS: tuple[tuple[str, str, Callable[[VersionStats], float]], ...] =
     ("nv_inference_queue_duration_us",
      "Accumulated time requests waited in a batcher's queue, in microseconds.",
      lambda s: s.queue_ns / 1000.0),
+    ("nv_inference_compute_input_duration_us",
+     "Accumulated time the device's worker took to decode requests' input tensors, in "
+     "microseconds.",
+     lambda s: s.input_ns / 1000.0),
     ("nv_inference_compute_infer_duration_us",
-     "Accumulated time on the device's worker (the model's call and its transfer), in "
+     "Accumulated time in the model's call, as the device's worker measured it, in "
      "microseconds.",
      lambda s: s.infer_ns / 1000.0),
+    ("nv_inference_compute_output_duration_us",
+     "Accumulated time the device's worker took to encode output tensors, in microseconds.",
+     lambda s: s.output_ns / 1000.0),
 )  # fmt: skip
 
 
@@ -221,7 +231,7 @@ class _TrafficCollector(Collector):
         )
         computed = _histogram(
             "modelyard_compute_duration_seconds",
-            "Time on the device's worker per request.",
+            "Time in the model's call per request (compute_infer), as its worker measured it.",
             mv,
         )
         batch = _histogram(

@@ -86,9 +86,14 @@ class VersionStats:
     Raw fields, written per request: ``ok`` successes per protocol lane (``PROTOCOL_LABELS``'
     order); ``inference_count`` rows; ``last_inference`` the ``time.monotonic()`` of the last
     success (0.0: none); ``request_counts``/``queue_counts``/``infer_counts`` histogram arrays
-    on ``LATENCY_BUCKETS_S`` (successes only) with their sums in seconds; ``executions`` batch
-    size -> [executions, compute seconds] (a batch counts once, for the first of its requests
-    to end); ``fail_count``, ``fail_s`` and ``failures`` (code -> requests) and ``failed``
+    on ``LATENCY_BUCKETS_S`` (successes only) with their sums in seconds (infer: Triton's
+    compute_infer, the model's call as the worker measured it; the whole time on the device
+    where the worker did not say); ``input_ns``/``output_ns`` Triton's compute_input and
+    compute_output (the worker decoding the request's tensors, encoding the outputs; each
+    request of a batch gets its execution's); ``executions`` batch size -> [executions,
+    compute_infer seconds, compute_input ns, compute_output ns] (a batch counts once, for the
+    first of its requests to end); ``fail_count``, ``fail_s`` and ``failures`` (code ->
+    requests) and ``failed``
     ((protocol, code) -> requests) for failures. The rest are read-time views, in Triton's
     units (integer nanoseconds).
     """
@@ -102,8 +107,10 @@ class VersionStats:
         "infer_counts",
         "infer_s",
         "inference_count",
+        "input_ns",
         "last_inference",
         "ok",
+        "output_ns",
         "queue_counts",
         "queue_s",
         "request_counts",
@@ -121,6 +128,8 @@ class VersionStats:
         self.queue_s = 0.0
         self.infer_counts = [0] * buckets
         self.infer_s = 0.0
+        self.input_ns = 0
+        self.output_ns = 0
         self.executions: dict[int, list[float]] = {}
         self.fail_count = 0
         self.fail_s = 0.0
@@ -159,12 +168,14 @@ class VersionStats:
 
     @property
     def execution_count(self) -> int:
-        return sum(int(n) for n, _ in self.executions.values())
+        return sum(int(row[0]) for row in self.executions.values())
 
     @property
     def batches(self) -> dict[int, list[int]]:
-        """Batch size -> [executions, compute ns]."""
-        return {size: [int(n), _ns(s)] for size, (n, s) in self.executions.items()}
+        """Batch size -> [executions, compute_infer ns, compute_input ns, compute_output ns]."""
+        return {
+            size: [int(n), _ns(s), int(i), int(o)] for size, (n, s, i, o) in self.executions.items()
+        }
 
     @property
     def outcomes(self) -> dict[tuple[str, str], int]:
@@ -189,7 +200,7 @@ class VersionStats:
     def batch_size(self) -> Histogram:
         """Rows per execution (1 per unbatched request), on ``BATCH_SIZE_BUCKETS``."""
         hist = Histogram(BATCH_SIZE_BUCKETS)
-        for size, (n, _) in self.executions.items():
+        for size, (n, *_) in self.executions.items():
             hist.counts[bisect.bisect_left(BATCH_SIZE_BUCKETS, size)] += int(n)
             hist.sum += size * n
         return hist
@@ -293,6 +304,15 @@ class StatsBook:
                 total, queued, infer = _phases(marks, now)
                 stats.queue_counts[_bisect(bounds, queued)] += 1
                 stats.queue_s += queued
+            run = clock.batch
+            compute = clock.compute_ns if run is None else run.compute_ns
+            if compute:  # the worker's own times; the rest of the round trip is transport
+                input_ns, infer_ns, output_ns = compute
+                infer = infer_ns / 1e9
+                stats.input_ns += input_ns
+                stats.output_ns += output_ns
+            else:
+                input_ns = output_ns = 0
             stats.ok[index] += 1
             stats.inference_count += rows
             stats.last_inference = now
@@ -300,7 +320,6 @@ class StatsBook:
             stats.request_s += total
             stats.infer_counts[_bisect(bounds, infer)] += 1
             stats.infer_s += infer
-            run = clock.batch
             if run is None:
                 size = rows if rows > 1 else 1
             elif not run.counted:
@@ -310,10 +329,12 @@ class StatsBook:
                 continue  # its batch's execution was counted by another of its requests
             executed = stats.executions.get(size)
             if executed is None:
-                stats.executions[size] = [1, infer]
+                stats.executions[size] = [1, infer, input_ns, output_ns]
             else:
                 executed[0] += 1
                 executed[1] += infer
+                executed[2] += input_ns
+                executed[3] += output_ns
 
     def observe(
         self,

@@ -52,6 +52,8 @@ from modelyard.workers.protocol import (
 from modelyard.workers.slots import FairSlots, Job
 from modelyard.workers.tiers import release_free_memory
 
+_perf_ns = time.perf_counter_ns
+
 log = logging.getLogger(__name__)
 
 # Platforms whose framework is torch: its allocator is capped on a GPU slice before any
@@ -189,13 +191,16 @@ class WorkerHost:
         if held is None:
             raise NotFound(f"{message.model}:{message.version} is not loaded on {self._device}")
         model = held.model
+        began = _perf_ns()
         if message.signature_name is not None and isinstance(model, MultiSignatureModel):
             outputs = model.predict_signature(message.tensors, message.signature_name)
         elif message.signature_name not in (None, DEFAULT_SIGNATURE):
             raise unknown_signature(message.signature_name, (DEFAULT_SIGNATURE,))
         else:
             outputs = model.predict(message.tensors)
-        self._send(Outputs(message.request_id, outputs))
+        infer_ns = _perf_ns() - began
+        # Triton's compute_input and compute_infer; encoding adds compute_output.
+        self._send(Outputs(message.request_id, outputs, (message.decoded_ns, infer_ns)))
 
     def _load(self, message: Load) -> None:
         platform = Platform(message.platform)

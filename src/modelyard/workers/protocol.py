@@ -20,6 +20,7 @@ import dataclasses
 import enum
 import socket
 import struct
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -126,6 +127,9 @@ class Infer(Message):
     """Milliseconds left to the request's deadline when it was sent (None: no deadline). The
     worker skips the request, answering DEADLINE_EXCEEDED, when they have run out before an
     execution slot takes it. Relative, so the two processes need not share a clock."""
+    decoded_ns: int = field(default=0, compare=False)
+    """Not sent: what ``decode`` measured rebuilding ``tensors`` from the frame (Triton's
+    compute_input), for the worker to send back with the outputs."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +144,11 @@ class Cancel(Message):
 class Outputs(Message):
     KIND = MessageKind.OUTPUTS
     tensors: Mapping[str, np.ndarray] = field(default_factory=dict)
+    compute_ns: Sequence[int] = ()
+    """Triton's (compute_input, compute_infer, compute_output) of this execution, in ns, as the
+    worker measured them: decoding the request's tensors, the model's call, encoding these
+    outputs into the frame. The worker gives the first two; ``encode`` appends the third (it
+    is the one that encodes); empty when not measured."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,8 +215,11 @@ _CLASSES: dict[MessageKind, type[Message]] = {
         Cancel,
     )
 }
+_LOCAL_FIELDS = frozenset({"decoded_ns"})
+"""Fields measured on the receiving side, never sent."""
 _FIELD_NAMES: dict[type[Message], tuple[str, ...]] = {
-    cls: tuple(f.name for f in dataclasses.fields(cls)) for cls in _CLASSES.values()
+    cls: tuple(f.name for f in dataclasses.fields(cls) if f.name not in _LOCAL_FIELDS)
+    for cls in _CLASSES.values()
 }
 """Each message class's fields, listed once (``dataclasses.fields`` builds them on every call,
 which was on every request)."""
@@ -221,6 +233,7 @@ _WITH_SIGNATURES = frozenset(
     for cls, names in _FIELD_NAMES.items()
     if (_SIGNATURE_FIELDS | _SIGNATURE_MAP_FIELDS) & set(names)
 )
+_perf_ns = time.perf_counter_ns
 _DATATYPE_OF_NAME: dict[str, DataType] = {t.value: t for t in DataType}
 _DATATYPE_OF_DTYPE: dict[np.dtype[Any], DataType] = {}
 """``DataType.from_numpy`` of the dtypes seen so far (it compares against every type)."""
@@ -276,13 +289,18 @@ def encode(message: Message) -> list[bytes | memoryview]:
     fields: dict[str, Any] = {}
     buffers: list[bytes | memoryview] = []
     tensors: list[list[Any]] = []
+    encoded_ns = 0
     for name in _FIELD_NAMES[type(message)]:
         value = getattr(message, name)
         if name == "tensors":
+            began = _perf_ns()
             for name, array in value.items():
                 meta, bufs = tensor_buffers(array)
                 tensors.append([name, *meta])
                 buffers.extend(bufs)
+            encoded_ns = _perf_ns() - began
+        elif name == "compute_ns" and len(value) == 2:  # the worker's: add compute_output
+            fields[name] = [value[0], value[1], encoded_ns]
         elif name in _SIGNATURE_FIELDS and value is not None:
             fields[name] = signature_to_json(value)
         elif name in _SIGNATURE_MAP_FIELDS:
@@ -316,10 +334,13 @@ def decode(header: bytes, buffers: Sequence[bytes | bytearray | memoryview]) -> 
         if len(metas) != len(buffers):
             raise ProtocolError(f"{len(metas)} tensors described, {len(buffers)} buffers sent")
         if metas or cls in _WITH_TENSORS:
+            began = _perf_ns()
             fields["tensors"] = {
                 m[0]: tensor_from_buffer(m[1:], b, m[0])
                 for m, b in zip(metas, buffers, strict=True)
             }
+            if cls is Infer:
+                fields["decoded_ns"] = _perf_ns() - began
         return cls(**fields)
     except ProtocolError:
         raise

@@ -200,6 +200,10 @@ class DeviceWorker:
         finally:
             slot.in_flight -= 1
         assert isinstance(reply, Outputs)
+        if reply.compute_ns:
+            clock = deadlines.current()
+            if clock is not None:
+                clock.note_compute(reply.compute_ns)
         return dict(reply.tensors)
 
     async def unload(self, key: VersionKey) -> None:

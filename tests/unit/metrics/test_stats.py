@@ -35,7 +35,7 @@ def test_a_request_adds_its_durations_rows_and_one_execution() -> None:
     assert stats.queue_ns == 0
     assert 0.002e9 <= stats.infer_ns < 0.5e9
     assert stats.success_ns >= stats.infer_ns + 0.001e9
-    assert stats.batches == {3: [1, stats.infer_ns]}
+    assert stats.batches == {3: [1, stats.infer_ns, 0, 0]}  # no worker said its times
     assert stats.outcomes == {("kserve_rest", "OK"): 1}
     assert stats.last_inference_ms > 0
 
@@ -51,6 +51,26 @@ def test_a_batch_is_one_execution_whatever_number_of_requests_it_served() -> Non
     assert stats.batches[4][0] == 1
     assert stats.queue_ns >= 4 * 0.003e9
     assert stats.batch_size.count == 1
+
+
+def test_the_workers_times_are_the_compute_split_and_each_request_of_a_batch_gets_them() -> None:
+    book = StatsBook()
+    alone = _clock(0.0, 0.004)
+    alone.note_compute([10_000, 2_000_000, 30_000])
+    book.observe(KEY, alone, rows=1, protocol="kserve_rest", code=None)
+    run = BatchRun(rows=2)
+    for _ in range(2):
+        clock = _clock(0.001, 0.004, run)
+        clock.note_compute([20_000, 3_000_000, 40_000])  # on the run: one execution's times
+        book.observe(KEY, clock, rows=1, protocol="kserve_rest", code=None)
+    stats = book.of(KEY)
+    # Per request (Triton's inference_stats): the batch's two requests each get its times.
+    assert stats.infer_ns == 2_000_000 + 2 * 3_000_000
+    assert (stats.input_ns, stats.output_ns) == (10_000 + 2 * 20_000, 30_000 + 2 * 40_000)
+    # Per execution (batch_stats): the batch once, with its own times.
+    assert stats.batches == {1: [1, 2_000_000, 10_000, 30_000], 2: [1, 3_000_000, 20_000, 40_000]}
+    # The rest of the 4 ms on the device (transport) is in the request's duration only.
+    assert stats.success_ns >= 3 * 0.004e9
 
 
 def test_failures_count_by_reason_and_refusals_by_protocol() -> None:

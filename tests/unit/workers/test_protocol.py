@@ -127,6 +127,19 @@ def test_signatures_and_scalars_round_trip() -> None:
     assert _roundtrip(Shutdown(10)) == Shutdown(10)
 
 
+def test_the_workers_compute_times_cross_with_the_outputs_and_decoding_is_not_sent() -> None:
+    # The front end's Infer: decoding it measures compute_input, which is never on the wire.
+    infer = _roundtrip(Infer(7, "m", 1, {"x": np.ones((64, 64), np.float32)}))
+    assert isinstance(infer, Infer)
+    assert infer.decoded_ns > 0
+    assert b"decoded_ns" not in b"".join(bytes(p) for p in encode(infer))
+    # The worker's reply: its two times, and encoding adds the third (compute_output).
+    reply = _roundtrip(Outputs(7, {"y": np.ones((64, 64), np.float32)}, (123, 4_567)))
+    assert isinstance(reply, Outputs)
+    assert list(reply.compute_ns[:2]) == [123, 4_567]
+    assert reply.compute_ns[2] > 0
+
+
 @pytest.mark.parametrize(
     "error", [NotFound("no such model"), InvalidArgument("bad x"), Unavailable("gone")]
 )
