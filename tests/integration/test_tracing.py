@@ -167,7 +167,7 @@ def test_one_trace_per_request_parented_on_the_callers_traceparent(
         )
     # Without a traceparent: a trace of its own.
     assert httpx.post(f"{server.rest_url}/v2/models/linear/infer", json=_body()).status_code == 200
-    spans = receiver.wait_for(before + 6)[before:]
+    spans = receiver.wait_for(before + 9)[before:]
     by_trace: dict[str, list[Span]] = {}
     for span in spans:
         by_trace.setdefault(span.trace_id, []).append(span)
@@ -177,7 +177,7 @@ def test_one_trace_per_request_parented_on_the_callers_traceparent(
         (GRPC_TRACE, GRPC_PARENT, "kserve_grpc"),
     ):
         trace = {s.name: s for s in by_trace[trace_id]}
-        assert set(trace) == {"modelyard.request", "modelyard.worker"}
+        assert set(trace) == {"modelyard.request", "modelyard.worker", "modelyard.compute"}
         root = trace["modelyard.request"]
         assert root.parent_id == parent_id
         assert root.attributes["modelyard.protocol"] == protocol
@@ -188,6 +188,12 @@ def test_one_trace_per_request_parented_on_the_callers_traceparent(
         assert worker.attributes["modelyard.device"] == "cpu"
         assert worker.attributes["modelyard.batch_size"] == 1
         assert root.start_ns <= worker.start_ns <= worker.end_ns <= root.end_ns
+        # The model's call as the worker timed it: inside the worker span, shorter than it.
+        compute = trace["modelyard.compute"]
+        assert compute.parent_id == worker.span_id
+        assert worker.start_ns <= compute.start_ns < compute.end_ns <= worker.end_ns
+        assert compute.end_ns - compute.start_ns < worker.end_ns - worker.start_ns
+        assert int(compute.attributes["modelyard.compute_input_ns"]) > 0
     (own,) = [t for t in by_trace if t not in (REST_TRACE, GRPC_TRACE)]
     root = next(s for s in by_trace[own] if s.name == "modelyard.request")
     assert root.parent_id == ""
@@ -207,10 +213,15 @@ def test_a_batched_request_has_a_queue_span(server: RunningServer, receiver: Rec
 
     with ThreadPoolExecutor(2) as pool:  # two one-row requests fill the batch of 2
         assert list(pool.map(send, traces)) == [200, 200]
-    spans = receiver.wait_for(before + 6)[before:]
+    spans = receiver.wait_for(before + 8)[before:]
     for trace in traces:
         mine = {s.name: s for s in spans if s.trace_id == trace}
-        assert set(mine) == {"modelyard.request", "modelyard.queue", "modelyard.worker"}
+        assert set(mine) == {
+            "modelyard.request",
+            "modelyard.queue",
+            "modelyard.worker",
+            "modelyard.compute",
+        }
         queue, worker = mine["modelyard.queue"], mine["modelyard.worker"]
         assert queue.parent_id == worker.parent_id == mine["modelyard.request"].span_id
         assert queue.end_ns <= worker.start_ns

@@ -9,8 +9,12 @@ metadata) when it sends one:
 - ``modelyard.queue``: the wait in the model's batcher (only for a batched model);
 - ``modelyard.worker``: from handing the request (or its batch) to the device's worker process
   until its answer came back; attributes ``modelyard.device`` and ``modelyard.batch_size``;
-- ``modelyard.compute``: the model's run inside it, as the worker measured it, when the worker
-  reports it (see ``Call.compute``).
+- ``modelyard.compute`` (a child of ``modelyard.worker``): the model's call, as long as the
+  worker measured it (``RequestClock.compute_ns``), when a worker reports its times; attributes
+  ``modelyard.compute_input_ns`` and ``modelyard.compute_output_ns`` (decoding the request's
+  tensors, encoding the answer's). The worker reports durations, not times: the span sits
+  after the input's decoding, with the transport to and from the worker split evenly around
+  the three (its length is measured, its place within the worker span is not).
 
 The spans are made when the call ends, from the phases its clock recorded, so tracing adds no
 work while a request is in flight; the exporter sends batches from its own thread.
@@ -19,7 +23,7 @@ work while a request is in flight; the exporter sends batches from its own threa
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -121,8 +125,30 @@ class Tracer:
                         start_time=wall.ns(at),
                         attributes={"modelyard.device": clock.device, "modelyard.batch_size": rows},
                     )
+                    times = clock.batch.compute_ns if clock.batch is not None else clock.compute_ns
+                    if len(times) == 3:
+                        self._compute(worker, wall.ns(at), end_ns, times)
                     worker.end(end_time=end_ns)
         request.end(end_time=end_wall_ns)
+
+    def _compute(self, worker: Any, start_ns: int, end_ns: int, times: Sequence[int]) -> None:
+        """The ``modelyard.compute`` span inside ``worker`` (``start_ns`` to ``end_ns``), from
+        the worker's (input, infer, output) ns."""
+        from opentelemetry import trace
+
+        decode, infer, encode = times
+        transport = max(0, end_ns - start_ns - decode - infer - encode)
+        begin = min(end_ns, start_ns + transport // 2 + decode)
+        span = self._tracer.start_span(
+            "modelyard.compute",
+            context=trace.set_span_in_context(worker),
+            start_time=begin,
+            attributes={
+                "modelyard.compute_input_ns": decode,
+                "modelyard.compute_output_ns": encode,
+            },
+        )
+        span.end(end_time=min(end_ns, begin + infer))
 
     def close(self) -> None:
         """Export what is pending (bounded by the exporter's timeout) and stop."""
