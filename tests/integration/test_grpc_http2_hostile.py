@@ -118,6 +118,18 @@ def _decoded(block: bytes) -> list[tuple[str, str]]:
     return [(str(k), str(v)) for k, v in hpack.Decoder().decode(block)]
 
 
+def _stream_1_reset_and_the_connection_goes_on(raw: Raw, code: int) -> None:
+    """Stream 1 ends in RST_STREAM with ``code``; a call on stream 3 of the same connection is
+    then answered OK. Closes ``raw``."""
+    frames = raw.frames(lambda f: f[2] == 1 and (f[0] == RST_STREAM or f[1] & 0x1))
+    assert frames[-1][0] == RST_STREAM, frames[-3:]
+    assert int.from_bytes(frames[-1][3], "big") == code
+    raw.sock.sendall(raw.request(3))
+    frames = raw.frames(lambda f: f[0] == HEADERS and f[2] == 3 and f[1] & 0x1)
+    assert ("grpc-status", "0") in _decoded(frames[-1][3])
+    raw.close()
+
+
 def _goaway(f: tuple[int, int, int, bytes]) -> bool:
     return f[0] in (GOAWAY, -1)
 
@@ -433,13 +445,7 @@ def test_malformed_request_headers_reset_the_stream_only(
     raw = Raw(port)
     block = raw.encoder.encode([*fields, ("content-type", "application/grpc")])
     raw.sock.sendall(_frame(HEADERS, 0x4, 1, block) + _frame(DATA, 0x1, 1, b"\x00" * 5))
-    frames = raw.frames(lambda f: f[2] == 1 and (f[0] == RST_STREAM or f[1] & 0x1))
-    assert frames[-1][0] == RST_STREAM
-    assert int.from_bytes(frames[-1][3], "big") == PROTOCOL_ERROR
-    raw.sock.sendall(raw.request(3))
-    frames = raw.frames(lambda f: f[0] == HEADERS and f[2] == 3 and f[1] & 0x1)
-    assert ("grpc-status", "0") in _decoded(frames[-1][3])
-    raw.close()
+    _stream_1_reset_and_the_connection_goes_on(raw, PROTOCOL_ERROR)
 
 
 STREAM_CLOSED = 0x5
@@ -458,13 +464,7 @@ def test_data_after_end_stream_resets_the_stream_with_stream_closed(port: int) -
     extra bytes are not silently dropped while the call runs on); the connection goes on."""
     raw = Raw(port)
     raw.sock.sendall(raw.request(1) + _frame(DATA, 0x1, 1, b"\x00" * 5))
-    frames = raw.frames(lambda f: f[2] == 1 and (f[0] == RST_STREAM or f[1] & 0x1))
-    assert frames[-1][0] == RST_STREAM
-    assert int.from_bytes(frames[-1][3], "big") == STREAM_CLOSED
-    raw.sock.sendall(raw.request(3))
-    frames = raw.frames(lambda f: f[0] == HEADERS and f[2] == 3 and f[1] & 0x1)
-    assert ("grpc-status", "0") in _decoded(frames[-1][3])
-    raw.close()
+    _stream_1_reset_and_the_connection_goes_on(raw, STREAM_CLOSED)
 
 
 def test_a_second_headers_without_end_stream_resets_the_stream_with_protocol_error(
@@ -477,13 +477,7 @@ def test_a_second_headers_without_end_stream_resets_the_stream_with_protocol_err
         _frame(HEADERS, 0x4, 1, raw.headers(1))
         + _frame(HEADERS, 0x4, 1, raw.encoder.encode([("x-more", "headers")]))
     )
-    frames = raw.frames(lambda f: f[2] == 1 and (f[0] in (RST_STREAM, GOAWAY) or f[1] & 0x1))
-    assert frames[-1][0] == RST_STREAM, frames[-3:]
-    assert int.from_bytes(frames[-1][3], "big") == PROTOCOL_ERROR
-    raw.sock.sendall(raw.request(3))
-    frames = raw.frames(lambda f: f[0] == HEADERS and f[2] == 3 and f[1] & 0x1)
-    assert ("grpc-status", "0") in _decoded(frames[-1][3])
-    raw.close()
+    _stream_1_reset_and_the_connection_goes_on(raw, PROTOCOL_ERROR)
 
 
 def test_padding_that_leaves_no_room_for_the_priority_fields_is_a_protocol_error(
