@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from bench_models import TINY, write_mlp
 from protocols import GRPC_METHOD, payload
+from report import git_state
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -599,23 +600,9 @@ def main() -> None:
 
 
 def _git() -> str:
-    """The commit measured (with ``+`` when the tree has changes), for the record."""
-    try:
-        head = subprocess.run(
-            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(ROOT), "status", "--porcelain", "src"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + ("+" if dirty else "")  # fmt: skip
+    """The commit measured (with ``+`` when ``src`` has changes), for the record."""
+    head, dirty = git_state("src")
+    return head + ("+" if dirty else "")
 
 
 if __name__ == "__main__":

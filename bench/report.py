@@ -38,6 +38,30 @@ class Report:
     front_end_rss: int = 0  # bytes: the benchmark server's front end after every load point
 
 
+def git_state(*paths: str) -> tuple[str, bool]:
+    """The checkout's short commit, and whether its tracked files (those under ``paths``,
+    relative to the checkout's root, if given) have uncommitted changes; ``("unknown", False)``
+    where git cannot tell."""
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=HERE.parent,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", *paths],
+            capture_output=True,
+            text=True,
+            cwd=HERE.parent,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown", False
+    return sha, bool(dirty)  # fmt: skip
+
+
 def environment() -> dict[str, str]:
     def version(name: str) -> str:
         try:
@@ -57,15 +81,7 @@ def environment() -> dict[str, str]:
         ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     except (ValueError, OSError):
         ram = 0.0
-    sha = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE
-    ).stdout.strip()
-    dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no"],
-        capture_output=True,
-        text=True,
-        cwd=HERE,
-    ).stdout.strip()
+    sha, dirty = git_state()
     return {
         "load": ", ".join(f"{x:.1f}" for x in os.getloadavg()),
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
