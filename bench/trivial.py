@@ -48,16 +48,23 @@ async def _serve_http() -> None:
     await server.serve_forever()
 
 
-async def _serve_grpc() -> None:
+def _model_infer_handler() -> Any:
+    """KServe's ``ModelInfer``, answering an empty message at once (raw bytes, no parsing)."""
     import grpc
 
     async def answer(request: bytes, context: Any) -> bytes:
         return b""
 
-    handler = grpc.method_handlers_generic_handler(
+    return grpc.method_handlers_generic_handler(
         "inference.GRPCInferenceService",
         {"ModelInfer": grpc.unary_unary_rpc_method_handler(answer)},
     )
+
+
+async def _serve_grpc() -> None:
+    import grpc
+
+    handler = _model_infer_handler()
     server = grpc.aio.server()
     server.add_generic_rpc_handlers((handler,))
     port = server.add_insecure_port("127.0.0.1:0")
@@ -67,18 +74,10 @@ async def _serve_grpc() -> None:
 
 
 async def _serve_h2grpc() -> None:
-    import grpc
-
     from modelyard.server.grpc.fast import FastServer
     from modelyard.server.grpc.http2 import Connection, server_factory
 
-    async def answer(request: bytes, context: Any) -> bytes:
-        return b""
-
-    handler = grpc.method_handlers_generic_handler(
-        "inference.GRPCInferenceService",
-        {"ModelInfer": grpc.unary_unary_rpc_method_handler(answer)},
-    )
+    handler = _model_infer_handler()
     fast = FastServer(4 << 20)
     fast.add_generic_rpc_handlers((handler,))
     connections: set[Connection] = set()
