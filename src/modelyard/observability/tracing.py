@@ -127,21 +127,20 @@ class Tracer:
                     )
                     times = clock.batch.compute_ns if clock.batch is not None else clock.compute_ns
                     if len(times) == 3:
-                        self._compute(worker, wall.ns(at), end_ns, times)
+                        within = trace.set_span_in_context(worker)
+                        self._compute(within, wall.ns(at), end_ns, times)
                     worker.end(end_time=end_ns)
         request.end(end_time=end_wall_ns)
 
     def _compute(self, worker: Any, start_ns: int, end_ns: int, times: Sequence[int]) -> None:
-        """The ``modelyard.compute`` span inside ``worker`` (``start_ns`` to ``end_ns``), from
-        the worker's (input, infer, output) ns."""
-        from opentelemetry import trace
-
+        """The ``modelyard.compute`` span in the context ``worker`` (the worker span's, which
+        runs ``start_ns`` to ``end_ns``), from the worker's (input, infer, output) ns."""
         decode, infer, encode = times
         transport = max(0, end_ns - start_ns - decode - infer - encode)
         begin = min(end_ns, start_ns + transport // 2 + decode)
         span = self._tracer.start_span(
             "modelyard.compute",
-            context=trace.set_span_in_context(worker),
+            context=worker,
             start_time=begin,
             attributes={
                 "modelyard.compute_input_ns": decode,
