@@ -61,7 +61,11 @@ class InferenceCalls:
         if not is_inference(scope):
             await self._app(scope, receive, send)
             return
-        call = _Call(receive, send)
+        await self._run(scope, _Call(receive, send))
+
+    async def _run(self, scope: Scope, call: _Call) -> None:
+        """The app on ``call``, under the request's deadline; returns quietly when the watcher
+        dropped the call because its client left."""
         try:
             with deadlines.given(self.policy.rest(time.monotonic())):
                 await self._app(scope, call.receive, call.send)

@@ -17,12 +17,8 @@ before the data plane counted it (``modelyard.observability.calls``). It runs in
 
 from __future__ import annotations
 
-import asyncio
-import time
-
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from modelyard import deadlines
 from modelyard.deadlines import DeadlinePolicy
 from modelyard.errors import Code
 from modelyard.observability import calls
@@ -105,12 +101,7 @@ class CountedInferenceCalls(InferenceCalls):
         token = CURRENT.set(lane)
         call = _Call(receive, send)
         try:
-            with deadlines.given(self.policy.rest(time.monotonic())):
-                await self._app(scope, call.receive, call.send)
-        except asyncio.CancelledError:
-            if call.dropped and call.task.uncancel() == 0:
-                return  # the client is gone: its queued work was dropped, nothing to answer
-            raise  # this middleware was cancelled itself (server stopping)
+            await self._run(scope, call)
         except Exception:
             # A bug: _AnswerBugs (outside) answers it 500 when no answer has started, which
             # notes INTERNAL on the call it sees; here that call is already over, so note it.
@@ -118,7 +109,6 @@ class CountedInferenceCalls(InferenceCalls):
                 calls.note_code(Code.INTERNAL)
             raise
         finally:
-            call.finish()
             ended = CURRENT.get()
             CURRENT.reset(token)
             # The lane (nothing failed) or its twin (the data plane counted the call): done.
