@@ -142,8 +142,8 @@ class _RememberingRouter(Router):
         if "router" not in scope:
             scope["router"] = self
         scope["route"] = route
-        scope["endpoint"] = child_scope["endpoint"]
-        scope["path_params"] = dict(child_scope["path_params"])
+        scope.update(child_scope)  # as the walk does (a Mount's root path too, not only a Route's)
+        scope["path_params"] = dict(child_scope["path_params"])  # the request's own copy
         await route.handle(scope, receive, send)
 
 
