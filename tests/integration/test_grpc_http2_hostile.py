@@ -19,6 +19,7 @@ from typing import Any, cast
 
 import grpc
 import hpack
+import httpx
 import numpy as np
 import pytest
 
@@ -627,3 +628,72 @@ def test_a_body_past_a_small_limit_runs_its_handler_once(end: str) -> None:
         loop.call_soon_threadsafe(listener.close)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
+
+
+def test_a_client_that_never_reads_its_large_answers_is_not_read_either(
+    server: RunningServer, models: dict[str, dict[int, BuiltModel]]
+) -> None:
+    """A client grants windows of 2 GiB, so flow control never stops the server, asks for
+    100 KiB answers stream after stream and never reads one. Once its socket is full the server
+    stops reading that connection too, instead of computing and buffering answers without
+    bound; a tritonclient call on another connection is answered meanwhile, correctly."""
+    built = models["linear"][2]
+    x = np.random.default_rng(2).standard_normal((12800, 4)).astype(np.float32)
+    request = pb.ModelInferRequest(model_name="linear", model_version="2")
+    request.inputs.add(name="x", datatype="FP32", shape=list(x.shape))
+    request.raw_input_contents.append(x.tobytes())
+    message = request.SerializeToString()
+    body = b"\x00" + len(message).to_bytes(4, "big") + message
+    infer = "/inference.GRPCInferenceService/ModelInfer"
+    raw = Raw(int(server.grpc_target.rsplit(":", 1)[1]), preface=False)
+    raw.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    huge = (1 << 31) - 1
+    raw.sock.sendall(
+        PREFACE
+        + _frame(SETTINGS, 0, 0, (0x4).to_bytes(2, "big") + huge.to_bytes(4, "big"))
+        + _frame(WINDOW_UPDATE, 0, 0, (huge - 65535).to_bytes(4, "big"))
+    )
+    raw.sock.setblocking(False)
+    calls = [
+        _frame(HEADERS, 0x4, sid, raw.headers(sid, path=infer))
+        + b"".join(
+            _frame(DATA, 0x1 if at + 16384 >= len(body) else 0, sid, body[at : at + 16384])
+            for at in range(0, len(body), 16384)
+        )
+        for sid in range(1, 2 * 1000, 2)
+    ]  # 1,000 calls, 200 MiB, if the server read them all
+    stream = memoryview(b"".join(calls))
+    sent, stalled_since, deadline = 0, None, time.monotonic() + 30
+    while sent < len(stream) and time.monotonic() < deadline:
+        try:
+            sent += raw.sock.send(stream[sent : sent + (1 << 20)])
+            stalled_since = None
+        except BlockingIOError:
+            stalled_since = stalled_since or time.monotonic()
+            if time.monotonic() - stalled_since > 2.0:
+                break  # the server has not read this connection for 2 s
+            time.sleep(0.02)
+    assert sent < len(stream) // 4, f"the server read {sent >> 20} MiB of a client reading nothing"
+    client = grpcclient.InferenceServerClient(url=server.grpc_target)
+    try:  # the stuck client still holds its connection and its unread answers
+        tensor = grpcclient.InferInput("x", list(x.shape), "FP32").set_data_from_numpy(x)
+        began = time.monotonic()
+        result = client.infer("linear", [tensor], client_timeout=10)
+        np.testing.assert_allclose(result.as_numpy("y"), built.reference({"x": x})["y"], rtol=1e-5)
+        assert time.monotonic() - began < 5.0
+    finally:
+        client.close()
+    raw.close()
+    deadline = time.monotonic() + 10  # its calls end with its connection: none left pending
+    while True:
+        scrape = httpx.get(f"{server.rest_url}/metrics", timeout=10).text
+        pending = [
+            float(line.rsplit(" ", 1)[1])
+            for line in scrape.splitlines()
+            if line.startswith('nv_inference_pending_request_count{model="linear"')
+        ]
+        if (pending and not any(pending)) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert pending, scrape
+    assert not any(pending), scrape
