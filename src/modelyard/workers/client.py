@@ -51,7 +51,6 @@ from modelyard.workers.heartbeat import sample_process
 from modelyard.workers.launcher import ProcessSample, WorkerEvents, WorkerSpec
 from modelyard.workers.launcher import WorkerDied as WorkerDied  # what its requests raise
 from modelyard.workers.protocol import (
-    LEN_BYTES,
     PREFIX_BYTES,
     Cancel,
     Error,
@@ -61,8 +60,7 @@ from modelyard.workers.protocol import (
     Ping,
     ProtocolError,
     Shutdown,
-    buffer_len,
-    decode,
+    decode_body,
     encode,
     split_prefix,
 )
@@ -303,13 +301,9 @@ class WorkerProcess:
 
     async def _read_message(self) -> Message:
         assert self._reader is not None
-        header_len, n_buffers = split_prefix(await self._reader.readexactly(PREFIX_BYTES))
-        header = await self._reader.readexactly(header_len)
-        buffers = []
-        for _ in range(n_buffers):
-            size = buffer_len(await self._reader.readexactly(LEN_BYTES))
-            buffers.append(await self._reader.readexactly(size))
-        return decode(header, buffers)
+        reader = self._reader
+        header_len, n_buffers, body_len = split_prefix(await reader.readexactly(PREFIX_BYTES))
+        return decode_body(await reader.readexactly(body_len), header_len, n_buffers)
 
     async def _read_loop(self) -> None:
         reason = ""
