@@ -37,8 +37,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
-from typing import Protocol
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -112,11 +112,12 @@ class WorkerServable:
         """Every named signature (``serving_default`` only, for single-signature models)."""
         return self._signatures
 
-    async def infer(
+    def infer(
         self, inputs: Mapping[str, np.ndarray], signature_name: str | None = None
-    ) -> dict[str, np.ndarray]:
-        """The worker answers InvalidArgument for a signature name the model lacks."""
-        return await self._host.infer(self._key, inputs, signature_name)
+    ) -> Coroutine[Any, Any, dict[str, np.ndarray]]:
+        """The worker answers InvalidArgument for a signature name the model lacks. (The host's
+        coroutine itself, awaited by the caller: no coroutine of its own per request.)"""
+        return self._host.infer(self._key, inputs, signature_name)
 
     async def close(self) -> None:
         await self._host.unload(self._key)
@@ -233,9 +234,11 @@ class WorkerProcess:
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
         message = message_of(request_id)
+        writer = self._writer
         try:
-            self._writer.writelines(encode(message))
-            await self._writer.drain()
+            writer.writelines(encode(message))
+            if writer.transport.get_write_buffer_size():  # else there is nothing to wait for
+                await writer.drain()
             reply = await future
         except asyncio.CancelledError:
             # The caller is gone (client disconnected, deadline passed): an inference it

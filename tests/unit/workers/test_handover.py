@@ -6,10 +6,20 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections.abc import Callable
 
 from modelyard.workers.handover import Handover
 
 WAIT_S = 10.0
+
+
+def _holding(release: threading.Event) -> Callable[[], None]:
+    """A call that runs until ``release`` is set (at most ``WAIT_S``)."""
+
+    def hold() -> None:
+        release.wait(WAIT_S)
+
+    return hold
 
 
 class Frames:
@@ -51,11 +61,12 @@ def test_a_long_inline_call_hands_the_reading_to_the_other_thread() -> None:
     frames = Frames()
     handover = Handover(frames.read_loop, poll_s=0.005)
     release = threading.Event()
+    hold = _holding(release)
     kept: list[bool] = []
     read_during_call = threading.Event()
 
     def long_call() -> bool:
-        kept.append(handover.run_inline(lambda: release.wait(WAIT_S)))
+        kept.append(handover.run_inline(hold))
         return kept[-1]
 
     frames.frames.put(long_call)
@@ -94,7 +105,8 @@ def test_a_failure_on_the_second_thread_is_raised_by_run() -> None:
     frames = Frames()
     handover = Handover(frames.read_loop, poll_s=0.005)
     release = threading.Event()
-    frames.frames.put(lambda: handover.run_inline(lambda: release.wait(WAIT_S)))
+    hold = _holding(release)
+    frames.frames.put(lambda: handover.run_inline(hold))
     thread, result = _serve(handover)
     frames.frames.put(RuntimeError("a corrupt frame"))  # read by the thread that took over
     deadline = time.monotonic() + WAIT_S
