@@ -64,6 +64,10 @@ class FairSlots:
         self._queues: OrderedDict[str, deque[Job]] = OrderedDict()
         self._running: dict[str, int] = {}
         self._closing = False
+        # The wait locks of the idle threads, the one idle the shortest time last: a job wakes
+        # that one (its caches are warm), where a Condition wakes the one idle the longest, so
+        # every thread took every ``threads``-th job with cold caches.
+        self._idle: list[threading.Lock] = []
         self._workers = [
             threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
             for i in range(threads)
@@ -79,7 +83,7 @@ class FairSlots:
             if not job.queued_at:
                 job = Job(job.key, job.job_id, job.run, job.expired, job.deadline, time.monotonic())
             self._queues.setdefault(job.key, deque()).append(job)
-            self._lock.notify()
+            self._wake_one()
 
     def start_inline(self, key: str) -> bool:
         """Count a job of ``key`` as running on the caller's thread, when no job runs or waits
@@ -97,7 +101,7 @@ class FairSlots:
         with self._mutex:
             self._finished(key)
             if self._queues:  # queued while it ran: its end may let the next one start
-                self._lock.notify()
+                self._wake_one()
 
     def cancel(self, job_id: int) -> Job | None:
         """Withdraw the queued job ``job_id`` and return it; None when it is not queued
@@ -126,7 +130,7 @@ class FairSlots:
         """Run what is queued, wait for everything to finish, then stop the threads."""
         with self._lock:
             self._closing = True
-            self._lock.notify_all()
+            self._wake_all()
         for worker in self._workers:
             worker.join()
         with self._lock:  # an inline job still running
@@ -148,17 +152,34 @@ class FairSlots:
                 return job
         return None
 
+    def _wake_one(self) -> None:
+        """Wake the thread idle the shortest time, if one is. Called with the lock held."""
+        if self._idle:
+            self._idle.pop().release()
+
+    def _wake_all(self) -> None:
+        while self._idle:
+            self._idle.pop().release()
+        self._lock.notify_all()  # close() waiting for inline jobs
+
     def _work(self) -> None:
         done: Job | None = None  # the job this thread finished last, accounted for below
+        waiter = threading.Lock()  # released by whoever takes it off self._idle
+        waiter.acquire()
         while True:
-            with self._lock:
+            with self._mutex:
                 if done is not None:
                     self._finished(done.key)
                 job = self._next()
                 while job is None:
                     if self._closing and not self._queues:
                         return
-                    self._lock.wait()
+                    self._idle.append(waiter)
+                    self._mutex.release()
+                    try:
+                        waiter.acquire()
+                    finally:
+                        self._mutex.acquire()
                     job = self._next()
                 self._running[job.key] = self._running.get(job.key, 0) + 1
             run_job(job)
@@ -175,7 +196,7 @@ class FairSlots:
         if not self._running[key]:
             del self._running[key]
         if self._closing:
-            self._lock.notify_all()
+            self._wake_all()
 
 
 def run_job(job: Job) -> None:
