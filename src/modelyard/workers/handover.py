@@ -69,22 +69,23 @@ class Handover:
         self._wake = threading.Lock()  # held while nobody needs the watcher; released to wake it
         self._wake.acquire()
         self._ended = False
+        self._done = threading.Lock()  # released once, when the stream has ended
+        self._done.acquire()
         self._code = 0
         self._error: BaseException | None = None
 
     def run(self) -> int:
-        """Read until the stream ends, on this thread and one more; the exit code. Re-raises
-        what ``read_loop`` raised on either thread."""
-        other = threading.Thread(target=self._second, name="reader-1", daemon=True)
-        other.start()
-        try:
-            code = self._turns(reading=True)
-        except BaseException:
-            self._end(1)
-            raise
+        """Read until the stream ends, on two threads of its own; the exit code, as soon as
+        either reads the end (the other may still be in a long call: a worker never outlives
+        its server). Re-raises what ``read_loop`` raised on either thread."""
+        for index in range(2):
+            threading.Thread(
+                target=self._thread, args=(index == 0,), name=f"reader-{index}", daemon=True
+            ).start()
+        self._done.acquire()
         if self._error is not None:
             raise self._error
-        return code
+        return self._code
 
     def run_inline(self, call: Callable[[], None]) -> bool:
         """Run ``call`` on this (the reader's) thread; True when this thread still holds the
@@ -104,11 +105,13 @@ class Handover:
 
     # -- the two threads ---------------------------------------------------------------
 
-    def _second(self) -> None:
+    def _thread(self, reading: bool) -> None:
         try:
-            self._turns(reading=False)
-        except BaseException as exc:  # re-raised by run() on the main thread
-            self._error = exc
+            self._turns(reading=reading)
+        except BaseException as exc:  # re-raised by run()
+            with self._lock:
+                if self._error is None and not self._ended:
+                    self._error = exc
             self._end(1)
 
     def _turns(self, *, reading: bool) -> int:
@@ -125,10 +128,12 @@ class Handover:
 
     def _end(self, code: int) -> None:
         with self._lock:
-            if not self._ended:
-                self._ended, self._code = True, code
+            if self._ended:
+                return
+            self._ended, self._code = True, code
             if not self._watching:
                 self._wake_watcher()
+        self._done.release()
 
     def _wake_watcher(self) -> None:
         """Called with ``_lock`` held, while the watcher is not looking: make it look. Only

@@ -2,11 +2,11 @@
 
 ``WorkerHost`` is created by ``worker.main`` after the device is pinned. Ownership: it owns the
 socket and every model it loads; the front end only ever names models by (model, version).
-Thread safety: ``serve`` runs on the main thread, which reads the socket in turns with one more
-thread (``modelyard.workers.handover``); replies are sent from the readers (a short inference
-runs where it was read), the load thread and the execution slots under ``_send_lock``;
-``_models`` is written by the load thread only and read by the others (dict reads and single
-assignments are atomic in CPython).
+Thread safety: ``serve`` runs on the main thread, which waits while two reader threads take
+turns at the socket (``modelyard.workers.handover``); replies are sent from the readers (a
+short inference runs where it was read), the load thread and the execution slots under
+``_send_lock``; ``_models`` is written by the load thread only and read by the others (dict
+reads and single assignments are atomic in CPython).
 """
 
 from __future__ import annotations
