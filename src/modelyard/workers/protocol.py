@@ -245,8 +245,9 @@ _WIRE_DTYPE_OF_NAME: dict[str, np.dtype[Any]] = {
 }
 """Each numeric type's dtype on the wire (little-endian)."""
 _MAX_RANK = 32
-_DATATYPE_OF_DTYPE: dict[np.dtype[Any], DataType] = {}
-"""``DataType.from_numpy`` of the dtypes seen so far (it compares against every type)."""
+_DATATYPE_OF_DTYPE: dict[np.dtype[Any], tuple[DataType, str]] = {}
+"""``DataType.from_numpy`` of the dtypes seen so far (it compares against every type), and its
+name (an enum's ``value`` is a Python call)."""
 
 
 # -- signatures as JSON ------------------------------------------------------------------
@@ -303,11 +304,12 @@ def _tensor_parts(
     """Append each array's ``[name, datatype, shape]`` to ``metas`` and its raw buffer to
     ``buffers``."""
     for name, array in arrays.items():
-        datatype = _DATATYPE_OF_DTYPE.get(array.dtype)
-        if datatype is None:
-            datatype = _DATATYPE_OF_DTYPE[array.dtype] = DataType.from_numpy(array.dtype)
-        metas.append([name, datatype.value, list(array.shape)])
-        buffers.append(codec.raw_buffer(array, datatype))
+        known = _DATATYPE_OF_DTYPE.get(array.dtype)
+        if known is None:
+            datatype = DataType.from_numpy(array.dtype)
+            known = _DATATYPE_OF_DTYPE[array.dtype] = (datatype, datatype.value)
+        metas.append([name, known[1], list(array.shape)])
+        buffers.append(codec.raw_buffer(array, known[0]))
 
 
 def encode(message: Message) -> list[bytes | memoryview]:
@@ -343,6 +345,10 @@ def encode(message: Message) -> list[bytes | memoryview]:
             else:
                 fields[name] = value
     header = orjson.dumps({"k": int(message.KIND), "f": fields, "t": tensors})
+    if buffers:
+        # Spaces after the JSON, so that the first buffer starts 8-byte aligned in the body:
+        # an array on an unaligned buffer is copied by the reader (``tensor_from_buffer``).
+        header += b" " * (-(len(header) + LEN_BYTES) % 8)
     parts: list[bytes | memoryview] = [b"", header]
     body_len = len(header) + LEN_BYTES * len(buffers)
     for buf in buffers:
