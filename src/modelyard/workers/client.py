@@ -37,8 +37,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
-from typing import Protocol
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -51,7 +51,6 @@ from modelyard.workers.heartbeat import sample_process
 from modelyard.workers.launcher import ProcessSample, WorkerEvents, WorkerSpec
 from modelyard.workers.launcher import WorkerDied as WorkerDied  # what its requests raise
 from modelyard.workers.protocol import (
-    LEN_BYTES,
     PREFIX_BYTES,
     Cancel,
     Error,
@@ -61,8 +60,7 @@ from modelyard.workers.protocol import (
     Ping,
     ProtocolError,
     Shutdown,
-    buffer_len,
-    decode,
+    decode_body,
     encode,
     split_prefix,
 )
@@ -114,11 +112,12 @@ class WorkerServable:
         """Every named signature (``serving_default`` only, for single-signature models)."""
         return self._signatures
 
-    async def infer(
+    def infer(
         self, inputs: Mapping[str, np.ndarray], signature_name: str | None = None
-    ) -> dict[str, np.ndarray]:
-        """The worker answers InvalidArgument for a signature name the model lacks."""
-        return await self._host.infer(self._key, inputs, signature_name)
+    ) -> Coroutine[Any, Any, dict[str, np.ndarray]]:
+        """The worker answers InvalidArgument for a signature name the model lacks. (The host's
+        coroutine itself, awaited by the caller: no coroutine of its own per request.)"""
+        return self._host.infer(self._key, inputs, signature_name)
 
     async def close(self) -> None:
         await self._host.unload(self._key)
@@ -235,9 +234,11 @@ class WorkerProcess:
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
         message = message_of(request_id)
+        writer = self._writer
         try:
-            self._writer.writelines(encode(message))
-            await self._writer.drain()
+            writer.writelines(encode(message))
+            if writer.transport.get_write_buffer_size():  # else there is nothing to wait for
+                await writer.drain()
             reply = await future
         except asyncio.CancelledError:
             # The caller is gone (client disconnected, deadline passed): an inference it
@@ -303,13 +304,9 @@ class WorkerProcess:
 
     async def _read_message(self) -> Message:
         assert self._reader is not None
-        header_len, n_buffers = split_prefix(await self._reader.readexactly(PREFIX_BYTES))
-        header = await self._reader.readexactly(header_len)
-        buffers = []
-        for _ in range(n_buffers):
-            size = buffer_len(await self._reader.readexactly(LEN_BYTES))
-            buffers.append(await self._reader.readexactly(size))
-        return decode(header, buffers)
+        reader = self._reader
+        header_len, n_buffers, body_len = split_prefix(await reader.readexactly(PREFIX_BYTES))
+        return decode_body(await reader.readexactly(body_len), header_len, n_buffers)
 
     async def _read_loop(self) -> None:
         reason = ""

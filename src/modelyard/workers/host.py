@@ -2,9 +2,11 @@
 
 ``WorkerHost`` is created by ``worker.main`` after the device is pinned. Ownership: it owns the
 socket and every model it loads; the front end only ever names models by (model, version).
-Thread safety: ``serve`` runs on the main thread; replies are sent from the load thread and the
-execution slots under ``_send_lock``; ``_models`` is written by the load thread only and read by
-the others (dict reads and single assignments are atomic in CPython).
+Thread safety: ``serve`` runs on the main thread, which waits while two reader threads take
+turns at the socket (``modelyard.workers.handover``); replies are sent from the readers (a
+short inference runs where it was read), the load thread and the execution slots under
+``_send_lock``; ``_models`` is written by the load thread only and read by the others (dict
+reads and single assignments are atomic in CPython).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,7 @@ from modelyard.devices import DeviceTarget
 from modelyard.devices.probe import nvml_process_bytes
 from modelyard.errors import DeadlineExceeded, Internal, ModelyardError, NotFound
 from modelyard.tensors import DEFAULT_SIGNATURE, unknown_signature
+from modelyard.workers.handover import Handover
 from modelyard.workers.protocol import (
     Cancel,
     Done,
@@ -55,6 +59,12 @@ from modelyard.workers.tiers import release_free_memory
 _perf_ns = time.perf_counter_ns
 
 log = logging.getLogger(__name__)
+
+_SHORT_CALL_NS = 1_000_000
+"""A version whose last call took less than this may run on the reader's thread (1 ms, as
+``backends.onnx.SHORT_CALL_S``): a call that turns out longer hands the reading over within
+``handover.POLL_S`` x 2, so the bound is about cost (a thread switch is cheap beside a long
+call), not about safety."""
 
 # Platforms whose framework is torch: its allocator is capped on a GPU slice before any
 # torch allocation, the backend's own preparation included.
@@ -100,6 +110,10 @@ class WorkerHost:
         if per_model_threads is None:
             per_model_threads = per_model_slots(infer_threads, target)
         self._slots = FairSlots(infer_threads, per_model_threads)
+        self._handover = Handover(self._read_frames)
+        self._frames: FrameReader | None = None
+        # Per version: whether its last call was short enough to run on the reader's thread.
+        self._short: dict[tuple[str, int], bool] = {}
         # Per model: inferences run, withdrawn by their caller, skipped past their deadline.
         self._counts: dict[str, dict[str, int]] = {}
         self._counts_lock = threading.Lock()
@@ -108,17 +122,35 @@ class WorkerHost:
         self._process = psutil.Process()
 
     def serve(self) -> int:
-        """Read and dispatch requests; returns the exit code (0 after SHUTDOWN or end of stream)."""
+        """Read and dispatch requests; returns the exit code (0 after SHUTDOWN or end of stream).
+
+        Two threads take turns at reading (``modelyard.workers.handover``): a short inference
+        runs on the thread that read it, when nothing else runs or waits."""
         self._send(Hello(0, os.getpid(), self._device, os.environ.get("CUDA_VISIBLE_DEVICES")))
-        frames = FrameReader(self._sock)
+        self._frames = FrameReader(self._sock)
+        return self._handover.run()
+
+    def _read_frames(self) -> int | None:
+        """Read and dispatch frames until the end (the exit code) or until this thread has
+        handed the reading over (None)."""
+        frames = self._frames
+        assert frames is not None
         while True:
             message = frames.read()
             if message is None:  # the server is gone: nothing left to serve
                 return 0
-            if isinstance(message, Ping):  # the heartbeat: answered here, never queued
+            if isinstance(message, Infer):
+                if (
+                    not frames.buffered  # more frames already here: let a slot run this one
+                    and self._short.get((message.model, message.version), False)
+                    and self._slots.start_inline(message.model)
+                ):
+                    if not self._handover.run_inline(partial(self._run_inline, message)):
+                        return None
+                else:
+                    self._submit(message)
+            elif isinstance(message, Ping):  # the heartbeat: answered here, never queued
                 self._send(Pong(message.request_id))
-            elif isinstance(message, Infer):
-                self._submit(message)
             elif isinstance(message, Cancel):
                 cancelled = self._slots.cancel(message.request_id)  # None: started or done
                 if cancelled is not None:
@@ -156,33 +188,49 @@ class WorkerHost:
         received = time.monotonic()
         budget = message.budget_ms
         deadline = None if budget is None else received + budget / 1000.0
-
-        def expired(waited_s: float) -> None:
-            self._count(message.model, "expired")
-            self._send(
-                Error.of(
-                    message.request_id,
-                    DeadlineExceeded(
-                        f"deadline exceeded: model {message.model!r} waited {waited_s * 1000:.0f} "
-                        f"ms on device {self._device} for an execution slot, past the "
-                        f"{budget or 0:.0f} ms its deadline left; it was not run"
-                    ),
-                )
-            )
-
+        run = partial(self._guard, self._infer, message)
         job = Job(
             message.model,
             message.request_id,
-            lambda: self._guard(self._infer, message),
-            expired,
+            run,
+            partial(self._expired, message),
             deadline,
             received,
         )
         self._slots.submit(job)
 
+    def _run_inline(self, message: Infer) -> None:
+        """Run ``message`` on this (the reader's) thread, counted as running by the slots
+        (``start_inline``): at once, so its budget runs out only when it is none already."""
+        try:
+            budget = message.budget_ms
+            if budget is not None and budget <= 0:
+                self._expired(message, 0.0)
+            else:
+                self._guard(self._infer, message)
+        except Exception:  # as a slot's: its guard answers its caller; keep the reader
+            log.exception("inference %s of %r failed", message.request_id, message.model)
+        finally:
+            self._slots.finish_inline(message.model)
+
+    def _expired(self, message: Infer, waited_s: float) -> None:
+        self._count(message.model, "expired")
+        self._send(
+            Error.of(
+                message.request_id,
+                DeadlineExceeded(
+                    f"deadline exceeded: model {message.model!r} waited {waited_s * 1000:.0f} "
+                    f"ms on device {self._device} for an execution slot, past the "
+                    f"{message.budget_ms or 0:.0f} ms its deadline left; it was not run"
+                ),
+            )
+        )
+
     def _count(self, model: str, what: str) -> None:
         with self._counts_lock:
-            counts = self._counts.setdefault(model, {"run": 0, "cancelled": 0, "expired": 0})
+            counts = self._counts.get(model)
+            if counts is None:
+                counts = self._counts[model] = {"run": 0, "cancelled": 0, "expired": 0}
             counts[what] += 1
 
     def _infer(self, message: Infer) -> None:
@@ -199,6 +247,7 @@ class WorkerHost:
         else:
             outputs = model.predict(message.tensors)
         infer_ns = _perf_ns() - began
+        self._short[(message.model, message.version)] = infer_ns < _SHORT_CALL_NS
         # Triton's compute_input and compute_infer; encoding adds compute_output.
         self._send(Outputs(message.request_id, outputs, (message.decoded_ns, infer_ns)))
 

@@ -2,7 +2,11 @@
 
 A frame is::
 
-    u32 header_len | u32 n_buffers | header (JSON, UTF-8) | n_buffers x (u64 len | bytes)
+    u32 header_len | u32 n_buffers | u64 body_len
+    | header (JSON, UTF-8) | n_buffers x (u64 len | bytes)
+
+``body_len`` counts every byte after the 16-byte prefix, so a reader takes a whole frame in two
+reads (the prefix, then the body) whatever number of tensors it carries.
 
 The header names the message kind, its scalar fields and, for messages that carry tensors, each
 tensor's name, datatype and shape; the tensor bytes follow as raw buffers in the raw layout of
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 import socket
 import struct
 import time
@@ -32,7 +37,7 @@ from modelyard import codec
 from modelyard.errors import InvalidArgument, ModelyardError
 from modelyard.tensors import DataType, Signature, SignatureMethod, TensorSpec
 
-_PREFIX = struct.Struct("<II")
+_PREFIX = struct.Struct("<IIQ")
 _LEN = struct.Struct("<Q")
 MAX_HEADER_BYTES = 16 * 1024 * 1024
 """A header larger than this is a corrupt stream, not a message."""
@@ -235,8 +240,14 @@ _WITH_SIGNATURES = frozenset(
 )
 _perf_ns = time.perf_counter_ns
 _DATATYPE_OF_NAME: dict[str, DataType] = {t.value: t for t in DataType}
-_DATATYPE_OF_DTYPE: dict[np.dtype[Any], DataType] = {}
-"""``DataType.from_numpy`` of the dtypes seen so far (it compares against every type)."""
+_WIRE_DTYPE_OF_NAME: dict[str, np.dtype[Any]] = {
+    t.value: t.numpy.newbyteorder("<") for t in DataType if t is not DataType.BYTES
+}
+"""Each numeric type's dtype on the wire (little-endian)."""
+_MAX_RANK = 32
+_DATATYPE_OF_DTYPE: dict[np.dtype[Any], tuple[DataType, str]] = {}
+"""``DataType.from_numpy`` of the dtypes seen so far (it compares against every type), and its
+name (an enum's ``value`` is a Python call)."""
 
 
 # -- signatures as JSON ------------------------------------------------------------------
@@ -263,59 +274,95 @@ def signature_from_json(data: Mapping[str, Any]) -> Signature:
 # -- tensors as raw buffers --------------------------------------------------------------
 
 
-def tensor_buffers(array: np.ndarray) -> tuple[list[Any], list[memoryview | bytes]]:
-    """``[datatype, shape]`` and the raw buffer of one array (no copy when it is contiguous)."""
-    datatype = _DATATYPE_OF_DTYPE.get(array.dtype)
-    if datatype is None:
-        datatype = _DATATYPE_OF_DTYPE[array.dtype] = DataType.from_numpy(array.dtype)
-    return [datatype.value, list(array.shape)], [codec.raw_buffer(array, datatype)]
-
-
 def tensor_from_buffer(
     meta: Sequence[Any], buffer: bytes | bytearray | memoryview, name: str = ""
 ) -> np.ndarray:
     """Rebuild tensor ``name`` from its ``[datatype, shape]`` and raw buffer; InvalidArgument if
     they disagree (``decode`` makes it a ProtocolError: a bad frame never becomes an answer)."""
-    shape = tuple(map(int, meta[1]))
+    shape = meta[1]
+    wire = _WIRE_DTYPE_OF_NAME.get(meta[0])
+    # The common case in a few C calls: a numeric tensor whose buffer holds exactly its
+    # elements. Anything else (BYTES, a size that disagrees, a negative dimension) is left to
+    # the codec, which names what is wrong.
+    if wire is not None and len(shape) <= _MAX_RANK and min(shape, default=0) >= 0:
+        count = math.prod(shape)
+        if count and len(buffer) == count * wire.itemsize:
+            array = np.frombuffer(buffer, wire)
+            if not array.flags.aligned:
+                array = array.astype(wire.newbyteorder("="))
+            return array.reshape(shape)
     datatype = _DATATYPE_OF_NAME.get(meta[0]) or DataType(meta[0])  # the latter raises
-    return codec.decode_raw(buffer, datatype, shape, f"tensor {name!r}")
+    return codec.decode_raw(buffer, datatype, tuple(map(int, shape)), f"tensor {name!r}")
 
 
 # -- frames ------------------------------------------------------------------------------
 
 
+def _tensor_parts(
+    arrays: Mapping[str, np.ndarray], metas: list[list[Any]], buffers: list[bytes | memoryview]
+) -> None:
+    """Append each array's ``[name, datatype, shape]`` to ``metas`` and its raw buffer to
+    ``buffers``."""
+    for name, array in arrays.items():
+        known = _DATATYPE_OF_DTYPE.get(array.dtype)
+        if known is None:
+            datatype = DataType.from_numpy(array.dtype)
+            known = _DATATYPE_OF_DTYPE[array.dtype] = (datatype, datatype.value)
+        metas.append([name, known[1], list(array.shape)])
+        buffers.append(codec.raw_buffer(array, known[0]))
+
+
 def encode(message: Message) -> list[bytes | memoryview]:
     """The frame of ``message`` as a list of parts, for ``sendmsg``/``writelines`` (no join)."""
-    fields: dict[str, Any] = {}
+    cls = type(message)
     buffers: list[bytes | memoryview] = []
     tensors: list[list[Any]] = []
-    encoded_ns = 0
-    for name in _FIELD_NAMES[type(message)]:
-        value = getattr(message, name)
-        if name == "tensors":
-            began = _perf_ns()
-            for name, array in value.items():
-                meta, bufs = tensor_buffers(array)
-                tensors.append([name, *meta])
-                buffers.extend(bufs)
-            encoded_ns = _perf_ns() - began
-        elif name == "compute_ns" and len(value) == 2:  # the worker's: add compute_output
-            fields[name] = [value[0], value[1], encoded_ns]
-        elif name in _SIGNATURE_FIELDS and value is not None:
-            fields[name] = signature_to_json(value)
-        elif name in _SIGNATURE_MAP_FIELDS:
-            fields[name] = {k: signature_to_json(v) for k, v in value.items()}
-        else:
-            fields[name] = value
+    # The two messages of every inference, field by field (the loop below looks each up).
+    if isinstance(message, Infer):
+        fields: dict[str, Any] = {
+            "request_id": message.request_id,
+            "model": message.model,
+            "version": message.version,
+            "signature_name": message.signature_name,
+            "budget_ms": message.budget_ms,
+        }
+        _tensor_parts(message.tensors, tensors, buffers)
+    elif isinstance(message, Outputs):
+        began = _perf_ns()
+        _tensor_parts(message.tensors, tensors, buffers)
+        compute = message.compute_ns
+        if len(compute) == 2:  # the worker's: add compute_output
+            compute = [compute[0], compute[1], _perf_ns() - began]
+        fields = {"request_id": message.request_id, "compute_ns": compute}
+    else:
+        fields = {}
+        for name in _FIELD_NAMES[cls]:
+            value = getattr(message, name)
+            if name in _SIGNATURE_FIELDS and value is not None:
+                fields[name] = signature_to_json(value)
+            elif name in _SIGNATURE_MAP_FIELDS:
+                fields[name] = {k: signature_to_json(v) for k, v in value.items()}
+            else:
+                fields[name] = value
     header = orjson.dumps({"k": int(message.KIND), "f": fields, "t": tensors})
-    parts: list[bytes | memoryview] = [_PREFIX.pack(len(header), len(buffers)), header]
+    if buffers:
+        # Spaces after the JSON, so that the first buffer starts 8-byte aligned in the body:
+        # an array on an unaligned buffer is copied by the reader (``tensor_from_buffer``).
+        header += b" " * (-(len(header) + LEN_BYTES) % 8)
+    parts: list[bytes | memoryview] = [b"", header]
+    body_len = len(header) + LEN_BYTES * len(buffers)
     for buf in buffers:
-        parts.append(_LEN.pack(len(buf) if isinstance(buf, bytes) else buf.nbytes))
+        size = len(buf) if isinstance(buf, bytes) else buf.nbytes
+        body_len += size
+        parts.append(_LEN.pack(size))
         parts.append(buf)
+    parts[0] = _PREFIX.pack(len(header), len(buffers), body_len)
     return parts
 
 
-def decode(header: bytes, buffers: Sequence[bytes | bytearray | memoryview]) -> Message:
+def decode(
+    header: bytes | memoryview, buffers: Sequence[bytes | bytearray | memoryview]
+) -> Message:
     """The message of a frame's header and buffers; ProtocolError when they do not make one."""
     try:
         data = orjson.loads(header)
@@ -323,7 +370,7 @@ def decode(header: bytes, buffers: Sequence[bytes | bytearray | memoryview]) -> 
         cls = _CLASS_OF_CODE.get(code)
         if cls is None:
             cls = _CLASSES[MessageKind(code)]  # raises ValueError: not a message kind
-        fields = dict(data["f"])
+        fields = data["f"]
         if cls in _WITH_SIGNATURES:
             for name in _SIGNATURE_FIELDS & fields.keys():
                 if fields[name] is not None:
@@ -349,21 +396,40 @@ def decode(header: bytes, buffers: Sequence[bytes | bytearray | memoryview]) -> 
         raise ProtocolError(f"malformed frame: {type(exc).__name__}: {exc}") from exc
 
 
-def split_prefix(prefix: bytes) -> tuple[int, int]:
-    """``(header_len, n_buffers)`` of a frame's first 8 bytes."""
-    header_len, n_buffers = _PREFIX.unpack(prefix)
+def split_prefix(prefix: bytes | bytearray) -> tuple[int, int, int]:
+    """``(header_len, n_buffers, body_len)`` of a frame's first ``PREFIX_BYTES`` bytes."""
+    header_len, n_buffers, body_len = _PREFIX.unpack(prefix)
     if header_len > MAX_HEADER_BYTES:
         raise ProtocolError(f"frame header of {header_len} bytes")
-    return header_len, n_buffers
+    if header_len + n_buffers * LEN_BYTES > body_len:
+        raise ProtocolError(f"frame body of {body_len} bytes cannot hold its header and lengths")
+    return header_len, n_buffers, body_len
+
+
+def decode_body(body: bytes | bytearray, header_len: int, n_buffers: int) -> Message:
+    """The message of a frame's body (every byte after the prefix): its header, then each
+    buffer as a view of ``body`` (no copy; arrays built on a bytearray body are writable)."""
+    view = memoryview(body)
+    buffers: list[memoryview] = []
+    offset = header_len
+    end = len(body)
+    unpack = _LEN.unpack_from
+    for _ in range(n_buffers):
+        if offset + LEN_BYTES > end:
+            raise ProtocolError("frame body ends inside a buffer's length")
+        (size,) = unpack(view, offset)
+        offset += LEN_BYTES
+        if offset + size > end:
+            raise ProtocolError(f"frame body ends inside a buffer of {size} bytes")
+        buffers.append(view[offset : offset + size])
+        offset += size
+    if offset != end:
+        raise ProtocolError(f"frame body of {end} bytes has {end - offset} bytes left over")
+    return decode(view[:header_len], buffers)
 
 
 PREFIX_BYTES = _PREFIX.size
 LEN_BYTES = _LEN.size
-
-
-def buffer_len(raw: bytes) -> int:
-    (n,) = _LEN.unpack(raw)
-    return int(n)
 
 
 # -- blocking sockets (the worker's side) ------------------------------------------------
@@ -374,14 +440,19 @@ def send_message(sock: socket.socket, message: Message) -> None:
 
     Not thread-safe: callers that send from several threads hold one lock around it.
     """
-    parts = [memoryview(p).cast("B") for p in encode(message)]
-    while parts:
-        sent = sock.sendmsg(parts)
+    frame = encode(message)
+    sent = sock.sendmsg(frame)
+    if sent == PREFIX_BYTES + _PREFIX.unpack_from(frame[0])[2]:  # all of it: the common case
+        return
+    parts = [memoryview(p).cast("B") for p in frame]
+    while True:  # a large frame, in pieces as the socket takes them
         while parts and sent >= parts[0].nbytes:
-            sent -= parts[0].nbytes
-            parts.pop(0)
+            sent -= parts.pop(0).nbytes
+        if not parts:
+            return
         if sent:
             parts[0] = parts[0][sent:]
+        sent = sock.sendmsg(parts)
 
 
 def recv_message(sock: socket.socket) -> Message | None:
@@ -389,25 +460,18 @@ def recv_message(sock: socket.socket) -> Message | None:
     prefix = _recv_exactly(sock, PREFIX_BYTES)
     if prefix is None:
         return None
-    header_len, n_buffers = split_prefix(bytes(prefix))
-    header = _recv_exactly(sock, header_len)
-    if header is None:
+    header_len, n_buffers, body_len = split_prefix(prefix)
+    body = _recv_exactly(sock, body_len) if body_len else bytearray()
+    if body is None:
         raise ProtocolError("stream ended inside a frame")
-    buffers: list[bytearray] = []
-    for _ in range(n_buffers):
-        raw = _recv_exactly(sock, LEN_BYTES)
-        body = _recv_exactly(sock, buffer_len(bytes(raw))) if raw is not None else None
-        if body is None:
-            raise ProtocolError("stream ended inside a frame")
-        buffers.append(body)  # a bytearray, so the arrays built on it are writable
-    return decode(bytes(header), buffers)
+    return decode_body(body, header_len, n_buffers)  # a bytearray: writable arrays
 
 
 class FrameReader:
     """Reads frames from a blocking socket through a buffer: one ``recv`` usually brings a
-    whole small frame (prefix, header, lengths and tensors), where ``recv_message`` makes a
-    system call for each of its four or more parts. A tensor larger than the buffer is read
-    straight into its own bytearray. One thread reads; the socket is read only through this.
+    whole small frame (prefix and body), where ``recv_message`` makes a system call for each.
+    A body larger than the buffer is read straight into its own bytearray. One thread reads;
+    the socket is read only through this.
     """
 
     def __init__(self, sock: socket.socket, buffer_bytes: int = 256 * 1024) -> None:
@@ -417,18 +481,19 @@ class FrameReader:
         self._start = 0  # unread bytes are self._buf[self._start:self._end]
         self._end = 0
 
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not read yet (more frames, or the rest of one)."""
+        return self._end - self._start
+
     def read(self) -> Message | None:
         """The next message; None at a clean end of stream (the peer closed or died)."""
         prefix = self._take(PREFIX_BYTES, at_start=True)
         if prefix is None:
             return None
-        header_len, n_buffers = split_prefix(bytes(prefix))
-        header = bytes(self._take(header_len) or b"")
-        buffers: list[bytearray] = []
-        for _ in range(n_buffers):
-            size = buffer_len(bytes(self._take(LEN_BYTES) or b""))
-            buffers.append(self._take(size) or bytearray())  # writable, as recv_message's
-        return decode(header, buffers)
+        header_len, n_buffers, body_len = split_prefix(prefix)
+        body = (self._take(body_len) if body_len else None) or bytearray()
+        return decode_body(body, header_len, n_buffers)  # writable arrays, as recv_message's
 
     def _take(self, n: int, at_start: bool = False) -> bytearray | None:
         """The next ``n`` bytes (a copy); None only at end of stream before a frame's first

@@ -15,6 +15,11 @@ device wait for them (33 s). So:
 
 Running work is never interrupted: a model's code cannot be stopped safely halfway.
 
+**Inline runs.** A caller may run a job on its own thread instead of a slot's
+(``start_inline``/``finish_inline``: the worker's reader does, for short calls; see
+``modelyard.workers.handover``) when nothing runs or waits: the job is counted as running like
+any other, so the cap, the order and ``running()`` hold as if a slot ran it.
+
 Thread safety: every method may be called from any thread; one lock guards the queues.
 """
 
@@ -52,10 +57,17 @@ class FairSlots:
             raise ValueError(f"threads must be at least 1, got {threads}")
         self.threads = threads
         self.per_model = max(1, per_model if per_model is not None else threads - 1)
-        self._lock = threading.Condition()
+        # The condition's lock, taken directly where no wait or notify is needed (a
+        # Condition's ``with`` is a Python call more; the reader takes it twice per request).
+        self._mutex = threading.Lock()
+        self._lock = threading.Condition(self._mutex)
         self._queues: OrderedDict[str, deque[Job]] = OrderedDict()
         self._running: dict[str, int] = {}
         self._closing = False
+        # The wait locks of the idle threads, the one idle the shortest time last: a job wakes
+        # that one (its caches are warm), where a Condition wakes the one idle the longest, so
+        # every thread took every ``threads``-th job with cold caches.
+        self._idle: list[threading.Lock] = []
         self._workers = [
             threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
             for i in range(threads)
@@ -71,7 +83,25 @@ class FairSlots:
             if not job.queued_at:
                 job = Job(job.key, job.job_id, job.run, job.expired, job.deadline, time.monotonic())
             self._queues.setdefault(job.key, deque()).append(job)
-            self._lock.notify()
+            self._wake_one()
+
+    def start_inline(self, key: str) -> bool:
+        """Count a job of ``key`` as running on the caller's thread, when no job runs or waits
+        (so it takes nobody's turn and no model's cap is near); False, and nothing changes,
+        else. The caller runs it at once (as ``run_job`` would), then calls
+        ``finish_inline``."""
+        with self._mutex:
+            if self._running or self._queues or self._closing:
+                return False
+            self._running[key] = 1
+            return True
+
+    def finish_inline(self, key: str) -> None:
+        """The job of ``key`` started by ``start_inline`` has ended."""
+        with self._mutex:
+            self._finished(key)
+            if self._queues:  # queued while it ran: its end may let the next one start
+                self._wake_one()
 
     def cancel(self, job_id: int) -> Job | None:
         """Withdraw the queued job ``job_id`` and return it; None when it is not queued
@@ -100,9 +130,12 @@ class FairSlots:
         """Run what is queued, wait for everything to finish, then stop the threads."""
         with self._lock:
             self._closing = True
-            self._lock.notify_all()
+            self._wake_all()
         for worker in self._workers:
             worker.join()
+        with self._lock:  # an inline job still running
+            while self._running:
+                self._lock.wait()
 
     # -- the threads -----------------------------------------------------------------
 
@@ -119,37 +152,61 @@ class FairSlots:
                 return job
         return None
 
+    def _wake_one(self) -> None:
+        """Wake the thread idle the shortest time, if one is. Called with the lock held."""
+        if self._idle:
+            self._idle.pop().release()
+
+    def _wake_all(self) -> None:
+        while self._idle:
+            self._idle.pop().release()
+        self._lock.notify_all()  # close() waiting for inline jobs
+
     def _work(self) -> None:
         done: Job | None = None  # the job this thread finished last, accounted for below
+        waiter = threading.Lock()  # released by whoever takes it off self._idle
+        waiter.acquire()
         while True:
-            with self._lock:
+            with self._mutex:
                 if done is not None:
-                    self._finished(done)
+                    self._finished(done.key)
                 job = self._next()
                 while job is None:
                     if self._closing and not self._queues:
                         return
-                    self._lock.wait()
+                    self._idle.append(waiter)
+                    self._mutex.release()
+                    try:
+                        waiter.acquire()
+                    finally:
+                        self._mutex.acquire()
                     job = self._next()
                 self._running[job.key] = self._running.get(job.key, 0) + 1
-            try:
-                now = time.monotonic()
-                if job.deadline is not None and now >= job.deadline:
-                    job.expired(now - job.queued_at)
-                else:
-                    job.run()
-            except Exception:  # the job's own guard answers its caller; keep the thread
-                log.exception("job %s of %r failed", job.job_id, job.key)
+            run_job(job)
             done = job
 
-    def _finished(self, job: Job) -> None:
-        """Account for ``job``'s end. Called with the lock held, by the thread that ran it,
-        which then takes the next job itself: a job's end makes at most one more queued job
-        runnable (its key's), so no other thread needs waking, except to exit when closing.
+    def _finished(self, key: str) -> None:
+        """Account for the end of a job of ``key``. Called with the lock held, by the thread
+        that ran it, which then takes the next job itself: a job's end makes at most one more
+        queued job runnable (its key's), so no other thread needs waking, except to exit when
+        closing.
         (Waking every idle thread on every job's end cost a context switch and a turn of the
         GIL per idle thread per request.)"""
-        self._running[job.key] -= 1
-        if not self._running[job.key]:
-            del self._running[job.key]
+        self._running[key] -= 1
+        if not self._running[key]:
+            del self._running[key]
         if self._closing:
-            self._lock.notify_all()
+            self._wake_all()
+
+
+def run_job(job: Job) -> None:
+    """Run ``job``, or its ``expired`` when its deadline has passed; a failure is logged (the
+    job's own guard answers its caller), never raised."""
+    try:
+        now = time.monotonic()
+        if job.deadline is not None and now >= job.deadline:
+            job.expired(now - job.queued_at)
+        else:
+            job.run()
+    except Exception:
+        log.exception("job %s of %r failed", job.job_id, job.key)

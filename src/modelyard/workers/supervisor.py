@@ -204,7 +204,9 @@ class DeviceWorker:
             clock = deadlines.current()
             if clock is not None:
                 clock.note_compute(reply.compute_ns)
-        return dict(reply.tensors)
+        tensors = reply.tensors
+        # decode builds a fresh dict per reply: no copy needed
+        return tensors if isinstance(tensors, dict) else dict(tensors)
 
     async def unload(self, key: VersionKey) -> None:
         slot = self._slots.pop(key, None)

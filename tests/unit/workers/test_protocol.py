@@ -225,3 +225,19 @@ def test_the_buffered_reader_reports_a_frame_cut_short() -> None:
         a.close()
         with pytest.raises(ProtocolError, match="inside a frame"):
             FrameReader(b).read()
+
+
+@pytest.mark.parametrize("name", ["y", "yy", "output_0", "a_longer_name_of_17"])
+def test_a_tensor_is_read_in_place_whatever_the_header_length(name: str) -> None:
+    """The first buffer starts aligned in the frame, so the reader's array is a view of the
+    received bytes, not a copy (a copy per tensor per request, on both sides of the hop)."""
+    sent = np.arange(6, dtype=np.float64).reshape(2, 3)
+    got = _roundtrip(Outputs(7, {name: sent}))
+    assert isinstance(got, Outputs)
+    array = got.tensors[name]
+    np.testing.assert_array_equal(array, sent)
+    assert array.flags.aligned
+    owner: object = array
+    while isinstance(owner, np.ndarray):
+        owner = owner.base
+    assert owner is not None  # a view of the frame's body, not an array of its own

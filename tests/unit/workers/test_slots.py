@@ -123,3 +123,46 @@ def test_how_many_slots_one_model_may_hold(
     threads: int, target: str, cores: int, expected: int
 ) -> None:
     assert per_model_slots(threads, DeviceTarget.parse(target), cores) == expected
+
+
+def _noop(waited_s: float) -> None:
+    pass
+
+
+def test_one_request_at_a_time_runs_on_the_thread_that_ran_the_last_one() -> None:
+    """The thread idle the shortest time takes the next job (its caches are warm): requests
+    sent one after another do not rotate over every slot thread."""
+    slots = FairSlots(4, 3)
+    names: list[str] = []
+    for job_id in range(12):
+        ran = threading.Event()
+
+        def run(ran: threading.Event = ran) -> None:
+            names.append(threading.current_thread().name)
+            ran.set()
+
+        slots.submit(Job("m", job_id, run, _noop))
+        assert ran.wait(WAIT_S)
+        _until(lambda: slots.running() == 0)  # its thread is idle again
+    slots.close()
+    assert len(set(names)) == 1, names
+
+
+def test_a_job_run_inline_counts_as_running_and_holds_back_the_slots() -> None:
+    """``start_inline`` is granted only when nothing runs or waits; while the caller runs the
+    job, it counts against its model's cap like a slot's job; queued work starts at its end."""
+    slots = FairSlots(2, 1)
+    jobs = Jobs()
+    assert slots.start_inline("a")
+    assert slots.running("a") == 1
+    assert not slots.start_inline("b")  # one inline job at a time, and only on idle slots
+    slots.submit(jobs.job("a", 1))  # over a's cap of 1 while the inline job runs
+    time.sleep(0.05)
+    assert jobs.order == []
+    assert slots.queued() == 1
+    slots.finish_inline("a")
+    _until(lambda: jobs.order == ["a1"])
+    _until(lambda: slots.running() == 0)
+    assert slots.start_inline("b")  # idle again: granted
+    slots.finish_inline("b")
+    slots.close()
