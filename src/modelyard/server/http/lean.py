@@ -10,7 +10,9 @@ decoding and encoding a tiny model's request (issue 18). The hot calls
 
 are served here instead: the body is read from ASGI ``receive``, handed to the same functions
 the Starlette routes call (``TFServingAPI.predict``, ``KServeApi.answer``), and the answer (or
-the error, through the one mapping, ``common.error_response``) is sent as start + body. What
+the error, through the one mapping, ``common.error_response``) is sent as start + body, or
+written at once on uvicorn's cycle where the server's protocol hands it over
+(``transport.answer_now``). What
 the middleware stack does for an inference call is done here, by the same code:
 
 * the REST deadline (``DeadlinePolicy.rest``: 504) and the cancellation of a call whose client
@@ -47,6 +49,7 @@ from modelyard.server.http.deadline import _Call
 from modelyard.server.http.kserve import KServeApi
 from modelyard.server.http.observe import KSERVE_LANE, TFSERVING_LANE, finish_counted
 from modelyard.server.http.tfserving import TFServingAPI, post_path
+from modelyard.server.http.transport import CYCLE, answer_now
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +119,13 @@ class LeanInference:
                     response.raw_headers,
                     bytes(response.body),
                 )
-            await call.send({"type": "http.response.start", "status": status, "headers": headers})
-            await call.send({"type": "http.response.body", "body": body})
+            cycle = scope.get(CYCLE)
+            call.started = True  # never cancelled from here on
+            if cycle is None or not answer_now(cycle, status, headers, body):
+                await call.send(
+                    {"type": "http.response.start", "status": status, "headers": headers}
+                )
+                await call.send({"type": "http.response.body", "body": body})
         finally:
             call.finish()
             if token is not None:
