@@ -64,7 +64,8 @@ def _binary_body(x: np.ndarray, binary_out: bool) -> tuple[bytes, dict[str, str]
 
 
 X = [[1.0, 2.0, 3.0, 4.0], [0.5, -1.5, 2.5, 1e-3]]
-KS_JSON = {"inputs": [{"name": "x", "shape": [2, 4], "datatype": "FP32", "data": [v for row in X for v in row]}]}
+FLAT = [v for row in X for v in row]
+KS_JSON = {"inputs": [{"name": "x", "shape": [2, 4], "datatype": "FP32", "data": FLAT}]}
 BINARY, BINARY_HEADERS = _binary_body(np.array(X), True)
 BINARY_JSON_OUT, BINARY_JSON_OUT_HEADERS = _binary_body(np.array(X), False)
 GZIPPED = gzip.compress(json.dumps(KS_JSON).encode())
