@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from modelyard.server.http import app as app_module
+from modelyard.server.http.app import RestApp
 from modelyard.testing.models import build_test_repository
 from modelyard.testing.server import serving
 
@@ -28,11 +29,11 @@ LIMIT = 64 * 1024
 def clients(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[httpx.Client, ...]]:
     config, _ = build_test_repository(tmp_path_factory.mktemp("lean"), with_torch=False)
     with pytest.MonkeyPatch.context() as patch, serving(config, max_request_bytes=LIMIT) as lean:
-        assert lean.server.rest_app is not None
+        assert isinstance(lean.server.rest_app, RestApp)
         assert lean.server.rest_app.lean is not None
         patch.setattr(app_module, "LEAN", False)
         with serving(config, max_request_bytes=LIMIT) as stack:
-            assert stack.server.rest_app is not None
+            assert isinstance(stack.server.rest_app, RestApp)
             assert stack.server.rest_app.lean is None
             with (
                 httpx.Client(base_url=lean.rest_url, timeout=30) as a,
