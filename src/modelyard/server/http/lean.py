@@ -105,8 +105,11 @@ class LeanInference:
         call = _Call(receive, send)
         try:
             try:
-                with deadlines.given(self._dataplane.deadlines.rest(time.monotonic())):
+                given = deadlines.give(self._dataplane.deadlines.rest(time.monotonic()))
+                try:
                     status, headers, body = await self._answer(scope, call.receive, lane)
+                finally:
+                    deadlines.take_back(given)
             except asyncio.CancelledError:
                 if call.dropped and call.task.uncancel() == 0:
                     return  # the client is gone: its queued work was dropped, nothing to answer
