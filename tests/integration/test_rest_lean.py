@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import socket
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -160,3 +162,63 @@ def test_both_count_the_same_calls(clients: tuple[httpx.Client, httpx.Client]) -
 def _counting(line: str) -> bool:
     """A sample of the inference request and refusal counts (per model, outcome, protocol)."""
     return line.startswith(("modelyard_inference_requests_total", "modelyard_inference_rejected"))
+
+
+def _raw_exchange(base_url: str, payload: bytes, answers: int) -> list[bytes]:
+    """``payload`` (requests back to back) sent in one write on a new connection; the
+    ``answers`` answers read back, each with its Date header taken out."""
+    host, port = base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(payload)
+        data = b""
+        found: list[bytes] = []
+        deadline = time.monotonic() + 30
+        while len(found) < answers and time.monotonic() < deadline:
+            head_end = data.find(b"\r\n\r\n")
+            if head_end >= 0:
+                head = data[:head_end].decode("latin-1")
+                length = int(head.lower().split("content-length: ")[1].split("\r\n")[0])
+                if len(data) >= head_end + 4 + length:
+                    answer, data = data[: head_end + 4 + length], data[head_end + 4 + length :]
+                    lines = answer.split(b"\r\n")
+                    found.append(b"\r\n".join(x for x in lines if not x.startswith(b"date:")))
+                    continue
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    return found
+
+
+def test_pipelined_and_http_1_0_requests_answer_the_same(
+    clients: tuple[httpx.Client, httpx.Client],
+) -> None:
+    """Requests pipelined on one connection get their answers in order (the answer is written
+    on uvicorn's cycle, which then starts the next request); HTTP/1.0 is answered and closed."""
+    body = json.dumps({"instances": X}).encode()
+    bad = b'{"instances": [[1.0, 2.0]]}'
+
+    def request(path: str, data: bytes, version: str = "1.1") -> bytes:
+        head = f"POST {path} HTTP/{version}\r\nHost: t\r\nContent-Length: {len(data)}\r\n\r\n"
+        return head.encode() + data
+
+    pipelined = b"".join(
+        [
+            request("/v1/models/linear:predict", body),
+            request("/v1/models/linear:predict", bad),
+            request("/v2/models/linear/infer", json.dumps(KS_JSON).encode()),
+        ]
+    )
+    lean, stack = (str(client.base_url).rstrip("/") for client in clients)
+    answers = _raw_exchange(lean, pipelined, 3)
+    assert len(answers) == 3
+    assert answers == _raw_exchange(stack, pipelined, 3)
+    assert [a.split(b"\r\n")[0] for a in answers] == [
+        b"HTTP/1.1 200 OK",
+        b"HTTP/1.1 400 Bad Request",
+        b"HTTP/1.1 200 OK",
+    ]
+    old = request("/v1/models/linear:predict", body, "1.0")
+    answer = _raw_exchange(lean, old, 1)
+    assert answer == _raw_exchange(stack, old, 1)
+    assert b"connection: close" in answer[0]
