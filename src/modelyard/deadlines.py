@@ -212,6 +212,17 @@ def given(deadline: Deadline | None) -> Iterator[None]:
         _GIVEN.reset(token)
 
 
+def give(deadline: Deadline | None) -> contextvars.Token[tuple[Deadline | None] | None]:
+    """``given`` without a context manager (a generator per call), for a protocol's hot path:
+    pass the token to ``take_back`` when the call ends (in a ``finally``)."""
+    return _GIVEN.set((deadline,))
+
+
+def take_back(token: contextvars.Token[tuple[Deadline | None] | None]) -> None:
+    """End what ``give`` set."""
+    _GIVEN.reset(token)
+
+
 def given_deadline() -> tuple[Deadline | None] | None:
     """What ``given`` set around this task: a 1-tuple of the deadline, or None if nothing."""
     return _GIVEN.get()

@@ -67,6 +67,9 @@ class DataType(enum.Enum):
     def from_numpy(cls, dtype: np.dtype[np.generic]) -> DataType:
         """The DataType of a numpy dtype, in either byte order; strings and objects map to
         BYTES."""
+        found = _FROM_NUMPY.get(dtype)  # every answer's dtype: one look-up, not a walk
+        if found is not None:
+            return found
         if dtype.kind in ("O", "S", "U"):
             return cls.BYTES
         if not dtype.isnative:  # a big-endian array is the same datatype (the codec swaps it)
@@ -92,6 +95,11 @@ _TO_NUMPY: dict[DataType, np.dtype[np.generic]] = {
     DataType.FP64: np.dtype(np.float64),
     DataType.BYTES: np.dtype(np.object_),
 }
+
+_FROM_NUMPY: dict[np.dtype[np.generic], DataType] = {
+    dtype: data_type for data_type, dtype in _TO_NUMPY.items() if data_type is not DataType.BYTES
+}
+"""The native numpy dtypes' DataTypes (a dtype is found only by one equal to it)."""
 
 _TO_TF: dict[DataType, str] = {
     DataType.BOOL: "DT_BOOL",

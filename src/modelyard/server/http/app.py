@@ -29,6 +29,7 @@ from modelyard.server.dataplane import DataPlane
 from modelyard.server.http import extensions, kserve, management, status, tfserving, ui
 from modelyard.server.http.common import error_response
 from modelyard.server.http.deadline import InferenceCalls
+from modelyard.server.http.lean import LeanInference
 from modelyard.server.http.observe import CountedInferenceCalls, ObservedCalls
 from modelyard.server.http.status import StatusSource
 
@@ -188,6 +189,34 @@ def _middleware(dataplane: DataPlane, observer: Observer | None) -> list[Middlew
     ]
 
 
+class RestApp(Starlette):
+    """The Starlette application with the lean way in for inference calls in front of its
+    middleware stack (``modelyard.server.http.lean``; None: every request takes the stack)."""
+
+    lean: LeanInference | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        lean = self.lean
+        if lean is None:
+            await super().__call__(scope, receive, send)
+        else:
+            await lean(scope, receive, send)
+
+    async def stack(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Starlette's own entry: what the lean way in does not take."""
+        await super().__call__(scope, receive, send)
+
+
+LEAN = True
+"""Whether ``build_app`` puts the lean way in in front (tests compare both ways)."""
+
+_HOT_ROUTES = (
+    "/v1/models/{path:path}",
+    "/v2/models/{model}/infer",
+    "/v2/models/{model}/versions/{version}/infer",
+)
+
+
 def build_app(
     dataplane: DataPlane,
     *,
@@ -210,7 +239,7 @@ def build_app(
         *management.routes(manager),
     ]
     gate = Gate(management_token if manager is not None else None)
-    app = Starlette(
+    app = RestApp(
         middleware=_middleware(dataplane, observer),
         exception_handlers={
             ModelyardError: _on_modelyard_error,
@@ -218,4 +247,11 @@ def build_app(
         },
     )
     app.router = _RememberingRouter(gate_routes(routes, gate))
+    observed = observer is not None and observer.active and observer.wants_status
+    # The lean way in answers without the gate: only while every route it serves is open.
+    hot_open = all(route_access("POST", path) is Access.OPEN for path in _HOT_ROUTES)
+    if LEAN and not observed and hot_open:
+        app.lean = LeanInference(
+            app.stack, dataplane, max_request_bytes=max_request_bytes, observer=observer
+        )
     return app

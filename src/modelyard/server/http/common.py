@@ -9,8 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Receive
 
 from modelyard.config.sizes import format_size
 from modelyard.errors import (
@@ -44,29 +45,46 @@ def error_response(exc: ModelyardError) -> JSONResponse:
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing more than ``limit`` bytes before reading them all.
+    """The request body, refusing more than ``limit`` bytes (see ``receive_body``)."""
+    return await receive_body(request.headers.get("content-length"), request.receive, limit)
+
+
+async def receive_body(declared: str | None, receive: Receive, limit: int) -> bytes:
+    """The request body from ASGI ``receive``, refusing more than ``limit`` bytes before
+    reading them all; ``declared``: its Content-Length header (None without one).
 
     A declared Content-Length over the limit is refused without reading; a chunked body is
     counted as it streams and refused as soon as it passes the limit. A client that goes away
-    before its body arrived whole gets ClientClosed (a 400 that nobody reads).
+    before its body arrived whole gets ClientClosed (a 400 that nobody reads). Messages of
+    other types are skipped, as Starlette's ``Request.stream`` does.
     """
-    declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _too_large(int(declared), limit)
+    message = await receive()
+    if message["type"] == "http.request" and not message.get("more_body", False):
+        # The whole body in one message (every small request): no list, no join.
+        body: bytes = message.get("body", b"")
+        if len(body) > limit:
+            raise _too_large(len(body), limit)
+        return body
     chunks = []
     size = 0
-    try:
-        async for chunk in request.stream():
+    while True:
+        kind = message["type"]
+        if kind == "http.request":
+            chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
                 raise _too_large(size, limit)
             chunks.append(chunk)
-    except ClientDisconnect:
-        # The client's business, not a server error: no traceback in the log.
-        raise ClientClosed(
-            f"the client closed the connection after sending {size} bytes of the request body"
-        ) from None
-    return b"".join(chunks)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+        elif kind == "http.disconnect":
+            # The client's business, not a server error: no traceback in the log.
+            raise ClientClosed(
+                f"the client closed the connection after sending {size} bytes of the request body"
+            )
+        message = await receive()
 
 
 def parse_json(body: bytes) -> Any:

@@ -35,7 +35,7 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 def routes(dataplane: DataPlane, *, max_request_bytes: int) -> list[BaseRoute]:
     """The KServe v2 REST routes; request bodies over ``max_request_bytes`` get 413."""
-    api = _KServeApi(dataplane, max_request_bytes)
+    api = KServeApi(dataplane, max_request_bytes)
     model = "/v2/models/{model}"
     version = model + "/versions/{version}"
     return [
@@ -66,7 +66,7 @@ def _guard(handler: Handler) -> Handler:
     return guarded
 
 
-class _KServeApi:
+class KServeApi:
     def __init__(self, dataplane: DataPlane, max_request_bytes: int) -> None:
         self._dataplane = dataplane
         self._limit = max_request_bytes
@@ -96,29 +96,9 @@ class _KServeApi:
     async def infer(self, request: Request) -> Response:
         ref = _ref(request)
         body = await read_body(request, self._limit)
-        encoding = request.headers.get("content-encoding")
-        if encoding is not None and len(body) > offload.OFF_LOOP_BYTES // 8:
-            # zlib lets go of the GIL while it inflates, so a thread keeps the loop free here.
-            body = await asyncio.to_thread(codec.decompress, body, encoding, self._limit)
-        else:
-            body = codec.decompress(body, encoding, self._limit)
-        header_length = codec.parse_header_length(
-            request.headers.get(codec.HEADER_LENGTH), len(body)
-        )
-        # What costs is the JSON; a binary section is only copied once, quickly, on the loop.
-        json_bytes = len(body) if header_length is None else header_length
-        decoded = await offload.run(json_bytes, codec.decode_request, body, header_length)
-        result = await self._dataplane.infer(ref, decoded.inputs, decoded.output_names)
-        binary = {name: decoded.wants_binary(name) for name in result.outputs}
-        in_json = sum(a.nbytes for name, a in result.outputs.items() if not binary[name])
-        content, json_length = await offload.run(
-            offload.JSON_EXPANSION * in_json,
-            codec.encode_response,
-            result.model,
-            result.version,
-            decoded.id,
-            result.outputs,
-            binary,
+        headers = request.headers
+        content, json_length = await self.answer(
+            ref, body, headers.get("content-encoding"), headers.get(codec.HEADER_LENGTH)
         )
         if json_length is None:
             return Response(content, media_type="application/json")
@@ -126,6 +106,36 @@ class _KServeApi:
             content,
             media_type="application/octet-stream",
             headers={codec.HEADER_LENGTH: str(json_length)},
+        )
+
+    async def answer(
+        self, ref: ModelRef, body: bytes, encoding: str | None, header_length_value: str | None
+    ) -> tuple[bytes, int | None]:
+        """The answer to the inference request ``body`` (its ``Content-Encoding`` and
+        ``Inference-Header-Content-Length`` headers: ``encoding``, ``header_length_value``):
+        the response body, and its JSON header's length when it has a binary section (else
+        None). A ModelyardError for anything the client gets an error for. Both ways in call
+        this (the Starlette route and ``modelyard.server.http.lean``)."""
+        if encoding is not None and len(body) > offload.OFF_LOOP_BYTES // 8:
+            # zlib lets go of the GIL while it inflates, so a thread keeps the loop free here.
+            body = await asyncio.to_thread(codec.decompress, body, encoding, self._limit)
+        else:
+            body = codec.decompress(body, encoding, self._limit)
+        header_length = codec.parse_header_length(header_length_value, len(body))
+        # What costs is the JSON; a binary section is only copied once, quickly, on the loop.
+        json_bytes = len(body) if header_length is None else header_length
+        decoded = await offload.run(json_bytes, codec.decode_request, body, header_length)
+        result = await self._dataplane.infer(ref, decoded.inputs, decoded.output_names)
+        binary = {name: decoded.wants_binary(name) for name in result.outputs}
+        in_json = sum(a.nbytes for name, a in result.outputs.items() if not binary[name])
+        return await offload.run(
+            offload.JSON_EXPANSION * in_json,
+            codec.encode_response,
+            result.model,
+            result.version,
+            decoded.id,
+            result.outputs,
+            binary,
         )
 
 

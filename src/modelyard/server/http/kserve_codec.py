@@ -163,7 +163,9 @@ def decode_request(body: bytes, header_length: int | None = None) -> InferReques
             f"the request carries {len(raw) if raw is not None else 0} bytes of binary tensor "
             f"data but its inputs' binary_data_size add up to {offset}"
         )
-    return InferRequest(request_id, inputs, _requested_outputs(document), binary_output)
+    return InferRequest(
+        request_id, inputs, _requested_outputs(document, binary_output), binary_output
+    )
 
 
 def _decode_input(
@@ -236,7 +238,11 @@ def decode_binary_tensor(
     return codec.decode_raw(raw, datatype, shape, f"input {name!r}")
 
 
-def _requested_outputs(document: dict[str, Any]) -> tuple[RequestedOutput, ...] | None:
+def _requested_outputs(
+    document: dict[str, Any], default: bool
+) -> tuple[RequestedOutput, ...] | None:
+    """The outputs the request names (None: it names none); ``default``: the request's
+    ``binary_data_output``, for an output that does not say."""
     specs = document.get("outputs")
     if specs is None:
         return None
@@ -245,7 +251,6 @@ def _requested_outputs(document: dict[str, Any]) -> tuple[RequestedOutput, ...] 
     if not specs:
         return None
     outputs = []
-    default = _flag(_parameters(document, "the request"), "binary_data_output", "the request")
     for index, spec in enumerate(specs):
         if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
             raise InvalidArgument(f'outputs[{index}] has no "name"; expected {{"name": "..."}}')
@@ -326,9 +331,8 @@ def _output_datatype(name: str, array: np.ndarray) -> DataType:
 
 
 def _shape(value: Any, what: str) -> tuple[int, ...]:
-    if not isinstance(value, list) or not all(
-        isinstance(d, int) and not isinstance(d, bool) for d in value
-    ):
+    # type() is int: a bool is not a dimension (nor is an int subclass, which JSON never makes).
+    if type(value) is not list or not all(type(d) is int for d in value):
         raise InvalidArgument(
             f'{what} has "shape" {value!r}; expected a list of non-negative integers'
         )
@@ -357,6 +361,8 @@ def _flag(parameters: Mapping[str, Any], key: str, what: str) -> bool:
 
 
 def _refuse_unsupported(parameters: Mapping[str, Any], what: str, keys: Sequence[str]) -> None:
+    if not parameters:  # most tensors have none
+        return
     for key in keys:
         if key in parameters:
             raise Unimplemented(f"{what} uses parameter {key!r}, which modelyard does not support")

@@ -23,7 +23,7 @@ from modelyard.deadlines import DeadlinePolicy
 from modelyard.errors import Code
 from modelyard.observability import calls
 from modelyard.observability.boundary import TRACEPARENT, Observer
-from modelyard.observability.calls import CURRENT, LANES, Call, Protocol
+from modelyard.observability.calls import CURRENT, LANES, Call, Lane, Protocol
 from modelyard.server.http.deadline import InferenceCalls, _Call, is_inference
 
 
@@ -97,7 +97,7 @@ class CountedInferenceCalls(InferenceCalls):
             await self._app(scope, receive, send)
             return
         path: str = scope["path"]
-        lane = _KSERVE if path.startswith("/v2/") else _TFSERVING
+        lane = KSERVE_LANE if path.startswith("/v2/") else TFSERVING_LANE
         token = CURRENT.set(lane)
         call = _Call(receive, send)
         try:
@@ -111,16 +111,22 @@ class CountedInferenceCalls(InferenceCalls):
         finally:
             ended = CURRENT.get()
             CURRENT.reset(token)
-            # The lane (nothing failed) or its twin (the data plane counted the call): done.
-            if isinstance(ended, Call) and ended.code is not None and not ended.counted:
-                if not ended.model:
-                    ended.model, ended.version = _named(path, lane is _KSERVE)
-                ended.method = path
-                self._observer.finish(ended, {})
+            finish_counted(self._observer, ended, path, lane is KSERVE_LANE)
 
 
-_KSERVE = LANES[Protocol.KSERVE_REST]
-_TFSERVING = LANES[Protocol.TFSERVING_REST]
+def finish_counted(observer: Observer, ended: Call | Lane | None, path: str, kserve: bool) -> None:
+    """The end of a counting-only call on ``path``: ``ended`` is what was current at its end.
+    The lane (nothing failed) or its twin (the data plane counted the call) need nothing; a
+    ``Call`` made for a refusal the data plane did not count is handed to ``observer``."""
+    if isinstance(ended, Call) and ended.code is not None and not ended.counted:
+        if not ended.model:
+            ended.model, ended.version = _named(path, kserve)
+        ended.method = path
+        observer.finish(ended, {})
+
+
+KSERVE_LANE = LANES[Protocol.KSERVE_REST]
+TFSERVING_LANE = LANES[Protocol.TFSERVING_REST]
 
 
 def _named(path: str, kserve: bool) -> tuple[str, str]:

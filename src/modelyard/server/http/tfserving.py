@@ -43,7 +43,7 @@ from modelyard.tensors import (
 
 
 def routes(dataplane: DataPlane, *, max_request_bytes: int) -> list[BaseRoute]:
-    api = _TFServingAPI(dataplane, max_request_bytes)
+    api = TFServingAPI(dataplane, max_request_bytes)
     return [
         Route("/v1/models/{path:path}", api.get, methods=["GET"]),
         Route("/v1/models/{path:path}", api.post, methods=["POST"]),
@@ -78,7 +78,18 @@ def parse_path(path: str) -> tuple[ModelRef, str]:
     )
 
 
-class _TFServingAPI:
+def post_path(path: str) -> tuple[ModelRef, str]:
+    """``parse_path`` for a POST: NotFound unless the verb is one a POST takes."""
+    ref, verb = parse_path(path)
+    if verb not in (":predict", ":classify", ":regress"):
+        raise NotFound(
+            f"unsupported verb {verb or '(none)'!r}; POST /v1/models/<name>:predict "
+            "(or :classify, :regress)"
+        )
+    return ref, verb
+
+
+class TFServingAPI:
     def __init__(self, dataplane: DataPlane, max_request_bytes: int) -> None:
         self._dataplane = dataplane
         self._limit = max_request_bytes
@@ -92,31 +103,41 @@ class _TFServingAPI:
         return JSONResponse(self._status(ref))
 
     async def post(self, request: Request) -> Response:
-        ref, verb = parse_path(request.path_params["path"])
-        if verb not in (":predict", ":classify", ":regress"):
-            raise NotFound(
-                f"unsupported verb {verb or '(none)'!r}; POST /v1/models/<name>:predict "
-                "(or :classify, :regress)"
-            )
+        ref, verb = post_path(request.path_params["path"])
         raw = await read_body(request, self._limit)
-        # The request's model is resolved once (while its body is decoded, or before for a body
-        # decoded in another process) and the request runs on the version it was decoded for.
-        found: Resolved | None
-        if len(raw) <= offload.OFF_LOOP_BYTES:
-            resolver = _Resolver(self._dataplane, ref)
-            decoded = decode_post(verb, raw, resolver)
-            found = resolver.target  # None when the body named no signature to decode against
-        else:  # decoded in another process: it gets a snapshot of the model's signatures
-            found = self._dataplane.resolve(ref)
-            table = _SignatureTable(dict(found.signatures))
-            decoded = await offload.run(len(raw), decode_post, verb, raw, table)
-        if isinstance(decoded, PredictBody):
-            if found is None or found.signature is not decoded.signature:
-                found = self._target(ref, found, decoded.signature_name)
-            return await self._predict(found, decoded.key, decoded.inputs)
+        if verb == ":predict":
+            return Response(await self.predict(ref, raw), media_type=JSONResponse.media_type)
+        found, decoded = await self._decode(ref, verb, raw)
+        assert isinstance(decoded, dict)  # decode_post: only :predict gives a PredictBody
         return await self._classify_or_regress(
             ref if found is None else found, verb, decoded, decoded["signature_name"]
         )
+
+    async def predict(self, ref: ModelRef, raw: bytes) -> bytes:
+        """The JSON answer to the ``:predict`` body ``raw`` for ``ref``; a ModelyardError for
+        anything the client gets an error for. Both ways in call this (the Starlette route and
+        ``modelyard.server.http.lean``)."""
+        found, decoded = await self._decode(ref, ":predict", raw)
+        assert isinstance(decoded, PredictBody)
+        if found is None or found.signature is not decoded.signature:
+            found = self._target(ref, found, decoded.signature_name)
+        return await self._predict(found, decoded.key, decoded.inputs)
+
+    async def _decode(
+        self, ref: ModelRef, verb: str, raw: bytes
+    ) -> tuple[Resolved | None, PredictBody | dict[str, Any]]:
+        """``raw`` decoded for ``verb`` (``decode_post``), and the model it was decoded for
+        (None when the body named no signature to decode against)."""
+        # The request's model is resolved once (while its body is decoded, or before for a body
+        # decoded in another process) and the request runs on the version it was decoded for.
+        if len(raw) <= offload.OFF_LOOP_BYTES:
+            resolver = _Resolver(self._dataplane, ref)
+            decoded = decode_post(verb, raw, resolver)
+            return resolver.target, decoded
+        # Decoded in another process: it gets a snapshot of the model's signatures.
+        found = self._dataplane.resolve(ref)
+        table = _SignatureTable(dict(found.signatures))
+        return found, await offload.run(len(raw), decode_post, verb, raw, table)
 
     def _target(self, ref: ModelRef, found: Resolved | None, signature_name: str) -> Resolved:
         """What ``ref`` resolved to (``found``, else resolved now), with ``signature_name``."""
@@ -124,7 +145,7 @@ class _TFServingAPI:
             return self._dataplane.resolve(ref, signature_name)
         return found.named(signature_name)
 
-    async def _predict(self, target: Resolved, key: str, inputs: dict[str, np.ndarray]) -> Response:
+    async def _predict(self, target: Resolved, key: str, inputs: dict[str, np.ndarray]) -> bytes:
         """Row format (``instances``) answers ``predictions``; columnar answers ``outputs``.
 
         ``target.signature`` is the one the request was decoded against, resolved before it ran:
@@ -132,8 +153,7 @@ class _TFServingAPI:
         """
         result = await self._dataplane.infer(target, inputs)
         size = offload.JSON_EXPANSION * sum(a.nbytes for a in result.outputs.values())
-        content = await offload.run(size, encode_answer, key, result, target.signature)
-        return Response(content, media_type=JSONResponse.media_type)
+        return await offload.run(size, encode_answer, key, result, target.signature)
 
     async def _classify_or_regress(
         self, ref: ModelRef | Resolved, verb: str, body: dict[str, Any], signature_name: str

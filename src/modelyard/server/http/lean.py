@@ -1,0 +1,176 @@
+"""The lean way in for REST inference calls: one ASGI callable in front of Starlette.
+
+At one request in flight the latency is the sum of the CPU on the critical path, and Starlette's
+layers (its error middleware, ours, the exception middleware, the router, the route, a
+``Request`` and a ``Response`` object, a coroutine frame each) cost about as much per call as
+decoding and encoding a tiny model's request (issue 18). The hot calls
+
+    POST /v1/models/{m}[/versions/{v}|/labels/{l}]:predict     TF Serving predict
+    POST /v2/models/{m}[/versions/{v}]/infer                   KServe v2 infer (JSON, binary)
+
+are served here instead: the body is read from ASGI ``receive``, handed to the same functions
+the Starlette routes call (``TFServingAPI.predict``, ``KServeApi.answer``), and the answer (or
+the error, through the one mapping, ``common.error_response``) is sent as start + body, or
+written at once on uvicorn's cycle where the server's protocol hands it over
+(``transport.answer_now``). What
+the middleware stack does for an inference call is done here, by the same code:
+
+* the REST deadline (``DeadlinePolicy.rest``: 504) and the cancellation of a call whose client
+  went away (``deadline._Call``, ``InferenceCalls._run``'s rules);
+* counting-only statistics: the protocol's lane is current while the call runs, and a call
+  refused before the data plane counted it is handed to the observer
+  (``observe.finish_counted``, as ``CountedInferenceCalls``);
+* a bug is logged and answered 500 in the protocol's error shape, the connection kept open
+  (as ``_AnswerBugs``).
+
+Everything else takes the Starlette stack unchanged: other routes and verbs (``:classify``,
+``:regress``), paths that are not exactly one of the shapes above (the router answers them as it
+always did), a ``root_path``, and every call when the observer wants each call's status (an
+access log or traces: ``ObservedCalls``). Inference routes are open (no management gate);
+``build_app`` makes no lean entry if that ever changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from modelyard import deadlines
+from modelyard.errors import Internal, ModelyardError
+from modelyard.observability.boundary import Observer
+from modelyard.observability.calls import CURRENT, Lane
+from modelyard.server.dataplane import DataPlane, ModelRef
+from modelyard.server.http import kserve_codec
+from modelyard.server.http.common import error_response, receive_body
+from modelyard.server.http.deadline import _Call
+from modelyard.server.http.kserve import KServeApi
+from modelyard.server.http.observe import KSERVE_LANE, TFSERVING_LANE, finish_counted
+from modelyard.server.http.tfserving import TFServingAPI, post_path
+from modelyard.server.http.transport import CYCLE, answer_now
+
+log = logging.getLogger(__name__)
+
+_TFS_PREFIX = "/v1/models/"
+_TFS_PREFIX_LENGTH = len(_TFS_PREFIX)
+_HEADER_LENGTH = kserve_codec.HEADER_LENGTH.lower().encode("latin-1")
+_JSON = b"application/json"
+_BINARY = b"application/octet-stream"
+
+
+class LeanInference:
+    """See the module docstring. ``app`` is the Starlette application's own entry, for every
+    request this does not take; ``observer``: as ``build_app``'s (None or inactive: no
+    counting; one that wants each call's status must not be given: such calls are observed on
+    the Starlette stack)."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        dataplane: DataPlane,
+        *,
+        max_request_bytes: int,
+        observer: Observer | None,
+    ) -> None:
+        assert observer is None or not observer.wants_status
+        self._app = app
+        self._dataplane = dataplane
+        self._limit = max_request_bytes
+        self._tfserving = TFServingAPI(dataplane, max_request_bytes)
+        self._kserve = KServeApi(dataplane, max_request_bytes)
+        self._observer = observer if observer is not None and observer.active else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope.get("method") == "POST" and scope["type"] == "http" and not scope.get("root_path"):
+            path: str = scope["path"]
+            if path.endswith(":predict") and path.startswith(_TFS_PREFIX):
+                await self._serve(scope, receive, send, TFSERVING_LANE)
+                return
+            if path.endswith("/infer") and path.startswith("/v2/models/"):
+                parts = path.split("/")  # "", "v2", "models", m, [versions, v,] infer
+                if (len(parts) == 5 and parts[3]) or (
+                    len(parts) == 7 and parts[4] == "versions" and parts[3] and parts[5]
+                ):
+                    await self._serve(scope, receive, send, KSERVE_LANE)
+                    return
+        await self._app(scope, receive, send)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send, lane: Lane) -> None:
+        """One inference call: counted under ``lane`` when counting, under its deadline,
+        cancelled when its client leaves (see the module docstring)."""
+        observer = self._observer
+        token = CURRENT.set(lane) if observer is not None else None
+        call = _Call(receive, send)
+        try:
+            try:
+                given = deadlines.give(self._dataplane.deadlines.rest(time.monotonic()))
+                try:
+                    status, headers, body = await self._answer(scope, call.receive, lane)
+                finally:
+                    deadlines.take_back(given)
+            except asyncio.CancelledError:
+                if call.dropped and call.task.uncancel() == 0:
+                    return  # the client is gone: its queued work was dropped, nothing to answer
+                raise  # cancelled from outside (server stopping)
+            except Exception as exc:  # a bug, never the client's fault: 500, keep serving
+                log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+                response = error_response(Internal(f"internal error: {type(exc).__name__}: {exc}"))
+                status, headers, body = (
+                    response.status_code,
+                    response.raw_headers,
+                    bytes(response.body),
+                )
+            cycle = scope.get(CYCLE)
+            call.started = True  # never cancelled from here on
+            if cycle is None or not answer_now(cycle, status, headers, body):
+                await call.send(
+                    {"type": "http.response.start", "status": status, "headers": headers}
+                )
+                await call.send({"type": "http.response.body", "body": body})
+        finally:
+            call.finish()
+            if token is not None:
+                ended = CURRENT.get()
+                CURRENT.reset(token)
+                assert observer is not None
+                finish_counted(observer, ended, scope["path"], lane is KSERVE_LANE)
+
+    async def _answer(
+        self, scope: Scope, receive: Receive, lane: Lane
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """(status, headers, body) for the call, its error's when it fails (a ModelyardError:
+        the protocols' error shape and status, and the failure noted for statistics)."""
+        declared = encoding = header_length = None
+        for name, value in scope["headers"]:  # the first of each, as Starlette's Headers.get
+            if name == b"content-length":
+                declared = value.decode("latin-1") if declared is None else declared
+            elif name == b"content-encoding":
+                encoding = value.decode("latin-1") if encoding is None else encoding
+            elif name == _HEADER_LENGTH:
+                header_length = value.decode("latin-1") if header_length is None else header_length
+        path: str = scope["path"]
+        try:
+            if lane is TFSERVING_LANE:
+                ref, _ = post_path(path[_TFS_PREFIX_LENGTH:])
+                raw = await receive_body(declared, receive, self._limit)
+                body = await self._tfserving.predict(ref, raw)
+                return 200, _headers(body, _JSON), body
+            parts = path.split("/")
+            version = ModelRef.parse_version(parts[5]) if len(parts) == 7 else None
+            ref = ModelRef(parts[3], version)
+            raw = await receive_body(declared, receive, self._limit)
+            body, json_length = await self._kserve.answer(ref, raw, encoding, header_length)
+            if json_length is None:
+                return 200, _headers(body, _JSON), body
+            extra = (_HEADER_LENGTH, str(json_length).encode("latin-1"))
+            return 200, [extra, *_headers(body, _BINARY)], body
+        except ModelyardError as exc:
+            response = error_response(exc)
+            return response.status_code, response.raw_headers, bytes(response.body)
+
+
+def _headers(body: bytes, media_type: bytes) -> list[tuple[bytes, bytes]]:
+    """A 200 answer's headers, as Starlette's ``Response`` writes them."""
+    return [(b"content-length", str(len(body)).encode("latin-1")), (b"content-type", media_type)]
