@@ -85,8 +85,8 @@ def h2load_command(
     return [
         "h2load",
         *shape,
-        f"--duration={seconds}",
-        f"--warm-up-time={warm}",
+        f"--duration={round(seconds * 1000)}ms",
+        f"--warm-up-time={round(warm * 1000)}ms",
         f"--data={body}",
         *extra,
         url,
