@@ -56,7 +56,7 @@ def _book(
 
     originals = stats_module._fold_unbatched, stats_module._monotonic
     if not columns:
-        stats_module._fold_unbatched = lambda *args: False  # type: ignore[assignment]
+        stats_module._fold_unbatched = lambda *args: False
     stats_module._monotonic = ends.__next__  # known end times, the same for both books
     try:
         contextvars.copy_context().run(serve)
