@@ -359,6 +359,7 @@ _marks = operator.attrgetter("_phases")
 _batch_of = operator.attrgetter("batch")
 _compute_of = operator.attrgetter("compute_ns")
 _first = operator.itemgetter(0)
+_index_of = operator.attrgetter("index")
 _second = operator.itemgetter(1)
 
 
@@ -396,8 +397,11 @@ def _fold_unbatched(
     else:
         return False
     totals = list(map(operator.sub, ends, map(_second, map(_first, marks))))
-    for lane in set(lanes):
-        stats.ok[lane.index] += lanes.count(lane)
+    if lanes.count(lanes[0]) == n:  # one protocol (a lane compares fast only to itself)
+        stats.ok[lanes[0].index] += n
+    else:
+        for index in set(indexes := list(map(_index_of, lanes))):
+            stats.ok[index] += indexes.count(index)
     stats.inference_count += sum(rows)
     stats.last_inference = ends[-1]
     stats.queue_counts[0] += n  # queued 0 s: the first bucket

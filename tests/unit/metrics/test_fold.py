@@ -39,6 +39,8 @@ def _requests(seed: int, mix: str) -> list[tuple[VersionKey, Protocol, RequestCl
             clock.note_compute((rng.randrange(10**5), rng.randrange(10**4, 10**7), 5))
         key = KEYS[index % 2] if "versions" in varies else KEYS[0]
         protocol = rng.choice((Protocol.KSERVE_GRPC, Protocol.TFSERVING_REST))
+        if "one-protocol" in varies:
+            protocol = Protocol.KSERVE_REST
         out.append((key, protocol, clock, rows))
     return out
 
@@ -82,7 +84,16 @@ def _shown(stats: VersionStats) -> dict[str, object]:
 
 
 @pytest.mark.parametrize(
-    "mix", ["plain", "told", "rows told", "half-told rows", "versions told", "batched told rows"]
+    "mix",
+    [
+        "plain",
+        "told",
+        "told one-protocol",
+        "rows told",
+        "half-told rows",
+        "versions told",
+        "batched told rows",
+    ],
 )
 def test_the_column_fold_reads_the_same_as_one_request_at_a_time(mix: str) -> None:
     columns = _book(_requests(7, mix), columns=True)
