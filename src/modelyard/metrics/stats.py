@@ -21,16 +21,13 @@ reader sees whole requests and nothing needs a lock.
 from __future__ import annotations
 
 import bisect
-import functools
-import itertools
-import operator
 import time
 from collections.abc import Iterator, Sequence
 
 from modelyard.deadlines import Phase, RequestClock
 from modelyard.errors import Code
 from modelyard.ids import VersionKey
-from modelyard.observability.calls import CURRENT, LANES, PROTOCOL_LABELS, Call, Lane, Protocol
+from modelyard.observability.calls import CURRENT, IN_PROCESS_INDEX, PROTOCOL_LABELS
 
 LATENCY_BUCKETS_S: tuple[float, ...] = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -221,8 +218,6 @@ _set_lane = CURRENT.set
 _monotonic = time.monotonic
 _bisect = bisect.bisect_left
 _DEVICE = Phase.DEVICE
-_IN_PROCESS = LANES[Protocol.IN_PROCESS]
-_BY_INDEX = tuple(LANES[p] for p in Protocol)  # by lane index: ``Protocol``'s order
 
 
 class StatsBook:
@@ -235,7 +230,7 @@ class StatsBook:
         self._versions: dict[tuple[str, int], VersionStats] = {}
         self.rejected: dict[tuple[str, Code], int] = {}
         # Successes recorded by ``ok`` and not yet folded into ``_versions`` (``fold``).
-        self._pending: list[_Pending] = []
+        self._pending: list[tuple[VersionKey, int, RequestClock, int, float]] = []
 
     def of(self, key: VersionKey) -> VersionStats:
         if self._pending:
@@ -264,61 +259,82 @@ class StatsBook:
 
         The data plane calls this once per request (as ``ServerMetrics.observe_ok``): it only
         notes the request (its key, lane, clock, rows and end) for ``fold`` to add up."""
-        if index >= 0:
-            lane: Call | Lane = _BY_INDEX[index]
+        call = _get_lane() if index < 0 else None
+        if call is None:
+            if index < 0:
+                index = IN_PROCESS_INDEX
         else:
-            current = _get_lane()
-            if current is None:
-                lane = _IN_PROCESS
-            elif current.full:  # an observed call: the access log and traces read these
-                lane = current
-                current.counted = True  # type: ignore[union-attr]
-                current.clock = clock  # type: ignore[union-attr]
-                current.rows = rows  # type: ignore[union-attr]
-                current.model = key.model  # type: ignore[union-attr]
-                current.version = str(key.version)  # type: ignore[union-attr]
+            index = call.index
+            if call.full:  # an observed call: the access log and traces read these
+                call.counted = True  # type: ignore[union-attr]
+                call.clock = clock  # type: ignore[union-attr]
+                call.rows = rows  # type: ignore[union-attr]
+                call.model = key.model  # type: ignore[union-attr]
+                call.version = str(key.version)  # type: ignore[union-attr]
             else:
-                lane = current
-                _set_lane(current.done)  # type: ignore[union-attr]
-        # The lane (or call) itself, not its index: ``fold`` reads the indexes, in C.
+                _set_lane(call.done)  # type: ignore[union-attr]
         pending = self._pending
-        pending.append((key, lane, clock, rows, _monotonic()))
+        pending.append((key, index, clock, rows, _monotonic()))
         if len(pending) >= FOLD_EVERY:
             self.fold()
 
     def fold(self) -> None:
         """Add the successes ``ok`` recorded since the last fold to their versions' numbers.
 
-        Called by every reader (``of``, ``get``, ``items``) and every ``FOLD_EVERY`` requests.
-        The common case (one version, unbatched requests, each with an admitted and a device
-        mark) is added up column by column with ``map``, ``zip`` and ``list.count``, which run
-        in C: a Python loop over the requests costs some 200 bytecodes per request, most of
-        what statistics cost. Anything else (batched requests, several versions mixed) takes
-        the loop, ``_fold_each``."""
+        Called by every reader (``of``, ``get``, ``items``) and every ``FOLD_EVERY`` requests:
+        the arithmetic runs here, in one tight loop over a few dozen requests, rather than on
+        each request's path, where its code and data would have to be brought back into the
+        CPU's caches every time (measured: several times the cost of the same loop)."""
         pending = self._pending
         if not pending:
             return
         self._pending = []
-        keys, lanes, clocks, rows, ends = zip(*pending, strict=True)
-        first = keys[0]
-        if keys.count(first) != len(keys):  # several versions: each version's part apart
-            groups: dict[tuple[str, int], list[_Pending]] = {}
-            for item in pending:
-                key = item[0]
-                groups.setdefault((key.model, key.version), []).append(item)
-            for group in groups.values():
-                self._pending = group
-                self.fold()
-            return
-        stats = self._stats((first.model, first.version))
-        if not _fold_unbatched(stats, lanes, clocks, rows, ends):
-            _fold_each(stats, pending)
-
-    def _stats(self, pair: tuple[str, int]) -> VersionStats:
-        stats = self._versions.get(pair)
-        if stats is None:
-            stats = self._versions[pair] = VersionStats()
-        return stats
+        versions = self._versions
+        bounds = LATENCY_BUCKETS_S
+        for key, index, clock, rows, now in pending:
+            stats = versions.get((key.model, key.version))
+            if stats is None:
+                stats = versions[(key.model, key.version)] = VersionStats()
+            marks = clock._phases  # what ``clock.marks`` returns, without a property call
+            if len(marks) == 2 and marks[1][0] is _DEVICE:  # unbatched: admitted, then device
+                total = now - marks[0][1]
+                infer = now - marks[1][1]
+                stats.queue_counts[0] += 1  # queued 0 s: the first bucket
+            else:
+                total, queued, infer = _phases(marks, now)
+                stats.queue_counts[_bisect(bounds, queued)] += 1
+                stats.queue_s += queued
+            run = clock.batch
+            compute = clock.compute_ns if run is None else run.compute_ns
+            if compute:  # the worker's own times; the rest of the round trip is transport
+                input_ns, infer_ns, output_ns = compute
+                infer = infer_ns / 1e9
+                stats.input_ns += input_ns
+                stats.output_ns += output_ns
+            else:
+                input_ns = output_ns = 0
+            stats.ok[index] += 1
+            stats.inference_count += rows
+            stats.last_inference = now
+            stats.request_counts[_bisect(bounds, total)] += 1
+            stats.request_s += total
+            stats.infer_counts[_bisect(bounds, infer)] += 1
+            stats.infer_s += infer
+            if run is None:
+                size = rows if rows > 1 else 1
+            elif not run.counted:
+                run.counted = True
+                size = run.rows if run.rows > 1 else 1
+            else:
+                continue  # its batch's execution was counted by another of its requests
+            executed = stats.executions.get(size)
+            if executed is None:
+                stats.executions[size] = [1, infer, input_ns, output_ns]
+            else:
+                executed[0] += 1
+                executed[1] += infer
+                executed[2] += input_ns
+                executed[3] += output_ns
 
     def observe(
         self,
@@ -350,131 +366,6 @@ class StatsBook:
         """A request refused before a model version was found (an unknown model, a bad path)."""
         key = (protocol, code)
         self.rejected[key] = self.rejected.get(key, 0) + 1
-
-
-_Pending = tuple[VersionKey, "Call | Lane", RequestClock, int, float]
-"""What ``StatsBook.ok`` notes of a success: its version, lane (or call), clock, rows, end."""
-
-_marks = operator.attrgetter("_phases")
-_batch_of = operator.attrgetter("batch")
-_compute_of = operator.attrgetter("compute_ns")
-_first = operator.itemgetter(0)
-_index_of = operator.attrgetter("index")
-_second = operator.itemgetter(1)
-
-
-def _buckets(counts: list[int], values: list[float]) -> None:
-    """Count ``values`` into the histogram array ``counts`` (on ``LATENCY_BUCKETS_S``)."""
-    where = list(map(functools.partial(_bisect, LATENCY_BUCKETS_S), values))
-    for bucket in set(where):
-        counts[bucket] += where.count(bucket)
-
-
-def _fold_unbatched(
-    stats: VersionStats,
-    lanes: tuple[Call | Lane, ...],
-    clocks: tuple[RequestClock, ...],
-    rows: tuple[int, ...],
-    ends: tuple[float, ...],
-) -> bool:
-    """Add up successes of one version that ran unbatched (admitted, then on the device; no
-    batch), column by column in C; False (nothing added) when they are not all such."""
-    n = len(clocks)
-    marks = list(map(_marks, clocks))
-    if list(map(len, marks)).count(2) != n or list(map(_batch_of, clocks)).count(None) != n:
-        return False
-    device = list(map(_second, marks))
-    if list(map(_first, device)).count(_DEVICE) != n:
-        return False
-    computes = list(map(_compute_of, clocks))
-    told = n - computes.count(())
-    if told == n:  # the worker's own times; the rest of the round trip is transport
-        inputs, infers_ns, outputs = zip(*computes, strict=True)
-        infers = list(map(operator.truediv, infers_ns, itertools.repeat(1e9)))
-    elif told == 0:  # on the device since its mark
-        inputs = outputs = (0,)
-        infers = list(map(operator.sub, ends, map(_second, device)))
-    else:
-        return False
-    totals = list(map(operator.sub, ends, map(_second, map(_first, marks))))
-    if lanes.count(lanes[0]) == n:  # one protocol (a lane compares fast only to itself)
-        stats.ok[lanes[0].index] += n
-    else:
-        for index in set(indexes := list(map(_index_of, lanes))):
-            stats.ok[index] += indexes.count(index)
-    stats.inference_count += sum(rows)
-    stats.last_inference = ends[-1]
-    stats.queue_counts[0] += n  # queued 0 s: the first bucket
-    _buckets(stats.request_counts, totals)
-    stats.request_s += sum(totals)
-    _buckets(stats.infer_counts, infers)
-    stats.infer_s += sum(infers)
-    input_ns, output_ns = sum(inputs), sum(outputs)
-    stats.input_ns += input_ns
-    stats.output_ns += output_ns
-    sizes = [r if r > 1 else 1 for r in rows] if rows.count(1) != n else None
-    if sizes is None or sizes.count(sizes[0]) == n:  # one execution size (the usual case)
-        _executed(stats, rows[0] if rows[0] > 1 else 1, n, sum(infers), input_ns, output_ns)
-        return True
-    parts = zip(
-        sizes, infers, inputs if told else (0,) * n, outputs if told else (0,) * n, strict=True
-    )
-    for size, infer, input_one, output_one in parts:
-        _executed(stats, size, 1, infer, input_one, output_one)
-    return True
-
-
-def _executed(
-    stats: VersionStats, size: int, n: int, infer: float, input_ns: int, output_ns: int
-) -> None:
-    """``n`` executions of batch size ``size`` took ``infer`` s, ``input_ns``, ``output_ns``."""
-    executed = stats.executions.get(size)
-    if executed is None:
-        stats.executions[size] = [n, infer, input_ns, output_ns]
-    else:
-        executed[0] += n
-        executed[1] += infer
-        executed[2] += input_ns
-        executed[3] += output_ns
-
-
-def _fold_each(stats: VersionStats, pending: list[_Pending]) -> None:
-    """Add up successes of one version one by one (any phases, batched or not)."""
-    bounds = LATENCY_BUCKETS_S
-    for _key, lane, clock, rows, now in pending:
-        marks = clock._phases  # what ``clock.marks`` returns, without a property call
-        if len(marks) == 2 and marks[1][0] is _DEVICE:  # unbatched: admitted, then device
-            total = now - marks[0][1]
-            infer = now - marks[1][1]
-            stats.queue_counts[0] += 1  # queued 0 s: the first bucket
-        else:
-            total, queued, infer = _phases(marks, now)
-            stats.queue_counts[_bisect(bounds, queued)] += 1
-            stats.queue_s += queued
-        run = clock.batch
-        compute = clock.compute_ns if run is None else run.compute_ns
-        if compute:  # the worker's own times; the rest of the round trip is transport
-            input_ns, infer_ns, output_ns = compute
-            infer = infer_ns / 1e9
-            stats.input_ns += input_ns
-            stats.output_ns += output_ns
-        else:
-            input_ns = output_ns = 0
-        stats.ok[lane.index] += 1
-        stats.inference_count += rows
-        stats.last_inference = now
-        stats.request_counts[_bisect(bounds, total)] += 1
-        stats.request_s += total
-        stats.infer_counts[_bisect(bounds, infer)] += 1
-        stats.infer_s += infer
-        if run is None:
-            size = rows if rows > 1 else 1
-        elif not run.counted:
-            run.counted = True
-            size = run.rows if run.rows > 1 else 1
-        else:
-            continue  # its batch's execution was counted by another of its requests
-        _executed(stats, size, 1, infer, input_ns, output_ns)
 
 
 def _phases(marks: list[tuple[Phase, float]], now: float) -> tuple[float, float, float]:
