@@ -13,12 +13,16 @@ against ``--no-metrics``, measured three ways in one run, printed as one Markdow
    B A so drift in the machine's load falls on both; medians over rounds. ``--paired`` adds
    one client alternating its requests between the two servers (median of pair differences)
    and 64 clients on both servers at once (the ratio of their rates).
+   ``--h2load N``: three servers (on, off, and on again) loaded by h2load at 64 clients in N
+   short rounds, together and alternating (``bench/ab_throughput.py``): the median of the
+   per-round ratios with their min and max, and on/on, the method's A/A noise floor, beside
+   on/off; p50 at 1 client alternating over on/off and over on/on.
 3. Instructions per request (``--callgrind``): the in-process paths under valgrind's callgrind,
    for N1 and N2 requests; (I(N2) - I(N1)) / (N2 - N1) is the cost of one request without
    start-up. On a loaded machine this is the stable number; wall-clock figures there move by
    more than the cost.
 
-    python bench/observability_cost.py --paired --rounds 4 --seconds 2 [--callgrind]
+    python bench/observability_cost.py --h2load 12 --seconds 1.5 --no-wall-clock [--callgrind]
         [--json out.json] [--table out.md]
 """
 
