@@ -13,12 +13,16 @@ against ``--no-metrics``, measured three ways in one run, printed as one Markdow
    B A so drift in the machine's load falls on both; medians over rounds. ``--paired`` adds
    one client alternating its requests between the two servers (median of pair differences)
    and 64 clients on both servers at once (the ratio of their rates).
+   ``--h2load N``: three servers (on, off, and on again) loaded by h2load at 64 clients in N
+   short rounds, together and alternating (``bench/ab_throughput.py``): the median of the
+   per-round ratios with their min and max, and on/on, the method's A/A noise floor, beside
+   on/off; p50 at 1 client alternating over on/off and over on/on.
 3. Instructions per request (``--callgrind``): the in-process paths under valgrind's callgrind,
    for N1 and N2 requests; (I(N2) - I(N1)) / (N2 - N1) is the cost of one request without
    start-up. On a loaded machine this is the stable number; wall-clock figures there move by
    more than the cost.
 
-    python bench/observability_cost.py --paired --rounds 4 --seconds 2 [--callgrind]
+    python bench/observability_cost.py --h2load 12 --seconds 1.5 --no-wall-clock [--callgrind]
         [--json out.json] [--table out.md]
 """
 
@@ -69,6 +73,7 @@ def serve(config: Path, root: Path, *flags: str) -> Iterator[dict[str, int]]:
                 raise RuntimeError(f"modelyard serve {flags} did not start")
             time.sleep(0.1)
         ports: dict[str, int] = json.loads(ports_file.read_text())
+        ports["pid"] = process.pid  # for its CPU time (bench/ab_throughput.py)
         while httpx.get(f"http://127.0.0.1:{ports['rest']}/v2/health/ready").status_code != 200:
             time.sleep(0.1)
         yield ports
@@ -244,6 +249,47 @@ def paired(rounds: int, requests: int, seconds: float) -> dict[str, Any]:
                 "throughput_loss_pct_median": 100 * (1 - statistics.median(ratios)),
             }
             print(protocol, json.dumps(report[protocol]), flush=True)
+    return report
+
+
+# -- wall clock with h2load: a 64-client comparison that states its own resolution ------------
+
+
+def h2load_part(rounds: int, seconds: float, modes: list[str], requests: int) -> dict[str, Any]:
+    """Three servers on one config: ``on`` (the default), ``off`` (``--no-metrics``) and
+    ``on2`` (the default again). Per protocol: p50 at 1 client, one client alternating its
+    requests over on/off and over on/on2 (median of pair differences); req/s at 64 clients
+    with h2load in each of ``modes`` (``bench/ab_throughput.py``): median of per-round ratios
+    on/off with their min and max, and on/on2, the method's noise floor, beside it."""
+    import uvloop
+    from ab_throughput import Target, compare
+
+    root = Path(tempfile.mkdtemp(prefix="obs-h2load-"))
+    write_mlp(TINY, root / TINY.name / "1")
+    config = root / "modelyard.yaml"
+    config.write_text(f"models:\n  - name: {TINY.name}\n    base_path: {root / TINY.name}\n")
+    report: dict[str, Any] = {"rounds": rounds, "seconds": seconds}
+    with (
+        serve(config, root) as on,
+        serve(config, root, "--no-metrics") as off,
+        serve(config, root, "--log-level", "WARNING") as on2,  # the default flags again
+    ):
+        servers = {"on": on, "off": off, "on2": on2}
+        targets = [Target(n, p["rest"], p["grpc"], p["pid"]) for n, p in servers.items()]
+        for protocol in ("kserve_json", "kserve_grpc"):
+            key = "grpc" if protocol == "kserve_grpc" else "rest"
+            part: dict[str, Any] = {}
+            for other in ("off", "on2"):
+                specs = {
+                    "on": _spec(on[key], protocol),
+                    "off": _spec(servers[other][key], protocol),
+                }
+                part[f"latency_on_{other}"] = uvloop.run(_paired_latency(specs, requests))
+            for mode in modes:
+                part[mode] = compare(targets, protocol, mode, rounds, seconds)
+                shown = {k: v for k, v in part[mode].items() if k != "raw"}
+                print(protocol, mode, json.dumps(shown), flush=True)
+            report[protocol] = part
     return report
 
 
@@ -541,6 +587,9 @@ def table(report: dict[str, Any]) -> str:
                 f"| req/s at 64 clients, both servers at once ({len(ratios)} rounds, on/off) "
                 f"| {name} | | | {-got['throughput_loss_pct_median']:+.1f} % |"
             )
+    h2 = report.get("h2load", {})
+    for protocol in ("kserve_json", "kserve_grpc") if h2 else ():
+        rows += _h2load_rows(h2, protocol)
     for part in report.get("cpu_time", []):
         rows.append(
             f"| front-end CPU per request, in process ({part['rounds']} alternating rounds of "
@@ -558,6 +607,46 @@ def table(report: dict[str, Any]) -> str:
     return "\n".join(rows) + "\n"
 
 
+def _spread(got: dict[str, Any]) -> str:
+    """A ratio's median as a change in per cent, with the per-round min and max."""
+    lo, hi = 100 * (got["min"] - 1), 100 * (got["max"] - 1)
+    return f"{100 * (got['median'] - 1):+.1f} % [{lo:+.1f}, {hi:+.1f}]"
+
+
+def _h2load_rows(h2: dict[str, Any], protocol: str) -> list[str]:
+    name, part, rows = _NAMES[protocol], h2[protocol], []
+    for other, what in (("off", "on vs off"), ("on2", "**A/A noise**: on vs on")):
+        got = part[f"latency_on_{other}"]
+        rows.append(
+            f"| p50 at 1 client, alternating requests ({got['requests']} pairs), {what} | {name} "
+            f"| {got['p50_us_on']:.1f} µs | {got['p50_us_off']:.1f} µs "
+            f"| {got['added_us_median_of_pairs']:+.1f} µs |"
+        )
+    for mode in ("together", "alternating"):
+        if mode not in part:
+            continue
+        got = part[mode]
+        how = f"h2load, {mode}, {got['rounds']} rounds of {got['seconds']:g} s"
+        rows.append(
+            f"| req/s at {got['clients']} clients ({how}), on vs off, median [min, max] "
+            f"| {name} | {got['on']['rps']:.0f} | {got['off']['rps']:.0f} "
+            f"| **{_spread(got['on/off'])}** |"
+        )
+        rows.append(
+            f"| req/s at {got['clients']} clients ({how}), **A/A noise**: on vs on "
+            f"| {name} | {got['on']['rps']:.0f} | {got['on2']['rps']:.0f} "
+            f"| {_spread(got['on/on2'])} |"
+        )
+        for part_name in ("front", "worker"):
+            field = f"{part_name}_us"
+            rows.append(
+                f"| {part_name} CPU per request at {got['clients']} clients ({how}; on2: "
+                f"{got['on2'][field]:.1f} µs) | {name} | {got['on'][field]:.1f} µs "
+                f"| {got['off'][field]:.1f} µs | {got['on'][field] - got['off'][field]:+.1f} µs |"
+            )
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=6)
@@ -568,6 +657,11 @@ def main() -> None:
         "--paired", action="store_true",
         help="also the paired wall-clock measures (alternating requests, both servers at once)",
     )  # fmt: skip
+    parser.add_argument(
+        "--h2load", type=int, default=0, metavar="ROUNDS",
+        help="the h2load comparison (on, off and on again, for the A/A noise) in ROUNDS rounds",
+    )  # fmt: skip
+    parser.add_argument("--h2load-modes", default="together,alternating")
     parser.add_argument("--cpu-rounds", type=int, default=20, help="0: skip the CPU-time part")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--table", type=Path, help="also write the Markdown table here")
@@ -585,6 +679,9 @@ def main() -> None:
             print(json.dumps({k: v for k, v in part.items() if k != "raw"}), flush=True)
     if args.callgrind:
         report["callgrind"] = [callgrind(100, 600, p) for p in IN_PROCESS]
+    if args.h2load:
+        modes = args.h2load_modes.split(",")
+        report["h2load"] = h2load_part(args.h2load, args.seconds, modes, 3000)
     if args.paired:
         report["paired"] = paired(args.rounds, 3000, args.seconds)
     if not args.no_wall_clock:
