@@ -29,6 +29,7 @@ from typing import Any, NamedTuple
 import grpc
 
 from modelyard.server.grpc.h2wire import STATUS_200, Limits, Stream, literal
+from modelyard.server.grpc.hotpath import Encoded
 from modelyard.server.grpc.http2 import Connection
 
 log = logging.getLogger(__name__)
@@ -293,8 +294,11 @@ class FastServer:
                 response = await response
             if context._code is not None and context._code is not grpc.StatusCode.OK:
                 raise _Status(context._code, context._details)
-            serialize = handler.response_serializer
-            message = serialize(response) if serialize is not None else response
+            if type(response) is Encoded:  # serialised by the handler already
+                message = response
+            else:
+                serialize = handler.response_serializer
+                message = serialize(response) if serialize is not None else response
             if len(message) > self.max_message_bytes:
                 raise _Status(
                     grpc.StatusCode.RESOURCE_EXHAUSTED,

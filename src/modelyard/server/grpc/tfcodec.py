@@ -16,6 +16,7 @@ import numpy as np
 from modelyard import codec
 from modelyard.errors import InvalidArgument
 from modelyard.server.defaults import DEFAULT_MAX_REQUEST_BYTES
+from modelyard.server.grpc.hotpath import raw_array
 from modelyard.tensors import DataType, format_shape
 from modelyard.tfproto.generated import tensorflow_core_pb2 as core
 
@@ -37,8 +38,14 @@ _VAL_FIELD: dict[DataType, str] = {
 }
 
 
+_BY_NUMBER: dict[int, DataType] = {core.DataType.Value(d.tf_name): d for d in DataType}
+
+
 def datatype_of(dtype: int, name: str) -> DataType:
     """The DataType of a ``tensorflow.DataType`` enum value; InvalidArgument naming the tensor."""
+    found = _BY_NUMBER.get(dtype)
+    if found is not None:
+        return found
     try:
         tf_name = core.DataType.Name(dtype)
     except ValueError:
@@ -53,21 +60,29 @@ def tensor_to_array(
 
     TensorFlow fills a whole tensor from a single value; such a fill may make at most
     ``max_fill_bytes`` (the server's request size limit), so that a message of a few bytes
-    cannot make the server allocate gigabytes.
+    cannot make the server allocate gigabytes. The common ``tensor_content`` takes
+    ``hotpath.raw_array``; anything else, and every error, ``codec``'s way.
     """
-    what = f"input {name!r}"
     datatype = datatype_of(tensor.dtype, name)
-    if tensor.tensor_shape.unknown_rank:
-        raise InvalidArgument(f"{what} has unknown rank; send its shape")
-    shape = tuple(d.size for d in tensor.tensor_shape.dim)
+    tensor_shape = tensor.tensor_shape
+    if tensor_shape.unknown_rank:
+        raise InvalidArgument(f"input {name!r} has unknown rank; send its shape")
+    dims = [d.size for d in tensor_shape.dim]
+    content = tensor.tensor_content
+    if content and datatype is not DataType.BYTES:
+        array = raw_array(content, datatype, dims)
+        if array is not None:
+            return array
+    what = f"input {name!r}"
+    shape = tuple(dims)
     count = codec.element_count(shape, what)
-    if tensor.tensor_content and datatype is not DataType.BYTES:
-        return codec.decode_raw(tensor.tensor_content, datatype, shape, what)
+    if content and datatype is not DataType.BYTES:
+        return codec.decode_raw(content, datatype, shape, what)
     field = _VAL_FIELD[datatype]
-    values = getattr(tensor, field)
+    values = getattr(tensor, field)[:]  # a list: numpy reads it faster than the field
     if datatype is DataType.BYTES:
         flat = np.empty(len(values), dtype=object)
-        flat[:] = list(values)
+        flat[:] = values
     elif datatype is DataType.FP16:
         flat = np.asarray(values, dtype=np.uint16).view(np.float16)
     elif datatype.numpy.kind in "iu":  # int_val carries INT8/INT16/UINT8/UINT16 as int32
