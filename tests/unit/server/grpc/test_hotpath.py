@@ -27,7 +27,7 @@ def _array(datatype: DataType, shape: tuple[int, ...]) -> np.ndarray:
         values = [b"", b"a", "é".encode(), b"\x00\xff" * 100][:count] * (count // 4 + 1)
         return np.array(values[:count], dtype=object).reshape(shape)
     if datatype is DataType.BOOL:
-        return (np.arange(count) % 3 == 0).reshape(shape)
+        return np.asarray(np.arange(count) % 3 == 0, dtype=np.bool_).reshape(shape)
     return (np.arange(count) - 2).astype(datatype.numpy).reshape(shape)
 
 
