@@ -59,21 +59,32 @@ def serializer_passing_encoded(serialize: Any) -> Any:
 
 # -- tensors in -----------------------------------------------------------------------------
 
-_NATIVE: dict[DataType, np.dtype[Any]] = (
-    {d: d.numpy for d in DataType if d is not DataType.BYTES} if sys.byteorder == "little" else {}
-)
-"""Numeric datatypes' numpy dtypes, where they are the raw layout's (little-endian hosts)."""
-
-DATATYPE_NAMES: dict[str, DataType] = {d.value: d for d in DataType}
-"""KServe datatype names (as ``codec.kserve_datatype`` takes them; it words the errors)."""
+_LITTLE_HOST = sys.byteorder == "little"  # native numpy dtypes are the raw layout's
 
 
-def raw_array(data: bytes, datatype: DataType, shape: Sequence[int]) -> np.ndarray | None:
-    """The array ``data`` holds as ``datatype`` of ``shape`` (a view, as ``codec.decode_raw``
-    gives), or None when this is not the common case: BYTES, a dimension not positive, too many
-    dimensions, a byte count that disagrees, an unaligned buffer. The caller then decodes with
-    ``codec.decode_raw``, which says what is wrong."""
-    dtype = _NATIVE.get(datatype)
+def _layout(datatype: DataType) -> tuple[DataType, np.dtype[Any] | None]:
+    native = _LITTLE_HOST and datatype is not DataType.BYTES
+    return datatype, datatype.numpy if native else None
+
+
+KSERVE_LAYOUTS: dict[str, tuple[DataType, np.dtype[Any] | None]] = {
+    d.value: _layout(d) for d in DataType
+}
+"""Each KServe datatype name (as ``codec.kserve_datatype`` takes them; it words the errors): its
+DataType and the numpy dtype ``raw_array`` reads it as (None: BYTES, or a big-endian host).
+Looked up by name: an enum member's hash is a Python call."""
+
+TF_LAYOUTS: dict[int, tuple[DataType, np.dtype[Any] | None]] = {
+    core.DataType.Value(d.tf_name): _layout(d) for d in DataType
+}
+"""The same for each ``tensorflow.DataType`` number."""
+
+
+def raw_array(data: bytes, dtype: np.dtype[Any] | None, shape: Sequence[int]) -> np.ndarray | None:
+    """The array ``data`` holds as ``dtype`` (a layout's) of ``shape``, a view as
+    ``codec.decode_raw`` gives; or None when this is not the common case: no dtype (BYTES), a
+    dimension not positive, too many dimensions, a byte count that disagrees, an unaligned
+    buffer. The caller then decodes with ``codec.decode_raw``, which says what is wrong."""
     if dtype is None or len(shape) > MAX_REQUEST_RANK or min(shape, default=1) <= 0:
         return None
     count = math.prod(shape)
@@ -101,17 +112,29 @@ def datatype_of(dtype: np.dtype[Any]) -> DataType:
 def raw_bytes(array: np.ndarray, datatype: DataType) -> Any:
     """The raw layout of ``array`` (as ``codec.raw_buffer``): the array itself where it is
     C-contiguous and native little-endian (``bytes.join`` copies it once, into the answer)."""
-    if datatype in _NATIVE and array.dtype.isnative and array.flags.c_contiguous:
+    if (
+        _LITTLE_HOST
+        and datatype is not DataType.BYTES
+        and array.dtype.isnative
+        and array.flags.c_contiguous
+    ):
         return array
     return codec.raw_buffer(array, datatype)
 
 
+def _nbytes(raw: Any) -> int:
+    return int(raw.nbytes) if type(raw) is np.ndarray else len(raw)
+
+
 # -- answers out ----------------------------------------------------------------------------
+
+_SMALL = [bytes((i,)) for i in range(0x80)]
+_TF_NUMBERS = {layout[0].value: number for number, layout in TF_LAYOUTS.items()}
 
 
 def _varint(value: int) -> bytes:
     if 0 <= value < 0x80:
-        return bytes((value,))
+        return _SMALL[value]
     value &= (1 << 64) - 1  # a negative int64 is its two's complement, ten bytes
     out = bytearray()
     while value >= 0x80:
@@ -135,22 +158,57 @@ def _packed(tag: bytes, values: Iterable[int]) -> bytes:
     return _delimited(tag, payload) if payload else b""
 
 
+class _Remembered:
+    """Encoded pieces that repeat from call to call (a model's name and version, an output's
+    description), remembered; forgotten all at once past ``limit`` (shapes that vary)."""
+
+    def __init__(self, limit: int = 512) -> None:
+        self._pieces: dict[Any, Any] = {}
+        self._limit = limit
+
+    def get(self, key: Any) -> Any:
+        return self._pieces.get(key)
+
+    def put(self, key: Any, value: Any) -> Any:
+        if len(self._pieces) >= self._limit:
+            self._pieces.clear()
+        self._pieces[key] = value
+        return value
+
+
+_KSERVE_HEADS = _Remembered()
+_KSERVE_OUTPUTS = _Remembered()
+
+
 def model_infer_response(
     model: str, version: str, request_id: str, outputs: Mapping[str, np.ndarray]
 ) -> Encoded:
     """``inference.ModelInferResponse`` with ``outputs`` as ``raw_output_contents``, in order,
     each described in ``outputs`` (name, KServe datatype, shape)."""
-    head = [_text(b"\x0a", model), _text(b"\x12", version), _text(b"\x1a", request_id)]
+    head = _KSERVE_HEADS.get((model, version))
+    if head is None:
+        head = _KSERVE_HEADS.put((model, version), _text(b"\x0a", model) + _text(b"\x12", version))
+    parts = [head, _text(b"\x1a", request_id)] if request_id else [head]
     contents: list[Any] = []
     for name, array in outputs.items():
-        datatype = datatype_of(array.dtype)
-        described = (
-            _text(b"\x0a", name) + _text(b"\x12", datatype.value) + _packed(b"\x1a", array.shape)
-        )
-        head.append(_delimited(b"\x2a", described))
-        raw = raw_bytes(array, datatype)
-        contents += (b"\x32", _varint(raw.nbytes if type(raw) is np.ndarray else len(raw)), raw)
-    return Encoded(b"".join(head + contents))
+        key = (name, array.dtype, array.shape)
+        known = _KSERVE_OUTPUTS.get(key)
+        if known is None:
+            datatype = datatype_of(array.dtype)
+            described = (
+                _text(b"\x0a", name)
+                + _text(b"\x12", datatype.value)
+                + _packed(b"\x1a", array.shape)
+            )
+            known = _KSERVE_OUTPUTS.put(key, (_delimited(b"\x2a", described), datatype))
+        parts.append(known[0])
+        raw = raw_bytes(array, known[1])
+        contents += (b"\x32", _varint(_nbytes(raw)), raw)
+    return Encoded(b"".join(parts + contents))
+
+
+_TF_SPECS = _Remembered()
+_TF_TENSORS = _Remembered()
 
 
 def predict_response(
@@ -164,36 +222,40 @@ def predict_response(
         tensor = _tensor_proto(array)
         entry = [_text(b"\x0a", key), b"\x12", _varint(_size(tensor)), *tensor]
         parts += (b"\x0a", _varint(_size(entry)), *entry)
-    version_field = _delimited(b"\x12", b"\x08" + _varint(version) if version else b"")
-    spec = _text(b"\x0a", model) + version_field + _text(b"\x1a", signature_name)
-    parts.append(_delimited(b"\x12", spec))
+    spec = _TF_SPECS.get((model, version, signature_name))
+    if spec is None:
+        version_field = _delimited(b"\x12", b"\x08" + _varint(version) if version else b"")
+        described = _text(b"\x0a", model) + version_field + _text(b"\x1a", signature_name)
+        spec = _TF_SPECS.put((model, version, signature_name), _delimited(b"\x12", described))
+    parts.append(spec)
     return Encoded(b"".join(parts))
 
 
 def _tensor_proto(array: np.ndarray) -> list[Any]:
     """A ``tensorflow.TensorProto`` holding ``array``, as pieces to join."""
-    datatype = datatype_of(array.dtype)
-    dims = b"".join(
-        _delimited(b"\x12", b"\x08" + _varint(size) if size else b"") for size in array.shape
-    )
-    pieces: list[Any] = [b"\x08", _varint(_TF_ENUM[datatype])]
-    if dims:  # a scalar's shape is left out (array_to_tensor adds no dimension to it)
-        pieces.append(_delimited(b"\x12", dims))
+    key = (array.dtype, array.shape)
+    known = _TF_TENSORS.get(key)
+    if known is None:
+        datatype = datatype_of(array.dtype)
+        dims = b"".join(
+            _delimited(b"\x12", b"\x08" + _varint(size) if size else b"") for size in array.shape
+        )
+        # A scalar's shape is left out (array_to_tensor adds no dimension to it).
+        head = b"\x08" + _varint(_TF_NUMBERS[datatype.value])
+        known = _TF_TENSORS.put(key, (head + _delimited(b"\x12", dims) if dims else head, datatype))
+    head, datatype = known
+    pieces: list[Any] = [head]
     if datatype is DataType.BYTES:
         for item in array.ravel(order="C").tolist():
             element = codec.bytes_element(item)
             pieces += (b"\x42", _varint(len(element)), element)
     else:
         raw = raw_bytes(array, datatype)
-        size = raw.nbytes if type(raw) is np.ndarray else len(raw)
+        size = _nbytes(raw)
         if size:
             pieces += (b"\x22", _varint(size), raw)
     return pieces
 
 
 def _size(pieces: Sequence[Any]) -> int:
-    return sum(p.nbytes if type(p) is np.ndarray else len(p) for p in pieces)
-
-
-_TF_ENUM: dict[DataType, int] = {d: core.DataType.Value(d.tf_name) for d in DataType}
-"""``tensorflow.DataType``'s number of each datatype."""
+    return sum(map(_nbytes, pieces))

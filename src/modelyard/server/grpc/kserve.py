@@ -31,7 +31,7 @@ from modelyard.server.dataplane import DataPlane, ModelRef
 from modelyard.server.grpc import extensions
 from modelyard.server.grpc.generated import grpc_service_pb2 as pb
 from modelyard.server.grpc.generated import grpc_service_pb2_grpc as pb_grpc
-from modelyard.server.grpc.hotpath import DATATYPE_NAMES, model_infer_response, raw_array
+from modelyard.server.grpc.hotpath import KSERVE_LAYOUTS, model_infer_response, raw_array
 from modelyard.server.grpc.status import rpc_errors
 from modelyard.tensors import DataType, TensorSpec
 
@@ -86,9 +86,10 @@ def decode_inputs(request: Any) -> dict[str, np.ndarray]:
             raise InvalidArgument(f"input {name!r} appears more than once in the request")
         if tensor.parameters:  # (reading a map's keys costs more than asking if it has any)
             _reject_parameters(tensor.parameters, _UNSUPPORTED_INPUT_PARAMETERS, f"input {name!r}")
-        datatype = DATATYPE_NAMES.get(tensor.datatype)
-        if datatype is None:
-            datatype = codec.kserve_datatype(tensor.datatype, f"input {name!r}")
+        layout = KSERVE_LAYOUTS.get(tensor.datatype)
+        if layout is None:  # the codec says why the name is unknown
+            layout = (codec.kserve_datatype(tensor.datatype, f"input {name!r}"), None)
+        datatype, dtype = layout
         shape = tensor.shape[:]  # a list: tuple() over the repeated field costs five times more
         if raw:
             if tensor.HasField("contents"):
@@ -97,7 +98,7 @@ def decode_inputs(request: Any) -> dict[str, np.ndarray]:
                     "raw_input_contents; use one or the other for all inputs"
                 )
             data = raw[index]
-            array = raw_array(data, datatype, shape)
+            array = raw_array(data, dtype, shape)
             if array is None:
                 array = codec.decode_raw(data, datatype, tuple(shape), f"input {name!r}")
             inputs[name] = array

@@ -16,7 +16,7 @@ import numpy as np
 from modelyard import codec
 from modelyard.errors import InvalidArgument
 from modelyard.server.defaults import DEFAULT_MAX_REQUEST_BYTES
-from modelyard.server.grpc.hotpath import raw_array
+from modelyard.server.grpc.hotpath import TF_LAYOUTS, raw_array
 from modelyard.tensors import DataType, format_shape
 from modelyard.tfproto.generated import tensorflow_core_pb2 as core
 
@@ -38,19 +38,20 @@ _VAL_FIELD: dict[DataType, str] = {
 }
 
 
-_BY_NUMBER: dict[int, DataType] = {core.DataType.Value(d.tf_name): d for d in DataType}
-
-
 def datatype_of(dtype: int, name: str) -> DataType:
     """The DataType of a ``tensorflow.DataType`` enum value; InvalidArgument naming the tensor."""
-    found = _BY_NUMBER.get(dtype)
+    return _layout(dtype, name)[0]
+
+
+def _layout(dtype: int, name: str) -> tuple[DataType, np.dtype[Any] | None]:
+    found = TF_LAYOUTS.get(dtype)
     if found is not None:
         return found
     try:
         tf_name = core.DataType.Name(dtype)
     except ValueError:
         tf_name = str(dtype)
-    return codec.tf_datatype(tf_name, f"input {name!r}")
+    return codec.tf_datatype(tf_name, f"input {name!r}"), None  # it says why it is unknown
 
 
 def tensor_to_array(
@@ -63,14 +64,14 @@ def tensor_to_array(
     cannot make the server allocate gigabytes. The common ``tensor_content`` takes
     ``hotpath.raw_array``; anything else, and every error, ``codec``'s way.
     """
-    datatype = datatype_of(tensor.dtype, name)
+    datatype, dtype = _layout(tensor.dtype, name)
     tensor_shape = tensor.tensor_shape
     if tensor_shape.unknown_rank:
         raise InvalidArgument(f"input {name!r} has unknown rank; send its shape")
     dims = [d.size for d in tensor_shape.dim]
     content = tensor.tensor_content
     if content and datatype is not DataType.BYTES:
-        array = raw_array(content, datatype, dims)
+        array = raw_array(content, dtype, dims)
         if array is not None:
             return array
     what = f"input {name!r}"

@@ -9,6 +9,8 @@ import pytest
 from modelyard import codec
 from modelyard.server.grpc.generated import grpc_service_pb2 as pb
 from modelyard.server.grpc.hotpath import (
+    KSERVE_LAYOUTS,
+    TF_LAYOUTS,
     Encoded,
     datatype_of,
     model_infer_response,
@@ -18,6 +20,7 @@ from modelyard.server.grpc.hotpath import (
 )
 from modelyard.server.grpc.tfcodec import array_to_tensor
 from modelyard.tensors import DataType
+from modelyard.tfproto.generated import tensorflow_core_pb2 as core
 from modelyard.tfproto.generated import tensorflow_serving_apis_pb2 as tfs
 
 
@@ -98,7 +101,8 @@ def test_raw_array_agrees_with_the_codec_or_steps_aside(
 ) -> None:
     array = _array(datatype, shape)
     data = bytes(codec.encode_raw(array, datatype))
-    fast = raw_array(data, datatype, list(shape))
+    dtype = KSERVE_LAYOUTS[datatype.value][1]
+    fast = raw_array(data, dtype, list(shape))
     if datatype is DataType.BYTES or 0 in shape:
         assert fast is None
         return
@@ -107,8 +111,8 @@ def test_raw_array_agrees_with_the_codec_or_steps_aside(
     assert fast.dtype == expected.dtype
     assert fast.shape == expected.shape
     np.testing.assert_array_equal(fast, expected)
-    assert raw_array(data + b"\x00", datatype, list(shape)) is None  # the codec says why
-    assert raw_array(data, datatype, [-1, *shape]) is None
+    assert raw_array(data + b"\x00", dtype, list(shape)) is None  # the codec says why
+    assert raw_array(data, dtype, [-1, *shape]) is None
 
 
 def test_datatype_of_and_the_pass_through_serializer() -> None:
@@ -121,3 +125,10 @@ def test_datatype_of_and_the_pass_through_serializer() -> None:
     assert isinstance(encoded, Encoded)
     assert encoded.ByteSize() == len(encoded)
     assert serialize(pb.ModelInferResponse(model_name="m", model_version="1")) == bytes(encoded)
+
+
+def test_layouts_name_every_datatype() -> None:
+    for datatype in DataType:
+        assert KSERVE_LAYOUTS[datatype.value][0] is datatype
+        number = core.DataType.Value(datatype.tf_name)
+        assert TF_LAYOUTS[number][0] is datatype
