@@ -342,6 +342,14 @@ class FastServer:
         """The request's one message, decompressed."""
         limit = self.max_message_bytes
         body = stream.body
+        size = len(body)
+        if (
+            not too_large
+            and size >= 5
+            and body[0] == 0
+            and int.from_bytes(body[1:5], "big") == size - 5 <= limit
+        ):  # the common message: uncompressed, its length right and within the limit
+            return bytes(memoryview(body)[5:])
         if too_large or (len(body) >= 5 and int.from_bytes(body[1:5], "big") > limit):
             size = int.from_bytes(body[1:5], "big") if len(body) >= 5 else len(body)
             raise _Status(

@@ -65,6 +65,21 @@ def model_ref(name: str, version: str) -> ModelRef:
     return ModelRef(name, ModelRef.parse_version(version) if version else None)
 
 
+_REFS: dict[tuple[str, str], ModelRef] = {}
+
+
+def _ref(name: str, version: str) -> ModelRef:
+    """``model_ref``, remembered for the names and versions requests repeat (a ``ModelRef`` is
+    frozen: one can serve every request that names the same model)."""
+    ref = _REFS.get((name, version))
+    if ref is None:
+        ref = model_ref(name, version)  # InvalidArgument for a bad version: not remembered
+        if len(_REFS) >= 256:
+            _REFS.clear()
+        _REFS[(name, version)] = ref
+    return ref
+
+
 def decode_inputs(request: Any) -> dict[str, np.ndarray]:
     """The inputs of a ``ModelInferRequest`` as arrays, decoded as the request describes them.
 
@@ -197,8 +212,7 @@ class KServeServicer:
     @_rpc
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         deadline = self._dataplane.deadlines.grpc(context.time_remaining())
-        version = request.model_version
-        ref = ModelRef(request.model_name, ModelRef.parse_version(version) if version else None)
+        ref = _ref(request.model_name, request.model_version)
         inputs = decode_inputs(request)
         wanted: list[str] | None = None
         if request.outputs:
