@@ -132,7 +132,8 @@ def _instructions(kind: str) -> float:
     counts = []
     for calls in (1000, 3000):
         command = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
-                   sys.executable, __file__, "--protocol", kind, "--calls", str(calls)]  # fmt: skip
+                   sys.executable, __file__, "--protocol", kind, "--calls", str(calls),
+                   "--batches", "1"]  # fmt: skip
         env = {**os.environ, "PYTHONHASHSEED": "0"}
         out = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
         counts.append(int(re.findall(r"Collected : (\d+)", out.stderr)[-1]))
