@@ -24,11 +24,13 @@ import inspect
 import logging
 import zlib
 from collections.abc import Sequence
+from types import CoroutineType
 from typing import Any, NamedTuple
 
 import grpc
 
 from modelyard.server.grpc.h2wire import STATUS_200, Limits, Stream, literal
+from modelyard.server.grpc.hotpath import Encoded
 from modelyard.server.grpc.http2 import Connection
 
 log = logging.getLogger(__name__)
@@ -145,6 +147,57 @@ def _timeout(value: bytes) -> float | None:
     return None if unit is None else int(value[:-1]) * unit
 
 
+class _Headers(NamedTuple):
+    """What a request's header list says to the gRPC layer."""
+
+    method: str
+    """The full method name (``:path``)."""
+    metadata: tuple[tuple[str, str | bytes], ...]
+    timeout: float | None
+    encoding: bytes
+    too_large: bool
+    refusal: bytes
+    """Not a gRPC request (not a POST of application/grpc): the answer's header block."""
+
+
+def _read_headers(fields: list[tuple[bytes, bytes]]) -> _Headers:
+    path = b""
+    method = b""
+    content_type = b""
+    encoding = b""
+    timeout: float | None = None
+    too_large = False
+    metadata: list[tuple[str, str | bytes]] = []
+    for name, value in fields:
+        if name[:1] == b":":
+            if name == b":path":
+                path = value
+            elif name == b":method":
+                method = value
+            elif name == b":too-large":
+                too_large = True
+        elif name in _NOT_METADATA:
+            if name == b"content-type":
+                content_type = value
+            elif name == b"grpc-timeout":
+                timeout = _timeout(value)
+            elif name == b"grpc-encoding":
+                encoding = value
+        elif name[-4:] == b"-bin":
+            with contextlib.suppress(ValueError):  # not base64: dropped, as grpc does
+                metadata.append((name.decode("latin-1"), base64.b64decode(value + b"==")))
+        else:
+            metadata.append((name.decode("latin-1"), value.decode("latin-1")))
+    refusal = b""
+    if method != b"POST" or not content_type.startswith(b"application/grpc"):
+        status = b"405" if method != b"POST" else b"415"
+        refusal = literal(b":status", status) + _trailers(
+            grpc.StatusCode.INTERNAL, "gRPC requests are POSTs of application/grpc"
+        )
+    full = path.decode("latin-1")
+    return _Headers(full, tuple(metadata), timeout, encoding, too_large, refusal)
+
+
 class FastServer:
     """The handlers of every registered method, and the application ``http2`` calls with
     each complete request."""
@@ -154,7 +207,7 @@ class FastServer:
         self.limits = Limits(max_message_bytes=max_message_bytes)
         self._handlers: dict[str, grpc.RpcMethodHandler] = {}
         self._generic: list[grpc.GenericRpcHandler] = []
-        self._paths: dict[bytes, str] = {}
+        self._known_headers: dict[int, tuple[list[tuple[bytes, bytes]], _Headers]] = {}
         self.running: set[asyncio.Task[None]] = set()
 
     # -- what servicers register with (as with grpc's server) --------------------------------
@@ -183,58 +236,27 @@ class FastServer:
 
     def __call__(self, connection: Connection, stream: Stream) -> None:
         """Start answering ``stream`` (its request is complete)."""
-        path = b""
-        method = b""
-        content_type = b""
-        encoding = b""
-        timeout: float | None = None
-        too_large = False
-        metadata: list[tuple[str, str | bytes]] = []
-        for name, value in stream.headers:
-            if name[:1] == b":":
-                if name == b":path":
-                    path = value
-                elif name == b":method":
-                    method = value
-                elif name == b":too-large":
-                    too_large = True
-            elif name in _NOT_METADATA:
-                if name == b"content-type":
-                    content_type = value
-                elif name == b"grpc-timeout":
-                    timeout = _timeout(value)
-                elif name == b"grpc-encoding":
-                    encoding = value
-            elif name[-4:] == b"-bin":
-                with contextlib.suppress(ValueError):  # not base64: dropped, as grpc does
-                    metadata.append((name.decode("latin-1"), base64.b64decode(value + b"==")))
-            else:
-                metadata.append((name.decode("latin-1"), value.decode("latin-1")))
-        if method != b"POST" or not content_type.startswith(b"application/grpc"):
-            status = b"405" if method != b"POST" else b"415"
-            connection.answer(
-                stream,
-                b"",
-                b"",
-                literal(b":status", status)
-                + _trailers(
-                    grpc.StatusCode.INTERNAL, "gRPC requests are POSTs of application/grpc"
-                ),
-            )
+        fields = stream.headers
+        # The header list of a repeated call is the same object each time (``HeaderDecoder``
+        # remembers decoded blocks), so what it says is read once, not on every call.
+        known = self._known_headers.get(id(fields))
+        if known is not None and known[0] is fields:
+            call = known[1]
+        else:
+            call = _read_headers(fields)
+            if not call.too_large:  # (a fresh list each time: nothing to remember)
+                if len(self._known_headers) >= 64:
+                    self._known_headers.clear()
+                self._known_headers[id(fields)] = (fields, call)
+        if call.refusal:
+            connection.answer(stream, b"", b"", call.refusal)
             connection.finished(stream)
             return
-        full = self._paths.get(path)
-        if full is None:
-            full = path.decode("latin-1")
-            if len(self._paths) < 1024:
-                self._paths[path] = full
-        meta = tuple(metadata)
         loop = asyncio.get_running_loop()
+        timeout = call.timeout
         deadline = None if timeout is None else loop.time() + timeout
-        context = Context(meta, deadline, stream, connection.peer)
-        task = loop.create_task(
-            self._call(connection, stream, full, meta, context, encoding, too_large)
-        )
+        context = Context(call.metadata, deadline, stream, connection.peer)
+        task = loop.create_task(self._call(connection, stream, call, context))
         stream.task = task
         self.running.add(task)
         timer = None if deadline is None else loop.call_at(deadline, _expire, task, context)
@@ -270,31 +292,32 @@ class FastServer:
         self,
         connection: Connection,
         stream: Stream,
-        method: str,
-        metadata: tuple[tuple[str, str | bytes], ...],
+        call: _Headers,
         context: Context,
-        encoding: bytes,
-        too_large: bool,
     ) -> None:
         head = b""
         data = b""
+        method = call.method
         try:
-            handler = self._lookup(method, metadata)
+            handler = self._lookup(method, call.metadata)
             if handler is None:
                 raise _Status(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
             behavior = handler.unary_unary
             if behavior is None:
                 raise _Status(grpc.StatusCode.UNIMPLEMENTED, "only unary calls are served")
-            raw = self._message(stream, encoding, too_large)
+            raw = self._message(stream, call.encoding, call.too_large)
             deserialize = handler.request_deserializer
             request = deserialize(raw) if deserialize is not None else raw
             response = behavior(request, context)
-            if inspect.isawaitable(response):
+            if type(response) is CoroutineType or inspect.isawaitable(response):
                 response = await response
             if context._code is not None and context._code is not grpc.StatusCode.OK:
                 raise _Status(context._code, context._details)
-            serialize = handler.response_serializer
-            message = serialize(response) if serialize is not None else response
+            if type(response) is Encoded:  # serialised by the handler already
+                message = response
+            else:
+                serialize = handler.response_serializer
+                message = serialize(response) if serialize is not None else response
             if len(message) > self.max_message_bytes:
                 raise _Status(
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -319,6 +342,14 @@ class FastServer:
         """The request's one message, decompressed."""
         limit = self.max_message_bytes
         body = stream.body
+        size = len(body)
+        if (
+            not too_large
+            and size >= 5
+            and body[0] == 0
+            and int.from_bytes(body[1:5], "big") == size - 5 <= limit
+        ):  # the common message: uncompressed, its length right and within the limit
+            return bytes(memoryview(body)[5:])
         if too_large or (len(body) >= 5 and int.from_bytes(body[1:5], "big") > limit):
             size = int.from_bytes(body[1:5], "big") if len(body) >= 5 else len(body)
             raise _Status(

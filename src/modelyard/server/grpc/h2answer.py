@@ -113,6 +113,18 @@ class Answering(asyncio.Protocol):
         if not data:
             self._write(head + end)
             return
+        size = len(data)
+        if (
+            size <= self._send_window
+            and size <= stream.send_window
+            and size <= self._peer_frame
+            and not self._paused
+        ):  # the common answer: one DATA frame that the windows allow, all in one write
+            self._send_window -= size
+            stream.send_window -= size
+            self._write(head + frame(DATA, 0, sid, data) + end)
+            self._forget(stream)
+            return
         stream.pending, stream.pending_end = data, end
         self._send_pending(stream, head)
 

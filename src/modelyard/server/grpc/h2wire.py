@@ -5,6 +5,7 @@ RFC 7541)."""
 from __future__ import annotations
 
 import asyncio
+import struct
 from dataclasses import dataclass
 from typing import cast
 
@@ -51,14 +52,13 @@ class ConnectionError_(Exception):
         self.code = code
 
 
+_FRAME_HEAD = struct.Struct(">BHBBI")  # a 24-bit length, type, flags, stream id
+
+
 def frame(ftype: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
     """One frame's bytes."""
-    return (
-        len(payload).to_bytes(3, "big")
-        + bytes((ftype, flags))
-        + stream_id.to_bytes(4, "big")
-        + payload
-    )
+    size = len(payload)
+    return _FRAME_HEAD.pack(size >> 16, size & 0xFFFF, ftype, flags, stream_id) + payload
 
 
 def _integer(value: int, prefix_bits: int, first: int) -> bytes:

@@ -31,6 +31,7 @@ from modelyard.server.dataplane import DataPlane, ModelRef
 from modelyard.server.grpc import extensions
 from modelyard.server.grpc.generated import grpc_service_pb2 as pb
 from modelyard.server.grpc.generated import grpc_service_pb2_grpc as pb_grpc
+from modelyard.server.grpc.hotpath import KSERVE_LAYOUTS, model_infer_response, raw_array
 from modelyard.server.grpc.status import rpc_errors
 from modelyard.tensors import DataType, TensorSpec
 
@@ -64,35 +65,60 @@ def model_ref(name: str, version: str) -> ModelRef:
     return ModelRef(name, ModelRef.parse_version(version) if version else None)
 
 
+_REFS: dict[tuple[str, str], ModelRef] = {}
+
+
+def _ref(name: str, version: str) -> ModelRef:
+    """``model_ref``, remembered for the names and versions requests repeat (a ``ModelRef`` is
+    frozen: one can serve every request that names the same model)."""
+    ref = _REFS.get((name, version))
+    if ref is None:
+        ref = model_ref(name, version)  # InvalidArgument for a bad version: not remembered
+        if len(_REFS) >= 256:
+            _REFS.clear()
+        _REFS[(name, version)] = ref
+    return ref
+
+
 def decode_inputs(request: Any) -> dict[str, np.ndarray]:
     """The inputs of a ``ModelInferRequest`` as arrays, decoded as the request describes them.
 
     Raw contents, when present, carry every input in order and no input may also carry typed
-    contents. Does not check the model's signature: the data plane does that.
+    contents. Does not check the model's signature: the data plane does that. The common raw
+    tensor takes ``hotpath.raw_array``; anything else, and every error, ``codec``'s way.
     """
     raw = request.raw_input_contents
-    if raw and len(raw) != len(request.inputs):
+    tensors = request.inputs
+    if raw and len(raw) != len(tensors):
         raise InvalidArgument(
-            f"the request has {len(request.inputs)} inputs but {len(raw)} raw_input_contents; "
+            f"the request has {len(tensors)} inputs but {len(raw)} raw_input_contents; "
             "when raw_input_contents is used it must hold the data of every input, in order"
         )
     inputs: dict[str, np.ndarray] = {}
-    for index, tensor in enumerate(request.inputs):
+    for index, tensor in enumerate(tensors):
         name = tensor.name
         if name in inputs:
             raise InvalidArgument(f"input {name!r} appears more than once in the request")
-        _reject_parameters(tensor.parameters, _UNSUPPORTED_INPUT_PARAMETERS, f"input {name!r}")
-        datatype = codec.kserve_datatype(tensor.datatype, f"input {name!r}")
-        shape = tuple(tensor.shape)
+        if tensor.parameters:  # (reading a map's keys costs more than asking if it has any)
+            _reject_parameters(tensor.parameters, _UNSUPPORTED_INPUT_PARAMETERS, f"input {name!r}")
+        layout = KSERVE_LAYOUTS.get(tensor.datatype)
+        if layout is None:  # the codec says why the name is unknown
+            layout = (codec.kserve_datatype(tensor.datatype, f"input {name!r}"), None)
+        datatype, dtype = layout
+        shape = tensor.shape[:]  # a list: tuple() over the repeated field costs five times more
         if raw:
             if tensor.HasField("contents"):
                 raise InvalidArgument(
                     f"input {name!r} has typed contents but the request uses "
                     "raw_input_contents; use one or the other for all inputs"
                 )
-            inputs[name] = codec.decode_raw(raw[index], datatype, shape, f"input {name!r}")
+            data = raw[index]
+            array = raw_array(data, dtype, shape)
+            if array is None:
+                array = codec.decode_raw(data, datatype, tuple(shape), f"input {name!r}")
+            inputs[name] = array
         else:
-            inputs[name] = _decode_contents(tensor.contents, datatype, shape, name)
+            inputs[name] = _decode_contents(tensor.contents, datatype, tuple(shape), name)
     return inputs
 
 
@@ -107,11 +133,11 @@ def _decode_contents(
             "send it in raw_input_contents"
         )
     field, wire_dtype = _CONTENTS_FIELD[datatype]
-    values = getattr(contents, field)
+    values = getattr(contents, field)[:]  # a list: numpy reads it faster than the field
     codec.check_count(what, len(values), f"contents.{field}", shape)
     if datatype is DataType.BYTES:
         array = np.empty(len(values), dtype=object)
-        array[:] = list(values)
+        array[:] = values
         return array.reshape(shape)
     return codec.narrow(np.array(values, dtype=wire_dtype), datatype, what).reshape(shape)
 
@@ -186,23 +212,21 @@ class KServeServicer:
     @_rpc
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         deadline = self._dataplane.deadlines.grpc(context.time_remaining())
-        ref = model_ref(request.model_name, request.model_version)
+        ref = _ref(request.model_name, request.model_version)
         inputs = decode_inputs(request)
-        for output in request.outputs:
-            _reject_parameters(
-                output.parameters, _UNSUPPORTED_OUTPUT_PARAMETERS, f"output {output.name!r}"
-            )
-        wanted = [output.name for output in request.outputs] or None
+        wanted: list[str] | None = None
+        if request.outputs:
+            wanted = []
+            for output in request.outputs:
+                if output.parameters:
+                    _reject_parameters(
+                        output.parameters, _UNSUPPORTED_OUTPUT_PARAMETERS, f"output {output.name!r}"
+                    )
+                wanted.append(output.name)
         result = await self._dataplane.infer(ref, inputs, wanted, deadline=deadline)
-        response = pb.ModelInferResponse(
-            model_name=result.model, model_version=str(result.version), id=request.id
-        )
-        # Outputs in the order the client asked for them (all, in signature order, if none).
-        for name, array in result.outputs.items():
-            datatype = DataType.from_numpy(array.dtype)
-            response.outputs.add(name=name, datatype=datatype.value, shape=array.shape)
-            response.raw_output_contents.append(codec.encode_raw(array, datatype))
-        return response
+        # Outputs in the order the client asked for them (all, in signature order, if none),
+        # as raw_output_contents; serialised here (protobuf's message objects cost more).
+        return model_infer_response(result.model, str(result.version), request.id, result.outputs)
 
     # -- Triton's statistics and model configuration extensions ----------------------------
 

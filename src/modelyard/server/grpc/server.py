@@ -32,6 +32,7 @@ from modelyard.management.access import Access, Gate, rpc_access
 from modelyard.observability.boundary import Observer
 from modelyard.server.dataplane import DataPlane
 from modelyard.server.grpc.fast import FastServer
+from modelyard.server.grpc.hotpath import serializer_passing_encoded
 from modelyard.server.grpc.http2 import Connection, server_factory
 from modelyard.server.grpc.kserve import KServeServicer
 from modelyard.server.grpc.observe import observed
@@ -119,6 +120,10 @@ class _Registrations:
     def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         """``handler`` of the full method name ``method`` as the server serves it."""
         handler = refuse_malformed(handler, method)
+        if handler.response_serializer is not None:  # a handler may answer Encoded bytes
+            handler = handler._replace(
+                response_serializer=serializer_passing_encoded(handler.response_serializer)
+            )
         if rpc_access(method) is Access.GUARDED:
             handler = _gated(handler, self._gate)
         if self._observer is not None:  # outermost, so it sees the calls the others refuse

@@ -16,6 +16,7 @@ import numpy as np
 from modelyard import codec
 from modelyard.errors import InvalidArgument
 from modelyard.server.defaults import DEFAULT_MAX_REQUEST_BYTES
+from modelyard.server.grpc.hotpath import TF_LAYOUTS, raw_array
 from modelyard.tensors import DataType, format_shape
 from modelyard.tfproto.generated import tensorflow_core_pb2 as core
 
@@ -39,11 +40,18 @@ _VAL_FIELD: dict[DataType, str] = {
 
 def datatype_of(dtype: int, name: str) -> DataType:
     """The DataType of a ``tensorflow.DataType`` enum value; InvalidArgument naming the tensor."""
+    return _layout(dtype, name)[0]
+
+
+def _layout(dtype: int, name: str) -> tuple[DataType, np.dtype[Any] | None]:
+    found = TF_LAYOUTS.get(dtype)
+    if found is not None:
+        return found
     try:
         tf_name = core.DataType.Name(dtype)
     except ValueError:
         tf_name = str(dtype)
-    return codec.tf_datatype(tf_name, f"input {name!r}")
+    return codec.tf_datatype(tf_name, f"input {name!r}"), None  # it says why it is unknown
 
 
 def tensor_to_array(
@@ -53,21 +61,29 @@ def tensor_to_array(
 
     TensorFlow fills a whole tensor from a single value; such a fill may make at most
     ``max_fill_bytes`` (the server's request size limit), so that a message of a few bytes
-    cannot make the server allocate gigabytes.
+    cannot make the server allocate gigabytes. The common ``tensor_content`` takes
+    ``hotpath.raw_array``; anything else, and every error, ``codec``'s way.
     """
+    datatype, dtype = _layout(tensor.dtype, name)
+    tensor_shape = tensor.tensor_shape
+    if tensor_shape.unknown_rank:
+        raise InvalidArgument(f"input {name!r} has unknown rank; send its shape")
+    dims = [d.size for d in tensor_shape.dim]
+    content = tensor.tensor_content
+    if content and datatype is not DataType.BYTES:
+        array = raw_array(content, dtype, dims)
+        if array is not None:
+            return array
     what = f"input {name!r}"
-    datatype = datatype_of(tensor.dtype, name)
-    if tensor.tensor_shape.unknown_rank:
-        raise InvalidArgument(f"{what} has unknown rank; send its shape")
-    shape = tuple(d.size for d in tensor.tensor_shape.dim)
+    shape = tuple(dims)
     count = codec.element_count(shape, what)
-    if tensor.tensor_content and datatype is not DataType.BYTES:
-        return codec.decode_raw(tensor.tensor_content, datatype, shape, what)
+    if content and datatype is not DataType.BYTES:
+        return codec.decode_raw(content, datatype, shape, what)
     field = _VAL_FIELD[datatype]
-    values = getattr(tensor, field)
+    values = getattr(tensor, field)[:]  # a list: numpy reads it faster than the field
     if datatype is DataType.BYTES:
         flat = np.empty(len(values), dtype=object)
-        flat[:] = list(values)
+        flat[:] = values
     elif datatype is DataType.FP16:
         flat = np.asarray(values, dtype=np.uint16).view(np.float16)
     elif datatype.numpy.kind in "iu":  # int_val carries INT8/INT16/UINT8/UINT16 as int32

@@ -30,8 +30,9 @@ from modelyard.lifecycle.states import ModelState
 from modelyard.server import tfexamples
 from modelyard.server.dataplane import DataPlane, ModelRef
 from modelyard.server.defaults import DEFAULT_MAX_REQUEST_BYTES
+from modelyard.server.grpc.hotpath import predict_response
 from modelyard.server.grpc.status import rpc_errors
-from modelyard.server.grpc.tfcodec import array_to_tensor, tensor_to_array
+from modelyard.server.grpc.tfcodec import tensor_to_array
 from modelyard.tensors import DEFAULT_SIGNATURE, Signature, TensorSpec
 from modelyard.tfproto.generated import tensorflow_core_pb2 as core
 from modelyard.tfproto.generated import tensorflow_serving_apis_pb2 as pb
@@ -105,10 +106,8 @@ class PredictionServicer:
         result = await self._dataplane.infer(
             ref, inputs, list(request.output_filter) or None, signature_name=name, deadline=deadline
         )
-        response = pb.PredictResponse(model_spec=_spec_out(result.model, result.version, name))
-        for key, array in result.outputs.items():
-            array_to_tensor(array, response.outputs[key])
-        return response
+        # Serialised here: protobuf's message objects (a map of TensorProtos) cost more.
+        return predict_response(result.model, result.version, name, result.outputs)
 
     @_rpc
     async def GetModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
