@@ -409,6 +409,7 @@ def _grpc_call(dataplane: Any, observer: Any, raw: bytes, statuses: dict[Any, in
     """One KServe gRPC ``ModelInfer`` through the handler the server registers, wrapped as
     ``start_grpc_server`` wraps it (the malformed-request guard, then the observer outermost):
     deserialised, run and serialised as a gRPC server does, without the transport."""
+    from modelyard.server.grpc.hotpath import serializer_passing_encoded
     from modelyard.server.grpc.kserve import KServeServicer
     from modelyard.server.grpc.observe import observed
     from modelyard.server.grpc.status import refuse_malformed
@@ -428,7 +429,7 @@ def _grpc_call(dataplane: Any, observer: Any, raw: bytes, statuses: dict[Any, in
         handler = observed(handler, GRPC_METHOD, observer)
     deserialize, serialize, behavior = (
         handler.request_deserializer,
-        handler.response_serializer,
+        serializer_passing_encoded(handler.response_serializer),  # as the server wraps it
         handler.unary_unary,
     )
 
