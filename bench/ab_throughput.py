@@ -32,6 +32,7 @@ from typing import Any
 import psutil
 from bench_models import TINY
 from protocols import GRPC_METHOD, payload
+from request_cost import cpu_seconds
 
 
 @dataclass(frozen=True)
@@ -46,16 +47,7 @@ class Target:
 
 def _cpu(pid: int) -> tuple[float, float]:
     """(the process's CPU seconds, its children's), user + system."""
-    proc = psutil.Process(pid)
-    own = proc.cpu_times()
-    kids = 0.0
-    for child in proc.children(recursive=True):
-        try:
-            t = child.cpu_times()
-            kids += t.user + t.system
-        except psutil.Error:
-            pass
-    return own.user + own.system, kids
+    return cpu_seconds(psutil.Process(pid))
 
 
 def h2load_command(
