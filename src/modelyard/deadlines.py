@@ -205,11 +205,11 @@ def given(deadline: Deadline | None) -> Iterator[None]:
     (None: no deadline), whatever the server's default: a protocol adapter says so once per
     call, before it decodes the request, and every inference the call makes is bounded by it
     (TF Serving's classify and regress included)."""
-    token = _GIVEN.set((deadline,))
+    token = give(deadline)
     try:
         yield
     finally:
-        _GIVEN.reset(token)
+        take_back(token)
 
 
 def give(deadline: Deadline | None) -> contextvars.Token[tuple[Deadline | None] | None]:

@@ -295,9 +295,9 @@ class DataPlane:
         outputs: Sequence[str] | None,
     ) -> tuple[InferResult, float]:
         """``_run`` within the clock's deadline: cancelled there (which takes the request out of
-        a batcher's queue and tells the worker to skip it) and answered DeadlineExceeded."""
-        if clock.deadline is None:
-            return await self._run(entry, signature, run_name, inputs, outputs)
+        a batcher's queue and tells the worker to skip it) and answered DeadlineExceeded. The
+        clock has a deadline: ``infer`` runs a request without one through ``_run`` itself."""
+        assert clock.deadline is not None
         left = clock.deadline.remaining_s()
         if left <= 0:
             raise clock.exceeded()
