@@ -234,11 +234,16 @@ def test_continuation_without_end_is_cut(port: int) -> None:
 
 def test_rapid_reset_is_stopped_with_enhance_your_calm(port: int) -> None:
     """CVE-2023-44487: open and reset streams as fast as possible."""
-    raw = Raw(port)
-    burst = b"".join(
-        raw.request(sid) + _frame(RST_STREAM, 0, sid, (8).to_bytes(4, "big"))
-        for sid in range(1, 4001, 2)
+    _calls_ended_at_once_get_enhance_your_calm(
+        port, lambda sid: _frame(RST_STREAM, 0, sid, (8).to_bytes(4, "big"))
     )
+
+
+def _calls_ended_at_once_get_enhance_your_calm(port: int, end: Any) -> None:
+    """2,000 calls, each followed at once by ``end(stream id)``'s frame: the connection gets a
+    GOAWAY with ENHANCE_YOUR_CALM, and a client on another connection is still answered."""
+    raw = Raw(port)
+    burst = b"".join(raw.request(sid) + end(sid) for sid in range(1, 4001, 2))
     with contextlib.suppress(OSError):  # closed before all of it was sent
         raw.sock.sendall(burst)
     frames = raw.frames(_goaway, timeout=30)
@@ -525,17 +530,10 @@ def test_a_remembered_header_block_follows_the_dynamic_table(port: int) -> None:
 def test_resets_the_client_provokes_count_like_its_own(port: int) -> None:
     """Rapid reset by proxy: each call ended at once by a WINDOW_UPDATE of 0 on its stream
     (which the server answers with RST_STREAM) spends the same reset budget as RST_STREAM."""
-    raw = Raw(port)
     zero = (0).to_bytes(4, "big")
-    burst = b"".join(
-        raw.request(sid) + _frame(WINDOW_UPDATE, 0, sid, zero) for sid in range(1, 4001, 2)
+    _calls_ended_at_once_get_enhance_your_calm(
+        port, lambda sid: _frame(WINDOW_UPDATE, 0, sid, zero)
     )
-    with contextlib.suppress(OSError):  # closed before all of it was sent
-        raw.sock.sendall(burst)
-    frames = raw.frames(_goaway, timeout=30)
-    assert _goaway_code(frames) == ENHANCE_YOUR_CALM
-    raw.close()
-    assert _live(port)
 
 
 @pytest.mark.parametrize(
