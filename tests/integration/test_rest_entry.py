@@ -77,6 +77,15 @@ def _wait_for(what: str, check: Callable[[], bool], within_s: float = 20.0) -> N
         time.sleep(0.05)
 
 
+def _uvicorn_says_close() -> bool:
+    """Whether uvicorn tells a client the connection will close when it closes it after an
+    answer (0.53 and later; before, only a client that said ``Connection: close`` is told)."""
+    import uvicorn
+
+    major, minor = (int(part) for part in uvicorn.__version__.split(".")[:2])
+    return (major, minor) >= (0, 53)
+
+
 def _read_to_end(sock: socket.socket) -> bytes:
     """Everything the server sends until it closes the connection (30 s at most)."""
     data = b""
@@ -137,5 +146,6 @@ def test_a_stopping_server_answers_the_call_in_flight_then_closes(tmp_path: Path
     sock.close()
     assert len(answer) == 1
     assert answer[0].startswith(b"HTTP/1.1 200 OK"), answer
-    assert b"connection: close" in answer[0]
+    if _uvicorn_says_close():
+        assert b"connection: close" in answer[0]
     assert answer[0].endswith(b"}]}")  # the whole answer, then the connection's end

@@ -228,7 +228,17 @@ def test_pipelined_and_http_1_0_requests_answer_the_same(
     old = request("/v1/models/linear:predict", body, "1.0")
     answer = _raw_exchange(lean, old, 1)
     assert answer == _raw_exchange(stack, old, 1)
-    assert b"connection: close" in answer[0]
+    if _uvicorn_says_close():
+        assert b"connection: close" in answer[0]
+
+
+def _uvicorn_says_close() -> bool:
+    """Whether uvicorn tells a client the connection will close when it closes it after an
+    answer (0.53 and later; before, only a client that said ``Connection: close`` is told)."""
+    import uvicorn
+
+    major, minor = (int(part) for part in uvicorn.__version__.split(".")[:2])
+    return (major, minor) >= (0, 53)
 
 
 def _request(method: str, path: str, data: bytes = b"", *extra: str) -> bytes:
@@ -341,7 +351,7 @@ def test_http_1_0_and_connection_close_close_the_connection(
     old = _request("POST", "/v2/models/linear/infer", json.dumps(KS_JSON).encode())
     old = old.replace(b"HTTP/1.1", b"HTTP/1.0", 1)
     closing = _request("POST", "/v1/models/linear:predict", body, "Connection: close")
-    for payload in (old, closing):
+    for payload, said in ((old, False), (closing, True)):
         seen = []
         for url in _urls(clients):
             with _connect(url) as sock:
@@ -349,7 +359,8 @@ def test_http_1_0_and_connection_close_close_the_connection(
                 seen.append(_dateless(_read_until(sock, b"", b"\0")))  # to the end
         assert seen[0] == seen[1]
         assert seen[0].startswith(b"HTTP/1.1 200 OK")
-        assert b"connection: close" in seen[0]
+        if said or _uvicorn_says_close():
+            assert b"connection: close" in seen[0]
         assert seen[0].endswith(b"}")  # the whole answer, then the end of the connection
 
 

@@ -79,6 +79,7 @@ class _NoEvent:
 
 
 _NO_EVENT = _NoEvent()
+_CLOSE = (b"connection", b"close")
 
 
 class HotCall:
@@ -87,17 +88,23 @@ class HotCall:
     one event loop."""
 
     __slots__ = ("answering", "chunks", "disconnected", "dropped", "headers", "keep_alive",
-                 "lane", "path", "response_complete", "size", "task")  # fmt: skip
+                 "lane", "path", "response_complete", "said_close", "size", "task")  # fmt: skip
 
     message_event = _NO_EVENT
 
     def __init__(
-        self, lane: Lane, path: str, headers: list[tuple[bytes, bytes]], keep_alive: bool
+        self,
+        lane: Lane,
+        path: str,
+        headers: list[tuple[bytes, bytes]],
+        keep_alive: bool,
+        said_close: bool,
     ) -> None:
         self.lane = lane
         self.path = path
         self.headers = headers
-        self.keep_alive = keep_alive
+        self.keep_alive = keep_alive  # False: the connection closes after the answer
+        self.said_close = said_close  # the client said "connection: close"
         self.chunks: list[bytes] = []
         self.size = 0
         self.task: asyncio.Task[None] | None = None  # started once the body is whole
@@ -105,6 +112,17 @@ class HotCall:
         self.dropped = False  # cancelled because the client left
         self.disconnected = False
         self.response_complete = False
+
+
+def _version() -> tuple[int, int] | None:
+    """uvicorn's (major, minor), None when it is not a release number."""
+    import uvicorn
+
+    try:
+        major, minor = uvicorn.__version__.split(".")[:2]
+        return int(major), int(minor)
+    except ValueError:
+        return None
 
 
 def usable(base: type[Any]) -> str | None:
@@ -115,9 +133,8 @@ def usable(base: type[Any]) -> str | None:
     from uvicorn.protocols.http.flow_control import FlowControl
     from uvicorn.server import ServerState
 
-    try:
-        version = tuple(int(part) for part in uvicorn.__version__.split(".")[:2])
-    except ValueError:
+    version = _version()
+    if version is None:
         return f"uvicorn's version {uvicorn.__version__!r} is not a release"
     if not TESTED[0] <= version <= TESTED[1]:
         return f"uvicorn {uvicorn.__version__} is outside the tested {TESTED[0]}..{TESTED[1]}"
@@ -152,6 +169,9 @@ def hot_protocol(
     """``base`` (uvicorn's httptools protocol, on a ``CoalescingTransport``) with the entry
     for ``lean``'s calls; ``status_line``: uvicorn's status lines by code."""
     limit = lean.limit
+    # uvicorn before 0.53 says "connection: close" only to a client that said it, and keeps
+    # every other HTTP/1.1 connection open; the entry answers as the uvicorn it runs on.
+    echo_close = (_version() or (0, 0)) < (0, 53)
 
     class HotHttpToolsProtocol(base):  # type: ignore[misc]
         cycle: Any  # uvicorn's RequestResponseCycle, or a HotCall standing in for one
@@ -185,8 +205,14 @@ def hot_protocol(
             lane = hot_lane(path)
             if lane is None:
                 return False
-            keep_alive = parser.get_http_version() != "1.0" and parser.should_keep_alive()
-            hot = self.cycle = self._hot = HotCall(lane, path, self.headers, keep_alive)
+            headers = self.headers
+            if echo_close:
+                said_close = _CLOSE in headers
+                keep_alive = parser.get_http_version() != "1.0" and not said_close
+            else:
+                said_close = False
+                keep_alive = parser.get_http_version() != "1.0" and parser.should_keep_alive()
+            hot = self.cycle = self._hot = HotCall(lane, path, headers, keep_alive, said_close)
             for name, value in hot.headers:
                 if name == b"content-length":  # over the limit: refused without the body
                     if value.isdigit() and int(value) > limit:
@@ -241,7 +267,7 @@ def hot_protocol(
                     content += (name, b": ", value, b"\r\n")
                 for name, value in headers:
                     content += (name, b": ", value, b"\r\n")
-                if not hot.keep_alive:
+                if hot.said_close if echo_close else not hot.keep_alive:
                     content.append(b"connection: close\r\n")
                 content += (b"\r\n", answer)
                 transport.write_now(b"".join(content))  # a CoalescingTransport
