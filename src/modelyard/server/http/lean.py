@@ -8,12 +8,13 @@ decoding and encoding a tiny model's request (issue 18). The hot calls
     POST /v1/models/{m}[/versions/{v}|/labels/{l}]:predict     TF Serving predict
     POST /v2/models/{m}[/versions/{v}]/infer                   KServe v2 infer (JSON, binary)
 
-are served here instead: the body is read from ASGI ``receive``, handed to the same functions
-the Starlette routes call (``TFServingAPI.predict``, ``KServeApi.answer``), and the answer (or
-the error, through the one mapping, ``common.error_response``) is sent as start + body, or
-written at once on uvicorn's cycle where the server's protocol hands it over
-(``transport.answer_now``). What
-the middleware stack does for an inference call is done here, by the same code:
+are served here instead (``respond``): the body, read from ASGI ``receive`` or handed over whole
+by the server's own protocol (``modelyard.server.http.entry``, which takes most hot calls before
+any ASGI cycle exists), goes to the same functions the Starlette routes call
+(``TFServingAPI.predict``, ``KServeApi.answer``), and the answer (or the error, through the one
+mapping, ``common.error_response``) is returned as (status, headers, body): sent here as start +
+body, written by the protocol in one write. What the middleware stack does for an inference call
+is done here, by the same code:
 
 * the REST deadline (``DeadlinePolicy.rest``: 504) and the cancellation of a call whose client
   went away (``deadline._Call``, ``InferenceCalls._run``'s rules);
