@@ -59,7 +59,7 @@ TESTED = ((0, 29), (0, 54))
 
 REQUIRED = {
     "protocol": (
-        "loop", "parser", "on_url", "headers", "expect_100_continue", "cycle", "pipeline",
+        "loop", "parser", "url", "headers", "expect_100_continue", "cycle", "pipeline",
         "server_state", "tasks", "transport", "flow", "limit_concurrency", "root_path",
         "on_headers_complete", "on_body", "on_message_complete", "on_response_complete",
         "connection_lost", "shutdown",
@@ -148,6 +148,7 @@ def usable(base: type[Any]) -> str | None:
             _loop=asyncio.new_event_loop(),
         )  # fmt: skip
         protocol.loop.close()
+        protocol.on_message_begin()  # what a request's start sets (url, headers, ...)
         parts = {
             "protocol": protocol,
             "parser": protocol.parser,
