@@ -240,7 +240,7 @@ class Server:
             log_level="warning",
             log_config=None,  # its records go to modelyard's handler (--log-format), not its own
             timeout_graceful_shutdown=30,
-            http=http_protocol(),  # an answer's head and body in one write (issue 18)
+            http=http_protocol(getattr(app, "lean", None)),  # issue 18: the REST entry
         )
         self._http = _Uvicorn(config)
         self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]))

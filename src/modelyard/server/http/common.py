@@ -87,6 +87,16 @@ async def receive_body(declared: str | None, receive: Receive, limit: int) -> by
         message = await receive()
 
 
+def check_body(declared: str | None, body: bytes, limit: int) -> bytes:
+    """``body`` (read whole already, or up to where it passed ``limit``), refused as
+    ``receive_body`` refuses it: a declared Content-Length over the limit, or more bytes."""
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(int(declared), limit)
+    if len(body) > limit:
+        raise _too_large(len(body), limit)
+    return body
+
+
 def parse_json(body: bytes) -> Any:
     """The JSON document in ``body``; InvalidArgument with the parser's reason otherwise."""
     if not body:

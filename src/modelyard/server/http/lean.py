@@ -8,12 +8,13 @@ decoding and encoding a tiny model's request (issue 18). The hot calls
     POST /v1/models/{m}[/versions/{v}|/labels/{l}]:predict     TF Serving predict
     POST /v2/models/{m}[/versions/{v}]/infer                   KServe v2 infer (JSON, binary)
 
-are served here instead: the body is read from ASGI ``receive``, handed to the same functions
-the Starlette routes call (``TFServingAPI.predict``, ``KServeApi.answer``), and the answer (or
-the error, through the one mapping, ``common.error_response``) is sent as start + body, or
-written at once on uvicorn's cycle where the server's protocol hands it over
-(``transport.answer_now``). What
-the middleware stack does for an inference call is done here, by the same code:
+are served here instead (``respond``): the body, read from ASGI ``receive`` or handed over whole
+by the server's own protocol (``modelyard.server.http.entry``, which takes most hot calls before
+any ASGI cycle exists), goes to the same functions the Starlette routes call
+(``TFServingAPI.predict``, ``KServeApi.answer``), and the answer (or the error, through the one
+mapping, ``common.error_response``) is returned as (status, headers, body): sent here as start +
+body, written by the protocol in one write. What the middleware stack does for an inference call
+is done here, by the same code:
 
 * the REST deadline (``DeadlinePolicy.rest``: 504) and the cancellation of a call whose client
   went away (``deadline._Call``, ``InferenceCalls._run``'s rules);
@@ -44,12 +45,11 @@ from modelyard.observability.boundary import Observer
 from modelyard.observability.calls import CURRENT, Lane
 from modelyard.server.dataplane import DataPlane, ModelRef
 from modelyard.server.http import kserve_codec
-from modelyard.server.http.common import error_response, receive_body
+from modelyard.server.http.common import check_body, error_response, receive_body
 from modelyard.server.http.deadline import _Call
 from modelyard.server.http.kserve import KServeApi
 from modelyard.server.http.observe import KSERVE_LANE, TFSERVING_LANE, finish_counted
 from modelyard.server.http.tfserving import TFServingAPI, post_path
-from modelyard.server.http.transport import CYCLE, answer_now
 
 log = logging.getLogger(__name__)
 
@@ -77,98 +77,132 @@ class LeanInference:
         assert observer is None or not observer.wants_status
         self._app = app
         self._dataplane = dataplane
-        self._limit = max_request_bytes
+        self.limit = max_request_bytes
         self._tfserving = TFServingAPI(dataplane, max_request_bytes)
         self._kserve = KServeApi(dataplane, max_request_bytes)
         self._observer = observer if observer is not None and observer.active else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope.get("method") == "POST" and scope["type"] == "http" and not scope.get("root_path"):
-            path: str = scope["path"]
-            if path.endswith(":predict") and path.startswith(_TFS_PREFIX):
-                await self._serve(scope, receive, send, TFSERVING_LANE)
+            lane = hot_lane(scope["path"])
+            if lane is not None:
+                await self._serve(scope, receive, send, lane)
                 return
-            if path.endswith("/infer") and path.startswith("/v2/models/"):
-                parts = path.split("/")  # "", "v2", "models", m, [versions, v,] infer
-                if (len(parts) == 5 and parts[3]) or (
-                    len(parts) == 7 and parts[4] == "versions" and parts[3] and parts[5]
-                ):
-                    await self._serve(scope, receive, send, KSERVE_LANE)
-                    return
         await self._app(scope, receive, send)
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send, lane: Lane) -> None:
-        """One inference call: counted under ``lane`` when counting, under its deadline,
-        cancelled when its client leaves (see the module docstring)."""
-        observer = self._observer
-        token = CURRENT.set(lane) if observer is not None else None
+        """One inference call through ASGI: cancelled when its client leaves (``_Call``), the
+        answer sent as a start and a body message (which the server's protocol writes as one,
+        ``transport.CoalescingTransport``)."""
         call = _Call(receive, send)
         try:
             try:
-                given = deadlines.give(self._dataplane.deadlines.rest(time.monotonic()))
-                try:
-                    status, headers, body = await self._answer(scope, call.receive, lane)
-                finally:
-                    deadlines.take_back(given)
+                status, headers, body = await self.respond(
+                    lane, scope["path"], scope["headers"], call.receive, b""
+                )
             except asyncio.CancelledError:
                 if call.dropped and call.task.uncancel() == 0:
                     return  # the client is gone: its queued work was dropped, nothing to answer
                 raise  # cancelled from outside (server stopping)
-            except Exception as exc:  # a bug, never the client's fault: 500, keep serving
-                log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
-                response = error_response(Internal(f"internal error: {type(exc).__name__}: {exc}"))
-                status, headers, body = (
-                    response.status_code,
-                    response.raw_headers,
-                    bytes(response.body),
-                )
-            cycle = scope.get(CYCLE)
             call.started = True  # never cancelled from here on
-            if cycle is None or not answer_now(cycle, status, headers, body):
-                await call.send(
-                    {"type": "http.response.start", "status": status, "headers": headers}
-                )
-                await call.send({"type": "http.response.body", "body": body})
+            await call.send({"type": "http.response.start", "status": status, "headers": headers})
+            await call.send({"type": "http.response.body", "body": body})
         finally:
             call.finish()
+
+    async def respond(
+        self,
+        lane: Lane,
+        path: str,
+        headers: list[tuple[bytes, bytes]],
+        receive: Receive | None,
+        body: bytes,
+    ) -> Answer:
+        """The answer to one inference call on ``path`` (a ``hot_lane`` path; ``headers``: the
+        request's, names in lower case): counted under ``lane`` when counting, under its REST
+        deadline; a bug is logged and answered 500. The body is read from ``receive`` when it
+        is given, else it is ``body``, already whole (the protocol's own entry,
+        ``modelyard.server.http.entry``), refused (413) the same way when over the limit.
+        Cancellation (the client left, the server stops) propagates, after the call's end is
+        counted."""
+        observer = self._observer
+        token = CURRENT.set(lane) if observer is not None else None
+        try:
+            given = deadlines.give(self._dataplane.deadlines.rest(time.monotonic()))
+            try:
+                return await self._answer(path, headers, lane, receive, body)
+            except Exception as exc:  # a bug, never the client's fault: 500, keep serving
+                log.exception("unhandled error on POST %s", path)
+                response = error_response(Internal(f"internal error: {type(exc).__name__}: {exc}"))
+                return response.status_code, response.raw_headers, bytes(response.body)
+            finally:
+                deadlines.take_back(given)
+        finally:
             if token is not None:
                 ended = CURRENT.get()
                 CURRENT.reset(token)
                 assert observer is not None
-                finish_counted(observer, ended, scope["path"], lane is KSERVE_LANE)
+                finish_counted(observer, ended, path, lane is KSERVE_LANE)
 
     async def _answer(
-        self, scope: Scope, receive: Receive, lane: Lane
-    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        self,
+        path: str,
+        headers: list[tuple[bytes, bytes]],
+        lane: Lane,
+        receive: Receive | None,
+        body: bytes,
+    ) -> Answer:
         """(status, headers, body) for the call, its error's when it fails (a ModelyardError:
         the protocols' error shape and status, and the failure noted for statistics)."""
         declared = encoding = header_length = None
-        for name, value in scope["headers"]:  # the first of each, as Starlette's Headers.get
+        for name, value in headers:  # the first of each, as Starlette's Headers.get
             if name == b"content-length":
                 declared = value.decode("latin-1") if declared is None else declared
             elif name == b"content-encoding":
                 encoding = value.decode("latin-1") if encoding is None else encoding
             elif name == _HEADER_LENGTH:
                 header_length = value.decode("latin-1") if header_length is None else header_length
-        path: str = scope["path"]
         try:
             if lane is TFSERVING_LANE:
                 ref, _ = post_path(path[_TFS_PREFIX_LENGTH:])
-                raw = await receive_body(declared, receive, self._limit)
-                body = await self._tfserving.predict(ref, raw)
-                return 200, _headers(body, _JSON), body
+                raw = await self._read(declared, receive, body)
+                answer = await self._tfserving.predict(ref, raw)
+                return 200, _headers(answer, _JSON), answer
             parts = path.split("/")
             version = ModelRef.parse_version(parts[5]) if len(parts) == 7 else None
             ref = ModelRef(parts[3], version)
-            raw = await receive_body(declared, receive, self._limit)
-            body, json_length = await self._kserve.answer(ref, raw, encoding, header_length)
+            raw = await self._read(declared, receive, body)
+            answer, json_length = await self._kserve.answer(ref, raw, encoding, header_length)
             if json_length is None:
-                return 200, _headers(body, _JSON), body
+                return 200, _headers(answer, _JSON), answer
             extra = (_HEADER_LENGTH, str(json_length).encode("latin-1"))
-            return 200, [extra, *_headers(body, _BINARY)], body
+            return 200, [extra, *_headers(answer, _BINARY)], answer
         except ModelyardError as exc:
             response = error_response(exc)
             return response.status_code, response.raw_headers, bytes(response.body)
+
+    async def _read(self, declared: str | None, receive: Receive | None, body: bytes) -> bytes:
+        if receive is not None:
+            return await receive_body(declared, receive, self.limit)
+        return check_body(declared, body, self.limit)
+
+
+Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
+"""An answer: status, the application's headers, body."""
+
+
+def hot_lane(path: str) -> Lane | None:
+    """The lane of an inference call on ``path`` that the lean way in takes (a POST), None
+    for every other path (see the module docstring)."""
+    if path.endswith(":predict") and path.startswith(_TFS_PREFIX):
+        return TFSERVING_LANE
+    if path.endswith("/infer") and path.startswith("/v2/models/"):
+        parts = path.split("/")  # "", "v2", "models", m, [versions, v,] infer
+        if (len(parts) == 5 and parts[3]) or (
+            len(parts) == 7 and parts[4] == "versions" and parts[3] and parts[5]
+        ):
+            return KSERVE_LANE
+    return None
 
 
 def _headers(body: bytes, media_type: bytes) -> list[tuple[bytes, bytes]]:

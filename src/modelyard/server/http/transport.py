@@ -8,17 +8,21 @@ CPU of every hop). ``CoalescingTransport`` holds what is written during one turn
 loop and sends it as one write at the end of that turn; the bytes and their order are the same.
 
 ``http_protocol()`` is uvicorn's httptools protocol on such a transport, or ``"auto"`` (uvicorn's
-own choice, unchanged) where httptools is not installed. That protocol also hands each request's
-uvicorn ``RequestResponseCycle`` to the application in the scope (``CYCLE``), so the lean way in
-(``modelyard.server.http.lean``) can write a whole answer at once (``answer_now``) instead of
-two ASGI messages that uvicorn checks header by header (about a third of uvicorn's own CPU per
-request, issue 18).
+own choice, unchanged) where httptools is not installed; given the application's
+``LeanInference``, that protocol also takes the hot inference calls itself, without an ASGI
+cycle (``modelyard.server.http.entry``), where uvicorn is a version that entry was tested with.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import logging
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from modelyard.server.http.lean import LeanInference
+
+log = logging.getLogger(__name__)
 
 
 class CoalescingTransport:
@@ -44,6 +48,14 @@ class CoalescingTransport:
             self._loop.call_soon(self.flush)
         else:
             held.append(data)
+
+    def write_now(self, data: bytes) -> None:
+        """Send what is held and ``data`` now, in one write where nothing is held."""
+        held = self._held
+        if held is not None:
+            self._held = None
+            data = b"".join([*held, data])
+        self._transport.write(data)
 
     def writelines(self, lines: Any) -> None:
         for data in lines:
@@ -77,65 +89,19 @@ class CoalescingTransport:
         return getattr(self._transport, name)
 
 
-CYCLE = "modelyard.cycle"
-"""The scope key under which ``http_protocol()``'s protocol puts the request's uvicorn cycle."""
-
-
-def answer_now(cycle: Any, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> bool:
-    """Write the whole answer (status line, uvicorn's default headers and ``headers``, body) on
-    ``cycle`` as uvicorn's ``send`` of a start and a body message would, in one write, and
-    leave the cycle in the state those messages leave it; False (nothing done) where only
-    ``send`` can (an answer under way, writing paused). ``headers`` must be the application's
-    own, known to be valid (names and values with no line breaks, a content-length that is
-    ``len(body)``); a POST's answer (a body, not HEAD). Nothing is written to a client that is
-    gone (as ``send``)."""
-    if cycle.response_started or cycle.flow.write_paused:
-        return False
-    if cycle.disconnected:
-        return True
-    cycle.response_started = True
-    cycle.waiting_for_100_continue = False
-    content = [_STATUS_LINE[status]]
-    for name, value in cycle.default_headers:
-        content += (name, b": ", value, b"\r\n")
-    for name, value in headers:
-        content += (name, b": ", value, b"\r\n")
-    if not cycle.keep_alive:
-        content.append(b"connection: close\r\n")
-    content += (b"\r\n", body)
-    cycle.chunked_encoding = False
-    cycle.expected_content_length = 0
-    cycle.transport.write(b"".join(content))
-    cycle.response_complete = True
-    cycle.message_event.set()
-    if not cycle.keep_alive:
-        cycle.transport.close()
-    cycle.on_response()
-    return True
-
-
-_STATUS_LINE: dict[int, bytes] = {}
-
-
-def http_protocol() -> type[asyncio.Protocol] | str:
-    """What uvicorn's ``Config(http=...)`` gets: httptools on a ``CoalescingTransport``, or
-    ``"auto"`` without httptools."""
+def http_protocol(lean: LeanInference | None = None) -> type[asyncio.Protocol] | str:
+    """What uvicorn's ``Config(http=...)`` gets: httptools on a ``CoalescingTransport`` (with
+    the protocol's own entry for ``lean``'s inference calls, ``modelyard.server.http.entry``,
+    when uvicorn is what that entry was tested with), or ``"auto"`` without httptools."""
     try:
         from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
     except ImportError:  # no httptools: uvicorn's h11 protocol, as before
         return "auto"
-    _STATUS_LINE.update(STATUS_LINE)
 
     class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             coalescing = CoalescingTransport(transport, self.loop)
             super().connection_made(coalescing)  # type: ignore[arg-type]
-
-        def on_headers_complete(self) -> None:
-            super().on_headers_complete()
-            cycle = self.cycle
-            if cycle is not None and cycle.scope is self.scope:  # not an upgrade
-                self.scope[CYCLE] = cycle  # type: ignore[literal-required]
 
         def on_response_complete(self) -> None:
             # The answer is whole (uvicorn calls this right after its last write): send it
@@ -145,4 +111,12 @@ def http_protocol() -> type[asyncio.Protocol] | str:
                 transport.flush()
             super().on_response_complete()
 
-    return CoalescingHttpToolsProtocol
+    if lean is None:
+        return CoalescingHttpToolsProtocol
+    from modelyard.server.http import entry
+
+    why = entry.usable(CoalescingHttpToolsProtocol)
+    if why is not None:
+        log.info("REST inference calls take uvicorn's ASGI path: %s", why)
+        return CoalescingHttpToolsProtocol
+    return entry.hot_protocol(CoalescingHttpToolsProtocol, lean, STATUS_LINE)

@@ -75,3 +75,17 @@ def test_uvicorn_gets_the_coalescing_protocol_where_httptools_exists() -> None:
     protocol = http_protocol()
     assert not isinstance(protocol, str)
     assert protocol.__name__ == "CoalescingHttpToolsProtocol"
+
+
+def test_write_now_sends_what_is_held_and_its_data_at_once_in_order() -> None:
+    async def main() -> None:
+        transport, peer = await _pair()
+        coalescing = CoalescingTransport(transport, asyncio.get_running_loop())
+        coalescing.write(b"held ")
+        coalescing.write_now(b"now")
+        assert coalescing.get_write_buffer_size() == 0  # nothing left for the turn's end
+        assert await _turns(peer, 8) == b"held now"
+        coalescing.close()
+        peer.close()
+
+    asyncio.run(main())
