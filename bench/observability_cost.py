@@ -476,6 +476,11 @@ def table(report: dict[str, Any]) -> str:
             f"| {_interval(diff['front_added_us_many'], 'µs')} "
             f"| {_interval(aa['front_added_us_many'], 'µs')} |",
         ]
+        implied = diff["front_added_us_many"]["median"] / off["front_us_many"] * 100
+        rows.append(
+            f"| req/s loss implied by the front end's added CPU at {got['clients']} clients, "
+            f"if it is the bottleneck (added / off) | {name} | | | {implied:+.1f} % | |"
+        )
         verdicts += [
             f"- {name}, added p50 (goal ≤ {P50_GOAL_US:g} µs): "
             + verdict(diff["p50_added_us"], P50_GOAL_US),
