@@ -445,6 +445,15 @@ def _interval(got: dict[str, Any], unit: str) -> str:
     return f"{got['median']:+.1f} {unit} [{got['low']:+.1f}, {got['high']:+.1f}]"
 
 
+def _aa_warning(aa: dict[str, Any]) -> str:
+    """A warning when the A/A interval leaves out 0: two servers with the same flags differed
+    beyond the method's own spread (a server's start, its place in the rounds), so an on/off
+    difference of that size is not the counting's."""
+    if aa["low"] > 0 or aa["high"] < 0:
+        return f"; but the A/A interval [{aa['low']:+.1f}, {aa['high']:+.1f}] leaves out 0"
+    return ""
+
+
 def table(report: dict[str, Any]) -> str:
     """The issue's figures as a Markdown table, from whatever parts ``report`` holds: per
     protocol, p50 at 1 client and req/s at 64 clients, on and off, what statistics and metrics
@@ -483,9 +492,11 @@ def table(report: dict[str, Any]) -> str:
         )
         verdicts += [
             f"- {name}, added p50 (goal ≤ {P50_GOAL_US:g} µs): "
-            + verdict(diff["p50_added_us"], P50_GOAL_US),
+            + verdict(diff["p50_added_us"], P50_GOAL_US)
+            + _aa_warning(aa["p50_added_us"]),
             f"- {name}, req/s loss (goal ≤ {LOSS_GOAL_PCT:g} %): "
-            + verdict(diff["rps_change_pct"], LOSS_GOAL_PCT, worse="lower"),
+            + verdict(diff["rps_change_pct"], LOSS_GOAL_PCT, worse="lower")
+            + _aa_warning(aa["rps_change_pct"]),
         ]
     for part in report.get("cpu_time", []):
         rows.append(
