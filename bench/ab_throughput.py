@@ -1,30 +1,31 @@
-"""Requests per second at many clients, server A against server B, with a stated resolution.
+"""Server A against server B in many short alternating rounds, with a stated resolution.
 
-The load comes from h2load (a C client: HTTP/1.1 with ``--h1`` for REST, one HTTP/2
-connection of N streams for gRPC), so the client takes little of the CPU the servers share. Two
-ways to load the servers, each in many short rounds:
+Three servers run at once: ``A``, ``B`` and ``A2`` (A's flags again). The load comes from
+h2load (a C client: HTTP/1.1 with ``--h1`` for REST, one HTTP/2 connection of N streams for
+gRPC), so the client takes little of the CPU the servers share. Each round loads the servers one
+at a time, back to back, in an order rotated every round (A B A2, B A2 A, A2 A B, ...), each for
+two short windows: 1 client (its p50 latency, from h2load's per-request log) and ``clients``
+clients (its rate). Each server's own CPU per request (front end, and its workers) is read from
+/proc over the same windows.
 
-* ``together``: every server is loaded at the same moment, one h2load each, the start order
-  rotated per round. They share the machine under the same conditions, so load from other work
-  falls on all of them alike; a round's ratio is their rates' ratio.
-* ``alternating``: one server at a time, in rotated order, back to back; a round's ratio is the
-  ratio of the rates its servers reached in turn.
-
-Either way the figure is the median of the per-round ratios, shown with their min and max.
-Besides A and B a third server, ``A2``, runs A's flags: the median ratio A/A2 is the method's
-noise floor (an A/A comparison), printed next to A/B so a reader sees what it can resolve.
-
-Each server's own CPU per request (front end, and its workers) is read from /proc over the
-measured window of each round, so the same rounds say where a throughput difference comes from.
+A round gives paired differences: p50(A) - p50(B) in µs, rate(A) / rate(B) - 1, and the same
+for A against A2 (an A/A comparison of two identical servers, measured in the same rounds:
+what the method cannot tell apart from noise). Drift in the machine's load between rounds falls
+on both members of a pair, because they ran seconds apart; what is left is spread between rounds,
+so the figure is the **median of the per-round differences with a bootstrap 95 % interval**
+(rounds resampled with replacement). ``verdict`` says whether an interval is narrow enough to
+decide a goal; it gives a verdict only then.
 """
 
 from __future__ import annotations
 
+import random
 import statistics
 import struct
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,72 +96,125 @@ def _parse(out: str, seconds: float) -> dict[str, float]:
     raise RuntimeError(f"h2load gave no summary:\n{out[-2000:]}")
 
 
-def _round(
-    targets: list[Target], protocol: str, clients: int, seconds: float, warm: float, tmp: Path
-) -> dict[str, dict[str, float]]:
-    """Load ``targets`` all at once (the start order as given); each one's rate and CPU."""
-    procs = {}
-    for t in targets:
-        command = h2load_command(t, protocol, clients, seconds, warm, tmp / f"body-{t.name}")
-        procs[t.name] = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+def window(
+    target: Target, protocol: str, clients: int, seconds: float, warm: float, tmp: Path
+) -> dict[str, float]:
+    """Load ``target`` alone with ``clients`` clients for ``seconds`` (after ``warm``): its
+    rate, failures, p50 latency in µs (h2load's per-request log: the measured window only),
+    and its front end's and workers' CPU µs per request over the window."""
+    log = tmp / f"log-{target.name}-{clients}"
+    log.unlink(missing_ok=True)  # h2load appends to its log file
+    command = h2load_command(target, protocol, clients, seconds, warm, tmp / f"body-{target.name}")
+    process = subprocess.Popen([*command, f"--log-file={log}"], stdout=subprocess.PIPE, text=True)
     time.sleep(warm)  # the CPU window follows h2load's measured window (to a few ms)
-    before = {t.name: _cpu(t.pid) for t in targets}
+    before = _cpu(target.pid)
     time.sleep(seconds)
-    after = {t.name: _cpu(t.pid) for t in targets}
-    out: dict[str, dict[str, float]] = {}
-    for t in targets:
-        text, _ = procs[t.name].communicate(timeout=seconds + warm + 60)
-        got = _parse(text, seconds)
-        served = max(got["rps"] * seconds, 1.0)
-        got["front_us"] = (after[t.name][0] - before[t.name][0]) / served * 1e6
-        got["worker_us"] = (after[t.name][1] - before[t.name][1]) / served * 1e6
-        out[t.name] = got
-    return out
+    after = _cpu(target.pid)
+    text, _ = process.communicate(timeout=seconds + warm + 60)
+    got = _parse(text, seconds)
+    latencies = sorted(int(line.split("\t")[2]) for line in log.read_text().splitlines() if line)
+    if not latencies:
+        raise RuntimeError(f"h2load logged no request for {target.name}:\n{text[-2000:]}")
+    served = max(got["rps"] * seconds, 1.0)
+    got["p50_us"] = float(statistics.median(latencies))
+    got["front_us"] = (after[0] - before[0]) / served * 1e6
+    got["worker_us"] = (after[1] - before[1]) / served * 1e6
+    return got
 
 
-def compare(
-    targets: list[Target],
+def rounds(
+    targets: Sequence[Target],
     protocol: str,
-    mode: str,
-    rounds: int,
-    seconds: float,
+    count: int,
+    *,
+    one_seconds: float,
+    many_seconds: float,
     clients: int = 64,
-    warm: float = 0.3,
+    warm: float = 0.25,
 ) -> dict[str, Any]:
-    """``rounds`` rounds over ``targets`` (the first is the reference of every ratio, e.g.
-    A, B, A2), loaded ``together`` or ``alternating``; per-round rates, CPU and ratios."""
-    raw: dict[str, list[dict[str, float]]] = {t.name: [] for t in targets}
+    """``count`` rounds over ``targets`` (the first, A, is the reference of every comparison:
+    e.g. A, B, A2): in each round every server in turn, in rotated order, for a 1-client window
+    of ``one_seconds`` and then a ``clients``-client window of ``many_seconds``. Per server the
+    rounds' raw figures; per other server the per-round differences against A and their
+    summaries (``summarize``)."""
+    raw: dict[str, list[dict[str, Any]]] = {t.name: [] for t in targets}
     with tempfile.TemporaryDirectory(prefix="modelyard-ab-") as name:
         tmp = Path(name)
-        for index in range(rounds):
+        for index in range(count):
             shift = index % len(targets)
-            order = targets[shift:] + targets[:shift]
-            if mode == "together":
-                got = _round(order, protocol, clients, seconds, warm, tmp)
-            else:
-                got = {}
-                for t in order:
-                    got.update(_round([t], protocol, clients, seconds, warm, tmp))
-            for t in targets:
-                raw[t.name].append(got[t.name])
-            rates = ", ".join(f"{n} {got[n]['rps']:.0f} req/s" for n in raw)
-            print(f"{protocol} {mode} round {index}: {rates}", flush=True)
-    first = targets[0].name
-    summary: dict[str, Any] = {
-        "protocol": protocol, "mode": mode, "rounds": rounds, "seconds": seconds,
-        "clients": clients, "raw": raw,
+            order = [*targets[shift:], *targets[:shift]]
+            for t in order:
+                one = window(t, protocol, 1, one_seconds, warm, tmp)
+                many = window(t, protocol, clients, many_seconds, warm, tmp)
+                raw[t.name].append({"one": one, "many": many})
+            shown = ", ".join(
+                f"{n} {raw[n][-1]['one']['p50_us']:.0f} µs / {raw[n][-1]['many']['rps']:.0f} req/s"
+                for n in raw
+            )
+            print(f"{protocol} round {index}: {shown}", flush=True)
+    reference = targets[0].name
+    report: dict[str, Any] = {
+        "protocol": protocol, "rounds": count, "one_seconds": one_seconds,
+        "many_seconds": many_seconds, "clients": clients, "raw": raw,
     }  # fmt: skip
-    for t in targets[1:]:
-        ratios = [a["rps"] / b["rps"] for a, b in zip(raw[first], raw[t.name], strict=True)]
-        summary[f"{first}/{t.name}"] = {
-            "ratios": ratios,
-            "median": statistics.median(ratios),
-            "min": min(ratios),
-            "max": max(ratios),
-        }
     for t in targets:
         points = raw[t.name]
-        summary[t.name] = {
-            k: statistics.median(p[k] for p in points) for k in ("rps", "front_us", "worker_us")
-        } | {"failed": sum(p["failed"] for p in points)}
-    return summary
+        report[t.name] = {
+            "p50_us": statistics.median(p["one"]["p50_us"] for p in points),
+            "rps": statistics.median(p["many"]["rps"] for p in points),
+            "front_us_one": statistics.median(p["one"]["front_us"] for p in points),
+            "front_us_many": statistics.median(p["many"]["front_us"] for p in points),
+            "worker_us_many": statistics.median(p["many"]["worker_us"] for p in points),
+            "failed": sum(p["one"]["failed"] + p["many"]["failed"] for p in points),
+        }
+    a = raw[reference]
+    for t in targets[1:]:
+        b = raw[t.name]
+        pairs = list(zip(a, b, strict=True))
+        report[f"{reference}-{t.name}"] = {
+            "p50_added_us": summarize([x["one"]["p50_us"] - y["one"]["p50_us"] for x, y in pairs]),
+            "rps_change_pct": summarize(
+                [100 * (x["many"]["rps"] / y["many"]["rps"] - 1) for x, y in pairs]
+            ),
+            "front_added_us_one": summarize(
+                [x["one"]["front_us"] - y["one"]["front_us"] for x, y in pairs]
+            ),
+            "front_added_us_many": summarize(
+                [x["many"]["front_us"] - y["many"]["front_us"] for x, y in pairs]
+            ),
+        }
+    return report
+
+
+def summarize(values: Sequence[float], resamples: int = 4000, seed: int = 16) -> dict[str, Any]:
+    """The median of ``values`` with a bootstrap 95 % interval: the 2.5th and 97.5th
+    percentiles of the medians of ``resamples`` resamples (with replacement, same size; a fixed
+    seed, so a report can be recomputed from its raw figures)."""
+    rng = random.Random(seed)
+    n = len(values)
+    medians = sorted(statistics.median(rng.choices(values, k=n)) for _ in range(resamples))
+    low = medians[int(0.025 * (resamples - 1))]
+    high = medians[round(0.975 * (resamples - 1))]
+    return {"median": statistics.median(values), "low": low, "high": high, "values": list(values)}
+
+
+def verdict(summary: dict[str, Any], goal: float, worse: str = "higher") -> str:
+    """Whether ``summary``'s interval decides the goal: the cost must stay at most ``goal``
+    (``worse`` is ``higher``: the values are the cost, as added µs; ``lower``: the values are a
+    change in per cent and the cost is its opposite, a loss). A verdict only when the interval
+    of the cost is narrower than the goal and on one side of it; otherwise "not resolved"."""
+    low, high = summary["low"], summary["high"]
+    what = "added"
+    if worse == "lower":  # the cost is the loss, -change
+        low, high, what = -high, -low, "loss"
+    shown = (
+        f"{what} {-summary['median'] if worse == 'lower' else summary['median']:+.1f}, "
+        f"95 % interval [{low:+.1f}, {high:+.1f}]"
+    )
+    if high - low >= goal:
+        return f"not resolved ({shown}: wider than the goal, {goal:g})"
+    if high <= goal:
+        return f"met ({shown}: within the goal, {goal:g})"
+    if low > goal:
+        return f"missed ({shown}: beyond the goal, {goal:g})"
+    return f"not resolved ({shown}: it straddles the goal, {goal:g})"

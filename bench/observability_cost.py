@@ -1,36 +1,35 @@
 """What statistics and metrics cost per request (issue 16): on (the default, tracing off)
-against ``--no-metrics``, measured three ways in one run, printed as one Markdown table.
+against ``--no-metrics``, and on against on again (A/A: what the method cannot resolve),
+measured in one run, printed as one Markdown table with a verdict per goal.
 
-1. In one process, CPU time (``--cpu-rounds``): the KServe REST path (the real Starlette app,
+1. End to end (``--rounds N``): three ``modelyard serve`` processes on one config (the tiny
+   ONNX MLP, unbatched): ``on``, ``off`` (``--no-metrics``) and ``on2``, loaded by h2load one at
+   a time in N rounds, order rotated (``bench/ab_throughput.py``): per server and round, the p50
+   at 1 client (``--one-seconds``) and req/s at 64 clients (``--many-seconds``), and the front
+   end's CPU per request over the same windows. Per round the differences on - off and
+   on - on2; the figure is their median with a bootstrap 95 % interval, and a goal (added p50
+   at most 20 µs, loss at most 3 %) gets a verdict only when the interval is narrower than the
+   goal; otherwise "not resolved", with the interval.
+2. In one process, CPU time (``--cpu-rounds``): the KServe REST path (the real Starlette app,
    data plane and hooks) and the KServe gRPC path (the ``ModelInfer`` handler as the gRPC server
    registers it, wrappers included, without the transport), over an in-process servable that
-   answers at once, so only server code is timed; on and off side by side in one event loop,
-   alternating batches; medians of per-request CPU time.
-2. End to end, wall clock: two ``modelyard serve`` processes on the same config (the tiny ONNX
-   MLP, unbatched), one default and one with ``--no-metrics``, loaded by the load generator
-   (``bench/loadgen.py``, its own process): p50 latency at 1 client and requests per second at
-   64 clients, KServe REST JSON and KServe gRPC. In turn (the default): rounds alternate A B /
-   B A so drift in the machine's load falls on both; medians over rounds. ``--paired`` adds
-   one client alternating its requests between the two servers (median of pair differences)
-   and 64 clients on both servers at once (the ratio of their rates).
-   ``--h2load N``: three servers (on, off, and on again) loaded by h2load at 64 clients in N
-   short rounds, together and alternating (``bench/ab_throughput.py``): the median of the
-   per-round ratios with their min and max, and on/on, the method's A/A noise floor, beside
-   on/off; p50 at 1 client alternating over on/off and over on/on.
+   answers at once, 1 and 64 calls in flight (``--in-flight``); on, off and on2 side by side in
+   one event loop, rotated batches.
 3. Instructions per request (``--callgrind``): the in-process paths under valgrind's callgrind,
    for N1 and N2 requests; (I(N2) - I(N1)) / (N2 - N1) is the cost of one request without
-   start-up. On a loaded machine this is the stable number; wall-clock figures there move by
-   more than the cost.
+   start-up. On a loaded machine this is the stable number.
 
-    python bench/observability_cost.py --h2load 12 --seconds 1.5 --no-wall-clock [--callgrind]
-        [--json out.json] [--table out.md]
+    python bench/observability_cost.py --rounds 24 --one-seconds 1 --many-seconds 1.5 \
+        [--cpu-rounds 12] [--callgrind] [--json out.json] [--table out.md]
+
+It prints how long the end-to-end part takes before it starts (3 servers x 2 windows of each
+length per round and protocol, plus warm-ups).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import gc
 import json
 import os
@@ -49,6 +48,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from ab_throughput import verdict
 from bench_models import TINY, write_mlp
 from protocols import GRPC_METHOD, payload
 from report import git_state
@@ -82,193 +82,21 @@ def serve(config: Path, root: Path, *flags: str) -> Iterator[dict[str, int]]:
         process.wait(60)
 
 
-def load(port: int, protocol: str, clients: int, seconds: float) -> dict[str, float]:
-    x = np.ones((1, TINY.in_features), np.float32)
-    spec = {
-        "protocol": "grpc" if protocol == "kserve_grpc" else "http",
-        "host": "127.0.0.1",
-        "port": port,
-        "payload_b64": base64.b64encode(payload(protocol, TINY.name, x)).decode(),
-        "grpc_method": GRPC_METHOD if protocol == "kserve_grpc" else "",
-        "concurrencies": [clients],
-        "open_rate_fraction": 0.0,
-        "duration_s": seconds,
-        "warmup_s": 0.5,
-    }
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        json.dump(spec, f)
-    out = subprocess.run(
-        [PYTHON, str(Path(__file__).parent / "loadgen.py"), f.name],
-        capture_output=True, text=True, check=True, timeout=120,
-    )  # fmt: skip
-    os.unlink(f.name)
-    (result,) = json.loads(out.stdout)
-    return {
-        "p50_ms": float(np.percentile(result["latencies_ms"], 50)),
-        "rps": result["requests"] / result["elapsed_s"],
-        "errors": result["errors"],
-    }
+def ab_part(
+    rounds: int, one_seconds: float, many_seconds: float, protocols: tuple[str, ...]
+) -> dict[str, Any]:
+    """Three servers on one config: ``on`` (the default), ``off`` (``--no-metrics``) and ``on2``
+    (the default again, the A/A reference). Per protocol, ``rounds`` rounds of the servers in
+    turn, order rotated (``bench/ab_throughput.py``): p50 at 1 client and req/s at 64 clients,
+    paired per round; on against off, and on against on2."""
+    from ab_throughput import Target
+    from ab_throughput import rounds as ab_rounds
 
-
-def wall_clock(rounds: int, seconds: float) -> dict[str, Any]:
-    root = Path(tempfile.mkdtemp(prefix="obs-cost-"))
-    write_mlp(TINY, root / TINY.name / "1")
-    config = root / "modelyard.yaml"
-    config.write_text(f"models:\n  - name: {TINY.name}\n    base_path: {root / TINY.name}\n")
-    results: dict[str, dict[str, list[float]]] = {}
-    with serve(config, root) as on, serve(config, root, "--no-metrics") as off:
-        servers = {"on": on, "off": off}
-        for index in range(rounds):
-            order = ["on", "off"] if index % 2 == 0 else ["off", "on"]
-            for protocol in ("kserve_json", "kserve_grpc"):
-                for name in order:
-                    port = servers[name]["grpc" if protocol == "kserve_grpc" else "rest"]
-                    one = load(port, protocol, 1, seconds)
-                    many = load(port, protocol, 64, seconds)
-                    row = results.setdefault(f"{protocol}/{name}", {"p50_ms": [], "rps": []})
-                    row["p50_ms"].append(one["p50_ms"])
-                    row["rps"].append(many["rps"])
-                    print(f"round {index} {protocol:12} {name:3}: p50 {one['p50_ms']:.3f} ms "
-                          f"at 1 client, {many['rps']:.0f} req/s at 64", flush=True)  # fmt: skip
-    summary: dict[str, Any] = {"rounds": rounds, "seconds": seconds, "raw": results}
-    for protocol in ("kserve_json", "kserve_grpc"):
-        on, off = results[f"{protocol}/on"], results[f"{protocol}/off"]
-        # Paired by round (each pair ran back to back), then the median of the differences.
-        p50_deltas = [(a - b) * 1000 for a, b in zip(on["p50_ms"], off["p50_ms"], strict=True)]
-        rps_ratios = [a / b for a, b in zip(on["rps"], off["rps"], strict=True)]
-        summary[protocol] = {
-            "p50_ms_on": statistics.median(on["p50_ms"]),
-            "p50_ms_off": statistics.median(off["p50_ms"]),
-            "p50_added_us_median_of_pairs": statistics.median(p50_deltas),
-            "rps_on": statistics.median(on["rps"]),
-            "rps_off": statistics.median(off["rps"]),
-            "rps_loss_pct_median_of_pairs": 100 * (1 - statistics.median(rps_ratios)),
-        }
-    return summary
-
-
-# -- wall clock, paired: both servers under the same load at the same moment ---------------------
-
-
-def _spec(port: int, protocol: str) -> Any:
-    from loadgen import Spec
-
-    x = np.ones((1, TINY.in_features), np.float32)
-    return Spec(
-        protocol="grpc" if protocol == "kserve_grpc" else "http",
-        host="127.0.0.1",
-        port=port,
-        payload_b64=base64.b64encode(payload(protocol, TINY.name, x)).decode(),
-        grpc_method=GRPC_METHOD if protocol == "kserve_grpc" else "",
-    )
-
-
-async def _paired_latency(specs: dict[str, Any], requests: int) -> dict[str, Any]:
-    """One client, alternating its requests between the two servers (A B, then B A): each
-    pair ran under the same load, so the median of the pair differences is the cost."""
-    import loadgen
-
-    sends = {}
-    for name, spec in specs.items():
-        make = await loadgen._senders(spec, base64.b64decode(spec.payload_b64))
-        sends[name] = await make()
-    for _ in range(200):  # warm up
-        for send in sends.values():
-            await send()
-    latencies: dict[str, list[float]] = {"on": [], "off": []}
-    clock = time.perf_counter
-    for index in range(requests):
-        for name in ("on", "off") if index % 2 == 0 else ("off", "on"):
-            began = clock()
-            await sends[name]()
-            latencies[name].append((clock() - began) * 1e6)
-    pairs = [a - b for a, b in zip(latencies["on"], latencies["off"], strict=True)]
-    return {
-        "requests": requests,
-        "p50_us_on": statistics.median(latencies["on"]),
-        "p50_us_off": statistics.median(latencies["off"]),
-        "added_us_median_of_pairs": statistics.median(pairs),
-    }
-
-
-def _simultaneous_throughput(
-    ports: dict[str, int], protocol: str, seconds: float
-) -> dict[str, float]:
-    """64 clients on each server at the same time (two load generators): both servers share
-    the machine under the same conditions, so the ratio of their rates is the relative cost."""
-    processes = {}
-    for name, port in ports.items():
-        spec = _spec(port, protocol).__dict__ | {
-            "concurrencies": [64], "open_rate_fraction": 0.0, "duration_s": seconds,
-            "warmup_s": 0.5,
-        }  # fmt: skip
-        path = Path(tempfile.mkstemp(suffix=".json")[1])
-        path.write_text(json.dumps(spec))
-        processes[name] = (
-            subprocess.Popen(
-                [PYTHON, str(Path(__file__).parent / "loadgen.py"), str(path)],
-                stdout=subprocess.PIPE,
-                text=True,
-            ),
-            path,
-        )
-    rates = {}
-    for name, (process, path) in processes.items():
-        out, _ = process.communicate(timeout=120)
-        path.unlink()
-        (result,) = json.loads(out)
-        rates[name] = result["requests"] / result["elapsed_s"]
-    return rates
-
-
-def paired(rounds: int, requests: int, seconds: float) -> dict[str, Any]:
-    import uvloop
-
-    root = Path(tempfile.mkdtemp(prefix="obs-paired-"))
+    root = Path(tempfile.mkdtemp(prefix="obs-ab-"))
     write_mlp(TINY, root / TINY.name / "1")
     config = root / "modelyard.yaml"
     config.write_text(f"models:\n  - name: {TINY.name}\n    base_path: {root / TINY.name}\n")
     report: dict[str, Any] = {}
-    with serve(config, root) as on, serve(config, root, "--no-metrics") as off:
-        servers = {"on": on, "off": off}
-        for protocol in ("kserve_json", "kserve_grpc"):
-            key = "grpc" if protocol == "kserve_grpc" else "rest"
-            specs = {name: _spec(ports[key], protocol) for name, ports in servers.items()}
-            latency = uvloop.run(_paired_latency(specs, requests))
-            ratios = []
-            for _ in range(rounds):
-                rates = _simultaneous_throughput(
-                    {n: p[key] for n, p in servers.items()}, protocol, seconds
-                )
-                ratios.append(rates["on"] / rates["off"])
-                print(f"{protocol}: simultaneous {rates['on']:.0f} (on) vs {rates['off']:.0f} "
-                      "(off) req/s", flush=True)  # fmt: skip
-            report[protocol] = {
-                **latency,
-                "throughput_ratio_on_over_off": ratios,
-                "throughput_loss_pct_median": 100 * (1 - statistics.median(ratios)),
-            }
-            print(protocol, json.dumps(report[protocol]), flush=True)
-    return report
-
-
-# -- wall clock with h2load: a 64-client comparison that states its own resolution ------------
-
-
-def h2load_part(rounds: int, seconds: float, modes: list[str], requests: int) -> dict[str, Any]:
-    """Three servers on one config: ``on`` (the default), ``off`` (``--no-metrics``) and
-    ``on2`` (the default again). Per protocol: p50 at 1 client, one client alternating its
-    requests over on/off and over on/on2 (median of pair differences); req/s at 64 clients
-    with h2load in each of ``modes`` (``bench/ab_throughput.py``): median of per-round ratios
-    on/off with their min and max, and on/on2, the method's noise floor, beside it."""
-    import uvloop
-    from ab_throughput import Target, compare
-
-    root = Path(tempfile.mkdtemp(prefix="obs-h2load-"))
-    write_mlp(TINY, root / TINY.name / "1")
-    config = root / "modelyard.yaml"
-    config.write_text(f"models:\n  - name: {TINY.name}\n    base_path: {root / TINY.name}\n")
-    report: dict[str, Any] = {"rounds": rounds, "seconds": seconds}
     with (
         serve(config, root) as on,
         serve(config, root, "--no-metrics") as off,
@@ -276,24 +104,35 @@ def h2load_part(rounds: int, seconds: float, modes: list[str], requests: int) ->
     ):
         servers = {"on": on, "off": off, "on2": on2}
         targets = [Target(n, p["rest"], p["grpc"], p["pid"]) for n, p in servers.items()]
-        for protocol in ("kserve_json", "kserve_grpc"):
-            key = "grpc" if protocol == "kserve_grpc" else "rest"
-            part: dict[str, Any] = {}
-            for other in ("off", "on2"):
-                specs = {
-                    "on": _spec(on[key], protocol),
-                    "off": _spec(servers[other][key], protocol),
-                }
-                part[f"latency_on_{other}"] = uvloop.run(_paired_latency(specs, requests))
-            for mode in modes:
-                part[mode] = compare(targets, protocol, mode, rounds, seconds)
-                shown = {k: v for k, v in part[mode].items() if k != "raw"}
-                print(protocol, mode, json.dumps(shown), flush=True)
-            report[protocol] = part
+        for protocol in protocols:
+            got = ab_rounds(
+                targets, protocol, rounds, one_seconds=one_seconds, many_seconds=many_seconds
+            )
+            report[protocol] = got
+            print(protocol, json.dumps(_shown(got)), flush=True)
     return report
 
 
+def _shown(got: dict[str, Any]) -> dict[str, Any]:
+    """A rounds report without its raw figures and per-round values (for the console)."""
+    out: dict[str, Any] = {}
+    for key, value in got.items():
+        if key == "raw":
+            continue
+        if isinstance(value, dict):
+            value = {
+                k: {kk: vv for kk, vv in v.items() if kk != "values"} if isinstance(v, dict) else v
+                for k, v in value.items()
+            }
+        out[key] = value
+    return out
+
+
 # -- in process: CPU time and instructions per request ----------------------------------------
+
+YIELD_IN_INFER = False
+"""Whether the in-process servable yields to the event loop once per call (set for runs with
+many calls in flight, so they interleave as requests waiting on a worker do)."""
 
 IN_PROCESS = ("kserve_json", "kserve_grpc")
 """The in-process paths: KServe REST JSON through the real Starlette app, and KServe gRPC
@@ -331,6 +170,8 @@ def _build(metrics: bool, protocol: str = "kserve_json") -> tuple[Any, Any]:
             return {"serving_default": signature}
 
         async def infer(self, inputs: Any, signature_name: str | None = None) -> Any:
+            if YIELD_IN_INFER:  # many calls in flight: each waits once, as for a worker
+                await asyncio.sleep(0)
             return output
 
         async def close(self) -> None:
@@ -456,57 +297,92 @@ def _grpc_call(dataplane: Any, observer: Any, raw: bytes, statuses: dict[Any, in
     return one
 
 
-def _inprocess(requests: int, metrics: bool, protocol: str) -> None:
-    """Drive ``requests`` inference calls over ``protocol`` through the real front end."""
+def _inprocess(requests: int, metrics: bool, protocol: str, in_flight: int = 1) -> None:
+    """Drive ``requests`` inference calls over ``protocol`` through the real front end,
+    ``in_flight`` at a time (above 1 the servable yields once per call, so they interleave)."""
+    global YIELD_IN_INFER
+    YIELD_IN_INFER = in_flight > 1
     _, one = _build(metrics, protocol)
-    warm = 50
+    warm = 64
+
+    async def calls(count: int) -> None:
+        left = count
+
+        async def caller() -> None:
+            nonlocal left
+            while left > 0:
+                left -= 1
+                await one()
+
+        await asyncio.gather(*(caller() for _ in range(in_flight)))
 
     async def many() -> None:
-        for index in range(warm + requests):
-            await one()
-            if index == warm - 1:  # warm: what lives now is never collected again (less noise)
-                gc.collect()
-                gc.freeze()
+        await calls(warm)
+        gc.collect()  # warm: what lives now is never collected again (less noise)
+        gc.freeze()
+        await calls(requests)
 
     asyncio.run(many())
     one.check(warm + requests)
 
 
-def cpu_time(rounds: int, batch: int, protocol: str = "kserve_json") -> dict[str, Any]:
-    """CPU seconds per request of the in-process path over ``protocol``, on and off, in one
-    process and one event loop, alternating batches of ``batch`` requests: process CPU time
-    is far less disturbed by other load than wall clock (it still pays for caches others
-    evict)."""
-    _, on = _build(True, protocol)
-    _, off = _build(False, protocol)
-    per: dict[str, list[float]] = {"on": [], "off": []}
+def cpu_time(
+    rounds: int, batch: int, protocol: str = "kserve_json", in_flight: int = 1
+) -> dict[str, Any]:
+    """CPU µs per request of the in-process path over ``protocol``, on, off and on again (the
+    A/A reference), in one process and one event loop, alternating batches of ``batch``
+    requests in rotated order, ``in_flight`` calls at a time (above 1 the servable yields once
+    per call, so they interleave): process CPU time is far less disturbed by other load than
+    wall clock (it still pays for caches others evict). Per-round differences, summarised as
+    ``ab_throughput.summarize`` does."""
+    from ab_throughput import summarize
+
+    global YIELD_IN_INFER
+    YIELD_IN_INFER = in_flight > 1
+    apps = {"on": _build(True, protocol)[1], "off": _build(False, protocol)[1]}
+    apps["on2"] = _build(True, protocol)[1]
+    per: dict[str, list[float]] = {name: [] for name in apps}
+
+    async def drive(one: Any) -> None:
+        left = batch
+
+        async def caller() -> None:
+            nonlocal left
+            while left > 0:
+                left -= 1
+                await one()
+
+        await asyncio.gather(*(caller() for _ in range(in_flight)))
 
     async def run() -> None:
-        for _ in range(batch):  # warm up both
-            await on()
-            await off()
+        for one in apps.values():  # warm up
+            await drive(one)
+        names = list(apps)
         for index in range(rounds):
-            order = [("on", on), ("off", off)] if index % 2 == 0 else [("off", off), ("on", on)]
-            for name, one in order:
+            shift = index % len(names)
+            for name in names[shift:] + names[:shift]:
                 start = time.process_time()
-                for _ in range(batch):
-                    await one()
+                await drive(apps[name])
                 per[name].append((time.process_time() - start) / batch * 1e6)
 
     asyncio.run(run())
-    deltas = [a - b for a, b in zip(per["on"], per["off"], strict=True)]
+    YIELD_IN_INFER = False
     return {
         "protocol": protocol,
         "rounds": rounds,
         "batch": batch,
+        "in_flight": in_flight,
         "cpu_us_per_request_on": statistics.median(per["on"]),
         "cpu_us_per_request_off": statistics.median(per["off"]),
-        "added_cpu_us_median_of_pairs": statistics.median(deltas),
+        "added": summarize([a - b for a, b in zip(per["on"], per["off"], strict=True)]),
+        "added_aa": summarize([a - b for a, b in zip(per["on"], per["on2"], strict=True)]),
         "raw": per,
     }
 
 
-def callgrind(small: int, large: int, protocol: str = "kserve_json") -> dict[str, Any]:
+def callgrind(
+    small: int, large: int, protocol: str = "kserve_json", in_flight: int = 1
+) -> dict[str, Any]:
     """Instructions per request over ``protocol``, on and off: four runs under callgrind,
     side by side (each is single-threaded; on a shared machine running them at once gets them
     more of it)."""
@@ -518,6 +394,7 @@ def callgrind(small: int, large: int, protocol: str = "kserve_json") -> dict[str
                 command = [
                     "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}/{name}-{n}.out",
                     PYTHON, __file__, "--inprocess", str(n), "--protocol", protocol,
+                    "--in-flight", str(in_flight),
                     *(["--metrics"] if metrics else []),
                 ]  # fmt: skip
                 # A fixed hash seed: the same dict layouts in every run (less noise).
@@ -535,10 +412,15 @@ def callgrind(small: int, large: int, protocol: str = "kserve_json") -> dict[str
                 if "Collected" in line
             )
             counts.setdefault(name, {})[n] = total
-            print(f"callgrind {protocol} metrics={name} n={n}: {total:,} instructions", flush=True)
+            print(
+                f"callgrind {protocol} metrics={name} n={n} in flight {in_flight}: "
+                f"{total:,} instructions",
+                flush=True,
+            )
     per = {k: (v[large] - v[small]) / (large - small) for k, v in counts.items()}
     return {
         "protocol": protocol,
+        "in_flight": in_flight,
         "requests": [small, large],
         "instructions_per_request_on": per["on"],
         "instructions_per_request_off": per["off"],
@@ -553,117 +435,104 @@ def callgrind(small: int, large: int, protocol: str = "kserve_json") -> dict[str
 _NAMES = {"kserve_json": "KServe REST JSON", "kserve_grpc": "KServe gRPC"}
 
 
+P50_GOAL_US = 20.0
+"""Issue 16's goals: the added p50 at 1 client at most 20 µs, the loss of req/s at 64
+clients at most 3 %."""
+LOSS_GOAL_PCT = 3.0
+
+
+def _interval(got: dict[str, Any], unit: str) -> str:
+    return f"{got['median']:+.1f} {unit} [{got['low']:+.1f}, {got['high']:+.1f}]"
+
+
+def _aa_warning(aa: dict[str, Any]) -> str:
+    """A warning when the A/A interval leaves out 0: two servers with the same flags differed
+    beyond the method's own spread (a server's start, its place in the rounds), so an on/off
+    difference of that size is not the counting's."""
+    if aa["low"] > 0 or aa["high"] < 0:
+        return f"; but the A/A interval [{aa['low']:+.1f}, {aa['high']:+.1f}] leaves out 0"
+    return ""
+
+
 def table(report: dict[str, Any]) -> str:
     """The issue's figures as a Markdown table, from whatever parts ``report`` holds: per
-    protocol, p50 at 1 client and req/s at 64 clients, on and off, and what statistics and
-    metrics add; then the front end's CPU (and instructions) per request, on and off."""
-    rows = ["| measure | protocol | on | off | added |", "| --- | --- | --- | --- | --- |"]
-    paired = report.get("paired", {})
-    turns = report.get("wall_clock", {})
-    for protocol in ("kserve_json", "kserve_grpc"):
-        name = _NAMES[protocol]
-        if protocol in paired:
-            got = paired[protocol]
-            rows.append(
-                f"| p50 at 1 client, alternating requests ({got['requests']} pairs) | {name} "
-                f"| {got['p50_us_on']:.1f} µs | {got['p50_us_off']:.1f} µs "
-                f"| **{got['added_us_median_of_pairs']:+.1f} µs** |"
-            )
-        if protocol in turns:
-            got = turns[protocol]
-            rows.append(
-                f"| p50 at 1 client, servers in turn ({turns['rounds']} rounds) | {name} "
-                f"| {got['p50_ms_on'] * 1000:.1f} µs | {got['p50_ms_off'] * 1000:.1f} µs "
-                f"| {got['p50_added_us_median_of_pairs']:+.1f} µs |"
-            )
-            rows.append(
-                f"| req/s at 64 clients, servers in turn ({turns['rounds']} rounds) | {name} "
-                f"| {got['rps_on']:.0f} | {got['rps_off']:.0f} "
-                f"| **{-got['rps_loss_pct_median_of_pairs']:+.1f} %** |"
-            )
-        if protocol in paired:
-            got = paired[protocol]
-            ratios = got["throughput_ratio_on_over_off"]
-            rows.append(
-                f"| req/s at 64 clients, both servers at once ({len(ratios)} rounds, on/off) "
-                f"| {name} | | | {-got['throughput_loss_pct_median']:+.1f} % |"
-            )
-    h2 = report.get("h2load", {})
-    for protocol in ("kserve_json", "kserve_grpc") if h2 else ():
-        rows += _h2load_rows(h2, protocol)
+    protocol, p50 at 1 client and req/s at 64 clients, on and off, what statistics and metrics
+    add (median of per-round differences [bootstrap 95 % interval]) and the same for on against
+    on (A/A); then the CPU per request; then the verdicts against the goals."""
+    rows = [
+        "| measure | protocol | on | off | on - off, median [95 % interval] | on - on2 (A/A) |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    verdicts = []
+    for protocol, got in report.get("ab", {}).items():
+        name, on, off = _NAMES[protocol], got["on"], got["off"]
+        diff, aa = got["on-off"], got["on-on2"]
+        what = f"{got['rounds']} rounds"
+        rows += [
+            f"| p50 at 1 client ({what} of {got['one_seconds']:g} s) | {name} "
+            f"| {on['p50_us']:.1f} µs | {off['p50_us']:.1f} µs "
+            f"| **{_interval(diff['p50_added_us'], 'µs')}** "
+            f"| {_interval(aa['p50_added_us'], 'µs')} |",
+            f"| req/s at {got['clients']} clients ({what} of {got['many_seconds']:g} s) | {name} "
+            f"| {on['rps']:.0f} | {off['rps']:.0f} "
+            f"| **{_interval(diff['rps_change_pct'], '%')}** "
+            f"| {_interval(aa['rps_change_pct'], '%')} |",
+            f"| front-end CPU per request at 1 client | {name} | {on['front_us_one']:.1f} µs "
+            f"| {off['front_us_one']:.1f} µs | {_interval(diff['front_added_us_one'], 'µs')} "
+            f"| {_interval(aa['front_added_us_one'], 'µs')} |",
+            f"| front-end CPU per request at {got['clients']} clients | {name} "
+            f"| {on['front_us_many']:.1f} µs | {off['front_us_many']:.1f} µs "
+            f"| {_interval(diff['front_added_us_many'], 'µs')} "
+            f"| {_interval(aa['front_added_us_many'], 'µs')} |",
+        ]
+        implied = diff["front_added_us_many"]["median"] / off["front_us_many"] * 100
+        rows.append(
+            f"| req/s loss implied by the front end's added CPU at {got['clients']} clients, "
+            f"if it is the bottleneck (added / off) | {name} | | | {implied:+.1f} % | |"
+        )
+        verdicts += [
+            f"- {name}, added p50 (goal ≤ {P50_GOAL_US:g} µs): "
+            + verdict(diff["p50_added_us"], P50_GOAL_US)
+            + _aa_warning(aa["p50_added_us"]),
+            f"- {name}, req/s loss (goal ≤ {LOSS_GOAL_PCT:g} %): "
+            + verdict(diff["rps_change_pct"], LOSS_GOAL_PCT, worse="lower")
+            + _aa_warning(aa["rps_change_pct"]),
+        ]
     for part in report.get("cpu_time", []):
         rows.append(
-            f"| front-end CPU per request, in process ({part['rounds']} alternating rounds of "
-            f"{part['batch']}) | {_NAMES[part['protocol']]} | {part['cpu_us_per_request_on']:.1f}"
-            f" µs | {part['cpu_us_per_request_off']:.1f} µs "
-            f"| **{part['added_cpu_us_median_of_pairs']:+.1f} µs** |"
+            f"| front-end CPU per request, in process, {part['in_flight']} in flight "
+            f"({part['rounds']} rotated rounds of {part['batch']}) | {_NAMES[part['protocol']]} "
+            f"| {part['cpu_us_per_request_on']:.1f} µs | {part['cpu_us_per_request_off']:.1f} µs "
+            f"| {_interval(part['added'], 'µs')} | {_interval(part['added_aa'], 'µs')} |"
         )
     for part in report.get("callgrind", []):
         rows.append(
-            f"| instructions per request, in process (callgrind) | {_NAMES[part['protocol']]} "
+            f"| instructions per request, in process, {part['in_flight']} in flight (callgrind) "
+            f"| {_NAMES[part['protocol']]} "
             f"| {part['instructions_per_request_on']:,.0f} "
             f"| {part['instructions_per_request_off']:,.0f} "
-            f"| {part['added_instructions_per_request']:+,.0f} ({part['added_pct']:.1f} %) |"
+            f"| {part['added_instructions_per_request']:+,.0f} ({part['added_pct']:.1f} %) | |"
         )
-    return "\n".join(rows) + "\n"
-
-
-def _spread(got: dict[str, Any]) -> str:
-    """A ratio's median as a change in per cent, with the per-round min and max."""
-    lo, hi = 100 * (got["min"] - 1), 100 * (got["max"] - 1)
-    return f"{100 * (got['median'] - 1):+.1f} % [{lo:+.1f}, {hi:+.1f}]"
-
-
-def _h2load_rows(h2: dict[str, Any], protocol: str) -> list[str]:
-    name, part, rows = _NAMES[protocol], h2[protocol], []
-    for other, what in (("off", "on vs off"), ("on2", "**A/A noise**: on vs on")):
-        got = part[f"latency_on_{other}"]
-        rows.append(
-            f"| p50 at 1 client, alternating requests ({got['requests']} pairs), {what} | {name} "
-            f"| {got['p50_us_on']:.1f} µs | {got['p50_us_off']:.1f} µs "
-            f"| {got['added_us_median_of_pairs']:+.1f} µs |"
-        )
-    for mode in ("together", "alternating"):
-        if mode not in part:
-            continue
-        got = part[mode]
-        how = f"h2load, {mode}, {got['rounds']} rounds of {got['seconds']:g} s"
-        rows.append(
-            f"| req/s at {got['clients']} clients ({how}), on vs off, median [min, max] "
-            f"| {name} | {got['on']['rps']:.0f} | {got['off']['rps']:.0f} "
-            f"| **{_spread(got['on/off'])}** |"
-        )
-        rows.append(
-            f"| req/s at {got['clients']} clients ({how}), **A/A noise**: on vs on "
-            f"| {name} | {got['on']['rps']:.0f} | {got['on2']['rps']:.0f} "
-            f"| {_spread(got['on/on2'])} |"
-        )
-        for part_name in ("front", "worker"):
-            field = f"{part_name}_us"
-            rows.append(
-                f"| {part_name} CPU per request at {got['clients']} clients ({how}; on2: "
-                f"{got['on2'][field]:.1f} µs) | {name} | {got['on'][field]:.1f} µs "
-                f"| {got['off'][field]:.1f} µs | {got['on'][field] - got['off'][field]:+.1f} µs |"
-            )
-    return rows
+    text = "\n".join(rows) + "\n"
+    if verdicts:
+        text += "\n" + "\n".join(verdicts) + "\n"
+    return text
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=6)
-    parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument(
+        "--rounds", type=int, default=0,
+        help="rounds of the three servers in turn (0: skip; a multiple of 3 rotates evenly)",
+    )  # fmt: skip
+    parser.add_argument("--one-seconds", type=float, default=1.0, help="1-client window")
+    parser.add_argument("--many-seconds", type=float, default=1.5, help="64-client window")
+    parser.add_argument("--protocols", default=",".join(IN_PROCESS))
     parser.add_argument("--callgrind", action="store_true")
-    parser.add_argument("--no-wall-clock", action="store_true")
+    parser.add_argument("--cpu-rounds", type=int, default=12, help="0: skip the in-process part")
     parser.add_argument(
-        "--paired", action="store_true",
-        help="also the paired wall-clock measures (alternating requests, both servers at once)",
+        "--in-flight", default="1,64", help="in-process calls at once, comma-separated"
     )  # fmt: skip
-    parser.add_argument(
-        "--h2load", type=int, default=0, metavar="ROUNDS",
-        help="the h2load comparison (on, off and on again, for the A/A noise) in ROUNDS rounds",
-    )  # fmt: skip
-    parser.add_argument("--h2load-modes", default="together,alternating")
-    parser.add_argument("--cpu-rounds", type=int, default=20, help="0: skip the CPU-time part")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--table", type=Path, help="also write the Markdown table here")
     parser.add_argument("--inprocess", type=int, help=argparse.SUPPRESS)
@@ -671,24 +540,30 @@ def main() -> None:
     parser.add_argument("--metrics", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.inprocess is not None:
-        _inprocess(args.inprocess, args.metrics, args.protocol)
+        _inprocess(args.inprocess, args.metrics, args.protocol, int(args.in_flight))
         return
-    report: dict[str, Any] = {"git": _git()}
+    protocols = tuple(args.protocols.split(","))
+    if args.rounds:
+        per_round = 3 * (args.one_seconds + args.many_seconds + 2 * 0.35)
+        minutes = (len(protocols) * args.rounds * per_round + 30) / 60
+        print(f"wall-clock part: about {minutes:.1f} minutes", flush=True)
+    report: dict[str, Any] = {"git": _git(), "load_average_at_start": os.getloadavg()}
     if args.cpu_rounds:
-        report["cpu_time"] = [cpu_time(args.cpu_rounds, 300, p) for p in IN_PROCESS]
+        report["cpu_time"] = [
+            cpu_time(args.cpu_rounds, 640, p, int(n))
+            for n in args.in_flight.split(",")
+            for p in protocols
+        ]
         for part in report["cpu_time"]:
             print(json.dumps({k: v for k, v in part.items() if k != "raw"}), flush=True)
     if args.callgrind:
-        report["callgrind"] = [callgrind(100, 600, p) for p in IN_PROCESS]
-    if args.h2load:
-        modes = args.h2load_modes.split(",")
-        report["h2load"] = h2load_part(args.h2load, args.seconds, modes, 3000)
-    if args.paired:
-        report["paired"] = paired(args.rounds, 3000, args.seconds)
-    if not args.no_wall_clock:
-        report["wall_clock"] = wall_clock(args.rounds, args.seconds)
+        report["callgrind"] = [
+            callgrind(128, 640, p, int(n)) for n in args.in_flight.split(",") for p in protocols
+        ]
+    if args.rounds:
+        report["ab"] = ab_part(args.rounds, args.one_seconds, args.many_seconds, protocols)
+    report["load_average_at_end"] = os.getloadavg()
     text = json.dumps(report, indent=2)
-    print(text)
     if args.json is not None:
         args.json.write_text(text + "\n")
     markdown = table(report)

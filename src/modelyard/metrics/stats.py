@@ -284,57 +284,27 @@ class StatsBook:
         Called by every reader (``of``, ``get``, ``items``) and every ``FOLD_EVERY`` requests:
         the arithmetic runs here, in one tight loop over a few dozen requests, rather than on
         each request's path, where its code and data would have to be brought back into the
-        CPU's caches every time (measured: several times the cost of the same loop)."""
+        CPU's caches every time (measured: several times the cost of the same loop). The
+        requests of one fold are split into runs of one version (usually one run: a version's
+        requests come together), each added up by ``_fold_run``."""
         pending = self._pending
         if not pending:
             return
         self._pending = []
         versions = self._versions
-        bounds = LATENCY_BUCKETS_S
-        for key, index, clock, rows, now in pending:
-            stats = versions.get((key.model, key.version))
+        count = len(pending)
+        start = 0
+        while start < count:
+            key = pending[start][0]
+            end = start + 1
+            while end < count and pending[end][0] is key:
+                end += 1
+            pair = (key.model, key.version)
+            stats = versions.get(pair)
             if stats is None:
-                stats = versions[(key.model, key.version)] = VersionStats()
-            marks = clock._phases  # what ``clock.marks`` returns, without a property call
-            if len(marks) == 2 and marks[1][0] is _DEVICE:  # unbatched: admitted, then device
-                total = now - marks[0][1]
-                infer = now - marks[1][1]
-                stats.queue_counts[0] += 1  # queued 0 s: the first bucket
-            else:
-                total, queued, infer = _phases(marks, now)
-                stats.queue_counts[_bisect(bounds, queued)] += 1
-                stats.queue_s += queued
-            run = clock.batch
-            compute = clock.compute_ns if run is None else run.compute_ns
-            if compute:  # the worker's own times; the rest of the round trip is transport
-                input_ns, infer_ns, output_ns = compute
-                infer = infer_ns / 1e9
-                stats.input_ns += input_ns
-                stats.output_ns += output_ns
-            else:
-                input_ns = output_ns = 0
-            stats.ok[index] += 1
-            stats.inference_count += rows
-            stats.last_inference = now
-            stats.request_counts[_bisect(bounds, total)] += 1
-            stats.request_s += total
-            stats.infer_counts[_bisect(bounds, infer)] += 1
-            stats.infer_s += infer
-            if run is None:
-                size = rows if rows > 1 else 1
-            elif not run.counted:
-                run.counted = True
-                size = run.rows if run.rows > 1 else 1
-            else:
-                continue  # its batch's execution was counted by another of its requests
-            executed = stats.executions.get(size)
-            if executed is None:
-                stats.executions[size] = [1, infer, input_ns, output_ns]
-            else:
-                executed[0] += 1
-                executed[1] += infer
-                executed[2] += input_ns
-                executed[3] += output_ns
+                stats = versions[pair] = VersionStats()
+            _fold_run(stats, pending if end - start == count else pending[start:end])
+            start = end
 
     def observe(
         self,
@@ -366,6 +336,91 @@ class StatsBook:
         """A request refused before a model version was found (an unknown model, a bad path)."""
         key = (protocol, code)
         self.rejected[key] = self.rejected.get(key, 0) + 1
+
+
+def _fold_run(
+    stats: VersionStats, run: list[tuple[VersionKey, int, RequestClock, int, float]]
+) -> None:
+    """Add successes of one version (``StatsBook.ok``'s notes) to ``stats``. Sums are kept in
+    local variables and written once (a float or int held only by a local is updated in place;
+    one held by an attribute is replaced by a new object on every addition), and unbatched
+    requests of one row, the common case, add to their execution row once per run."""
+    bounds = LATENCY_BUCKETS_S
+    ok = stats.ok
+    request_counts = stats.request_counts
+    queue_counts = stats.queue_counts
+    infer_counts = stats.infer_counts
+    executions = stats.executions
+    request_s = queue_s = infer_s = 0.0
+    input_total = output_total = rows_total = 0
+    unqueued = 0
+    # Executions of size 1 (unbatched requests of one row): count, infer s, input, output ns.
+    ones = ones_input = ones_output = 0
+    ones_s = 0.0
+    now = 0.0
+    for _, index, clock, rows, now in run:
+        marks = clock._phases  # what ``clock.marks`` returns, without a property call
+        batch = clock.batch
+        if len(marks) == 2 and marks[1][0] is _DEVICE:  # unbatched: admitted, then device
+            total = now - marks[0][1]
+            infer = now - marks[1][1]
+            unqueued += 1  # queued 0 s: the first bucket
+        else:
+            total, queued, infer = _phases(marks, now)
+            queue_counts[_bisect(bounds, queued)] += 1
+            queue_s += queued
+        compute = clock.compute_ns if batch is None else batch.compute_ns
+        if compute:  # the worker's own times; the rest of the round trip is transport
+            input_ns, infer_ns, output_ns = compute
+            infer = infer_ns / 1e9
+            input_total += input_ns
+            output_total += output_ns
+        else:
+            input_ns = output_ns = 0
+        ok[index] += 1
+        rows_total += rows
+        request_counts[_bisect(bounds, total)] += 1
+        request_s += total
+        infer_counts[_bisect(bounds, infer)] += 1
+        infer_s += infer
+        if batch is None:
+            if rows <= 1:
+                ones += 1
+                ones_s += infer
+                ones_input += input_ns
+                ones_output += output_ns
+                continue
+            size = rows
+        elif not batch.counted:
+            batch.counted = True
+            size = batch.rows if batch.rows > 1 else 1
+        else:
+            continue  # its batch's execution was counted by another of its requests
+        executed = executions.get(size)
+        if executed is None:
+            executions[size] = [1, infer, input_ns, output_ns]
+        else:
+            executed[0] += 1
+            executed[1] += infer
+            executed[2] += input_ns
+            executed[3] += output_ns
+    queue_counts[0] += unqueued
+    stats.request_s += request_s
+    stats.queue_s += queue_s
+    stats.infer_s += infer_s
+    stats.input_ns += input_total
+    stats.output_ns += output_total
+    stats.inference_count += rows_total
+    stats.last_inference = now
+    if ones:
+        executed = executions.get(1)
+        if executed is None:
+            executions[1] = [ones, ones_s, ones_input, ones_output]
+        else:
+            executed[0] += ones
+            executed[1] += ones_s
+            executed[2] += ones_input
+            executed[3] += ones_output
 
 
 def _phases(marks: list[tuple[Phase, float]], now: float) -> tuple[float, float, float]:

@@ -93,3 +93,62 @@ def test_histogram_buckets_are_cumulative_with_inf_last() -> None:
     assert histogram.cumulative() == [("0.1", 2), ("1.0", 3), ("+Inf", 4)]
     assert histogram.count == 4
     assert histogram.sum == pytest.approx(3.65)
+
+
+def _mixed_notes() -> list[tuple[VersionKey, RequestClock, int, int]]:
+    """40 requests of two versions, interleaved: of one row and of four, unbatched and in
+    batches of three (a batch's requests are of one version), with and without the worker's
+    times; as (key, clock, rows, lane)."""
+    other = VersionKey("m", 2)
+    runs = {KEY: BatchRun(rows=3), other: BatchRun(rows=3)}
+    notes = []
+    for index in range(40):
+        key = KEY if index % 3 else other
+        if index % 7 == 0:
+            run = runs[key]
+            if run.counted:  # a new batch once one of the run's requests was counted
+                run = runs[key] = BatchRun(rows=3)
+            run.compute_ns = (5_000, 4_000_000, 6_000)
+            clock = _clock(0.002, 0.003, run)
+        else:
+            # Durations far from the buckets' bounds: the two books read the clock apart.
+            clock = _clock(0.0, (0.003, 0.0065, 0.015)[index % 3])
+            if index % 2:
+                clock.note_compute((1_000 + index, 500_000 + index, 2_000 + index))
+        notes.append((key, clock, 1 if index % 5 else 4, index % 4))
+    return notes
+
+
+def test_one_fold_of_mixed_requests_adds_up_as_folding_each_request_alone() -> None:
+    """Requests noted together and folded once (as ``FOLD_EVERY`` does) give what folding
+    after each request gives."""
+    alone, together = StatsBook(), StatsBook()
+    for (key, clock, rows, lane), again in zip(_mixed_notes(), _mixed_notes(), strict=True):
+        alone.ok(key, clock, rows, lane)  # each note in both books at (nearly) the same time
+        alone.fold()
+        together.ok(again[0], again[1], again[2], again[3])
+    assert together._pending  # not folded yet: the reads below fold
+    slack = 0.002  # seconds per request: the books read the clock microseconds apart
+    executions = 0
+    for key in (KEY, VersionKey("m", 2)):
+        a, b = alone.of(key), together.of(key)
+        count = a.success_count
+        assert a.ok == b.ok
+        assert (a.inference_count, a.execution_count) == (b.inference_count, b.execution_count)
+        assert (a.request_counts, a.queue_counts, a.infer_counts) == (
+            b.request_counts,
+            b.queue_counts,
+            b.infer_counts,
+        )
+        assert (a.input_ns, a.output_ns) == (b.input_ns, b.output_ns)
+        # Every success is in each histogram once (its queue time is 0 s without a batcher).
+        assert sum(b.request_counts) == sum(b.queue_counts) == sum(b.infer_counts) == count
+        for field in ("request_s", "queue_s", "infer_s"):
+            assert getattr(a, field) == pytest.approx(getattr(b, field), abs=count * slack)
+        assert a.batches.keys() == b.batches.keys()
+        for size, (n, infer_ns, input_ns, output_ns) in a.batches.items():
+            assert [n, input_ns, output_ns] == [b.batches[size][i] for i in (0, 2, 3)]
+            assert infer_ns == pytest.approx(b.batches[size][1], abs=n * slack * 1e9)
+        assert b.last_inference >= a.last_inference > 0
+        executions += b.execution_count
+    assert executions > 20
