@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
+import select
 import socket
 import struct
 import time
@@ -470,12 +471,21 @@ def recv_message(sock: socket.socket) -> Message | None:
 class FrameReader:
     """Reads frames from a blocking socket through a buffer: one ``recv`` usually brings a
     whole small frame (prefix and body), where ``recv_message`` makes a system call for each.
-    A body larger than the buffer is read straight into its own bytearray. One thread reads;
-    the socket is read only through this.
+    A body larger than the buffer is read straight into its own bytearray. One thread at a
+    time reads; the socket is read only through this.
+
+    Each ``recv`` is preceded by a ``poll`` for input. A thread blocked in ``recv`` on a Unix
+    socket sleeps on the socket's one wait queue, which is also woken whenever the peer
+    consumes what this end sent (the kernel's "write space" wake-up): at one request in
+    flight the worker's reader was woken for nothing after every reply, 1.8 sleeps per
+    request instead of one. ``poll`` waits for input only, so the reader sleeps once per
+    frame; the system call it adds costs far less than the wake-up it saves (issue 18).
     """
 
     def __init__(self, sock: socket.socket, buffer_bytes: int = 256 * 1024) -> None:
         self._sock = sock
+        self._poller = select.poll()
+        self._poller.register(sock, select.POLLIN)
         self._buf = bytearray(buffer_bytes)
         self._view = memoryview(self._buf)
         self._start = 0  # unread bytes are self._buf[self._start:self._end]
@@ -509,6 +519,7 @@ class FrameReader:
             self._start = self._end = 0
             view = memoryview(out)
             while have < n:
+                self._poller.poll()
                 k = self._sock.recv_into(view[have:])
                 if k == 0:
                     raise ProtocolError("stream ended inside a frame")
@@ -518,6 +529,7 @@ class FrameReader:
             self._buf[:have] = self._view[self._start : self._end]
             self._start, self._end = 0, have
         while self._end < n:
+            self._poller.poll()  # input only: see the class docstring
             k = self._sock.recv_into(self._view[self._end :])
             if k == 0:
                 if self._end == 0 and at_start:
