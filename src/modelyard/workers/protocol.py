@@ -397,9 +397,10 @@ def decode(
         raise ProtocolError(f"malformed frame: {type(exc).__name__}: {exc}") from exc
 
 
-def split_prefix(prefix: bytes | bytearray) -> tuple[int, int, int]:
-    """``(header_len, n_buffers, body_len)`` of a frame's first ``PREFIX_BYTES`` bytes."""
-    header_len, n_buffers, body_len = _PREFIX.unpack(prefix)
+def split_prefix(prefix: bytes | bytearray | memoryview, offset: int = 0) -> tuple[int, int, int]:
+    """``(header_len, n_buffers, body_len)`` of a frame whose first ``PREFIX_BYTES`` bytes
+    start at ``offset`` of ``prefix``."""
+    header_len, n_buffers, body_len = _PREFIX.unpack_from(prefix, offset)
     if header_len > MAX_HEADER_BYTES:
         raise ProtocolError(f"frame header of {header_len} bytes")
     if header_len + n_buffers * LEN_BYTES > body_len:
@@ -407,7 +408,7 @@ def split_prefix(prefix: bytes | bytearray) -> tuple[int, int, int]:
     return header_len, n_buffers, body_len
 
 
-def decode_body(body: bytes | bytearray, header_len: int, n_buffers: int) -> Message:
+def decode_body(body: bytes | bytearray | memoryview, header_len: int, n_buffers: int) -> Message:
     """The message of a frame's body (every byte after the prefix): its header, then each
     buffer as a view of ``body`` (no copy; arrays built on a bytearray body are writable)."""
     view = memoryview(body)
