@@ -312,7 +312,8 @@ class DataPlane:
         assert task is not None
         cancelling = task.cancelling()
         expiry = _Expiry(task)
-        timer = asyncio.get_running_loop().call_later(left, expiry.fire)
+        # The task's loop: get_running_loop() would call getpid(), a system call, once more.
+        timer = task.get_loop().call_later(left, expiry.fire)
         try:
             result = await self._run(entry, signature, run_name, inputs, outputs)
         except asyncio.CancelledError:

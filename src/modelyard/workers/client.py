@@ -167,6 +167,7 @@ class WorkerProcess:
         self._replies: ReplyProtocol | None = None  # reads the socket, unless _reader does
         self._ended: asyncio.Future[None] | None = None  # resolved when the stream has ended
         self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # its connection's, once known
         self._dead: str | None = None
         self._stopping = False
         self._stuck: str | None = None
@@ -244,7 +245,11 @@ class WorkerProcess:
             # (uvloop then raises RuntimeError on the next write instead of OSError).
             raise WorkerDied(f"worker for device {self.device} (pid {self.pid}): connection closed")
         request_id = next(self._ids)
-        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        # The connection's loop, remembered: get_running_loop() calls getpid(), a system call.
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        future: asyncio.Future[Message] = loop.create_future()
         self._pending[request_id] = future
         message = message_of(request_id)
         writer = self._writer
