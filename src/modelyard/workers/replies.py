@@ -8,10 +8,13 @@ and a wake-up of the reader's waiter per reply, about 10 % of the front end's CP
 at one request in flight, issue 18.)
 
 Frames are parsed straight out of the chunk when it starts at a frame boundary (the common
-case: tensors become views of the chunk, as they were of ``readexactly``'s bytes); a frame split
-across chunks is gathered in a buffer first. A frame that is not one (``ProtocolError``) ends
-the stream: ``on_end`` is called once, with the reason and whether the stream was malformed,
-and nothing more is read. The end of the connection calls it likewise.
+case: tensors become views of the chunk, as they were of ``readexactly``'s bytes); a small frame
+split across chunks is gathered in a buffer first; a large one (``LARGE_BODY_BYTES`` or more)
+is copied chunk by chunk into a body allocated once at its full size, on which its tensors are
+then built (no growing buffer to copy again and again, no copy of the whole body at the end).
+A frame that is not one (``ProtocolError``) ends the stream: ``on_end`` is called once, with
+the reason and whether the stream was malformed, and nothing more is read. The end of the
+connection calls it likewise.
 
 Writes are the transport's; ``drain`` waits while the transport has paused writing (its buffer
 above the high-water mark), as ``StreamWriter.drain`` does.
@@ -32,6 +35,10 @@ from modelyard.workers.protocol import (
     split_prefix,
 )
 
+LARGE_BODY_BYTES = 1 << 20
+"""A frame body at least this large that does not arrive in one chunk is read into its own
+array (see the module docstring)."""
+
 
 class ReplyProtocol(asyncio.Protocol):
     """Decodes a worker's frames into messages for ``on_message``; ``on_end(reason,
@@ -43,6 +50,10 @@ class ReplyProtocol(asyncio.Protocol):
         self._on_message = on_message
         self._on_end = on_end
         self._buf = bytearray()  # the start of a frame whose end has not arrived yet
+        # A large frame being received: its body, the bytes of it received, its layout.
+        self._body: bytearray | None = None
+        self._filled = 0
+        self._layout = (0, 0)  # header_len, n_buffers
         self._ended = False
         self._paused = False
         self._lost = False
@@ -52,15 +63,20 @@ class ReplyProtocol(asyncio.Protocol):
         if self._ended:
             return
         try:
+            rest: bytes | memoryview = data
+            if self._body is not None:
+                rest = self._fill(data)
+                if not rest:
+                    return
             if self._buf:
-                self._buf += data
+                self._buf += rest
                 self._gathered()
             else:
-                self._chunk(data)
+                self._chunk(rest)
         except ProtocolError as exc:
             self._end(f"it sent a malformed frame ({exc})", malformed=True)
 
-    def _chunk(self, data: bytes) -> None:
+    def _chunk(self, data: bytes | memoryview) -> None:
         """Every whole frame of ``data`` (which starts at a frame boundary), decoded in place;
         the rest goes to the buffer."""
         end = len(data)
@@ -71,6 +87,9 @@ class ReplyProtocol(asyncio.Protocol):
             header_len, n_buffers, body_len = split_prefix(data, offset)
             stop = offset + PREFIX_BYTES + body_len
             if stop > end:
+                if body_len >= LARGE_BODY_BYTES:
+                    self._start_body(view[offset + PREFIX_BYTES :], header_len, n_buffers, body_len)
+                    return
                 break
             message = decode_body(view[offset + PREFIX_BYTES : stop], header_len, n_buffers)
             offset = stop
@@ -91,6 +110,10 @@ class ReplyProtocol(asyncio.Protocol):
                 header_len, n_buffers, body_len = split_prefix(buf, offset)
                 stop = offset + PREFIX_BYTES + body_len
                 if stop > end:
+                    if body_len >= LARGE_BODY_BYTES:
+                        start = offset + PREFIX_BYTES
+                        self._start_body(memoryview(buf)[start:], header_len, n_buffers, body_len)
+                        offset = end
                     break
                 message = decode_body(buf[offset + PREFIX_BYTES : stop], header_len, n_buffers)
                 offset = stop
@@ -100,6 +123,31 @@ class ReplyProtocol(asyncio.Protocol):
         finally:
             if not self._ended:
                 del buf[:offset]
+
+    def _start_body(
+        self, received: memoryview, header_len: int, n_buffers: int, body_len: int
+    ) -> None:
+        """A large frame whose body has begun (``received``): into its own array."""
+        body = bytearray(body_len)
+        filled = len(received)
+        body[:filled] = received
+        received.release()  # the buffer it may view is resized next
+        self._body, self._filled, self._layout = body, filled, (header_len, n_buffers)
+
+    def _fill(self, data: bytes) -> memoryview:
+        """``data`` into the large frame's body; once it is whole, the frame is delivered. What
+        follows the frame in ``data`` (empty while the body is not whole)."""
+        body = self._body
+        assert body is not None
+        view = memoryview(data)
+        take = min(len(body) - self._filled, len(view))
+        body[self._filled : self._filled + take] = view[:take]
+        self._filled += take
+        if self._filled < len(body):
+            return view[:0]
+        self._body = None
+        self._on_message(decode_body(body, *self._layout))
+        return view[:0] if self._ended else view[take:]
 
     def eof_received(self) -> bool | None:
         return None  # the transport closes itself; connection_lost follows
@@ -140,4 +188,5 @@ class ReplyProtocol(asyncio.Protocol):
             return
         self._ended = True
         self._buf = bytearray()
+        self._body = None
         self._on_end(reason, malformed)
