@@ -242,11 +242,22 @@ def remaining_ms() -> float | None:
 @contextlib.contextmanager
 def serving(clock: RequestClock | None) -> Iterator[RequestClock | None]:
     """Make ``clock`` the current request's clock inside the block (this task only)."""
-    token = _CURRENT.set(clock)
+    token = serve(clock)
     try:
         yield clock
     finally:
-        _CURRENT.reset(token)
+        stop_serving(token)
+
+
+def serve(clock: RequestClock | None) -> contextvars.Token[RequestClock | None]:
+    """``serving`` without a context manager (a generator per call), for the data plane's hot
+    path: pass the token to ``stop_serving`` when the request ends (in a ``finally``)."""
+    return _CURRENT.set(clock)
+
+
+def stop_serving(token: contextvars.Token[RequestClock | None]) -> None:
+    """End what ``serve`` set."""
+    _CURRENT.reset(token)
 
 
 def context_with(clock: RequestClock | None) -> contextvars.Context:

@@ -259,13 +259,16 @@ class DataPlane:
                     signature, run_name = _default_signature(entry), None
                 else:
                     signature, run_name = _pick_signature(entry, signature_name)
-            with deadlines.serving(clock):
+            token = deadlines.serve(clock)  # not ``serving``: a generator per request
+            try:
                 if deadline is None:  # nothing to bound: one coroutine fewer per request
                     result, _seconds = await self._run(entry, signature, run_name, inputs, outputs)
                 else:
                     result, _seconds = await self._bounded(
                         clock, entry, signature, run_name, inputs, outputs
                     )
+            finally:
+                deadlines.stop_serving(token)
         except ModelyardError as exc:
             if self.metrics is not None:
                 if entry is not None:
@@ -296,16 +299,34 @@ class DataPlane:
     ) -> tuple[InferResult, float]:
         """``_run`` within the clock's deadline: cancelled there (which takes the request out of
         a batcher's queue and tells the worker to skip it) and answered DeadlineExceeded. The
-        clock has a deadline: ``infer`` runs a request without one through ``_run`` itself."""
+        clock has a deadline: ``infer`` runs a request without one through ``_run`` itself.
+
+        As ``asyncio.timeout`` does it (a timer that cancels this task; a cancellation counts
+        as the deadline's only when the timer fired and nobody else cancelled the task too),
+        without its context object and two coroutines per request."""
         assert clock.deadline is not None
         left = clock.deadline.remaining_s()
         if left <= 0:
             raise clock.exceeded()
+        task = asyncio.current_task()
+        assert task is not None
+        cancelling = task.cancelling()
+        expiry = _Expiry(task)
+        # The task's loop: get_running_loop() would call getpid(), a system call, once more.
+        timer = task.get_loop().call_later(left, expiry.fire)
         try:
-            async with asyncio.timeout(left):
-                return await self._run(entry, signature, run_name, inputs, outputs)
-        except TimeoutError:
+            result = await self._run(entry, signature, run_name, inputs, outputs)
+        except asyncio.CancelledError:
+            if expiry.fired and task.uncancel() <= cancelling:
+                raise clock.exceeded() from None
+            raise
+        except TimeoutError:  # as under asyncio.timeout: a timeout inside is the deadline's
             raise clock.exceeded() from None
+        finally:
+            timer.cancel()
+        if expiry.fired:  # it fired as the call ended, and the call swallowed the cancel
+            task.uncancel()
+        return result
 
     async def _run(
         self,
@@ -363,6 +384,20 @@ class DataPlane:
         if entry.state is not ModelState.AVAILABLE:
             raise Unavailable(entry.unavailable_reason())
         return entry
+
+
+class _Expiry:
+    """A request's deadline timer: cancels ``task`` when it fires, and remembers that it did."""
+
+    __slots__ = ("fired", "task")
+
+    def __init__(self, task: asyncio.Task[object]) -> None:
+        self.task = task
+        self.fired = False
+
+    def fire(self) -> None:
+        self.fired = True
+        self.task.cancel()
 
 
 def _default_signature(entry: VersionEntry) -> Signature:

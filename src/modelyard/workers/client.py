@@ -3,8 +3,9 @@
 ``SubprocessLauncher`` is the local ``WorkerLauncher`` (``modelyard.workers.launcher``): each
 worker a child process of the server, pinned to its device. ``WorkerProcess`` is the handle of
 one incarnation (a restart makes a new one). It owns the child process and the parent's end of a
-Unix socketpair; one asyncio reader task routes replies to the waiting requests by request id,
-and tells the events of every frame heard. When the stream ends (the worker exited, crashed or
+Unix socketpair; its ``ReplyProtocol`` (``modelyard.workers.replies``) decodes replies as they
+arrive and resolves the waiting request's future by request id in the same loop turn, and the
+events are told of every frame heard. When the stream ends (the worker exited, crashed or
 was killed) every request in flight fails at once with ``WorkerDied`` (an ``Unavailable``: 503 /
 UNAVAILABLE), and ``WorkerEvents.exited`` is called once with the reason.
 
@@ -64,6 +65,7 @@ from modelyard.workers.protocol import (
     encode,
     split_prefix,
 )
+from modelyard.workers.replies import ReplyProtocol
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +76,9 @@ go in one write instead of trickling through the default ~200 KiB buffer over se
 the event loop, each of which also runs every other request's work while the worker waits."""
 
 READ_CHUNK_BYTES = 8 << 20
-"""The front end's stream-reader limit for worker replies: under it the reader keeps reading a
-large reply instead of pausing the transport every 128 KiB (asyncio's default limit is 64 KiB)."""
+"""The stream-reader limit for worker replies where a ``StreamReader`` reads them (a remote
+worker's connection, ``modelyard.cluster.launcher``): under it the reader keeps reading a large
+reply instead of pausing the transport every 128 KiB (asyncio's default limit is 64 KiB)."""
 
 
 class ModelHost(Protocol):
@@ -159,9 +162,12 @@ class WorkerProcess:
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Message]] = {}
         self._proc: subprocess.Popen[bytes] | None = None
-        self._reader: asyncio.StreamReader | None = None
+        self._reader: asyncio.StreamReader | None = None  # a subclass's stream, else None
         self._writer: asyncio.StreamWriter | None = None
+        self._replies: ReplyProtocol | None = None  # reads the socket, unless _reader does
+        self._ended: asyncio.Future[None] | None = None  # resolved when the stream has ended
         self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # its connection's, once known
         self._dead: str | None = None
         self._stopping = False
         self._stuck: str | None = None
@@ -199,12 +205,18 @@ class WorkerProcess:
             )
         finally:
             child.close()
+        loop = asyncio.get_running_loop()
+        self._ended = loop.create_future()
+        hello: asyncio.Future[Message] = loop.create_future()
+        self._pending[0] = hello  # HELLO's request id
         try:
-            self._reader, self._writer = await asyncio.open_unix_connection(
-                sock=parent, limit=READ_CHUNK_BYTES
+            transport, replies = await loop.create_unix_connection(
+                lambda: ReplyProtocol(self._route, self._lost), sock=parent
             )
-            first = await asyncio.wait_for(self._read_message(), wait_s)
-        except (TimeoutError, asyncio.IncompleteReadError, ProtocolError) as exc:
+            self._replies = replies
+            self._writer = asyncio.StreamWriter(transport, replies, None, loop)
+            first = await asyncio.wait_for(hello, wait_s)
+        except (TimeoutError, Unavailable) as exc:  # Unavailable: WorkerDied, the stream ended
             self.kill()
             raise Unavailable(
                 f"worker for device {self.device} did not start ({type(exc).__name__}); "
@@ -213,11 +225,13 @@ class WorkerProcess:
         except BaseException:  # cancelled (the server is stopping): no orphan process
             self.kill()
             raise
+        finally:
+            self._pending.pop(0, None)
         if not isinstance(first, Hello):
             self.kill()
             raise Unavailable(f"worker for device {self.device} sent {first.KIND.name} first")
         self.hello = first
-        self._task = asyncio.create_task(self._read_loop(), name=f"worker-{self.device}")
+        self._task = asyncio.create_task(self._end_when_lost(), name=f"worker-{self.device}")
 
     async def request(self, message_of: Callable[[int], Message]) -> Message:
         """Send the message built for a fresh request id; return the reply.
@@ -231,14 +245,19 @@ class WorkerProcess:
             # (uvloop then raises RuntimeError on the next write instead of OSError).
             raise WorkerDied(f"worker for device {self.device} (pid {self.pid}): connection closed")
         request_id = next(self._ids)
-        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        # The connection's loop, remembered: get_running_loop() calls getpid(), a system call.
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        future: asyncio.Future[Message] = loop.create_future()
         self._pending[request_id] = future
         message = message_of(request_id)
         writer = self._writer
         try:
             writer.writelines(encode(message))
             if writer.transport.get_write_buffer_size():  # else there is nothing to wait for
-                await writer.drain()
+                replies = self._replies
+                await (replies.drain() if replies is not None else writer.drain())
             reply = await future
         except asyncio.CancelledError:
             # The caller is gone (client disconnected, deadline passed): an inference it
@@ -308,25 +327,46 @@ class WorkerProcess:
         header_len, n_buffers, body_len = split_prefix(await reader.readexactly(PREFIX_BYTES))
         return decode_body(await reader.readexactly(body_len), header_len, n_buffers)
 
-    async def _read_loop(self) -> None:
-        reason = ""
-        try:
-            while True:
-                message = await self._read_message()
-                if self._events is not None:
-                    self._events.heard()  # any frame answers the heartbeat
-                future = self._pending.get(message.request_id)
-                if future is not None and not future.done():
-                    future.set_result(message)
-        except (asyncio.IncompleteReadError, ConnectionError):
-            reason = "its connection closed"
-        except ProtocolError as exc:
-            reason = f"it sent a malformed frame ({exc})"
+    def _route(self, message: Message) -> None:
+        """A reply: to the request waiting for it (a late one, whose caller is gone, is
+        dropped)."""
+        if self._events is not None:
+            self._events.heard()  # any frame answers the heartbeat
+        future = self._pending.get(message.request_id)
+        if future is not None and not future.done():
+            future.set_result(message)
+
+    def _lost(self, reason: str, malformed: bool) -> None:
+        """The stream ended (or broke): fail what is in flight now (the exit status comes a
+        moment later, in ``_finish``)."""
+        if malformed:
             self.kill()
         if self._stuck is None:
-            # Fail what is in flight now; the exit status comes a moment later.
             self._dead = f"worker for device {self.device} (pid {self.pid}) stopped: {reason}"
             self._fail_pending(self._dead)
+        if self._ended is not None and not self._ended.done():
+            self._ended.set_result(None)
+
+    async def _end_when_lost(self) -> None:
+        assert self._ended is not None
+        await self._ended
+        await self._finish()
+
+    async def _read_loop(self) -> None:
+        """Read replies through ``_reader`` until the stream ends (a subclass's connection,
+        which reads through a ``StreamReader``), then handle the end."""
+        try:
+            while True:
+                self._route(await self._read_message())
+        except (asyncio.IncompleteReadError, ConnectionError):
+            self._lost("its connection closed", False)
+        except ProtocolError as exc:
+            self._lost(f"it sent a malformed frame ({exc})", True)
+        await self._finish()
+
+    async def _finish(self) -> None:
+        """The end of the stream, once in-flight requests have failed: the exit status, the
+        transport closed, ``exited`` told (unless stopping)."""
         await self._wait_exit(2.0)
         if self._stuck is not None:
             self._dead = f"{self._stuck} and {self._exit_status()}"
