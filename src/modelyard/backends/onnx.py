@@ -13,6 +13,7 @@ microseconds of CPU per request, on the cores the front end needs: issue 18).
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -33,6 +34,8 @@ from modelyard.errors import (
     Unavailable,
 )
 from modelyard.tensors import DataType, Signature, TensorSpec
+
+log = logging.getLogger(__name__)
 
 THREADS_ENV = "MODELYARD_INTRA_OP_THREADS"
 # A call at one row under this runs on one thread (see the module docstring). The tiny
@@ -216,14 +219,27 @@ def _runner(session: Any) -> Callable[[list[str], dict[str, np.ndarray]], list[A
     numpy arrays), and its one other service, falling back to the CPU when a GPU provider
     fails, does not apply to a CPU-only session; they cost about 4 µs of the tiny model's
     ~30 µs call (in process, interleaved; issue 18). A wrapper without the inner session
-    (another onnxruntime release) keeps its own ``run``."""
+    (another onnxruntime release) keeps its own ``run``, and so does one whose inner ``run``
+    refuses these arguments (a ``TypeError``, from the first call on)."""
     inner = getattr(session, "_sess", None)
     direct = getattr(inner, "run", None)
     if direct is None or list(session.get_providers()) != ["CPUExecutionProvider"]:
         return cast("Callable[[list[str], dict[str, np.ndarray]], list[Any]]", session.run)
 
+    wrapped = session.run
+    state = {"direct": True}
+
     def run(names: list[str], feed: dict[str, np.ndarray]) -> list[Any]:
-        return cast("list[Any]", direct(names, feed, None))
+        if state["direct"]:
+            try:
+                return cast("list[Any]", direct(names, feed, None))
+            except TypeError:
+                # The binding's arguments changed (another onnxruntime release): the wrapper's
+                # own run from now on, rather than every request refused as a bad input.
+                state["direct"] = False
+                log.warning("onnxruntime's session run takes other arguments; using its "
+                            "wrapper's run")  # fmt: skip
+        return cast("list[Any]", wrapped(names, feed))
 
     return run
 

@@ -263,3 +263,37 @@ def test_a_gpu_slice_caps_the_session_arena_at_its_memory(onnx_linear_relu: Buil
     assert whole.provider_options["CUDAExecutionProvider"]["gpu_mem_limit"] != str(cap)
     capped.unload()
     whole.unload()
+
+
+def test_an_onnxruntime_whose_inner_run_takes_other_arguments_still_serves(
+    onnx_linear_relu: BuiltModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CPU path calls onnxruntime's inner session directly; a release whose inner ``run``
+    takes other arguments must keep answering correctly (through the wrapper's ``run``), not
+    refuse every request as a bad input."""
+
+    class OtherRelease:
+        """An inner session of a release whose ``run`` has another signature."""
+
+        def run(self, names: list[str], feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+            raise TypeError("run(): incompatible function arguments")
+
+    import onnxruntime
+
+    real_init = onnxruntime.InferenceSession.__init__
+
+    def init(self: onnxruntime.InferenceSession, *args: object, **kwargs: object) -> None:
+        real_init(self, *args, **kwargs)
+        self.real_inner = self._sess  # the wrapper's own run goes through it
+        self._sess = OtherRelease()
+
+    monkeypatch.setattr(onnxruntime.InferenceSession, "__init__", init)
+    monkeypatch.setattr(
+        onnxruntime.InferenceSession,
+        "run",
+        lambda self, names, feed, options=None: self.real_inner.run(names, feed, options),
+    )
+    loaded = load(onnx_linear_relu)
+    x = np.random.default_rng(3).standard_normal((4, 5)).astype(np.float32)
+    for _ in range(2):  # the first call finds out, the second goes straight to the wrapper
+        assert_matches(loaded, onnx_linear_relu, {"x": x})
