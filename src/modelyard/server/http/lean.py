@@ -127,17 +127,18 @@ class LeanInference:
         counted."""
         observer = self._observer
         token = CURRENT.set(lane) if observer is not None else None
+        given = None
         try:
+            # Inside the bug handler: a policy that fails is a bug too (500), as on the stack.
             given = deadlines.give(self._dataplane.deadlines.rest(time.monotonic()))
-            try:
-                return await self._answer(path, headers, lane, receive, body)
-            except Exception as exc:  # a bug, never the client's fault: 500, keep serving
-                log.exception("unhandled error on POST %s", path)
-                response = error_response(Internal(f"internal error: {type(exc).__name__}: {exc}"))
-                return response.status_code, response.raw_headers, bytes(response.body)
-            finally:
-                deadlines.take_back(given)
+            return await self._answer(path, headers, lane, receive, body)
+        except Exception as exc:  # a bug, never the client's fault: 500, keep serving
+            log.exception("unhandled error on POST %s", path)
+            response = error_response(Internal(f"internal error: {type(exc).__name__}: {exc}"))
+            return response.status_code, response.raw_headers, bytes(response.body)
         finally:
+            if given is not None:
+                deadlines.take_back(given)
             if token is not None:
                 ended = CURRENT.get()
                 CURRENT.reset(token)
