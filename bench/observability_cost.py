@@ -297,6 +297,19 @@ def _grpc_call(dataplane: Any, observer: Any, raw: bytes, statuses: dict[Any, in
     return one
 
 
+async def _drive(one: Any, count: int, in_flight: int) -> None:
+    """``count`` calls of ``one``, ``in_flight`` at a time."""
+    left = count
+
+    async def caller() -> None:
+        nonlocal left
+        while left > 0:
+            left -= 1
+            await one()
+
+    await asyncio.gather(*(caller() for _ in range(in_flight)))
+
+
 def _inprocess(requests: int, metrics: bool, protocol: str, in_flight: int = 1) -> None:
     """Drive ``requests`` inference calls over ``protocol`` through the real front end,
     ``in_flight`` at a time (above 1 the servable yields once per call, so they interleave)."""
@@ -305,22 +318,11 @@ def _inprocess(requests: int, metrics: bool, protocol: str, in_flight: int = 1) 
     _, one = _build(metrics, protocol)
     warm = 64
 
-    async def calls(count: int) -> None:
-        left = count
-
-        async def caller() -> None:
-            nonlocal left
-            while left > 0:
-                left -= 1
-                await one()
-
-        await asyncio.gather(*(caller() for _ in range(in_flight)))
-
     async def many() -> None:
-        await calls(warm)
+        await _drive(one, warm, in_flight)
         gc.collect()  # warm: what lives now is never collected again (less noise)
         gc.freeze()
-        await calls(requests)
+        await _drive(one, requests, in_flight)
 
     asyncio.run(many())
     one.check(warm + requests)
@@ -343,26 +345,15 @@ def cpu_time(
     apps["on2"] = _build(True, protocol)[1]
     per: dict[str, list[float]] = {name: [] for name in apps}
 
-    async def drive(one: Any) -> None:
-        left = batch
-
-        async def caller() -> None:
-            nonlocal left
-            while left > 0:
-                left -= 1
-                await one()
-
-        await asyncio.gather(*(caller() for _ in range(in_flight)))
-
     async def run() -> None:
         for one in apps.values():  # warm up
-            await drive(one)
+            await _drive(one, batch, in_flight)
         names = list(apps)
         for index in range(rounds):
             shift = index % len(names)
             for name in names[shift:] + names[:shift]:
                 start = time.process_time()
-                await drive(apps[name])
+                await _drive(apps[name], batch, in_flight)
                 per[name].append((time.process_time() - start) / batch * 1e6)
 
     asyncio.run(run())
