@@ -8,8 +8,8 @@ measured in one run, printed as one Markdown table with a verdict per goal.
    at 1 client (``--one-seconds``) and req/s at 64 clients (``--many-seconds``), and the front
    end's CPU per request over the same windows. Per round the differences on - off and
    on - on2; the figure is their median with a bootstrap 95 % interval, and a goal (added p50
-   at most 20 µs, loss at most 3 %) gets a verdict only when the interval is narrower than the
-   goal; otherwise "not resolved", with the interval.
+   at most 20 µs, loss at most 3 %) is met when the whole interval is within it, missed when
+   the whole interval is beyond it; otherwise "not resolved", with the interval.
 2. In one process, CPU time (``--cpu-rounds``): the KServe REST path (the real Starlette app,
    data plane and hooks) and the KServe gRPC path (the ``ModelInfer`` handler as the gRPC server
    registers it, wrappers included, without the transport), over an in-process servable that
