@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gc
 import time
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -31,7 +30,7 @@ from modelyard.testing.models import (
     write_onnx_linear,
     write_torchscript_loop,
 )
-from modelyard.testing.server import RunningServer, serving
+from modelyard.testing.server import RunningServer, serving, wait_for
 
 pytest.importorskip("torch")
 
@@ -86,14 +85,6 @@ def _report(server: RunningServer, device: str) -> dict[str, Any]:
     return report
 
 
-def _wait_for(what: str, check: Callable[[], bool], within_s: float = 20.0) -> None:
-    deadline = time.monotonic() + within_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {within_s} s: {what}")
-        time.sleep(0.05)
-
-
 def _running(server: RunningServer, device: str) -> int:
     return int(_report(server, device)["execution_slots"]["running"])
 
@@ -133,7 +124,7 @@ def test_a_fast_model_keeps_its_latency_while_four_slow_requests_run(tmp_path: P
             futures = _start_slow(pool, server, turns, 4)
             # As many run as the slow model may (all slots but one, on a CPU all cores but
             # one); the others wait in the worker's queue.
-            _wait_for(f"{cap} slow requests running", lambda: _running(server, "a") == cap)
+            wait_for(f"{cap} slow requests running", lambda: _running(server, "a") == cap)
             latencies: list[float] = []
             end = time.monotonic() + SLOW_S / 2
             while time.monotonic() < end and len(latencies) < 400:
@@ -146,7 +137,7 @@ def test_a_fast_model_keeps_its_latency_while_four_slow_requests_run(tmp_path: P
             assert not any(f.done() for f in futures)
             # A slot counts its job as running until the thread that sent the reply is back
             # under the slots' lock: the last fast one may still be counted for a moment.
-            _wait_for(f"{cap} slow requests still running", lambda: _running(server, "a") == cap, 5)
+            wait_for(f"{cap} slow requests still running", lambda: _running(server, "a") == cap, 5)
             _check_slow_answers(futures)
             slow_s = time.monotonic() - started
         gc.unfreeze()
@@ -167,7 +158,7 @@ def test_a_client_that_disconnects_stops_its_queued_work(tmp_path: Path) -> None
         before = _report(server, "a")["inferences"].get("slow", {"run": 0})["run"]
         cap = _report(server, "a")["execution_slots"]["per_model"]
         futures = _start_slow(pool, server, turns, cap)  # they take all the slow model's slots
-        _wait_for(f"{cap} slow requests running", lambda: _running(server, "a") == cap)
+        wait_for(f"{cap} slow requests running", lambda: _running(server, "a") == cap)
         # Three REST clients give up while their requests wait for a slot...
         url = f"{server.rest_url}/v2/models/slow/infer"
         for _ in range(3):
@@ -180,7 +171,7 @@ def test_a_client_that_disconnects_stops_its_queued_work(tmp_path: Path) -> None
             time.sleep(0.3)
             assert call.cancel()
         gave_up = time.monotonic()
-        _wait_for(
+        wait_for(
             "4 cancelled requests withdrawn from the worker's queue",
             lambda: _report(server, "a")["inferences"]["slow"]["cancelled"] == 4,
             within_s=5,
@@ -220,7 +211,7 @@ def test_slow_requests_on_one_device_leave_another_devices_budget(tmp_path: Path
         gc.freeze()
         # Device a's whole budget: all three are in flight until the first one ends.
         futures = _start_slow(pool, server, int(SLOW_S * turns_per_s), 3)
-        _wait_for(
+        wait_for(
             "3 slow requests in device a's worker",
             lambda: (
                 sum(_report(server, "a")["execution_slots"][k] for k in ("running", "queued")) == 3

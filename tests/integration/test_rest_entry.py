@@ -12,7 +12,6 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ from modelyard.testing.models import (
     write_config,
     write_torchscript_loop,
 )
-from modelyard.testing.server import RunningServer, serving
+from modelyard.testing.server import RunningServer, serving, wait_for
 
 pytest.importorskip("torch")
 
@@ -69,14 +68,6 @@ def _report(server: RunningServer) -> dict[str, Any]:
     return report
 
 
-def _wait_for(what: str, check: Callable[[], bool], within_s: float = 20.0) -> None:
-    deadline = time.monotonic() + within_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {within_s} s: {what}")
-        time.sleep(0.05)
-
-
 def _uvicorn_says_close() -> bool:
     """Whether uvicorn tells a client the connection will close when it closes it after an
     answer (0.53 and later; before, only a client that said ``Connection: close`` is told)."""
@@ -106,14 +97,14 @@ def test_a_call_whose_client_leaves_is_dropped_from_the_queue(tmp_path: Path) ->
         busy = [_connect(server) for _ in range(cap)]  # every slot of the model taken
         for sock in busy:
             sock.sendall(_call(turns))
-        _wait_for(
+        wait_for(
             f"{cap} slow calls running",
             lambda: _report(server)["execution_slots"]["running"] == cap,
         )
         with _connect(server) as leaving:  # waits for a slot, then its client leaves
             leaving.sendall(_call(turns))
-            _wait_for("a call queued", lambda: _report(server)["execution_slots"]["queued"] == 1)
-        _wait_for(
+            wait_for("a call queued", lambda: _report(server)["execution_slots"]["queued"] == 1)
+        wait_for(
             "the left call withdrawn from the queue",
             lambda: _report(server)["inferences"]["slow"]["cancelled"] == 1,
             within_s=5,
@@ -138,7 +129,7 @@ def test_a_stopping_server_answers_the_call_in_flight_then_closes(tmp_path: Path
         reader = threading.Thread(target=lambda: answer.append(_read_to_end(sock)))
         sock.sendall(_call(turns))
         reader.start()
-        _wait_for(
+        wait_for(
             "the slow call running", lambda: _report(server)["execution_slots"]["running"] == 1
         )
         # Leaving the block stops the server (5 s of grace) with the call in flight.

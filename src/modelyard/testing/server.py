@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -70,3 +71,13 @@ def serving(
             loop.call_soon_threadsafe(loop.stop)
             thread.join(10)
             loop.close()
+
+
+def wait_for(what: str, check: Callable[[], bool], within_s: float = 20.0) -> None:
+    """Return once ``check()`` is true, polling every 50 ms; AssertionError naming ``what`` when
+    it is not within ``within_s`` seconds."""
+    deadline = time.monotonic() + within_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {within_s} s: {what}")
+        time.sleep(0.05)
