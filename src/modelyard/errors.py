@@ -64,6 +64,10 @@ class ModelyardError(Exception):
 
     code: ClassVar[Code] = Code.INTERNAL
 
+    counted = False
+    """Set once the data plane counted the request this error fails (statistics and metrics):
+    the protocol boundary that answers it then counts nothing more."""
+
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message

@@ -73,9 +73,10 @@ class ServerMetrics:
 
     # -- hooks (the hot path: keep them to a look-up and some additions) ---------------------
 
-    observe_ok: Callable[[VersionKey, RequestClock, int], None]
-    """A request on ``key`` succeeded; ``clock`` holds its phases, ``rows`` its dim 0. It is
-    ``StatsBook.ok`` itself (set per instance): one Python call per request, not two."""
+    observe_ok: Callable[[VersionKey, RequestClock, int, int], None]
+    """A request on ``key`` succeeded; ``clock`` holds its phases, ``rows`` its dim 0, the last
+    argument its lane (-1: the current call's). It is ``StatsBook.ok`` itself (set per
+    instance): one Python call per request, not two."""
 
     def observe_error(
         self,
@@ -83,12 +84,19 @@ class ServerMetrics:
         code: Code,
         clock: RequestClock | None,
         named: tuple[str, int | None, str | None] | None = None,
+        lane: int = -1,
     ) -> None:
         """A request failed with ``code``: on ``key``, or (None) before a version was found;
         ``named`` is then the (model, version, label) it named, counted against that version
-        when it exists and as a refusal otherwise."""
+        when it exists and as a refusal otherwise. Counted on lane ``lane``
+        (``calls.PROTOCOL_LABELS``), or without one (-1) on the current call's protocol; a
+        current call learns that it was counted, as ``observe_ok`` tells it. The caller marks
+        the error ``counted`` (``ModelyardError.counted``) for the boundary that answers it."""
         call = calls.CURRENT.get()
-        protocol = call.protocol._value_ if call is not None else "in_process"
+        if lane >= 0:
+            protocol = calls.PROTOCOL_LABELS[lane]
+        else:
+            protocol = call.protocol._value_ if call is not None else "in_process"
         if key is None and named is not None:
             key = self._existing(*named)
             clock = None
@@ -103,6 +111,17 @@ class ServerMetrics:
             self.book.reject(protocol, code)
         else:
             self.book.observe(key, clock, 0, protocol, code)
+
+    def refused(self, protocol: calls.Protocol, code: Code, model: str, version: str) -> None:
+        """A call on ``protocol`` was refused with ``code`` before the data plane counted it
+        (a body that did not decode, a message that did not parse, a bug): counted against
+        the served version it named (``model``, ``version``: what the request named, "" where
+        nothing), as a refusal when it names none. For the hot paths' boundaries, which have
+        no ``Call`` (``calls``' module docstring)."""
+        call = calls.Call(protocol)
+        call.code = code
+        call.model, call.version = model, version
+        self.call_ended(call)
 
     def call_ended(self, call: calls.Call) -> None:
         """A protocol boundary's call is over: count it if it failed before the data plane

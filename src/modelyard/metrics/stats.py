@@ -253,18 +253,18 @@ class StatsBook:
 
     def ok(self, key: VersionKey, clock: RequestClock, rows: int, index: int = -1) -> None:
         """A request on ``key`` succeeded now: ``clock`` holds its phases, ``rows`` its rows
-        (dim 0). Counted on the current call's protocol, and the call learns that it was
-        counted; or, given ``index``, on that lane (``PROTOCOL_LABELS``) and the call is not
-        told.
+        (dim 0). Counted on lane ``index`` (``PROTOCOL_LABELS``: the hot paths' adapters pass
+        theirs), or, without one (-1), on the current call's protocol (``in_process`` outside
+        any). A current call learns that it was counted (an observed ``Call`` is filled in, a
+        ``Lane`` replaced by its ``done`` twin); on the hot paths there is none, and this is a
+        context variable read, a tuple and an append.
 
         The data plane calls this once per request (as ``ServerMetrics.observe_ok``): it only
         notes the request (its key, lane, clock, rows and end) for ``fold`` to add up."""
-        call = _get_lane() if index < 0 else None
-        if call is None:
+        call = _get_lane()
+        if call is not None:
             if index < 0:
-                index = IN_PROCESS_INDEX
-        else:
-            index = call.index
+                index = call.index
             if call.full:  # an observed call: the access log and traces read these
                 call.counted = True  # type: ignore[union-attr]
                 call.clock = clock  # type: ignore[union-attr]
@@ -273,6 +273,8 @@ class StatsBook:
                 call.version = str(key.version)  # type: ignore[union-attr]
             else:
                 _set_lane(call.done)  # type: ignore[union-attr]
+        elif index < 0:
+            index = IN_PROCESS_INDEX
         pending = self._pending
         pending.append((key, index, clock, rows, _monotonic()))
         if len(pending) >= FOLD_EVERY:
@@ -322,7 +324,10 @@ class StatsBook:
         if code is None:
             if clock is None:
                 raise ValueError("a success has a clock")
-            self.ok(key, clock, rows, _LANE_INDEX[protocol])
+            pending = self._pending
+            pending.append((key, _LANE_INDEX[protocol], clock, rows, _monotonic()))
+            if len(pending) >= FOLD_EVERY:
+                self.fold()
             return
         stats = self.of(key)
         stats.fail_count += 1

@@ -1,15 +1,23 @@
 """One inference call as its protocol boundary sees it, from arrival to answer.
 
-Two ways, by what the server shows of each call:
+Three ways, by what the server shows of each call and how hot the call's path is:
 
-* **Counting only** (statistics and metrics on, no access log, no traces: the default). The
-  boundary (``CountedInferenceCalls``, ``server/grpc/observe.py``'s counting wrapper) makes its
-  protocol's ``Lane`` current: one object per protocol, made once at import, so a call costs no
-  object of its own. The data plane counts the request into its version's statistics under the
-  lane's protocol and makes the lane's ``done`` twin current (so nothing counts it again). Only
-  a call that fails before the data plane counted it gets a ``Call``: the error mapping
-  (``note_error``, ``note_status``) makes one, with the failure's code, and the boundary counts
-  it when the call ends.
+* **Counting only, on the hot paths** (statistics and metrics on, no access log, no traces:
+  the default; REST ``:predict`` and ``/infer`` through the lean way in, gRPC ``ModelInfer``
+  and ``Predict``). Nothing per call: no ``Call``, no context variable set, no wrapper. The
+  adapter passes its protocol's lane index to ``DataPlane.infer`` (``lane=``), which counts
+  the request under it, success or failure, and marks a failure's error ``counted``. A call
+  refused before the data plane counted it is counted where its error is answered: the lean
+  REST entry (``observe.count_refused``) and the gRPC error mapping (``rpc_errors``, through
+  ``server/grpc/observe.refused``), each knowing its protocol without asking anything per call.
+* **Counting only, elsewhere** (REST calls on the Starlette stack, gRPC ``Classify`` and
+  ``Regress``). The boundary (``CountedInferenceCalls``, ``server/grpc/observe.py``'s counting
+  wrapper) makes its protocol's ``Lane`` current: one object per protocol, made once at import,
+  so a call costs no object of its own. The data plane counts the request into its version's
+  statistics under the lane's protocol and makes the lane's ``done`` twin current (so nothing
+  counts it again). Only a call that fails before the data plane counted it gets a ``Call``:
+  the error mapping (``note_error``, ``note_status``) makes one, with the failure's code, and the
+  boundary counts it when the call ends.
 * **Observed** (an access log or traces): the boundary (``ObservedCalls``, the gRPC observing
   wrapper) opens a ``Call`` per call and makes it current while the call runs. The layers under
   it fill it in as they learn things: the data plane the model version it ran on and that it
@@ -53,6 +61,12 @@ PROTOCOL_LABELS: tuple[str, ...] = tuple(p.value for p in Protocol)
 _INDEX = {p: i for i, p in enumerate(Protocol)}
 
 IN_PROCESS_INDEX = _INDEX[Protocol.IN_PROCESS]
+
+# Lane indexes the hot paths' adapters pass to ``DataPlane.infer`` (``lane=``).
+TFSERVING_REST_INDEX = _INDEX[Protocol.TFSERVING_REST]
+KSERVE_REST_INDEX = _INDEX[Protocol.KSERVE_REST]
+KSERVE_GRPC_INDEX = _INDEX[Protocol.KSERVE_GRPC]
+TFSERVING_GRPC_INDEX = _INDEX[Protocol.TFSERVING_GRPC]
 
 _ids = itertools.count(1)
 

@@ -226,6 +226,7 @@ class DataPlane:
         *,
         deadline: Deadline | None = None,
         started: float | None = None,
+        lane: int = -1,
     ) -> InferResult:
         """Run one request. Inputs are checked against the signature before the model runs.
 
@@ -240,6 +241,11 @@ class DataPlane:
         ResourceExhausted when the replica's device is at its in-flight limit, DeadlineExceeded
         once the deadline has passed (the request's queued work is then dropped; work already
         running on a device finishes there and its result is discarded).
+
+        ``lane``: the protocol the statistics count the request under (an index of
+        ``calls.PROTOCOL_LABELS``: the hot paths' adapters pass theirs, so their boundaries set
+        nothing per call); -1: the current call's (``modelyard.observability.calls``). A failure
+        counted here is marked ``counted`` on its error, for the boundary that answers it.
         """
         if deadline is None:
             given = deadlines.given_deadline()
@@ -272,10 +278,12 @@ class DataPlane:
         except ModelyardError as exc:
             if self.metrics is not None:
                 if entry is not None:
-                    self.metrics.observe_error(entry.key, exc.code, clock)
+                    self.metrics.observe_error(entry.key, exc.code, clock, None, lane)
+                    exc.counted = True
                 elif isinstance(ref, ModelRef):
                     named = (ref.name, ref.version, ref.label)
-                    self.metrics.observe_error(None, exc.code, None, named)
+                    self.metrics.observe_error(None, exc.code, None, named, lane)
+                    exc.counted = True
             raise
         metrics = self.metrics
         if metrics is not None:
@@ -285,7 +293,7 @@ class DataPlane:
             for array in inputs.values():
                 rows = array.shape[0] if array.ndim else 1
                 break
-            metrics.observe_ok(entry.key, clock, rows)
+            metrics.observe_ok(entry.key, clock, rows, lane)
         return result
 
     async def _bounded(

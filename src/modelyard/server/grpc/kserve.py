@@ -27,6 +27,7 @@ from modelyard.errors import InvalidArgument, NotFound, PermissionDenied, Unimpl
 from modelyard.management import Management
 from modelyard.management.access import OFF_MESSAGE
 from modelyard.management.requests import model_entry
+from modelyard.observability.calls import KSERVE_GRPC_INDEX
 from modelyard.server.dataplane import DataPlane, ModelRef
 from modelyard.server.grpc import extensions
 from modelyard.server.grpc.generated import grpc_service_pb2 as pb
@@ -223,7 +224,9 @@ class KServeServicer:
                         output.parameters, _UNSUPPORTED_OUTPUT_PARAMETERS, f"output {output.name!r}"
                     )
                 wanted.append(output.name)
-        result = await self._dataplane.infer(ref, inputs, wanted, deadline=deadline)
+        result = await self._dataplane.infer(
+            ref, inputs, wanted, deadline=deadline, lane=KSERVE_GRPC_INDEX
+        )
         # Outputs in the order the client asked for them (all, in signature order, if none),
         # as raw_output_contents; serialised here (protobuf's message objects cost more).
         return model_infer_response(result.model, str(result.version), request.id, result.outputs)

@@ -6,6 +6,11 @@ model the request names, keeps it current while the handler runs, notes the stat
 with, and hands it to the ``Observer``. ``server/grpc/server.py`` puts it outermost when each
 method registers, so a request refused inside (a message that does not parse) is still seen
 once. Other methods pass.
+
+When the observer only counts, ``ModelInfer`` and ``Predict`` (the hot methods) are not wrapped
+at all: their adapters pass their lane to the data plane, and a call refused before the data
+plane counted it is counted by the error mapping (``status.rpc_errors`` calls ``refused``).
+``Classify`` and ``Regress`` keep a counting wrapper (``_counted``).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from typing import Any
 
 import grpc
 
+from modelyard.errors import ModelyardError
 from modelyard.observability import calls
 from modelyard.observability.boundary import TRACEPARENT, Observer
 from modelyard.observability.calls import CURRENT, LANES, Call, Protocol
@@ -26,7 +32,39 @@ _INFERENCE: dict[str, Protocol] = {
     "/tensorflow.serving.PredictionService/Regress": Protocol.TFSERVING_GRPC,
 }
 
+_HOT = frozenset(
+    ("/inference.GRPCInferenceService/ModelInfer", "/tensorflow.serving.PredictionService/Predict")
+)
+"""The inference methods whose adapters pass their lane to the data plane (``lane=``)."""
+
 Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+
+
+def inference_protocol(service: str, name: str) -> Protocol | None:
+    """The protocol of method ``name`` of a servicer whose errors ``status.rpc_errors(service)``
+    maps (``service``: a service's full name, or a package's for several services), None when
+    it is no inference method. Asked once per method, when it is decorated."""
+    for method, protocol in _INFERENCE.items():
+        if method.startswith(f"/{service}") and method.endswith(f"/{name}"):
+            return protocol
+    return None
+
+
+def refused(servicer: Any, protocol: Protocol | None, request: Any, error: ModelyardError) -> None:
+    """``error`` is about to answer a call to ``servicer``'s method of ``protocol``
+    (``inference_protocol``; None: no inference method): note it on the current call when a
+    boundary observes it (it counts the call when it ends), else, counting only on a hot
+    method, count it here unless the data plane did (``error.counted``), against the version
+    ``request`` names (the servicer's data plane's metrics; nothing without metrics)."""
+    if protocol is None or CURRENT.get() is not None:
+        calls.note_error(error)
+        return
+    if error.counted:
+        return
+    dataplane = getattr(servicer, "_dataplane", None)
+    metrics = getattr(dataplane, "metrics", None)
+    if metrics is not None:
+        metrics.refused(protocol, error.code, *_named(request, protocol))
 
 
 def observed(
@@ -46,6 +84,8 @@ def observed(
 
 def _observed(behavior: Behavior, protocol: Protocol, method: str, observer: Observer) -> Behavior:
     if not observer.wants_status:
+        if method in _HOT:
+            return behavior  # counted by the data plane and the error mapping (``refused``)
         return _counted(behavior, protocol, method, observer)
 
     async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:

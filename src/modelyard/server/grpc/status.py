@@ -24,6 +24,7 @@ import grpc
 
 from modelyard.errors import Code, Internal, InvalidArgument, ModelyardError
 from modelyard.observability import calls
+from modelyard.server.grpc.observe import inference_protocol, refused
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,8 @@ def rpc_errors(service: str) -> Callable[[Handler[_S]], Handler[_S]]:
     """Decorate a servicer method of ``service`` so its errors become gRPC statuses."""
 
     def decorate(handler: Handler[_S]) -> Handler[_S]:
+        protocol = inference_protocol(service, handler.__name__)
+
         @functools.wraps(handler)
         async def wrapper(self: _S, request: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
@@ -62,7 +65,9 @@ def rpc_errors(service: str) -> Callable[[Handler[_S]], Handler[_S]]:
                 log.exception("unexpected error in %s/%s", service, handler.__name__)
                 error = Internal(f"internal error ({type(exc).__name__}); see the server log")
             # Outside the except blocks: abort raises, and that must not be caught above.
-            calls.note_error(error)  # the call's failure reason, for metrics and access log
+            # The call's failure reason, for metrics and access log (counted here on a hot
+            # method when nothing observes the call: no wrapper around it).
+            refused(self, protocol, request, error)
             await context.abort(GRPC_STATUS[error.code], error.message)
 
         wrapper._modelyard_refuses_malformed = True  # type: ignore[attr-defined]

@@ -27,6 +27,7 @@ from modelyard.config.schema import ServerConfig
 from modelyard.config.tfserving import parse_tf_serving_config
 from modelyard.errors import InvalidArgument, ModelyardError
 from modelyard.lifecycle.states import ModelState
+from modelyard.observability.calls import TFSERVING_GRPC_INDEX
 from modelyard.server import tfexamples
 from modelyard.server.dataplane import DataPlane, ModelRef
 from modelyard.server.defaults import DEFAULT_MAX_REQUEST_BYTES
@@ -104,7 +105,12 @@ class PredictionServicer:
         name = request.model_spec.signature_name or DEFAULT_SIGNATURE
         inputs = {key: tensor_to_array(t, key, self._limit) for key, t in request.inputs.items()}
         result = await self._dataplane.infer(
-            ref, inputs, list(request.output_filter) or None, signature_name=name, deadline=deadline
+            ref,
+            inputs,
+            list(request.output_filter) or None,
+            signature_name=name,
+            deadline=deadline,
+            lane=TFSERVING_GRPC_INDEX,
         )
         # Serialised here: protobuf's message objects (a map of TensorProtos) cost more.
         return predict_response(result.model, result.version, name, result.outputs)

@@ -22,6 +22,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from modelyard.errors import Internal, ModelyardError
+from modelyard.observability.calls import KSERVE_REST_INDEX
 from modelyard.server.dataplane import DataPlane, ModelMetadata, ModelRef
 from modelyard.server.http import kserve_codec as codec
 from modelyard.server.http import offload
@@ -125,7 +126,9 @@ class KServeApi:
         # What costs is the JSON; a binary section is only copied once, quickly, on the loop.
         json_bytes = len(body) if header_length is None else header_length
         decoded = await offload.run(json_bytes, codec.decode_request, body, header_length)
-        result = await self._dataplane.infer(ref, decoded.inputs, decoded.output_names)
+        result = await self._dataplane.infer(
+            ref, decoded.inputs, decoded.output_names, lane=KSERVE_REST_INDEX
+        )
         binary = {name: decoded.wants_binary(name) for name in result.outputs}
         in_json = sum(a.nbytes for name, a in result.outputs.items() if not binary[name])
         return await offload.run(

@@ -18,9 +18,9 @@ is done here, by the same code:
 
 * the REST deadline (``DeadlinePolicy.rest``: 504) and the cancellation of a call whose client
   went away (``deadline._Call``, ``InferenceCalls._run``'s rules);
-* counting-only statistics: the protocol's lane is current while the call runs, and a call
-  refused before the data plane counted it is handed to the observer
-  (``observe.finish_counted``, as ``CountedInferenceCalls``);
+* counting-only statistics: the adapters pass the protocol's lane to the data plane, which
+  counts the call, and a call refused before the data plane counted it is counted here
+  (``observe.count_refused``): nothing per call when nothing fails;
 * a bug is logged and answered 500 in the protocol's error shape, the connection kept open
   (as ``_AnswerBugs``).
 
@@ -40,15 +40,15 @@ import time
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from modelyard import deadlines
-from modelyard.errors import Internal, ModelyardError
+from modelyard.errors import Code, Internal, ModelyardError
 from modelyard.observability.boundary import Observer
-from modelyard.observability.calls import CURRENT, Lane
+from modelyard.observability.calls import Lane
 from modelyard.server.dataplane import DataPlane, ModelRef
 from modelyard.server.http import kserve_codec
 from modelyard.server.http.common import check_body, error_response, receive_body
 from modelyard.server.http.deadline import _Call
 from modelyard.server.http.kserve import KServeApi
-from modelyard.server.http.observe import KSERVE_LANE, TFSERVING_LANE, finish_counted
+from modelyard.server.http.observe import KSERVE_LANE, TFSERVING_LANE, count_refused
 from modelyard.server.http.tfserving import TFServingAPI, post_path
 
 log = logging.getLogger(__name__)
@@ -125,8 +125,6 @@ class LeanInference:
         ``modelyard.server.http.entry``), refused (413) the same way when over the limit.
         Cancellation (the client left, the server stops) propagates, after the call's end is
         counted."""
-        observer = self._observer
-        token = CURRENT.set(lane) if observer is not None else None
         given = None
         try:
             # Inside the bug handler: a policy that fails is a bug too (500), as on the stack.
@@ -134,16 +132,13 @@ class LeanInference:
             return await self._answer(path, headers, lane, receive, body)
         except Exception as exc:  # a bug, never the client's fault: 500, keep serving
             log.exception("unhandled error on POST %s", path)
+            if self._observer is not None:
+                count_refused(self._observer, lane, path, Code.INTERNAL)
             response = error_response(Internal(f"internal error: {type(exc).__name__}: {exc}"))
             return response.status_code, response.raw_headers, bytes(response.body)
         finally:
             if given is not None:
                 deadlines.take_back(given)
-            if token is not None:
-                ended = CURRENT.get()
-                CURRENT.reset(token)
-                assert observer is not None
-                finish_counted(observer, ended, path, lane is KSERVE_LANE)
 
     async def _answer(
         self,
@@ -179,6 +174,8 @@ class LeanInference:
             extra = (_HEADER_LENGTH, str(json_length).encode("latin-1"))
             return 200, [extra, *_headers(answer, _BINARY)], answer
         except ModelyardError as exc:
+            if self._observer is not None and not exc.counted:  # refused before the data plane
+                count_refused(self._observer, lane, path, exc.code)
             response = error_response(exc)
             return response.status_code, response.raw_headers, bytes(response.body)
 

@@ -7,6 +7,9 @@ log), and hands it to the ``Observer`` once the answer is out. It is the outermo
 request refused anywhere under it (a body too large, JSON that does not parse, a model TF
 Serving's path names that is not served) is still seen once. Other routes pass untouched.
 
+The lean way in (``lean.py``) takes the hot inference calls before this stack when the observer
+only counts: it sets nothing per call and counts its refusals with ``count_refused``.
+
 When the observer only counts (no access log, no traces), ``CountedInferenceCalls`` takes the
 place of both this middleware and ``InferenceCalls``: one layer instead of two on every request
 (each ASGI layer is a coroutine frame and an ``is_inference`` test), and no ``Call``: it makes
@@ -123,6 +126,16 @@ def finish_counted(observer: Observer, ended: Call | Lane | None, path: str, kse
             ended.model, ended.version = _named(path, kserve)
         ended.method = path
         observer.finish(ended, {})
+
+
+def count_refused(observer: Observer, lane: Lane, path: str, code: Code) -> None:
+    """A call on ``path`` (a lean way in's, ``lean.py``: no ``Call``, nothing current) was
+    refused with ``code`` before the data plane counted it: counted now, against the version
+    the path names, by ``observer`` (counting only)."""
+    call = Call(lane.protocol, path)
+    call.code = code
+    call.model, call.version = _named(path, lane is KSERVE_LANE)
+    observer.finish(call, {})
 
 
 KSERVE_LANE = LANES[Protocol.KSERVE_REST]

@@ -28,6 +28,7 @@ from starlette.routing import BaseRoute, Route
 from modelyard import codec
 from modelyard.errors import InvalidArgument, NotFound
 from modelyard.lifecycle.states import ModelState
+from modelyard.observability.calls import TFSERVING_REST_INDEX
 from modelyard.server import tfexamples
 from modelyard.server.dataplane import DataPlane, InferResult, ModelRef, Resolved
 from modelyard.server.http import jsonarrays, offload
@@ -151,7 +152,7 @@ class TFServingAPI:
         ``target.signature`` is the one the request was decoded against, resolved before it ran:
         a request in flight when the server starts stopping still gets its answer.
         """
-        result = await self._dataplane.infer(target, inputs)
+        result = await self._dataplane.infer(target, inputs, lane=TFSERVING_REST_INDEX)
         size = offload.JSON_EXPANSION * sum(a.nbytes for a in result.outputs.values())
         return await offload.run(size, encode_answer, key, result, target.signature)
 
