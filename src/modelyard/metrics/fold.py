@@ -1,0 +1,183 @@
+"""Adding up the successes ``StatsBook.ok`` noted (``StatsBook.fold``): the arithmetic of
+statistics, run every ``FOLD_EVERY`` requests and whenever anything reads, in one tight loop
+over a version's notes rather than on each request's path.
+
+Async safety: called by ``StatsBook`` on the server's event loop only.
+"""
+
+from __future__ import annotations
+
+import bisect
+from typing import TYPE_CHECKING
+
+from modelyard.deadlines import Phase, RequestClock
+from modelyard.ids import VersionKey
+
+if TYPE_CHECKING:
+    from modelyard.metrics.stats import VersionStats
+
+LATENCY_BUCKETS_S: tuple[float, ...] = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+)  # fmt: skip
+"""Request, queue and compute latencies: tens of microseconds (tiny models on CPU) to seconds."""
+
+
+_bisect = bisect.bisect_left
+_DEVICE = Phase.DEVICE
+
+
+def fold_run(
+    stats: VersionStats, run: list[tuple[VersionKey, int, RequestClock, int, float]]
+) -> None:
+    """Add successes of one version (``StatsBook.ok``'s notes) to ``stats``: the plain ones
+    (unbatched, one row, admitted then on the device) in the loop here, which does only what
+    they need (measured with callgrind: 12-15 % fewer instructions a request than the general
+    loop), the others, if any, by ``_fold_each``."""
+    bounds = LATENCY_BUCKETS_S
+    ok = stats.ok
+    request_counts = stats.request_counts
+    infer_counts = stats.infer_counts
+    request_s = infer_s = 0.0
+    input_total = output_total = rows_total = plain = 0
+    others = None
+    for note in run:
+        _, index, clock, rows, now = note
+        marks = clock._phases
+        if rows <= 1 and clock.batch is None and len(marks) == 2 and marks[1][0] is _DEVICE:
+            compute = clock.compute_ns
+            if compute:  # the worker's own times; the rest of the round trip is transport
+                infer = compute[1] / 1e9
+                input_total += compute[0]
+                output_total += compute[2]
+            else:
+                infer = now - marks[1][1]
+            total = now - marks[0][1]
+            ok[index] += 1
+            plain += 1
+            rows_total += rows
+            request_counts[_bisect(bounds, total)] += 1
+            request_s += total
+            infer_counts[_bisect(bounds, infer)] += 1
+            infer_s += infer
+        elif others is None:
+            others = [note]
+        else:
+            others.append(note)
+    if plain:
+        stats.queue_counts[0] += plain  # queued 0 s: the first bucket
+        stats.request_s += request_s
+        stats.infer_s += infer_s
+        stats.input_ns += input_total
+        stats.output_ns += output_total
+        stats.inference_count += rows_total
+        executed = stats.executions.get(1)  # one execution of size 1 each
+        if executed is None:
+            stats.executions[1] = [plain, infer_s, input_total, output_total]
+        else:
+            executed[0] += plain
+            executed[1] += infer_s
+            executed[2] += input_total
+            executed[3] += output_total
+    if others is not None:
+        _fold_each(stats, others)
+    stats.last_inference = run[-1][4]
+
+
+def _fold_each(
+    stats: VersionStats, run: list[tuple[VersionKey, int, RequestClock, int, float]]
+) -> None:
+    """Add successes of one version (``StatsBook.ok``'s notes) to ``stats``. Sums are kept in
+    local variables and written once (a float or int held only by a local is updated in place;
+    one held by an attribute is replaced by a new object on every addition), and unbatched
+    requests of one row, the common case, add to their execution row once per run."""
+    bounds = LATENCY_BUCKETS_S
+    ok = stats.ok
+    request_counts = stats.request_counts
+    queue_counts = stats.queue_counts
+    infer_counts = stats.infer_counts
+    executions = stats.executions
+    request_s = queue_s = infer_s = 0.0
+    input_total = output_total = rows_total = 0
+    unqueued = 0
+    # Executions of size 1 (unbatched requests of one row): count, infer s, input, output ns.
+    ones = ones_input = ones_output = 0
+    ones_s = 0.0
+    now = 0.0
+    for _, index, clock, rows, now in run:
+        marks = clock._phases  # what ``clock.marks`` returns, without a property call
+        batch = clock.batch
+        if len(marks) == 2 and marks[1][0] is _DEVICE:  # unbatched: admitted, then device
+            total = now - marks[0][1]
+            infer = now - marks[1][1]
+            unqueued += 1  # queued 0 s: the first bucket
+        else:
+            total, queued, infer = _phases(marks, now)
+            queue_counts[_bisect(bounds, queued)] += 1
+            queue_s += queued
+        compute = clock.compute_ns if batch is None else batch.compute_ns
+        if compute:  # the worker's own times; the rest of the round trip is transport
+            input_ns, infer_ns, output_ns = compute
+            infer = infer_ns / 1e9
+            input_total += input_ns
+            output_total += output_ns
+        else:
+            input_ns = output_ns = 0
+        ok[index] += 1
+        rows_total += rows
+        request_counts[_bisect(bounds, total)] += 1
+        request_s += total
+        infer_counts[_bisect(bounds, infer)] += 1
+        infer_s += infer
+        if batch is None:
+            if rows <= 1:
+                ones += 1
+                ones_s += infer
+                ones_input += input_ns
+                ones_output += output_ns
+                continue
+            size = rows
+        elif not batch.counted:
+            batch.counted = True
+            size = batch.rows if batch.rows > 1 else 1
+        else:
+            continue  # its batch's execution was counted by another of its requests
+        executed = executions.get(size)
+        if executed is None:
+            executions[size] = [1, infer, input_ns, output_ns]
+        else:
+            executed[0] += 1
+            executed[1] += infer
+            executed[2] += input_ns
+            executed[3] += output_ns
+    queue_counts[0] += unqueued
+    stats.request_s += request_s
+    stats.queue_s += queue_s
+    stats.infer_s += infer_s
+    stats.input_ns += input_total
+    stats.output_ns += output_total
+    stats.inference_count += rows_total
+    stats.last_inference = now
+    if ones:
+        executed = executions.get(1)
+        if executed is None:
+            executions[1] = [ones, ones_s, ones_input, ones_output]
+        else:
+            executed[0] += ones
+            executed[1] += ones_s
+            executed[2] += ones_input
+            executed[3] += ones_output
+
+
+def _phases(marks: list[tuple[Phase, float]], now: float) -> tuple[float, float, float]:
+    """(total, queued, on the device) seconds of a request whose ``marks`` end ``now``: queued
+    is every ``BATCH_QUEUE`` span, on the device from its last ``DEVICE`` mark."""
+    queued = 0.0
+    device_at = now
+    for index, (phase, at) in enumerate(marks):
+        if phase is Phase.DEVICE:
+            device_at = at
+        elif phase is Phase.BATCH_QUEUE:
+            until = marks[index + 1][1] if index + 1 < len(marks) else now
+            queued += until - at
+    return now - marks[0][1], queued, now - device_at
