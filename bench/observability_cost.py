@@ -83,14 +83,22 @@ def serve(config: Path, root: Path, *flags: str) -> Iterator[dict[str, int]]:
 
 
 def ab_part(
-    rounds: int, one_seconds: float, many_seconds: float, protocols: tuple[str, ...]
+    protocols: tuple[str, ...],
+    *,
+    p50_rounds: int,
+    block: int,
+    rate_rounds: int,
+    window: float,
+    ramp: float = 0.05,
+    clients: int = 64,
 ) -> dict[str, Any]:
-    """Three servers on one config: ``on`` (the default), ``off`` (``--no-metrics``) and ``on2``
-    (the default again, the A/A reference). Per protocol, ``rounds`` rounds of the servers in
-    turn, order rotated (``bench/ab_throughput.py``): p50 at 1 client and req/s at 64 clients,
-    paired per round; on against off, and on against on2."""
-    from ab_throughput import Target
-    from ab_throughput import rounds as ab_rounds
+    """Three servers on one config, all up at once: ``on`` (the default), ``off``
+    (``--no-metrics``) and ``on2`` (the default again, the A/A reference), loaded by this
+    process alone (``bench/interleaved.py``): per protocol, ``p50_rounds`` rounds of one
+    ``block``-request block at 1 client per server, then ``rate_rounds`` rounds of one
+    ``window``-second window at ``clients`` clients per server, order rotated every round;
+    paired per round, on against off and on against on2."""
+    from interleaved import Target, interleaved
 
     root = Path(tempfile.mkdtemp(prefix="obs-ab-"))
     write_mlp(TINY, root / TINY.name / "1")
@@ -105,12 +113,69 @@ def ab_part(
         servers = {"on": on, "off": off, "on2": on2}
         targets = [Target(n, p["rest"], p["grpc"], p["pid"]) for n, p in servers.items()]
         for protocol in protocols:
-            got = ab_rounds(
-                targets, protocol, rounds, one_seconds=one_seconds, many_seconds=many_seconds
-            )
+            started = time.monotonic()
+            raw = _uvloop_run(
+                interleaved(
+                    targets, protocol, p50_rounds_count=p50_rounds, block=block,
+                    rate_rounds_count=rate_rounds, window=window, ramp=ramp, clients=clients,
+                    progress=lambda line, p=protocol: print(p, line, flush=True),
+                )
+            )  # fmt: skip
+            got = summarize_rounds(raw, ["on", "off", "on2"])
+            got.update(
+                protocol=protocol, p50_rounds=p50_rounds, block=block, rate_rounds=rate_rounds,
+                window=window, ramp=ramp, clients=clients, raw=raw,
+                seconds=time.monotonic() - started,
+            )  # fmt: skip
             report[protocol] = got
             print(protocol, json.dumps(_shown(got)), flush=True)
     return report
+
+
+def _uvloop_run(coroutine: Any) -> Any:
+    import uvloop
+
+    return uvloop.run(coroutine)
+
+
+def summarize_rounds(raw: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """Per server the medians over rounds (and CPU totals: all its CPU over all its answers);
+    for each server after the first, the per-round differences against the first summarised
+    (``ab_throughput.summarize``): p50 in µs, req/s in per cent, CPU per request in µs."""
+    from ab_throughput import summarize
+
+    one, many = raw["one"], raw["many"]
+    out: dict[str, Any] = {}
+    for n in names:
+        out[n] = {
+            key: statistics.median(series[n]) if series else float("nan")
+            for key, series in (
+                ("p50_us", one.get("p50_us")), ("rps", many.get("rps")),
+                ("front_us_one", one.get("front_us")), ("front_us_many", many.get("front_us")),
+                ("worker_us_many", many.get("worker_us")),
+                ("client_us_one", one.get("client_us")), ("client_us_many", many.get("client_us")),
+                ("front_busy_many", many.get("front_busy")),
+            )
+        }  # fmt: skip
+    a = names[0]
+    for b in names[1:]:
+        diffs: dict[str, Any] = {}
+        if one:
+            diffs["p50_added_us"] = summarize(
+                [x - y for x, y in zip(one["p50_us"][a], one["p50_us"][b], strict=True)]
+            )
+            diffs["front_added_us_one"] = summarize(
+                [x - y for x, y in zip(one["front_us"][a], one["front_us"][b], strict=True)]
+            )
+        if many:
+            diffs["rps_change_pct"] = summarize(
+                [100 * (x / y - 1) for x, y in zip(many["rps"][a], many["rps"][b], strict=True)]
+            )
+            diffs["front_added_us_many"] = summarize(
+                [x - y for x, y in zip(many["front_us"][a], many["front_us"][b], strict=True)]
+            )
+        out[f"{a}-{b}"] = diffs
+    return out
 
 
 def _shown(got: dict[str, Any]) -> dict[str, Any]:
@@ -423,7 +488,11 @@ def callgrind(
 
 # -- the table of docs/operations.md -------------------------------------------------------------
 
-_NAMES = {"kserve_json": "KServe REST JSON", "kserve_grpc": "KServe gRPC"}
+_NAMES = {
+    "kserve_json": "KServe REST JSON",
+    "tfs_rest": "TF Serving REST",
+    "kserve_grpc": "KServe gRPC",
+}
 
 
 P50_GOAL_US = 20.0
@@ -458,37 +527,51 @@ def table(report: dict[str, Any]) -> str:
     for protocol, got in report.get("ab", {}).items():
         name, on, off = _NAMES[protocol], got["on"], got["off"]
         diff, aa = got["on-off"], got["on-on2"]
-        what = f"{got['rounds']} rounds"
-        rows += [
-            f"| p50 at 1 client ({what} of {got['one_seconds']:g} s) | {name} "
-            f"| {on['p50_us']:.1f} µs | {off['p50_us']:.1f} µs "
-            f"| **{_interval(diff['p50_added_us'], 'µs')}** "
-            f"| {_interval(aa['p50_added_us'], 'µs')} |",
-            f"| req/s at {got['clients']} clients ({what} of {got['many_seconds']:g} s) | {name} "
-            f"| {on['rps']:.0f} | {off['rps']:.0f} "
-            f"| **{_interval(diff['rps_change_pct'], '%')}** "
-            f"| {_interval(aa['rps_change_pct'], '%')} |",
-            f"| front-end CPU per request at 1 client | {name} | {on['front_us_one']:.1f} µs "
-            f"| {off['front_us_one']:.1f} µs | {_interval(diff['front_added_us_one'], 'µs')} "
-            f"| {_interval(aa['front_added_us_one'], 'µs')} |",
-            f"| front-end CPU per request at {got['clients']} clients | {name} "
-            f"| {on['front_us_many']:.1f} µs | {off['front_us_many']:.1f} µs "
-            f"| {_interval(diff['front_added_us_many'], 'µs')} "
-            f"| {_interval(aa['front_added_us_many'], 'µs')} |",
-        ]
-        implied = diff["front_added_us_many"]["median"] / off["front_us_many"] * 100
-        rows.append(
-            f"| req/s loss implied by the front end's added CPU at {got['clients']} clients, "
-            f"if it is the bottleneck (added / off) | {name} | | | {implied:+.1f} % | |"
-        )
-        verdicts += [
-            f"- {name}, added p50 (goal ≤ {P50_GOAL_US:g} µs): "
-            + verdict(diff["p50_added_us"], P50_GOAL_US)
-            + _aa_warning(aa["p50_added_us"]),
-            f"- {name}, req/s loss (goal ≤ {LOSS_GOAL_PCT:g} %): "
-            + verdict(diff["rps_change_pct"], LOSS_GOAL_PCT, worse="lower")
-            + _aa_warning(aa["rps_change_pct"]),
-        ]
+        if "p50_added_us" in diff:
+            rows += [
+                f"| p50 at 1 client ({got['p50_rounds']} rounds of {got['block']}-request "
+                f"blocks) | {name} | {on['p50_us']:.1f} µs | {off['p50_us']:.1f} µs "
+                f"| **{_interval(diff['p50_added_us'], 'µs')}** "
+                f"| {_interval(aa['p50_added_us'], 'µs')} |",
+                f"| front-end CPU per request at 1 client | {name} | {on['front_us_one']:.1f} µs "
+                f"| {off['front_us_one']:.1f} µs | {_interval(diff['front_added_us_one'], 'µs')} "
+                f"| {_interval(aa['front_added_us_one'], 'µs')} |",
+            ]
+            verdicts.append(
+                f"- {name}, added p50 (goal ≤ {P50_GOAL_US:g} µs): "
+                + verdict(diff["p50_added_us"], P50_GOAL_US)
+                + _aa_warning(aa["p50_added_us"])
+            )
+        if "rps_change_pct" in diff:
+            rows += [
+                f"| req/s at {got['clients']} clients ({got['rate_rounds']} rounds of "
+                f"{got['window']:g} s windows) | {name} | {on['rps']:.0f} | {off['rps']:.0f} "
+                f"| **{_interval(diff['rps_change_pct'], '%')}** "
+                f"| {_interval(aa['rps_change_pct'], '%')} |",
+                f"| front-end CPU per request at {got['clients']} clients (front end busy "
+                f"{on['front_busy_many']:.0%} / {off['front_busy_many']:.0%} of a core) | {name} "
+                f"| {on['front_us_many']:.1f} µs | {off['front_us_many']:.1f} µs "
+                f"| {_interval(diff['front_added_us_many'], 'µs')} "
+                f"| {_interval(aa['front_added_us_many'], 'µs')} |",
+                f"| workers' and load generator's CPU per request at {got['clients']} clients "
+                f"| {name} | {on['worker_us_many']:.1f} + {on['client_us_many']:.1f} µs "
+                f"| {off['worker_us_many']:.1f} + {off['client_us_many']:.1f} µs | | |",
+            ]
+            added = diff["front_added_us_many"]["median"]
+            front, rest = off["front_us_many"], off["worker_us_many"]
+            rows.append(
+                f"| req/s loss implied by the front end's added CPU at {got['clients']} clients: "
+                f"front end the bottleneck (added / front) ; the 2 cores the bottleneck, "
+                f"without / with the generator's CPU | {name} | | "
+                f"| {100 * added / (front + added):+.1f} % ; "
+                f"{100 * added / (front + rest + added):+.1f} % / "
+                f"{100 * added / (front + rest + off['client_us_many'] + added):+.1f} % | |"
+            )
+            verdicts.append(
+                f"- {name}, req/s loss (goal ≤ {LOSS_GOAL_PCT:g} %): "
+                + verdict(diff["rps_change_pct"], LOSS_GOAL_PCT, worse="lower")
+                + _aa_warning(aa["rps_change_pct"])
+            )
     for part in report.get("cpu_time", []):
         rows.append(
             f"| front-end CPU per request, in process, {part['in_flight']} in flight "
@@ -513,14 +596,20 @@ def table(report: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--rounds", type=int, default=0,
-        help="rounds of the three servers in turn (0: skip; a multiple of 3 rotates evenly)",
+        "--p50-rounds", type=int, default=0,
+        help="rounds of one 1-client block per server (0: skip; a multiple of 3 rotates evenly)",
     )  # fmt: skip
-    parser.add_argument("--one-seconds", type=float, default=1.0, help="1-client window")
-    parser.add_argument("--many-seconds", type=float, default=1.5, help="64-client window")
+    parser.add_argument("--block", type=int, default=100, help="requests per 1-client block")
+    parser.add_argument(
+        "--rate-rounds", type=int, default=0,
+        help="rounds of one 64-client window per server (0: skip)",
+    )  # fmt: skip
+    parser.add_argument("--window", type=float, default=0.4, help="64-client window, seconds")
+    parser.add_argument("--ramp", type=float, default=0.05, help="uncounted start of a window")
+    parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--protocols", default=",".join(IN_PROCESS))
     parser.add_argument("--callgrind", action="store_true")
-    parser.add_argument("--cpu-rounds", type=int, default=12, help="0: skip the in-process part")
+    parser.add_argument("--cpu-rounds", type=int, default=0, help="0: skip the in-process part")
     parser.add_argument(
         "--in-flight", default="1,64", help="in-process calls at once, comma-separated"
     )  # fmt: skip
@@ -534,9 +623,13 @@ def main() -> None:
         _inprocess(args.inprocess, args.metrics, args.protocol, int(args.in_flight))
         return
     protocols = tuple(args.protocols.split(","))
-    if args.rounds:
-        per_round = 3 * (args.one_seconds + args.many_seconds + 2 * 0.35)
-        minutes = (len(protocols) * args.rounds * per_round + 30) / 60
+    if args.p50_rounds or args.rate_rounds:
+        # 1-client blocks: about 0.7 ms a request; windows: ramp + window + a drain.
+        per_protocol = 3 * (
+            args.p50_rounds * args.block * 0.0007
+            + args.rate_rounds * (args.ramp + args.window + 0.03)
+        )
+        minutes = (len(protocols) * (per_protocol + 5) + 20) / 60
         print(f"wall-clock part: about {minutes:.1f} minutes", flush=True)
     report: dict[str, Any] = {"git": _git(), "load_average_at_start": os.getloadavg()}
     if args.cpu_rounds:
@@ -551,8 +644,12 @@ def main() -> None:
         report["callgrind"] = [
             callgrind(128, 640, p, int(n)) for n in args.in_flight.split(",") for p in protocols
         ]
-    if args.rounds:
-        report["ab"] = ab_part(args.rounds, args.one_seconds, args.many_seconds, protocols)
+    if args.p50_rounds or args.rate_rounds:
+        report["ab"] = ab_part(
+            protocols, p50_rounds=args.p50_rounds, block=args.block,
+            rate_rounds=args.rate_rounds, window=args.window, ramp=args.ramp,
+            clients=args.clients,
+        )  # fmt: skip
     report["load_average_at_end"] = os.getloadavg()
     text = json.dumps(report, indent=2)
     if args.json is not None:
