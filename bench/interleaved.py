@@ -59,6 +59,7 @@ class Run:
     completed: int = 0
     errors: int = 0
     outstanding: int = 0
+    error_sample: bytes = b""  # the raw end of one failed answer, to say what failed
 
     def answered(self, ok: bool, started_ns: int) -> bool:
         """Note one answer; True when the connection should send the next request."""
@@ -120,6 +121,8 @@ class H1(asyncio.Protocol):
         if len(self._buffer) >= self._end:
             del self._buffer[: self._end]
             self._end = -1
+            if self._status != 200 and self.run is not None and not self.run.error_sample:
+                self.run.error_sample = bytes(self._buffer[:200])
             if self.run is not None and self.run.answered(self._status == 200, self._started):
                 self.send()
 
@@ -223,9 +226,15 @@ class H2(asyncio.Protocol):
                 if flags & 1:
                     self._ended(stream)
             elif kind == 1:  # HEADERS (answer headers, or trailers with END_STREAM)
+                if flags & 1 and self.run is not None and not self.run.error_sample:
+                    state = self._streams.get(stream)
+                    if state is not None and not state[1]:
+                        self.run.error_sample = bytes(buffer[body:at])
                 if flags & 1:
                     self._ended(stream)
             elif kind == 3:  # RST_STREAM
+                if self.run is not None and not self.run.error_sample:
+                    self.run.error_sample = b"RST_STREAM " + bytes(buffer[body:at])
                 state = self._streams.get(stream)
                 if state is not None:
                     state[1] = 0
@@ -391,6 +400,7 @@ async def p50_rounds(
     """``rounds`` rounds of one ``block``-request block per server, rotated; per server and
     round the block's p50 (µs), its front end's CPU µs per request and this process's."""
     p50, front, client = Series(), Series(), Series()
+    errors: dict[str, int] = {}
     for index, order in enumerate(rotations(list(conns), rounds)):
         for name in order:
             cpu0, own0 = _cpu(conns[name].pid, ())[0], time.process_time()
@@ -398,15 +408,19 @@ async def p50_rounds(
                                 ramp=0.0, latencies=True)  # fmt: skip
             cpu1, own1 = _cpu(conns[name].pid, ())[0], time.process_time()
             assert run.latencies is not None
-            if run.errors:
-                raise RuntimeError(f"{name}: {run.errors} requests failed")
+            errors[name] = errors.get(name, 0) + _checked(name, run)
             p50.add(name, _median(run.latencies) / 1e3)
             front.add(name, (cpu1 - cpu0) / run.completed * 1e6)
             client.add(name, (own1 - own0) / run.completed * 1e6)
         if index % 50 == 49 or index == rounds - 1:
             progress(f"p50 round {index + 1}/{rounds}: " + ", ".join(
                 f"{n} {p50.values[n][-1]:.0f} µs" for n in conns))  # fmt: skip
-    return {"p50_us": p50.values, "front_us": front.values, "client_us": client.values}
+    return {
+        "p50_us": p50.values,
+        "front_us": front.values,
+        "client_us": client.values,
+        "errors": errors,
+    }
 
 
 async def rate_rounds(
@@ -420,6 +434,7 @@ async def rate_rounds(
     req/s, its front end's and workers' CPU µs per request and this process's, over the whole
     window (ramp and drain included: CPU over every answer)."""
     rate, front, worker, client, busy = Series(), Series(), Series(), Series(), Series()
+    errors: dict[str, int] = {}
     for index, order in enumerate(rotations(list(conns), rounds)):
         for name in order:
             c = conns[name]
@@ -427,8 +442,7 @@ async def rate_rounds(
             run = await measure(conns[name], in_flight=conns[name].slots, requests=1 << 40,
                                 seconds=window, ramp=ramp, latencies=False)  # fmt: skip
             (f1, w1), own1, t1 = _cpu(c.pid, c.workers), time.process_time(), time.perf_counter()
-            if run.errors:
-                raise RuntimeError(f"{name}: {run.errors} requests failed")
+            errors[name] = errors.get(name, 0) + _checked(name, run)
             rate.add(name, run.counted / window)
             front.add(name, (f1 - f0) / run.completed * 1e6)
             worker.add(name, (w1 - w0) / run.completed * 1e6)
@@ -443,7 +457,18 @@ async def rate_rounds(
         "worker_us": worker.values,
         "client_us": client.values,
         "front_busy": busy.values,
+        "errors": errors,
     }
+
+
+def _checked(name: str, run: Run) -> int:
+    """``run``'s failed requests; fails the measurement when more than 1 % failed (a few
+    refusals under a loaded machine are counted and reported, not hidden)."""
+    if run.errors:
+        print(f"{name}: {run.errors} of {run.completed} requests failed: {run.error_sample!r}")
+    if run.errors * 100 > run.completed:
+        raise RuntimeError(f"{name}: {run.errors} of {run.completed} requests failed")
+    return run.errors
 
 
 def _median(values: list[int]) -> float:

@@ -33,13 +33,15 @@ import asyncio
 import gc
 import json
 import os
+import platform
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -58,13 +60,20 @@ PYTHON = sys.executable
 
 
 @contextmanager
-def serve(config: Path, root: Path, *flags: str) -> Iterator[dict[str, int]]:
-    ports_file = root / f"ports{'-'.join(flags)}.json"
+def serve(config: Path, root: Path, *flags: str, name: str = "") -> Iterator[dict[str, int]]:
+    ports_file = root / f"ports-{name or '-'.join(flags)}.json"
     command = [PYTHON, "-m", "modelyard", "serve", str(config), "--port", "0",
                "--rest_api_port", "0", f"--ports-file={ports_file}", "--log-level", "WARNING",
                *flags]  # fmt: skip
     env = {**os.environ, "MODELYARD_CACHE_DIR": str(root / "cache")}
     env["MODELYARD_INTRA_OP_THREADS"] = "1"
+    # Two servers with the same flags must be the same process as far as possible: the same
+    # string hashes (dict layouts) and, with setarch -R, the same addresses (no ASLR; it is
+    # inherited by the workers). Otherwise two identical servers differ by tens of µs of CPU
+    # per request (the A/A figure), which no number of rounds averages away.
+    env["PYTHONHASHSEED"] = "0"
+    if shutil.which("setarch"):
+        command = ["setarch", platform.machine(), "-R", *command]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, env=env)
     try:
         deadline = time.monotonic() + 180
@@ -91,13 +100,14 @@ def ab_part(
     window: float,
     ramp: float = 0.05,
     clients: int = 64,
+    per_arm: int = 2,
 ) -> dict[str, Any]:
-    """Three servers on one config, all up at once: ``on`` (the default), ``off``
-    (``--no-metrics``) and ``on2`` (the default again, the A/A reference), loaded by this
-    process alone (``bench/interleaved.py``): per protocol, ``p50_rounds`` rounds of one
+    """``per_arm`` servers with the defaults (``on``: statistics and metrics on, tracing off)
+    and as many with ``--no-metrics`` (``off``), one config, all up at once (``arms``), loaded
+    by this process alone (``bench/interleaved.py``): per protocol, ``p50_rounds`` rounds of one
     ``block``-request block at 1 client per server, then ``rate_rounds`` rounds of one
     ``window``-second window at ``clients`` clients per server, order rotated every round;
-    paired per round, on against off and on against on2."""
+    paired per round, on against off, and the A/A contrast."""
     from interleaved import Target, interleaved
 
     root = Path(tempfile.mkdtemp(prefix="obs-ab-"))
@@ -105,13 +115,13 @@ def ab_part(
     config = root / "modelyard.yaml"
     config.write_text(f"models:\n  - name: {TINY.name}\n    base_path: {root / TINY.name}\n")
     report: dict[str, Any] = {}
-    with (
-        serve(config, root) as on,
-        serve(config, root, "--no-metrics") as off,
-        serve(config, root, "--log-level", "WARNING") as on2,  # the default flags again
-    ):
-        servers = {"on": on, "off": off, "on2": on2}
-        targets = [Target(n, p["rest"], p["grpc"], p["pid"]) for n, p in servers.items()]
+    names, groups = arms(per_arm)
+    with ExitStack() as stack:
+        targets = []
+        for index, name in enumerate(names):
+            flags = ["--no-metrics"] if name.startswith("off") else []
+            p = stack.enter_context(serve(config, root, *flags, name=f"{index}"))
+            targets.append(Target(name, p["rest"], p["grpc"], p["pid"]))
         for protocol in protocols:
             started = time.monotonic()
             raw = _uvloop_run(
@@ -121,9 +131,10 @@ def ab_part(
                     progress=lambda line, p=protocol: print(p, line, flush=True),
                 )
             )  # fmt: skip
-            got = summarize_rounds(raw, ["on", "off", "on2"])
+            got = summarize_rounds(raw, groups)
             got.update(
                 protocol=protocol, p50_rounds=p50_rounds, block=block, rate_rounds=rate_rounds,
+                per_arm=per_arm,
                 window=window, ramp=ramp, clients=clients, raw=raw,
                 seconds=time.monotonic() - started,
             )  # fmt: skip
@@ -138,17 +149,45 @@ def _uvloop_run(coroutine: Any) -> Any:
     return uvloop.run(coroutine)
 
 
-def summarize_rounds(raw: dict[str, Any], names: list[str]) -> dict[str, Any]:
-    """Per server the medians over rounds (and CPU totals: all its CPU over all its answers);
-    for each server after the first, the per-round differences against the first summarised
-    (``ab_throughput.summarize``): p50 in µs, req/s in per cent, CPU per request in µs."""
+def arms(per_arm: int) -> tuple[list[str], dict[str, list[str]]]:
+    """The servers to start for ``per_arm`` processes per arm, in start order, and the groups
+    the figures compare: ``on`` against ``off`` (the arms), and the A/A contrast ``on`` against
+    ``on2``. With one process per arm that is three servers (on, off, on2): the A/A compares
+    two processes with the same flags. With two or more (on, off, on2, off2, ...), an arm's
+    figure is the mean of its processes, and the A/A contrast swaps half of each arm (on, off2
+    against off, on2, ...): groups of the same size as the arms, each half on and half off, so
+    a real effect cancels in it and what it shows is what the spread between processes with
+    the same flags does to a figure of that size."""
+    if per_arm == 1:
+        return ["on", "off", "on2"], {"on": ["on"], "off": ["off"], "on2": ["on2"]}
+    ons = ["on", *(f"on{i}" for i in range(2, per_arm + 1))]
+    offs = ["off", *(f"off{i}" for i in range(2, per_arm + 1))]
+    half = per_arm // 2
+    placebo_a = [*ons[: per_arm - half], *offs[per_arm - half :]]
+    placebo_b = [*offs[: per_arm - half], *ons[per_arm - half :]]
+    names = [n for pair in zip(ons, offs, strict=True) for n in pair]
+    return names, {"on": ons, "off": offs, "aa_a": placebo_a, "aa_b": placebo_b}
+
+
+def summarize_rounds(raw: dict[str, Any], groups: dict[str, list[str]]) -> dict[str, Any]:
+    """Per group (``arms``) the median over rounds of its per-round mean; per round the
+    differences on - off and (A/A) on - on2, or aa_a - aa_b with several processes per arm,
+    summarised (``ab_throughput.summarize``): p50 in µs, req/s in per cent, CPU per request in
+    µs. Keys ``on-off`` and ``on-on2`` either way."""
     from ab_throughput import summarize
 
     one, many = raw["one"], raw["many"]
-    out: dict[str, Any] = {}
-    for n in names:
-        out[n] = {
-            key: statistics.median(series[n]) if series else float("nan")
+
+    def arm(series: dict[str, list[float]] | None, group: str) -> list[float]:
+        if not series:
+            return []
+        members = [series[n] for n in groups[group]]
+        return [statistics.fmean(v) for v in zip(*members, strict=True)]
+
+    out: dict[str, Any] = {"groups": groups}
+    for g in groups:
+        out[g] = {
+            key: statistics.median(arm(series, g)) if series else float("nan")
             for key, series in (
                 ("p50_us", one.get("p50_us")), ("rps", many.get("rps")),
                 ("front_us_one", one.get("front_us")), ("front_us_many", many.get("front_us")),
@@ -157,24 +196,22 @@ def summarize_rounds(raw: dict[str, Any], names: list[str]) -> dict[str, Any]:
                 ("front_busy_many", many.get("front_busy")),
             )
         }  # fmt: skip
-    a = names[0]
-    for b in names[1:]:
+    aa = ("on", "on2") if "on2" in groups and len(groups) == 3 else ("aa_a", "aa_b")
+    for label, (a, b) in (("on-off", ("on", "off")), ("on-on2", aa)):
         diffs: dict[str, Any] = {}
         if one:
-            diffs["p50_added_us"] = summarize(
-                [x - y for x, y in zip(one["p50_us"][a], one["p50_us"][b], strict=True)]
-            )
-            diffs["front_added_us_one"] = summarize(
-                [x - y for x, y in zip(one["front_us"][a], one["front_us"][b], strict=True)]
-            )
+            x, y = arm(one["p50_us"], a), arm(one["p50_us"], b)
+            diffs["p50_added_us"] = summarize([p - q for p, q in zip(x, y, strict=True)])
+            x, y = arm(one["front_us"], a), arm(one["front_us"], b)
+            diffs["front_added_us_one"] = summarize([p - q for p, q in zip(x, y, strict=True)])
         if many:
+            x, y = arm(many["rps"], a), arm(many["rps"], b)
             diffs["rps_change_pct"] = summarize(
-                [100 * (x / y - 1) for x, y in zip(many["rps"][a], many["rps"][b], strict=True)]
+                [100 * (p / q - 1) for p, q in zip(x, y, strict=True)]
             )
-            diffs["front_added_us_many"] = summarize(
-                [x - y for x, y in zip(many["front_us"][a], many["front_us"][b], strict=True)]
-            )
-        out[f"{a}-{b}"] = diffs
+            x, y = arm(many["front_us"], a), arm(many["front_us"], b)
+            diffs["front_added_us_many"] = summarize([p - q for p, q in zip(x, y, strict=True)])
+        out[label] = diffs
     return out
 
 
@@ -607,6 +644,10 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=0.4, help="64-client window, seconds")
     parser.add_argument("--ramp", type=float, default=0.05, help="uncounted start of a window")
     parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument(
+        "--per-arm", type=int, default=2,
+        help="server processes per arm (1: on, off, on2; 2: on, off, on2, off2; ...)",
+    )  # fmt: skip
     parser.add_argument("--protocols", default=",".join(IN_PROCESS))
     parser.add_argument("--callgrind", action="store_true")
     parser.add_argument("--cpu-rounds", type=int, default=0, help="0: skip the in-process part")
@@ -648,7 +689,7 @@ def main() -> None:
         report["ab"] = ab_part(
             protocols, p50_rounds=args.p50_rounds, block=args.block,
             rate_rounds=args.rate_rounds, window=args.window, ramp=args.ramp,
-            clients=args.clients,
+            clients=args.clients, per_arm=args.per_arm,
         )  # fmt: skip
     report["load_average_at_end"] = os.getloadavg()
     text = json.dumps(report, indent=2)
