@@ -401,6 +401,7 @@ async def p50_rounds(
     round the block's p50 (µs), its front end's CPU µs per request and this process's."""
     p50, front, client = Series(), Series(), Series()
     errors: dict[str, int] = {}
+    answered: dict[str, int] = {}
     for index, order in enumerate(rotations(list(conns), rounds)):
         for name in order:
             cpu0, own0 = _cpu(conns[name].pid, ())[0], time.process_time()
@@ -409,6 +410,7 @@ async def p50_rounds(
             cpu1, own1 = _cpu(conns[name].pid, ())[0], time.process_time()
             assert run.latencies is not None
             errors[name] = errors.get(name, 0) + _checked(name, run)
+            answered[name] = answered.get(name, 0) + run.completed
             p50.add(name, _median(run.latencies) / 1e3)
             front.add(name, (cpu1 - cpu0) / run.completed * 1e6)
             client.add(name, (own1 - own0) / run.completed * 1e6)
@@ -420,6 +422,7 @@ async def p50_rounds(
         "front_us": front.values,
         "client_us": client.values,
         "errors": errors,
+        "answered": answered,
     }
 
 
@@ -435,6 +438,7 @@ async def rate_rounds(
     window (ramp and drain included: CPU over every answer)."""
     rate, front, worker, client, busy = Series(), Series(), Series(), Series(), Series()
     errors: dict[str, int] = {}
+    answered: dict[str, int] = {}
     for index, order in enumerate(rotations(list(conns), rounds)):
         for name in order:
             c = conns[name]
@@ -443,6 +447,7 @@ async def rate_rounds(
                                 seconds=window, ramp=ramp, latencies=False)  # fmt: skip
             (f1, w1), own1, t1 = _cpu(c.pid, c.workers), time.process_time(), time.perf_counter()
             errors[name] = errors.get(name, 0) + _checked(name, run)
+            answered[name] = answered.get(name, 0) + run.completed
             rate.add(name, run.counted / window)
             front.add(name, (f1 - f0) / run.completed * 1e6)
             worker.add(name, (w1 - w0) / run.completed * 1e6)
@@ -458,6 +463,7 @@ async def rate_rounds(
         "client_us": client.values,
         "front_busy": busy.values,
         "errors": errors,
+        "answered": answered,
     }
 
 
@@ -497,9 +503,12 @@ async def interleaved(
     ramp: float,
     clients: int,
     progress: Callable[[str], None] = print,
+    warm: int = 200,
+    warm_s: float = 0.3,
 ) -> dict[str, Any]:
     """Both measures over ``targets`` (all up at once) for ``protocol``: raw per-round series
-    (``p50_rounds`` then ``rate_rounds``), after a warm-up of each server."""
+    (``p50_rounds`` then ``rate_rounds``, each with its ``errors`` and ``answered`` requests per
+    server), after a warm-up of each server (``warmed``: the requests it took, per server)."""
     if protocol == "kserve_grpc":
         for t in targets:
             check_grpc(t.grpc)
@@ -508,12 +517,14 @@ async def interleaved(
         conns[t.name] = await connect(t, protocol, clients)
     gc.collect()
     gc.disable()  # no collection pause inside a block
+    warmed: dict[str, int] = {}
     try:
-        for conn in conns.values():  # warm: both paths, every server
-            await measure(conn, in_flight=1, requests=200, seconds=float("inf"), ramp=0,
-                          latencies=False)  # fmt: skip
-            await measure(conn, in_flight=conn.slots, requests=1 << 40, seconds=0.3, ramp=0,
-                          latencies=False)  # fmt: skip
+        for name, conn in conns.items():  # warm: both paths, every server
+            a = await measure(conn, in_flight=1, requests=warm, seconds=float("inf"), ramp=0,
+                              latencies=False)  # fmt: skip
+            b = await measure(conn, in_flight=conn.slots, requests=1 << 40, seconds=warm_s,
+                              ramp=0, latencies=False)  # fmt: skip
+            warmed[name] = a.completed + b.completed
         one = await p50_rounds(conns, p50_rounds_count, block, progress) if p50_rounds_count else {}
         many = (
             await rate_rounds(conns, rate_rounds_count, window, ramp, progress)
@@ -525,4 +536,4 @@ async def interleaved(
         for c in conns.values():
             for conn in {*c.one, *c.many}:
                 conn.transport.close()
-    return {"one": one, "many": many}
+    return {"one": one, "many": many, "warmed": warmed}

@@ -665,10 +665,11 @@ def main() -> None:
         return
     protocols = tuple(args.protocols.split(","))
     if args.p50_rounds or args.rate_rounds:
-        # 1-client blocks: about 0.7 ms a request; windows: ramp + window + a drain.
-        per_protocol = 3 * (
-            args.p50_rounds * args.block * 0.0007
-            + args.rate_rounds * (args.ramp + args.window + 0.03)
+        # Quiet box: 1-client blocks about 0.65 ms a request; a window with its ramp, drain
+        # and CPU readings about 0.1 s more than its length; servers start in about 20 s.
+        per_protocol = 2 * args.per_arm * (
+            args.p50_rounds * (args.block * 0.00065 + 0.005)
+            + args.rate_rounds * (args.ramp + args.window + 0.05)
         )
         minutes = (len(protocols) * (per_protocol + 5) + 20) / 60
         print(f"wall-clock part: about {minutes:.1f} minutes", flush=True)
