@@ -341,6 +341,17 @@ async def connect(target: Target, protocol: str, clients: int) -> Connections:
     return Connections(opened[:1], opened[1:], clients, target.pid, _children(target.pid), h1)
 
 
+async def reopened(conns: Connections, in_flight: int) -> list[Any]:
+    """The connections a measure with ``in_flight`` requests uses, those the server closed
+    opened again (a REST server closes a connection idle for 5 s: the 64-client connections
+    while the 1-client blocks run)."""
+    connections = conns.one if in_flight == 1 else conns.many
+    for i, conn in enumerate(connections):
+        if conn.transport.is_closing():
+            connections[i] = await conns.reopen()
+    return connections
+
+
 async def measure(
     conns: Connections, *, in_flight: int, requests: int, seconds: float, ramp: float,
     latencies: bool,
@@ -348,6 +359,7 @@ async def measure(
     """One block (``requests`` sequential requests, ``seconds`` = inf) or window (``in_flight``
     requests kept in flight for ``ramp + seconds``, answers counted after ``ramp``), drained."""
     loop = asyncio.get_running_loop()
+    connections = await reopened(conns, in_flight)
     start = time.perf_counter_ns()
     run = Run(
         count_from_ns=start + int(ramp * 1e9),
@@ -356,10 +368,6 @@ async def measure(
         latencies=[] if latencies else None,
         done=loop.create_future(),
     )
-    connections = conns.one if in_flight == 1 else conns.many
-    for i, conn in enumerate(connections):  # a REST server closes a connection idle for 5 s
-        if conn.transport.is_closing():
-            connections[i] = await conns.reopen()
     slots = [connections[i % len(connections)] for i in range(in_flight)]
     for conn in connections:
         conn.run = run
@@ -369,7 +377,8 @@ async def measure(
         run.remaining -= 1
         run.outstanding += 1
         conn.send()
-    timeout = ramp + (seconds if seconds != float("inf") else 0) + 60 + requests * 0.01
+    # A stalled server fails the run rather than hanging it.
+    timeout = 60 + (ramp + seconds if seconds != float("inf") else requests * 0.05)
     try:
         await asyncio.wait_for(asyncio.shield(run.done), timeout)
     finally:
@@ -442,6 +451,7 @@ async def rate_rounds(
     for index, order in enumerate(rotations(list(conns), rounds)):
         for name in order:
             c = conns[name]
+            await reopened(c, c.slots)  # before the CPU readings: the server's accept() too
             (f0, w0), own0, t0 = _cpu(c.pid, c.workers), time.process_time(), time.perf_counter()
             run = await measure(conns[name], in_flight=conns[name].slots, requests=1 << 40,
                                 seconds=window, ramp=ramp, latencies=False)  # fmt: skip
