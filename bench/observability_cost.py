@@ -1,15 +1,21 @@
 """What statistics and metrics cost per request (issue 16): on (the default, tracing off)
-against ``--no-metrics``, and on against on again (A/A: what the method cannot resolve),
-measured in one run, printed as one Markdown table with a verdict per goal.
+against ``--no-metrics``, with an A/A contrast (what the method cannot resolve), measured in
+one run, printed as one Markdown table with a verdict per goal.
 
-1. End to end (``--rounds N``): three ``modelyard serve`` processes on one config (the tiny
-   ONNX MLP, unbatched): ``on``, ``off`` (``--no-metrics``) and ``on2``, loaded by h2load one at
-   a time in N rounds, order rotated (``bench/ab_throughput.py``): per server and round, the p50
-   at 1 client (``--one-seconds``) and req/s at 64 clients (``--many-seconds``), and the front
-   end's CPU per request over the same windows. Per round the differences on - off and
-   on - on2; the figure is their median with a bootstrap 95 % interval, and a goal (added p50
-   at most 20 µs, loss at most 3 %) is met when the whole interval is within it, missed when
-   the whole interval is beyond it; otherwise "not resolved", with the interval.
+1. End to end (``--p50-rounds``, ``--rate-rounds``): ``--per-arm`` ``modelyard serve``
+   processes with the defaults and as many with ``--no-metrics`` (the tiny ONNX MLP,
+   unbatched), all up at once, started alike (``PYTHONHASHSEED=0``, ``setarch -R``), loaded by
+   this process alone over persistent connections (``bench/interleaved.py``): per round, one
+   block of ``--block`` sequential requests per server (its p50) and, in the second phase, one
+   ``--window``-second window of 64 requests in flight per server (its req/s), order rotated
+   every round; each server's front-end and worker CPU per request over the same blocks and
+   windows. Per round an arm's value is the mean of its processes; the figure is the median of
+   the per-round differences on - off with a bootstrap 95 % interval, and the A/A contrast
+   the same for two groups made of half of each arm (on, off2 against off, on2; on against on2
+   with one process per arm). A goal (added p50 at most 20 µs, loss at most 3 %) is met when
+   the whole interval is within it, missed when the whole interval is beyond it; otherwise
+   "not resolved", with the interval; the verdict says when the A/A interval leaves out 0 or
+   is wider than the goal.
 2. In one process, CPU time (``--cpu-rounds``): the KServe REST path (the real Starlette app,
    data plane and hooks) and the KServe gRPC path (the ``ModelInfer`` handler as the gRPC server
    registers it, wrappers included, without the transport), over an in-process servable that
@@ -17,13 +23,14 @@ measured in one run, printed as one Markdown table with a verdict per goal.
    one event loop, rotated batches.
 3. Instructions per request (``--callgrind``): the in-process paths under valgrind's callgrind,
    for N1 and N2 requests; (I(N2) - I(N1)) / (N2 - N1) is the cost of one request without
-   start-up. On a loaded machine this is the stable number.
+   start-up. On a loaded machine this is the stable number. (The real front end's, on and
+   off: ``bench/frontend_callgrind.py``.)
 
-    python bench/observability_cost.py --rounds 24 --one-seconds 1 --many-seconds 1.5 \
-        [--cpu-rounds 12] [--callgrind] [--json out.json] [--table out.md]
+    python bench/observability_cost.py --p50-rounds 300 --block 100 --rate-rounds 96 \
+        --window 0.3 --per-arm 2 [--protocols kserve_json,kserve_grpc] [--cpu-rounds 12] \
+        [--callgrind] [--json out.json] [--table out.md]
 
-It prints how long the end-to-end part takes before it starts (3 servers x 2 windows of each
-length per round and protocol, plus warm-ups).
+It prints how long the end-to-end part takes before it starts (for a quiet machine).
 """
 
 from __future__ import annotations
