@@ -86,9 +86,14 @@ def server(root: Path, name: str, flags: list[str], wrap: list[str]) -> Iterator
             process.wait()
 
 
+STREAMS = 1
+"""Requests in flight (``--streams``): HTTP/2 streams on one connection for gRPC, HTTP/1.1
+connections for REST."""
+
+
 def h2load(ports: dict[str, int], protocol: str, requests: int, tmp: Path) -> float:
-    """Send exactly ``requests`` requests at one stream over ``protocol``; the seconds taken.
-    Fails unless every one succeeded."""
+    """Send exactly ``requests`` requests, ``STREAMS`` at a time, over ``protocol``; the
+    seconds taken. Fails unless every one succeeded."""
     request = payload(protocol, TINY.name, TINY.example())
     body = tmp / f"body-{protocol}-{ports['pid']}"
     if protocol == "kserve_grpc":
@@ -105,8 +110,11 @@ def h2load(ports: dict[str, int], protocol: str, requests: int, tmp: Path) -> fl
             for line in lines[1:]
             if not line.lower().startswith(("host:", "content-length:"))
         ]
-    command = ["h2load", f"--requests={requests}", "--clients=1", "--max-concurrent-streams=1",
-               f"--data={body}", *extra, url]  # fmt: skip
+    if protocol == "kserve_grpc":
+        shape = ["--clients=1", f"--max-concurrent-streams={STREAMS}"]
+    else:
+        shape = [f"--clients={STREAMS}", "--max-concurrent-streams=1"]
+    command = ["h2load", f"--requests={requests}", *shape, f"--data={body}", *extra, url]
     start = time.monotonic()
     out = subprocess.run(command, capture_output=True, text=True, timeout=7200)
     took = time.monotonic() - start
@@ -242,11 +250,14 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--warm", type=int, default=200)
     parser.add_argument("--protocols", default=",".join(PROTOCOLS))
+    parser.add_argument("--streams", type=int, default=1, help="requests in flight")
     parser.add_argument("--strace", action="store_true", help="system calls, not instructions")
     parser.add_argument("--keep", type=Path, help="keep the work directory (callgrind dumps) here")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     protocols = tuple(args.protocols.split(","))
+    global STREAMS
+    STREAMS = args.streams
     root = args.keep or Path(tempfile.mkdtemp(prefix="modelyard-fcg-"))
     root.mkdir(parents=True, exist_ok=True)
     write_mlp(TINY, root / TINY.name / "1")
