@@ -210,9 +210,11 @@ def summarize_rounds(raw: dict[str, Any], groups: dict[str, list[str]]) -> dict[
             diffs["front_added_us_one"] = summarize([p - q for p, q in zip(x, y, strict=True)])
         if many:
             x, y = arm(many["rps"], a), arm(many["rps"], b)
-            diffs["rps_change_pct"] = summarize(
-                [100 * (p / q - 1) for p, q in zip(x, y, strict=True)]
-            )
+            # A round whose reference answered nothing in its window (a stall of the whole
+            # window, seen only on a loaded machine) has no ratio: it is left out, and counted.
+            ratios = [100 * (p / q - 1) for p, q in zip(x, y, strict=True) if q > 0]
+            diffs["rps_change_pct"] = summarize(ratios)
+            diffs["rps_rounds_left_out"] = len(x) - len(ratios)
             x, y = arm(many["front_us"], a), arm(many["front_us"], b)
             diffs["front_added_us_many"] = summarize([p - q for p, q in zip(x, y, strict=True)])
         out[label] = diffs
@@ -298,9 +300,12 @@ def table(report: dict[str, Any]) -> str:
                 + _aa_warning(aa["p50_added_us"], P50_GOAL_US)
             )
         if "rps_change_pct" in diff:
+            stalled = diff.get("rps_rounds_left_out", 0)
+            left_out = f"; {stalled} left out: off answered nothing" if stalled else ""
             rows += [
                 f"| req/s at {got['clients']} clients ({got['rate_rounds']} rounds of "
-                f"{got['window']:g} s windows) | {name} | {on['rps']:.0f} | {off['rps']:.0f} "
+                f"{got['window']:g} s windows{left_out}) | {name} | {on['rps']:.0f} "
+                f"| {off['rps']:.0f} "
                 f"| **{_interval(diff['rps_change_pct'], '%')}** "
                 f"| {_interval(aa['rps_change_pct'], '%')} |",
                 f"| front-end CPU per request at {got['clients']} clients (front end busy "
