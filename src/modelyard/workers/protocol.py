@@ -379,15 +379,16 @@ def _frame(
     # Spaces after the JSON, so that the first buffer starts 8-byte aligned in the body: an
     # array on an unaligned buffer is copied by the reader (``tensor_from_buffer``).
     header += b" " * (-(len(header) + LEN_BYTES) % 8)
-    sizes = [len(buf) if isinstance(buf, bytes) else buf.nbytes for buf in buffers]
+    # Each buffer is ``bytes`` or a 1-d byte view (``_tensor_parts``): its len is its size.
+    sizes = list(map(len, buffers))
     body_len = len(header) + LEN_BYTES * len(buffers) + sum(sizes)
     parts: list[bytes | memoryview] = [
         _PREFIX.pack(len(header), len(buffers), body_len) + header + _LEN.pack(sizes[0]),
         buffers[0],
     ]
-    for size, buf in zip(sizes[1:], buffers[1:], strict=True):
-        parts.append(_LEN.pack(size))
-        parts.append(buf)
+    for index in range(1, len(buffers)):
+        parts.append(_LEN.pack(sizes[index]))
+        parts.append(buffers[index])
     return parts
 
 
