@@ -558,10 +558,16 @@ class FrameReader:
         """The next message; None at a clean end of stream (the peer closed or died)."""
         if self._end - self._start < PREFIX_BYTES and not self._fill(PREFIX_BYTES):
             return None
-        # The prefix is read where it lies (a small frame came whole with it, usually).
+        # The prefix is read where it lies, and a small frame came whole with it, usually.
         header_len, n_buffers, body_len = split_prefix(self._buf, self._start)
-        self._start += PREFIX_BYTES
-        body = self._take(body_len) if body_len else bytearray()
+        start = self._start + PREFIX_BYTES
+        stop = start + body_len
+        if stop <= self._end:
+            self._start = stop
+            body = self._buf[start:stop]  # a copy: the buffer is reused
+        else:
+            self._start = start
+            body = self._take(body_len)
         return decode_body(body, header_len, n_buffers)  # writable arrays, as recv_message's
 
     def _take(self, n: int) -> bytearray:
