@@ -18,7 +18,7 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 
@@ -154,11 +154,12 @@ class OnnxModel:
         self._run: Callable[[list[str], dict[str, np.ndarray]], list[Any]] | None = _runner(session)
         self._signature = signature
         # The session is fed and read by the artifact's names; the signature may rename them.
-        self._input_names = {
-            served.name: own.name
+        self._input_names = [
+            (served.name, own.name)
             for served, own in zip(signature.inputs, artifact.inputs, strict=True)
-        }
+        ]
         self._output_names = [s.name for s in artifact.outputs]
+        self._served_outputs = [s.name for s in signature.outputs]
         self._device = device
         self._source = source
 
@@ -186,10 +187,7 @@ class OnnxModel:
         run = self._run
         if run is None:
             raise Unavailable(f"{self._source} has been unloaded")
-        feed = {
-            self._input_names[spec.name]: np.ascontiguousarray(inputs[spec.name])
-            for spec in self._signature.inputs
-        }
+        feed = {own: np.ascontiguousarray(inputs[served]) for served, own in self._input_names}
         try:
             results = run(self._output_names, feed)
         except Exception as exc:
@@ -199,10 +197,10 @@ class OnnxModel:
             # Inputs have been checked against the signature already; what fails here is a
             # constraint it cannot express (related dimensions, values out of range).
             raise InvalidArgument(f"the model rejected this input: {message}") from exc
-        return {
-            spec.name: np.asarray(value)
-            for spec, value in zip(self._signature.outputs, results, strict=True)
-        }
+        # One result per name asked for (``_output_names``), in that order; zip's strict= is a
+        # keyword call, dearer than the rest of this line.
+        outputs = zip(self._served_outputs, results)  # noqa: B905
+        return {name: np.asarray(value) for name, value in outputs}
 
     def unload(self) -> None:
         """Drop the session; ONNX Runtime frees its memory (GPU arena included) with it."""
@@ -222,24 +220,24 @@ def _runner(session: Any) -> Callable[[list[str], dict[str, np.ndarray]], list[A
     (another onnxruntime release) keeps its own ``run``, and so does one whose inner ``run``
     refuses these arguments (a ``TypeError``, from the first call on)."""
     inner = getattr(session, "_sess", None)
-    direct = getattr(inner, "run", None)
+    direct: Callable[..., list[Any]] | None = getattr(inner, "run", None)
+    wrapped: Callable[[list[str], dict[str, np.ndarray]], list[Any]] = session.run
     if direct is None or list(session.get_providers()) != ["CPUExecutionProvider"]:
-        return cast("Callable[[list[str], dict[str, np.ndarray]], list[Any]]", session.run)
-
-    wrapped = session.run
-    state = {"direct": True}
+        return wrapped
+    inner_run: Callable[..., list[Any]] | None = direct
 
     def run(names: list[str], feed: dict[str, np.ndarray]) -> list[Any]:
-        if state["direct"]:
+        nonlocal inner_run
+        if inner_run is not None:
             try:
-                return cast("list[Any]", direct(names, feed, None))
+                return inner_run(names, feed, None)
             except TypeError:
                 # The binding's arguments changed (another onnxruntime release): the wrapper's
                 # own run from now on, rather than every request refused as a bad input.
-                state["direct"] = False
+                inner_run = None
                 log.warning("onnxruntime's session run takes other arguments; using its "
                             "wrapper's run")  # fmt: skip
-        return cast("list[Any]", wrapped(names, feed))
+        return wrapped(names, feed)
 
     return run
 

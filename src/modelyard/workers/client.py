@@ -238,9 +238,13 @@ class WorkerProcess:
 
         Raises the worker's error as a ModelyardError (from its (code, message)), or WorkerDied.
         """
-        if self._dead is not None or self._writer is None:
+        writer = self._writer
+        if self._dead is not None or writer is None:
             raise WorkerDied(self._dead or f"worker for device {self.device} is not running")
-        if self._writer.transport.is_closing():
+        # Written through the transport itself: a StreamWriter's writelines and transport are
+        # Python calls that only pass it on.
+        transport = writer.transport
+        if transport.is_closing():
             # A write to a dead peer closed the transport before the read loop saw the end
             # (uvloop then raises RuntimeError on the next write instead of OSError).
             raise WorkerDied(f"worker for device {self.device} (pid {self.pid}): connection closed")
@@ -252,18 +256,17 @@ class WorkerProcess:
         future: asyncio.Future[Message] = loop.create_future()
         self._pending[request_id] = future
         message = message_of(request_id)
-        writer = self._writer
         try:
-            writer.writelines(encode(message))
-            if writer.transport.get_write_buffer_size():  # else there is nothing to wait for
+            transport.writelines(encode(message))
+            if transport.get_write_buffer_size():  # else there is nothing to wait for
                 replies = self._replies
                 await (replies.drain() if replies is not None else writer.drain())
             reply = await future
         except asyncio.CancelledError:
             # The caller is gone (client disconnected, deadline passed): an inference it
             # still waits for in the worker's queue is not run (no reply comes for it).
-            if isinstance(message, Infer) and not self._writer.transport.is_closing():
-                self._writer.writelines(encode(Cancel(request_id)))
+            if isinstance(message, Infer) and not transport.is_closing():
+                transport.writelines(encode(Cancel(request_id)))
             raise
         except (ConnectionError, OSError) as exc:
             raise WorkerDied(self._dead or f"worker for {self.device}: {exc}") from exc

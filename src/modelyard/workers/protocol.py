@@ -248,9 +248,10 @@ _WIRE_DTYPE_OF_NAME: dict[str, np.dtype[Any]] = {
 }
 """Each numeric type's dtype on the wire (little-endian)."""
 _MAX_RANK = 32
-_DATATYPE_OF_DTYPE: dict[np.dtype[Any], tuple[DataType, str]] = {}
-"""``DataType.from_numpy`` of the dtypes seen so far (it compares against every type), and its
-name (an enum's ``value`` is a Python call)."""
+_DATATYPE_OF_DTYPE: dict[np.dtype[Any], tuple[DataType, str, bool]] = {}
+"""``DataType.from_numpy`` of the dtypes seen so far (it compares against every type), its name
+(an enum's ``value`` is a Python call), and whether an array's bytes are the wire's as they are
+(a numeric type, little-endian)."""
 
 
 # -- signatures as JSON ------------------------------------------------------------------
@@ -278,24 +279,25 @@ def signature_from_json(data: Mapping[str, Any]) -> Signature:
 
 
 def tensor_from_buffer(
-    meta: Sequence[Any], buffer: bytes | bytearray | memoryview, name: str = ""
+    datatype: str, shape: Sequence[Any], buffer: bytes | bytearray | memoryview, name: str = ""
 ) -> np.ndarray:
-    """Rebuild tensor ``name`` from its ``[datatype, shape]`` and raw buffer; InvalidArgument if
-    they disagree (``decode`` makes it a ProtocolError: a bad frame never becomes an answer)."""
-    shape = meta[1]
-    wire = _WIRE_DTYPE_OF_NAME.get(meta[0])
+    """Rebuild tensor ``name`` from its datatype's name, shape and raw buffer; InvalidArgument
+    if they disagree (``decode`` makes it a ProtocolError: a bad frame never becomes an
+    answer)."""
+    wire = _WIRE_DTYPE_OF_NAME.get(datatype)
     # The common case in a few C calls: a numeric tensor whose buffer holds exactly its
     # elements. Anything else (BYTES, a size that disagrees, a negative dimension) is left to
-    # the codec, which names what is wrong.
-    if wire is not None and len(shape) <= _MAX_RANK and min(shape, default=0) >= 0:
+    # the codec, which names what is wrong. (``min`` without ``default=``: a keyword argument
+    # costs the call as much again.)
+    if wire is not None and len(shape) <= _MAX_RANK and (not shape or min(shape) >= 0):
         count = math.prod(shape)
         if count and len(buffer) == count * wire.itemsize:
             array = np.frombuffer(buffer, wire)
             if not array.flags.aligned:
                 array = array.astype(wire.newbyteorder("="))
             return array.reshape(shape)
-    datatype = _DATATYPE_OF_NAME.get(meta[0]) or DataType(meta[0])  # the latter raises
-    return codec.decode_raw(buffer, datatype, tuple(map(int, shape)), f"tensor {name!r}")
+    known = _DATATYPE_OF_NAME.get(datatype) or DataType(datatype)  # the latter raises
+    return codec.decode_raw(buffer, known, tuple(map(int, shape)), f"tensor {name!r}")
 
 
 # -- frames ------------------------------------------------------------------------------
@@ -307,21 +309,29 @@ def _tensor_parts(
     """Append each array's ``[name, datatype, shape]`` to ``metas`` and its raw buffer to
     ``buffers``."""
     for name, array in arrays.items():
-        known = _DATATYPE_OF_DTYPE.get(array.dtype)
+        dtype = array.dtype
+        known = _DATATYPE_OF_DTYPE.get(dtype)
         if known is None:
-            datatype = DataType.from_numpy(array.dtype)
-            known = _DATATYPE_OF_DTYPE[array.dtype] = (datatype, datatype.value)
-        metas.append([name, known[1], list(array.shape)])
+            datatype = DataType.from_numpy(dtype)
+            wire = datatype is not DataType.BYTES and dtype == datatype.numpy.newbyteorder("<")
+            known = _DATATYPE_OF_DTYPE[dtype] = (datatype, datatype.value, wire)
+        metas.append([name, known[1], array.shape])  # orjson writes a tuple as a list
+        if known[2]:
+            try:  # the array's own bytes, viewed (codec.raw_buffer's result, in one C call)
+                buffers.append(array.data.cast("B"))
+                continue
+            except TypeError:  # not C-contiguous, or empty: the codec's way
+                pass
         buffers.append(codec.raw_buffer(array, known[0]))
 
 
 def encode(message: Message) -> list[bytes | memoryview]:
     """The frame of ``message`` as a list of parts, for ``sendmsg``/``writelines`` (no join)."""
-    cls = type(message)
+    if isinstance(message, Outputs):
+        return encode_outputs(message.request_id, message.tensors, message.compute_ns)
     buffers: list[bytes | memoryview] = []
     tensors: list[list[Any]] = []
-    # The two messages of every inference, field by field (the loop below looks each up).
-    if isinstance(message, Infer):
+    if isinstance(message, Infer):  # every inference's: its fields named here, not looked up
         fields: dict[str, Any] = {
             "request_id": message.request_id,
             "model": message.model,
@@ -330,16 +340,9 @@ def encode(message: Message) -> list[bytes | memoryview]:
             "budget_ms": message.budget_ms,
         }
         _tensor_parts(message.tensors, tensors, buffers)
-    elif isinstance(message, Outputs):
-        began = _perf_ns()
-        _tensor_parts(message.tensors, tensors, buffers)
-        compute = message.compute_ns
-        if len(compute) == 2:  # the worker's: add compute_output
-            compute = [compute[0], compute[1], _perf_ns() - began]
-        fields = {"request_id": message.request_id, "compute_ns": compute}
     else:
         fields = {}
-        for name in _FIELD_NAMES[cls]:
+        for name in _FIELD_NAMES[type(message)]:
             value = getattr(message, name)
             if name in _SIGNATURE_FIELDS and value is not None:
                 fields[name] = signature_to_json(value)
@@ -347,19 +350,45 @@ def encode(message: Message) -> list[bytes | memoryview]:
                 fields[name] = {k: signature_to_json(v) for k, v in value.items()}
             else:
                 fields[name] = value
-    header = orjson.dumps({"k": int(message.KIND), "f": fields, "t": tensors})
-    if buffers:
-        # Spaces after the JSON, so that the first buffer starts 8-byte aligned in the body:
-        # an array on an unaligned buffer is copied by the reader (``tensor_from_buffer``).
-        header += b" " * (-(len(header) + LEN_BYTES) % 8)
-    parts: list[bytes | memoryview] = [b"", header]
-    body_len = len(header) + LEN_BYTES * len(buffers)
-    for buf in buffers:
-        size = len(buf) if isinstance(buf, bytes) else buf.nbytes
-        body_len += size
-        parts.append(_LEN.pack(size))
-        parts.append(buf)
-    parts[0] = _PREFIX.pack(len(header), len(buffers), body_len)
+    return _frame(int(message.KIND), fields, tensors, buffers)
+
+
+def encode_outputs(
+    request_id: int, tensors: Mapping[str, np.ndarray], compute_ns: Sequence[int] = ()
+) -> list[bytes | memoryview]:
+    """``encode(Outputs(request_id, tensors, compute_ns))``, without building the message (the
+    worker's reply to every inference). Two ``compute_ns`` (the worker's: decoding and the
+    call) get the third, encoding these outputs, appended."""
+    began = _perf_ns()
+    buffers: list[bytes | memoryview] = []
+    metas: list[list[Any]] = []
+    _tensor_parts(tensors, metas, buffers)
+    if len(compute_ns) == 2:
+        compute_ns = (compute_ns[0], compute_ns[1], _perf_ns() - began)
+    return _frame(_OUTPUTS, {"request_id": request_id, "compute_ns": compute_ns}, metas, buffers)
+
+
+def _frame(
+    kind: int, fields: dict[str, Any], metas: list[list[Any]], buffers: list[bytes | memoryview]
+) -> list[bytes | memoryview]:
+    """The parts of one frame: the prefix, header and first buffer's length in one ``bytes``,
+    then each buffer (a view, not copied) and the next one's length."""
+    header = orjson.dumps({"k": kind, "f": fields, "t": metas})
+    if not buffers:
+        return [_PREFIX.pack(len(header), 0, len(header)) + header]
+    # Spaces after the JSON, so that the first buffer starts 8-byte aligned in the body: an
+    # array on an unaligned buffer is copied by the reader (``tensor_from_buffer``).
+    header += b" " * (-(len(header) + LEN_BYTES) % 8)
+    # Each buffer is ``bytes`` or a 1-d byte view (``_tensor_parts``): its len is its size.
+    sizes = list(map(len, buffers))
+    body_len = len(header) + LEN_BYTES * len(buffers) + sum(sizes)
+    parts: list[bytes | memoryview] = [
+        _PREFIX.pack(len(header), len(buffers), body_len) + header + _LEN.pack(sizes[0]),
+        buffers[0],
+    ]
+    for index in range(1, len(buffers)):
+        parts.append(_LEN.pack(sizes[index]))
+        parts.append(buffers[index])
     return parts
 
 
@@ -378,10 +407,10 @@ def decode(
             if len(metas) != len(buffers):
                 raise ProtocolError(f"{len(metas)} tensors described, {len(buffers)} buffers sent")
             began = _perf_ns()
-            tensors = {
-                m[0]: tensor_from_buffer(m[1:], b, m[0])
-                for m, b in zip(metas, buffers, strict=True)
-            }
+            tensors = {}
+            # As many of each (checked above); zip's strict= is a keyword call, dearer than this.
+            for meta, buffer in zip(metas, buffers):  # noqa: B905
+                tensors[meta[0]] = tensor_from_buffer(meta[1], meta[2], buffer, meta[0])
             if code == _OUTPUTS:
                 return Outputs(fields["request_id"], tensors, fields["compute_ns"])
             return Infer(
@@ -408,7 +437,7 @@ def decode(
         if metas or cls in _WITH_TENSORS:
             began = _perf_ns()
             fields["tensors"] = {
-                m[0]: tensor_from_buffer(m[1:], b, m[0])
+                m[0]: tensor_from_buffer(m[1], m[2], b, m[0])
                 for m, b in zip(metas, buffers, strict=True)
             }
             if cls is Infer:
@@ -466,7 +495,11 @@ def send_message(sock: socket.socket, message: Message) -> None:
 
     Not thread-safe: callers that send from several threads hold one lock around it.
     """
-    frame = encode(message)
+    send_frame(sock, encode(message))
+
+
+def send_frame(sock: socket.socket, frame: list[bytes | memoryview]) -> None:
+    """Write the parts of one frame (``encode``'s, ``encode_outputs``'s), as ``send_message``."""
     sent = sock.sendmsg(frame)
     if sent == PREFIX_BYTES + _PREFIX.unpack_from(frame[0])[2]:  # all of it: the common case
         return
@@ -523,22 +556,24 @@ class FrameReader:
 
     def read(self) -> Message | None:
         """The next message; None at a clean end of stream (the peer closed or died)."""
-        prefix = self._take(PREFIX_BYTES, at_start=True)
-        if prefix is None:
+        if self._end - self._start < PREFIX_BYTES and not self._fill(PREFIX_BYTES):
             return None
-        header_len, n_buffers, body_len = split_prefix(prefix)
-        body = (self._take(body_len) if body_len else None) or bytearray()
+        # The prefix is read where it lies, and a small frame came whole with it, usually.
+        header_len, n_buffers, body_len = split_prefix(self._buf, self._start)
+        start = self._start + PREFIX_BYTES
+        stop = start + body_len
+        if stop <= self._end:
+            self._start = stop
+            body = self._buf[start:stop]  # a copy: the buffer is reused
+        else:
+            self._start = start
+            body = self._take(body_len)
         return decode_body(body, header_len, n_buffers)  # writable arrays, as recv_message's
 
-    def _take(self, n: int, at_start: bool = False) -> bytearray | None:
-        """The next ``n`` bytes (a copy); None only at end of stream before a frame's first
-        byte (``at_start``); ProtocolError when the stream ends inside a frame."""
+    def _take(self, n: int) -> bytearray:
+        """The next ``n`` bytes of a frame (a copy); ProtocolError when the stream ends first."""
         have = self._end - self._start
-        if have >= n:
-            out = self._buf[self._start : self._start + n]
-            self._start += n
-            return out
-        if n > len(self._buf):  # larger than the buffer: into its own array, no second copy
+        if have < n and n > len(self._buf):  # larger than the buffer: its own array, one copy
             out = bytearray(n)
             out[:have] = self._view[self._start : self._end]
             self._start = self._end = 0
@@ -550,6 +585,17 @@ class FrameReader:
                     raise ProtocolError("stream ended inside a frame")
                 have += k
             return out
+        if have < n and not self._fill(n):
+            raise ProtocolError("stream ended inside a frame")
+        start = self._start
+        self._start = start + n
+        return self._buf[start : start + n]
+
+    def _fill(self, n: int) -> bool:
+        """Receive until at least ``n`` bytes (no more than the buffer holds) are unread; False
+        at an end of stream with nothing unread (between frames), ProtocolError at one inside
+        a frame."""
+        have = self._end - self._start
         if self._start:  # move the unread tail to the front to make room
             self._buf[:have] = self._view[self._start : self._end]
             self._start, self._end = 0, have
@@ -557,13 +603,11 @@ class FrameReader:
             self._poller.poll()  # input only: see the class docstring
             k = self._sock.recv_into(self._view[self._end :])
             if k == 0:
-                if self._end == 0 and at_start:
-                    return None
+                if self._end == 0:
+                    return False
                 raise ProtocolError("stream ended inside a frame")
             self._end += k
-        out = self._buf[:n]
-        self._start = n
-        return out
+        return True
 
 
 def _recv_exactly(sock: socket.socket, n: int) -> bytearray | None:

@@ -70,59 +70,44 @@ class ReplyProtocol(asyncio.Protocol):
                     return
             if self._buf:
                 self._buf += rest
-                self._gathered()
+                self._deliver(self._buf)
             else:
-                self._chunk(rest)
+                self._deliver(memoryview(rest))
         except ProtocolError as exc:
             self._end(f"it sent a malformed frame ({exc})", malformed=True)
 
-    def _chunk(self, data: bytes | memoryview) -> None:
-        """Every whole frame of ``data`` (which starts at a frame boundary), decoded in place;
-        the rest goes to the buffer."""
-        end = len(data)
-        offset = 0
-        view = memoryview(data)
-        deliver = self._on_message
-        while end - offset >= PREFIX_BYTES:
-            header_len, n_buffers, body_len = split_prefix(data, offset)
-            stop = offset + PREFIX_BYTES + body_len
-            if stop > end:
-                if body_len >= LARGE_BODY_BYTES:
-                    self._start_body(view[offset + PREFIX_BYTES :], header_len, n_buffers, body_len)
-                    return
-                break
-            message = decode_body(view[offset + PREFIX_BYTES : stop], header_len, n_buffers)
-            offset = stop
-            deliver(message)
-            if self._ended:  # on_message ended the stream (it killed the worker)
-                return
-        if offset < end:
-            self._buf = bytearray(view[offset:])
+    def _deliver(self, data: bytearray | memoryview) -> None:
+        """Decode and pass on every whole frame at the start of ``data``, then keep the rest: a
+        small frame's beginning in the buffer, a large one's in a body of its own.
 
-    def _gathered(self) -> None:
-        """Every whole frame at the start of the buffer, each body copied out of it (the
-        buffer is reused)."""
-        buf = self._buf
-        end = len(buf)
+        ``data`` is a chunk just received, as a memoryview (each body is a view of it: no
+        copy), or the buffer itself (each body is copied out of it, as the buffer is reused,
+        and the frames decoded are removed from it). Slicing does each: a memoryview's slice is
+        a view, a bytearray's a copy."""
+        end = len(data)
         offset = 0
         try:
             while end - offset >= PREFIX_BYTES:
-                header_len, n_buffers, body_len = split_prefix(buf, offset)
-                stop = offset + PREFIX_BYTES + body_len
+                header_len, n_buffers, body_len = split_prefix(data, offset)
+                start = offset + PREFIX_BYTES
+                stop = start + body_len
                 if stop > end:
                     if body_len >= LARGE_BODY_BYTES:
-                        start = offset + PREFIX_BYTES
-                        self._start_body(memoryview(buf)[start:], header_len, n_buffers, body_len)
+                        self._start_body(memoryview(data)[start:], header_len, n_buffers, body_len)
                         offset = end
                     break
-                message = decode_body(buf[offset + PREFIX_BYTES : stop], header_len, n_buffers)
+                message = decode_body(data[start:stop], header_len, n_buffers)
                 offset = stop
                 self._on_message(message)
-                if self._ended:
+                if self._ended:  # on_message ended the stream (it killed the worker)
                     return
         finally:
-            if not self._ended:
-                del buf[:offset]
+            if self._ended:
+                pass
+            elif isinstance(data, bytearray):
+                del data[:offset]
+            elif offset < end:
+                self._buf = bytearray(data[offset:])
 
     def _start_body(
         self, received: memoryview, header_len: int, n_buffers: int, body_len: int

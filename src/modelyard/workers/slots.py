@@ -68,6 +68,7 @@ class FairSlots:
         # that one (its caches are warm), where a Condition wakes the one idle the longest, so
         # every thread took every ``threads``-th job with cold caches.
         self._idle: list[threading.Lock] = []
+        self._waking = 0  # threads woken that have not taken the lock back yet
         self._workers = [
             threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
             for i in range(threads)
@@ -83,7 +84,14 @@ class FairSlots:
             if not job.queued_at:
                 job = Job(job.key, job.job_id, job.run, job.expired, job.deadline, time.monotonic())
             self._queues.setdefault(job.key, deque()).append(job)
-            self._wake_one()
+            # A thread is woken only when one could start this job and none is on its way
+            # already (it passes the wake on when it finds more to start: ``_work``). With
+            # its model at its cap, the end of one of the model's running jobs starts it
+            # (``_finished``: that thread takes the next job itself; an inline job's end wakes
+            # one). Else a thread woken for nothing slept again: a context switch and a turn
+            # of the GIL each, and at 64 streams every slot thread took turns (issue 18).
+            if not self._waking and self._running.get(job.key, 0) < self.per_model:
+                self._wake_one()
 
     def start_inline(self, key: str) -> bool:
         """Count a job of ``key`` as running on the caller's thread, when no job runs or waits
@@ -152,14 +160,20 @@ class FairSlots:
                 return job
         return None
 
+    def _runnable(self) -> bool:
+        """Whether a queued job could start now. Called with the lock held."""
+        return any(self._running.get(key, 0) < self.per_model for key in self._queues)
+
     def _wake_one(self) -> None:
         """Wake the thread idle the shortest time, if one is. Called with the lock held."""
         if self._idle:
             self._idle.pop().release()
+            self._waking += 1
 
     def _wake_all(self) -> None:
         while self._idle:
             self._idle.pop().release()
+            self._waking += 1
         self._lock.notify_all()  # close() waiting for inline jobs
 
     def _work(self) -> None:
@@ -171,6 +185,7 @@ class FairSlots:
                 if done is not None:
                     self._finished(done.key)
                 job = self._next()
+                woken = False
                 while job is None:
                     if self._closing and not self._queues:
                         return
@@ -180,8 +195,12 @@ class FairSlots:
                         waiter.acquire()
                     finally:
                         self._mutex.acquire()
+                        self._waking -= 1
+                    woken = True
                     job = self._next()
                 self._running[job.key] = self._running.get(job.key, 0) + 1
+                if woken and self._idle and self._runnable():
+                    self._wake_one()  # more work that can start now: pass the wake on
             run_job(job)
             done = job
 

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import numpy as np
 
-from modelyard.workers.protocol import Cancel, Infer, decode, encode
+from modelyard.workers.protocol import (
+    PREFIX_BYTES,
+    Cancel,
+    Infer,
+    decode_body,
+    encode,
+    split_prefix,
+)
 
 
 def _round_trip(message: object) -> object:
-    parts = [bytes(p) for p in encode(message)]  # type: ignore[arg-type]
-    return decode(parts[1], parts[3::2])
+    frame = b"".join(bytes(p) for p in encode(message))  # type: ignore[arg-type]
+    header_len, n_buffers, _ = split_prefix(frame)
+    return decode_body(frame[PREFIX_BYTES:], header_len, n_buffers)
 
 
 def test_infer_carries_the_time_left_to_its_deadline() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -166,3 +167,34 @@ def test_a_job_run_inline_counts_as_running_and_holds_back_the_slots() -> None:
     assert slots.start_inline("b")  # idle again: granted
     slots.finish_inline("b")
     slots.close()
+
+
+def _switches(thread: threading.Thread) -> int:
+    """The voluntary context switches (sleeps) of ``thread`` so far, from /proc."""
+    status = Path(f"/proc/self/task/{thread.native_id}/status").read_text().splitlines()
+    return next(int(line.split()[1]) for line in status if line.startswith("voluntary_ctxt"))
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads /proc (Linux)")
+def test_idle_threads_sleep_on_while_one_models_requests_queue_at_its_cap() -> None:
+    """Requests of one model arriving while its one allowed job runs wait for that job's
+    thread: no other thread is woken for them (each such wake-up was a context switch and a
+    turn of the GIL per request at 64 streams, for nothing)."""
+    slots = FairSlots(4, 1, name="capped")
+    threads = [t for t in threading.enumerate() if t.name.startswith("capped-")]
+    assert len(threads) == 4
+    ran: list[str] = []
+
+    def run() -> None:
+        ran.append(threading.current_thread().name)
+        time.sleep(0.004)  # the job runs while the next requests arrive
+
+    before = {t.name: _switches(t) for t in threads}
+    for job_id in range(40):
+        slots.submit(Job("m", job_id, run, _noop))
+        time.sleep(0.002)
+    _until(lambda: len(ran) == 40)
+    woken = sum(_switches(t) - before[t.name] for t in threads if t.name not in ran)
+    slots.close()
+    assert len(set(ran)) == 1, set(ran)  # one thread ran them all, one after another
+    assert woken <= 2, f"idle threads woke {woken} times for requests they could not run"
