@@ -281,14 +281,14 @@ def json_numbers(what: str, datatype: DataType, data: Any) -> np.ndarray:
             wide = np.asarray(data, dtype=_FLOAT64)
         except (OverflowError, ValueError, TypeError):
             wide = None
-        if wide is not None and wide.size:
-            largest = narrow[1]
-            # NaN (a null, or a string "nan") fails both comparisons: the general path decides.
-            if wide.max() <= largest and wide.min() >= -largest:
-                found = _leaf_types(data, wide.ndim)
-                if found <= _FLOAT_TYPES:
-                    return wide if narrow[0] is _FLOAT64 else wide.astype(narrow[0])
-                raise wrong_json_types(what, datatype, found - _FLOAT_TYPES)
+        # One reduction over the magnitudes rather than max() and min() (each a reduction
+        # behind a Python-level wrapper): about half the cost for a tiny model's request.
+        # NaN (a null, or a string "nan") fails the comparison: the general path decides.
+        if wide is not None and wide.size and np.abs(wide).max() <= narrow[1]:
+            found = _leaf_types(data, wide.ndim)
+            if found <= _FLOAT_TYPES:
+                return wide if narrow[0] is _FLOAT64 else wide.astype(narrow[0])
+            raise wrong_json_types(what, datatype, found - _FLOAT_TYPES)
     return _json_numbers(what, datatype, data)
 
 

@@ -153,6 +153,7 @@ class DataPlane:
         self.max_in_flight = max_in_flight
         self.deadlines = deadline_policy or DeadlinePolicy()
         self._in_flight: dict[str, int] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None  # see ``_current_task``
         self.server_name = server_name
         self.version = __version__
         self.started = False
@@ -267,12 +268,20 @@ class DataPlane:
                     signature, run_name = _pick_signature(entry, signature_name)
             token = deadlines.serve(clock)  # not ``serving``: a generator per request
             try:
-                if deadline is None:  # nothing to bound: one coroutine fewer per request
+                # The deadline's timer around ``_run`` here rather than in a coroutine of its
+                # own: at one request in flight each coroutine layer is CPU on the answer's path.
+                timer = None if deadline is None else self._arm(clock)
+                try:
                     result, _seconds = await self._run(entry, signature, run_name, inputs, outputs)
-                else:
-                    result, _seconds = await self._bounded(
-                        clock, entry, signature, run_name, inputs, outputs
-                    )
+                except (asyncio.CancelledError, TimeoutError) as exc:
+                    if timer is not None and timer.caused(exc):
+                        raise clock.exceeded() from None
+                    raise
+                finally:
+                    if timer is not None:
+                        timer.disarm()
+                if timer is not None and timer.fired:  # as the call ended; it swallowed the cancel
+                    timer.task.uncancel()
             finally:
                 deadlines.stop_serving(token)
         except ModelyardError as exc:
@@ -296,45 +305,32 @@ class DataPlane:
             metrics.observe_ok(entry.key, clock, rows, lane)
         return result
 
-    async def _bounded(
-        self,
-        clock: RequestClock,
-        entry: VersionEntry,
-        signature: Signature,
-        run_name: str | None,
-        inputs: Mapping[str, np.ndarray],
-        outputs: Sequence[str] | None,
-    ) -> tuple[InferResult, float]:
-        """``_run`` within the clock's deadline: cancelled there (which takes the request out of
-        a batcher's queue and tells the worker to skip it) and answered DeadlineExceeded. The
-        clock has a deadline: ``infer`` runs a request without one through ``_run`` itself.
+    def _arm(self, clock: RequestClock) -> _DeadlineTimer:
+        """The timer that cancels this task at the clock's deadline (which takes the request
+        out of a batcher's queue and tells the worker to skip it; ``infer`` answers it
+        DeadlineExceeded); DeadlineExceeded at once when the deadline has passed already.
 
-        As ``asyncio.timeout`` does it (a timer that cancels this task; a cancellation counts
-        as the deadline's only when the timer fired and nobody else cancelled the task too),
-        without its context object and two coroutines per request."""
+        As ``asyncio.timeout`` does it (a cancellation counts as the deadline's only when the
+        timer fired and nobody else cancelled the task too), without its context object and two
+        coroutines per request."""
         assert clock.deadline is not None
         left = clock.deadline.remaining_s()
         if left <= 0:
             raise clock.exceeded()
-        task = asyncio.current_task()
-        assert task is not None
-        cancelling = task.cancelling()
-        expiry = _Expiry(task)
-        # The task's loop: get_running_loop() would call getpid(), a system call, once more.
-        timer = task.get_loop().call_later(left, expiry.fire)
-        try:
-            result = await self._run(entry, signature, run_name, inputs, outputs)
-        except asyncio.CancelledError:
-            if expiry.fired and task.uncancel() <= cancelling:
-                raise clock.exceeded() from None
-            raise
-        except TimeoutError:  # as under asyncio.timeout: a timeout inside is the deadline's
-            raise clock.exceeded() from None
-        finally:
-            timer.cancel()
-        if expiry.fired:  # it fired as the call ended, and the call swallowed the cancel
-            task.uncancel()
-        return result
+        return _DeadlineTimer(self._current_task(), left)
+
+    def _current_task(self) -> asyncio.Task[object]:
+        """The task serving this request. ``asyncio.current_task()`` asks for the running loop,
+        which on Python 3.11 is a ``getpid()`` system call per request; the data plane's loop
+        (one per instance, see the module docstring) is remembered instead, and found again
+        when a request comes from another loop (as in tests that run one loop per test)."""
+        loop = self._loop
+        task = asyncio.current_task(loop) if loop is not None else None
+        if task is None:  # first request, or not on the remembered loop
+            task = asyncio.current_task()
+            assert task is not None
+            self._loop = task.get_loop()
+        return task
 
     async def _run(
         self,
@@ -394,18 +390,33 @@ class DataPlane:
         return entry
 
 
-class _Expiry:
-    """A request's deadline timer: cancels ``task`` when it fires, and remembers that it did."""
+class _DeadlineTimer:
+    """A request's deadline timer: cancels ``task`` when it fires, and remembers that it did
+    (``caused`` tells its cancellation from anybody else's). One event loop."""
 
-    __slots__ = ("fired", "task")
+    __slots__ = ("_cancelling", "_handle", "fired", "task")
 
-    def __init__(self, task: asyncio.Task[object]) -> None:
+    def __init__(self, task: asyncio.Task[object], left_s: float) -> None:
         self.task = task
         self.fired = False
+        self._cancelling = task.cancelling()
+        # The task's loop: get_running_loop() would call getpid(), a system call, once more.
+        self._handle = task.get_loop().call_later(left_s, self._fire)
 
-    def fire(self) -> None:
+    def _fire(self) -> None:
         self.fired = True
         self.task.cancel()
+
+    def caused(self, exc: asyncio.CancelledError | TimeoutError) -> bool:
+        """Whether ``exc``, out of the request, is the deadline's: a cancellation that this
+        timer made and nobody else (then the task's cancel request is withdrawn), or a timeout
+        inside (as under ``asyncio.timeout``)."""
+        if isinstance(exc, TimeoutError):
+            return True
+        return self.fired and self.task.uncancel() <= self._cancelling
+
+    def disarm(self) -> None:
+        self._handle.cancel()
 
 
 def _default_signature(entry: VersionEntry) -> Signature:

@@ -105,3 +105,31 @@ def test_a_full_device_refuses_while_another_device_serves() -> None:
         assert plane.in_flight() == 0
 
     asyncio.run(scenario())
+
+
+def test_one_data_plane_bounds_requests_on_each_loop_it_serves_in_turn() -> None:
+    """The data plane remembers its loop to find a request's task without a system call; a
+    plane used from a new loop after the old one is gone (as tests and embedders do) still
+    finds the right task: each loop's slow request is cut at its deadline, a quick one is not,
+    and a request cancelled from outside stays cancelled (not turned into a deadline)."""
+    model = Slow(10.0)
+    plane = _plane({"m": (model, "gpu0")}, deadline_policy=DeadlinePolicy(100))
+
+    async def cut() -> None:
+        with pytest.raises(DeadlineExceeded):
+            await plane.infer(ModelRef("m"), X)
+
+    async def cancelled_from_outside() -> None:
+        task = asyncio.create_task(plane.infer(ModelRef("m"), X))
+        await asyncio.sleep(0.02)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    for _ in range(2):  # each asyncio.run is a new loop
+        asyncio.run(cut())
+        asyncio.run(cancelled_from_outside())
+    assert model.cancelled == 4
+    model.seconds = 0.0
+    result = asyncio.run(plane.infer(ModelRef("m"), X))
+    assert result.outputs["y"].tolist() == [[1.0]]

@@ -67,7 +67,9 @@ class Context:
     """The servicer context of one call: the part of ``grpc.aio.ServicerContext`` that
     modelyard's handlers use."""
 
-    __slots__ = ("_code", "_deadline", "_details", "_metadata", "_peer", "_stream", "expired")
+    __slots__ = (
+        "_code", "_deadline", "_details", "_loop", "_metadata", "_peer", "_stream", "expired",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -75,9 +77,12 @@ class Context:
         deadline: float | None,
         stream: Stream,
         peer: str,
+        loop: asyncio.AbstractEventLoop,
     ) -> None:
+        """``deadline``: in ``loop.time()``, None without one."""
         self._metadata = metadata
         self._deadline = deadline
+        self._loop = loop
         self._stream = stream
         self._peer = peer
         self._code: grpc.StatusCode | None = None
@@ -113,7 +118,7 @@ class Context:
     def time_remaining(self) -> float | None:
         if self._deadline is None:
             return None
-        return max(0.0, self._deadline - asyncio.get_running_loop().time())
+        return max(0.0, self._deadline - self._loop.time())
 
     def peer(self) -> str:
         return self._peer
@@ -252,10 +257,10 @@ class FastServer:
             connection.answer(stream, b"", b"", call.refusal)
             connection.finished(stream)
             return
-        loop = asyncio.get_running_loop()
+        loop = connection.loop or asyncio.get_running_loop()  # (a getpid() per call: see there)
         timeout = call.timeout
         deadline = None if timeout is None else loop.time() + timeout
-        context = Context(call.metadata, deadline, stream, connection.peer)
+        context = Context(call.metadata, deadline, stream, connection.peer, loop)
         task = loop.create_task(self._call(connection, stream, call, context))
         stream.task = task
         self.running.add(task)

@@ -78,6 +78,7 @@ class Connection(Answering):
         self._app = application
         self.limits = limits
         self._registry = registry
+        self.loop: asyncio.AbstractEventLoop | None = None  # the connection's, once made
         self.peer = ""
         self._buf = bytearray()
         self._preface = False
@@ -96,6 +97,9 @@ class Connection(Answering):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        # Remembered for the application's calls: on Python 3.11 get_running_loop() is a
+        # getpid() system call, once per connection here instead of once per request.
+        self.loop = asyncio.get_running_loop()
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
             family = "ipv6" if ":" in str(peer[0]) else "ipv4"

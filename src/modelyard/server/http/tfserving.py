@@ -118,11 +118,22 @@ class TFServingAPI:
         """The JSON answer to the ``:predict`` body ``raw`` for ``ref``; a ModelyardError for
         anything the client gets an error for. Both ways in call this (the Starlette route and
         ``modelyard.server.http.lean``)."""
-        found, decoded = await self._decode(ref, ":predict", raw)
+        # The usual small body is decoded and answered on the loop without a coroutine for
+        # either step: at one request in flight each is CPU on the answer's path.
+        if len(raw) <= offload.OFF_LOOP_BYTES:
+            found, decoded = self._decode_here(ref, ":predict", raw)
+        else:
+            found, decoded = await self._decode(ref, ":predict", raw)
         assert isinstance(decoded, PredictBody)
         if found is None or found.signature is not decoded.signature:
             found = self._target(ref, found, decoded.signature_name)
-        return await self._predict(found, decoded.key, decoded.inputs)
+        result = await self._dataplane.infer(found, decoded.inputs, lane=TFSERVING_REST_INDEX)
+        # ``found.signature`` is the one the request was decoded against, resolved before it
+        # ran: a request in flight when the server starts stopping still gets its answer.
+        size = offload.JSON_EXPANSION * sum(a.nbytes for a in result.outputs.values())
+        if size <= offload.OFF_LOOP_BYTES:
+            return encode_answer(decoded.key, result, found.signature)
+        return await offload.run(size, encode_answer, decoded.key, result, found.signature)
 
     async def _decode(
         self, ref: ModelRef, verb: str, raw: bytes
@@ -132,29 +143,25 @@ class TFServingAPI:
         # The request's model is resolved once (while its body is decoded, or before for a body
         # decoded in another process) and the request runs on the version it was decoded for.
         if len(raw) <= offload.OFF_LOOP_BYTES:
-            resolver = _Resolver(self._dataplane, ref)
-            decoded = decode_post(verb, raw, resolver)
-            return resolver.target, decoded
+            return self._decode_here(ref, verb, raw)
         # Decoded in another process: it gets a snapshot of the model's signatures.
         found = self._dataplane.resolve(ref)
         table = _SignatureTable(dict(found.signatures))
         return found, await offload.run(len(raw), decode_post, verb, raw, table)
+
+    def _decode_here(
+        self, ref: ModelRef, verb: str, raw: bytes
+    ) -> tuple[Resolved | None, PredictBody | dict[str, Any]]:
+        """``_decode`` on the loop (a body of at most ``offload.OFF_LOOP_BYTES``)."""
+        resolver = _Resolver(self._dataplane, ref)
+        decoded = decode_post(verb, raw, resolver)
+        return resolver.target, decoded
 
     def _target(self, ref: ModelRef, found: Resolved | None, signature_name: str) -> Resolved:
         """What ``ref`` resolved to (``found``, else resolved now), with ``signature_name``."""
         if found is None:
             return self._dataplane.resolve(ref, signature_name)
         return found.named(signature_name)
-
-    async def _predict(self, target: Resolved, key: str, inputs: dict[str, np.ndarray]) -> bytes:
-        """Row format (``instances``) answers ``predictions``; columnar answers ``outputs``.
-
-        ``target.signature`` is the one the request was decoded against, resolved before it ran:
-        a request in flight when the server starts stopping still gets its answer.
-        """
-        result = await self._dataplane.infer(target, inputs, lane=TFSERVING_REST_INDEX)
-        size = offload.JSON_EXPANSION * sum(a.nbytes for a in result.outputs.values())
-        return await offload.run(size, encode_answer, key, result, target.signature)
 
     async def _classify_or_regress(
         self, ref: ModelRef | Resolved, verb: str, body: dict[str, Any], signature_name: str
