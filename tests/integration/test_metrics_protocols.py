@@ -15,6 +15,9 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from modelyard.config.schema import Platform
+from modelyard.demo.models import BuiltModel, save_onnx
+from modelyard.tensors import DataType, Signature, TensorSpec
 from modelyard.testing.models import model_config, write_config, write_onnx_linear
 from modelyard.testing.server import RunningServer, serving
 from modelyard.tfproto.generated import tensorflow_core_pb2 as tf_core
@@ -34,9 +37,41 @@ BAD = np.ones((1, 3), np.float32)  # the model takes 4 features
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     root = tmp_path_factory.mktemp("metrics")
     linear = write_onnx_linear(root / "linear" / "1")
-    config = write_config(root / "modelyard.yaml", [model_config("linear", {1: linear})])
+    split = _write_rows_and_total(root / "split" / "1")
+    models = [model_config("linear", {1: linear}), model_config("split", {1: split})]
+    config = write_config(root / "modelyard.yaml", models)
     with serving(config) as running:
         yield running
+
+
+def _write_rows_and_total(version_dir: Path) -> BuiltModel:
+    """``model.onnx``: ``x`` FP32 [-1, 3] -> ``rows`` = x and ``total`` = the sum of all of x,
+    a scalar: outputs without a common batch dimension, which TF Serving's row format
+    (``instances``) cannot answer although the model ran."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("Identity", ["x"], ["rows"]),
+            helper.make_node("ReduceSum", ["x"], ["total"], keepdims=0),
+        ],
+        "rows_and_total",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])],
+        [
+            helper.make_tensor_value_info("rows", TensorProto.FLOAT, ["batch", 3]),
+            helper.make_tensor_value_info("total", TensorProto.FLOAT, []),
+        ],
+    )
+    return BuiltModel(
+        artifact=save_onnx(graph, version_dir),
+        platform=Platform.ONNX,
+        signature=Signature(
+            (TensorSpec("x", DataType.FP32, (-1, 3)),),
+            (TensorSpec("rows", DataType.FP32, (-1, 3)), TensorSpec("total", DataType.FP32, ())),
+        ),
+        reference=lambda i: {"rows": i["x"], "total": i["x"].sum()},
+        example={"x": np.ones((2, 3), np.float32)},
+    )
 
 
 def _samples(server: RunningServer) -> Samples:
@@ -169,6 +204,35 @@ def test_a_known_mix_over_every_protocol_is_counted_once_each(server: RunningSer
     assert after[("nv_inference_pending_request_count", tuple(sorted(version.items())))] == 0
     assert after[("modelyard_worker_restarts_total", (("device", "cpu"),))] == 0
     assert after[("modelyard_device_measured_bytes", (("device", "cpu"),))] > 0
+
+
+def test_an_answer_that_cannot_be_encoded_is_counted_once(server: RunningServer) -> None:
+    """The model ran (the data plane counted a success), then the answer could not be written
+    in the row format the client asked for (400): one request, counted once, as a success of
+    the model, not also as a failure; the columnar form of the same request is answered."""
+    version = {"model": "split", "version": "1"}
+    before = _samples(server)
+    with httpx.Client(base_url=server.rest_url, timeout=30) as http:
+        rows = http.post("/v1/models/split:predict", json={"instances": [[1, 2, 3]]})
+        columns = http.post("/v1/models/split:predict", json={"inputs": {"x": [[1, 2, 3]]}})
+    after = _samples(server)
+    assert rows.status_code == 400, rows.text
+    assert "cannot be returned as rows" in rows.json()["error"]
+    assert columns.status_code == 200
+    assert columns.json()["outputs"]["total"] == 6.0  # a scalar, written as TF Serving does
+    assert _delta(before, after, "nv_inference_request_success", **version) == 2
+    failures = sum(
+        value - before.get((name, labels), 0.0)
+        for (name, labels), value in after.items()
+        if name == "nv_inference_request_failure" and ("model", "split") in labels
+    )
+    assert failures == 0
+    counted = sum(
+        value - before.get((name, labels), 0.0)
+        for (name, labels), value in after.items()
+        if name == "modelyard_inference_requests_total" and ("model", "split") in labels
+    )
+    assert counted == 2
 
 
 def test_triton_counter_names_have_no_total_suffix(server: RunningServer) -> None:

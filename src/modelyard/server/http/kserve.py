@@ -140,9 +140,13 @@ class KServeApi:
             a.nbytes for name, a in result.outputs.items() if not binary[name]
         )
         answer = (result.model, result.version, decoded.id, result.outputs, binary)
-        if in_json <= offload.OFF_LOOP_BYTES:
-            return codec.encode_response(*answer)
-        return await offload.run(in_json, codec.encode_response, *answer)
+        try:
+            if in_json <= offload.OFF_LOOP_BYTES:
+                return codec.encode_response(*answer)
+            return await offload.run(in_json, codec.encode_response, *answer)
+        except ModelyardError as exc:  # the model ran: the data plane counted it (a success)
+            exc.counted = True  # once only
+            raise
 
 
 def metadata_json(metadata: ModelMetadata) -> dict[str, object]:

@@ -26,7 +26,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from modelyard import codec
-from modelyard.errors import InvalidArgument, NotFound
+from modelyard.errors import InvalidArgument, ModelyardError, NotFound
 from modelyard.lifecycle.states import ModelState
 from modelyard.observability.calls import TFSERVING_REST_INDEX
 from modelyard.server import tfexamples
@@ -131,9 +131,13 @@ class TFServingAPI:
         # ``found.signature`` is the one the request was decoded against, resolved before it
         # ran: a request in flight when the server starts stopping still gets its answer.
         size = offload.JSON_EXPANSION * sum(a.nbytes for a in result.outputs.values())
-        if size <= offload.OFF_LOOP_BYTES:
-            return encode_answer(decoded.key, result, found.signature)
-        return await offload.run(size, encode_answer, decoded.key, result, found.signature)
+        try:
+            if size <= offload.OFF_LOOP_BYTES:
+                return encode_answer(decoded.key, result, found.signature)
+            return await offload.run(size, encode_answer, decoded.key, result, found.signature)
+        except ModelyardError as exc:  # e.g. outputs that cannot be rows: the model ran
+            exc.counted = True  # the data plane counted the request (a success): once only
+            raise
 
     async def _decode(
         self, ref: ModelRef, verb: str, raw: bytes
@@ -388,6 +392,8 @@ def decode_columnar(inputs: Any, signature: Signature) -> dict[str, np.ndarray]:
 def _jsonable(array: np.ndarray) -> Any:
     if array.dtype == object:
         return [_jsonable(a) if isinstance(a, np.ndarray) else _bytes_value(a) for a in array]
+    if not array.ndim:  # a scalar is written as one (ascontiguousarray would make it a list)
+        return array[()]
     # orjson serialises C-contiguous numpy arrays natively, without a Python-object detour.
     return np.ascontiguousarray(array)
 
