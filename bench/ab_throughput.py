@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import random
 import statistics
-import struct
 import subprocess
 import tempfile
 import time
@@ -31,9 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from bench_models import TINY
-from protocols import GRPC_METHOD, payload
-from request_cost import cpu_seconds
+from request_cost import cpu_seconds, h2load_request
 
 
 @dataclass(frozen=True)
@@ -57,24 +54,12 @@ def h2load_command(
     """The h2load command that loads ``target`` with ``clients`` requests in flight for
     ``seconds`` after ``warm`` seconds of warm-up, over ``protocol`` (``kserve_json`` or
     ``kserve_grpc``); ``body`` is where the request body is written."""
-    request = payload(protocol, TINY.name, TINY.example())
+    url, extra = h2load_request({"grpc": target.grpc, "rest": target.rest}, protocol, body)
     if protocol == "kserve_grpc":
-        body.write_bytes(b"\x00" + struct.pack(">I", len(request)) + request)
-        url = f"http://127.0.0.1:{target.grpc}{GRPC_METHOD}"
         # One connection, ``clients`` streams: as a grpc client's channel carries its calls.
         shape = ["--clients=1", f"--max-concurrent-streams={clients}"]
-        extra = ["--header=content-type: application/grpc", "--header=te: trailers"]
     else:
-        head, _, data = request.partition(b"\r\n\r\n")
-        body.write_bytes(data)
-        lines = head.decode().split("\r\n")
-        url = f"http://127.0.0.1:{target.rest}{lines[0].split(' ')[1]}"
         shape = [f"--clients={clients}", "--max-concurrent-streams=1"]  # HTTP/1.1: one each
-        extra = ["--h1"] + [
-            f"--header={line}"
-            for line in lines[1:]
-            if not line.lower().startswith(("host:", "content-length:"))
-        ]
     return [
         "h2load",
         *shape,

@@ -26,7 +26,6 @@ import json
 import os
 import re
 import signal
-import struct
 import subprocess
 import sys
 import tempfile
@@ -41,7 +40,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).parent))
 
 from bench_models import TINY, write_mlp
-from protocols import GRPC_METHOD, payload
+from request_cost import h2load_request
 
 PYTHON = sys.executable
 PROTOCOLS = ("kserve_grpc", "tfs_rest")
@@ -94,22 +93,8 @@ connections for REST."""
 def h2load(ports: dict[str, int], protocol: str, requests: int, tmp: Path) -> float:
     """Send exactly ``requests`` requests, ``STREAMS`` at a time, over ``protocol``; the
     seconds taken. Fails unless every one succeeded."""
-    request = payload(protocol, TINY.name, TINY.example())
     body = tmp / f"body-{protocol}-{ports['pid']}"
-    if protocol == "kserve_grpc":
-        body.write_bytes(b"\x00" + struct.pack(">I", len(request)) + request)
-        url = f"http://127.0.0.1:{ports['grpc']}{GRPC_METHOD}"
-        extra = ["--header=content-type: application/grpc", "--header=te: trailers"]
-    else:
-        head, _, data = request.partition(b"\r\n\r\n")
-        body.write_bytes(data)
-        lines = head.decode().split("\r\n")
-        url = f"http://127.0.0.1:{ports['rest']}{lines[0].split(' ')[1]}"
-        extra = ["--h1"] + [
-            f"--header={line}"
-            for line in lines[1:]
-            if not line.lower().startswith(("host:", "content-length:"))
-        ]
+    url, extra = h2load_request(ports, protocol, body)
     if protocol == "kserve_grpc":
         shape = ["--clients=1", f"--max-concurrent-streams={STREAMS}"]
     else:

@@ -38,21 +38,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psutil
+from ab_throughput import Target
 from bench_models import TINY
 from protocols import GRPC_METHOD, payload
 from rawconn import H1, H2, Run
 
 # -- servers, connections and the rotated rounds -----------------------------------------------
-
-
-@dataclass(frozen=True)
-class Target:
-    """One server under test: its label, its REST and gRPC ports, its front end's pid."""
-
-    name: str
-    rest: int
-    grpc: int
-    pid: int
 
 
 def _schedstat_ns(pid: int) -> int:

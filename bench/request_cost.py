@@ -111,24 +111,30 @@ def serve(
     return process, ports
 
 
-def _h2load(ports: dict[str, int], protocol: str, requests: int, streams: int) -> None:
+def h2load_request(ports: dict[str, int], protocol: str, body: Path) -> tuple[str, list[str]]:
+    """The tiny model's request over ``protocol`` for h2load: its body written to ``body`` (a
+    gRPC message with its 5-byte prefix, or the HTTP body), and the URL and h2load options
+    (headers; ``--h1`` for REST) to send it with."""
     request = payload(protocol, TINY.name, TINY.example())
+    if protocol == "kserve_grpc":
+        body.write_bytes(b"\x00" + struct.pack(">I", len(request)) + request)
+        url = f"http://127.0.0.1:{ports['grpc']}{GRPC_METHOD}"
+        return url, ["--header=content-type: application/grpc", "--header=te: trailers"]
+    head, _, data = request.partition(b"\r\n\r\n")
+    body.write_bytes(data)
+    lines = head.decode().split("\r\n")
+    url = f"http://127.0.0.1:{ports['rest']}{lines[0].split(' ')[1]}"
+    return url, ["--h1"] + [
+        f"--header={line}"
+        for line in lines[1:]
+        if not line.lower().startswith(("host:", "content-length:"))
+    ]
+
+
+def _h2load(ports: dict[str, int], protocol: str, requests: int, streams: int) -> None:
     with tempfile.TemporaryDirectory(prefix="modelyard-cost-h2-") as tmp:
         body = Path(tmp) / "body"
-        if protocol == "kserve_grpc":
-            body.write_bytes(b"\x00" + struct.pack(">I", len(request)) + request)
-            url = f"http://127.0.0.1:{ports['grpc']}{GRPC_METHOD}"
-            extra = ["--header=content-type: application/grpc", "--header=te: trailers"]
-        else:
-            head, _, data = request.partition(b"\r\n\r\n")
-            body.write_bytes(data)
-            lines = head.decode().split("\r\n")
-            path = lines[0].split(" ")[1]
-            url = f"http://127.0.0.1:{ports['rest']}{path}"
-            extra = ["--h1"] + [
-                f"--header={line}" for line in lines[1:] if not line.lower().startswith(
-                    ("host:", "content-length:"))
-            ]  # fmt: skip
+        url, extra = h2load_request(ports, protocol, body)
         command = [
             "h2load",
             f"--requests={requests}",
