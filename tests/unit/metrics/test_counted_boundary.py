@@ -4,28 +4,15 @@ httpx's ASGITransport."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import httpx
-import numpy as np
 import pytest
 
-from modelyard.config.schema import Platform
 from modelyard.errors import Code
-from modelyard.ids import VersionKey
-from modelyard.lifecycle.registry import ModelRegistry, Replica, VersionEntry
-from modelyard.lifecycle.states import ModelState
-from modelyard.metrics import ServerMetrics
 from modelyard.observability.boundary import Observer
-from modelyard.server.dataplane import DataPlane
 from modelyard.server.http.app import build_app
-from modelyard.tensors import DataType, Signature, TensorSpec
-
-SIGNATURE = Signature(
-    (TensorSpec("x", DataType.FP32, (-1,)),), (TensorSpec("y", DataType.FP32, (-1,)),)
-)
-KEY = VersionKey("double", 1)
+from modelyard.testing.dataplane import DOUBLE_KEY, doubling_dataplane
 
 pytestmark = pytest.mark.anyio
 
@@ -35,41 +22,10 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-class _Servable:
-    @property
-    def signature(self) -> Signature:
-        return SIGNATURE
-
-    @property
-    def signatures(self) -> Mapping[str, Signature]:
-        return {"serving_default": SIGNATURE}
-
-    async def infer(
-        self, inputs: Mapping[str, np.ndarray], signature_name: str | None = None
-    ) -> dict[str, np.ndarray]:
-        return {"y": inputs["x"] * 2}
-
-    async def close(self) -> None:
-        pass
-
-
-def _served() -> tuple[DataPlane, ServerMetrics]:
-    registry = ModelRegistry()
-    entry = VersionEntry(KEY, Platform.ONNX, signature=SIGNATURE)
-    entry.transition(ModelState.LOADING)
-    entry.replicas = [Replica(_Servable(), "cpu")]
-    entry.transition(ModelState.AVAILABLE)
-    registry.add(entry)
-    metrics = ServerMetrics(registry)
-    dataplane = DataPlane(registry, metrics=metrics)
-    dataplane.started = True
-    return dataplane, metrics
-
-
 async def test_each_call_is_counted_once_a_bugs_500_included(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    dataplane, metrics = _served()
+    dataplane, metrics = doubling_dataplane()
     app = build_app(dataplane, max_request_bytes=1024, observer=Observer(metrics.call_ended))
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=True)
     body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1.0]}]}
@@ -82,7 +38,7 @@ async def test_each_call_is_counted_once_a_bugs_500_included(
 
         monkeypatch.setattr(type(dataplane.deadlines), "rest", bug)
         assert (await client.post("/v2/models/double/infer", json=body)).status_code == 500
-    stats = metrics.book.get(KEY)
+    stats = metrics.book.get(DOUBLE_KEY)
     assert stats is not None
     assert (stats.success_count, stats.fail_count) == (1, 1)
     assert stats.failures == {Code.INTERNAL: 1}

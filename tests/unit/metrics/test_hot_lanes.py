@@ -6,46 +6,17 @@ refusal before it by the gRPC error mapping (``server/grpc/observe.refused``), i
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import pytest
 
-from modelyard.config.schema import Platform
 from modelyard.errors import Code, InvalidArgument, ModelyardError
-from modelyard.ids import VersionKey
-from modelyard.lifecycle.registry import ModelRegistry, Replica, VersionEntry
-from modelyard.lifecycle.states import ModelState
-from modelyard.metrics import ServerMetrics
 from modelyard.observability.calls import CURRENT, KSERVE_GRPC_INDEX, Protocol
 from modelyard.server.dataplane import DataPlane, ModelRef
 from modelyard.server.grpc.generated import grpc_service_pb2 as pb
 from modelyard.server.grpc.observe import inference_protocol, refused
-from modelyard.tensors import DataType, Signature, TensorSpec
-
-SIGNATURE = Signature(
-    (TensorSpec("x", DataType.FP32, (-1,)),), (TensorSpec("y", DataType.FP32, (-1,)),)
-)
-KEY = VersionKey("double", 1)
-
-
-class _Servable:
-    @property
-    def signature(self) -> Signature:
-        return SIGNATURE
-
-    @property
-    def signatures(self) -> Mapping[str, Signature]:
-        return {"serving_default": SIGNATURE}
-
-    async def infer(
-        self, inputs: Mapping[str, np.ndarray], signature_name: str | None = None
-    ) -> dict[str, np.ndarray]:
-        return {"y": inputs["x"] * 2}
-
-    async def close(self) -> None:
-        pass
+from modelyard.testing.dataplane import DOUBLE_KEY, doubling_dataplane
 
 
 class _Servicer:
@@ -53,19 +24,6 @@ class _Servicer:
 
     def __init__(self, dataplane: DataPlane) -> None:
         self._dataplane = dataplane
-
-
-def _served() -> tuple[DataPlane, ServerMetrics]:
-    registry = ModelRegistry()
-    entry = VersionEntry(KEY, Platform.ONNX, signature=SIGNATURE)
-    entry.transition(ModelState.LOADING)
-    entry.replicas = [Replica(_Servable(), "cpu")]
-    entry.transition(ModelState.AVAILABLE)
-    registry.add(entry)
-    metrics = ServerMetrics(registry)
-    dataplane = DataPlane(registry, metrics=metrics)
-    dataplane.started = True
-    return dataplane, metrics
 
 
 def _answer(dataplane: DataPlane, ref: ModelRef, x: np.ndarray) -> ModelyardError | None:
@@ -95,7 +53,7 @@ def test_the_hot_methods_know_their_protocol_once() -> None:
 
 
 def test_each_call_is_counted_once_on_its_lane_with_nothing_current() -> None:
-    dataplane, metrics = _served()
+    dataplane, metrics = doubling_dataplane()
     good = np.ones(2, np.float32)
     assert _answer(dataplane, ModelRef("double"), good) is None
     bad = _answer(dataplane, ModelRef("double"), np.ones((2, 2), np.float32))  # wrong rank
@@ -109,7 +67,7 @@ def test_each_call_is_counted_once_on_its_lane_with_nothing_current() -> None:
     request = pb.ModelInferRequest(model_name="double")
     protocol = inference_protocol("inference.GRPCInferenceService", "ModelInfer")
     refused(_Servicer(dataplane), protocol, request, InvalidArgument("no such datatype"))
-    stats = metrics.book.get(KEY)
+    stats = metrics.book.get(DOUBLE_KEY)
     assert stats is not None
     assert stats.outcomes == {("kserve_grpc", "OK"): 1, ("kserve_grpc", "INVALID_ARGUMENT"): 2}
     assert stats.success_count == stats.request_duration.count == 1
@@ -118,7 +76,7 @@ def test_each_call_is_counted_once_on_its_lane_with_nothing_current() -> None:
 
 @pytest.mark.parametrize("metrics_on", [True, False])
 def test_a_method_that_is_not_inference_counts_nothing(metrics_on: bool) -> None:
-    dataplane, metrics = _served()
+    dataplane, metrics = doubling_dataplane()
     if not metrics_on:
         dataplane.metrics = None
     refused(_Servicer(dataplane), None, object(), InvalidArgument("bad metadata request"))
@@ -128,7 +86,7 @@ def test_a_method_that_is_not_inference_counts_nothing(metrics_on: bool) -> None
         pb.ModelInferRequest(model_name="double"),
         InvalidArgument("x"),
     )
-    assert metrics.book.get(KEY) is None
+    assert metrics.book.get(DOUBLE_KEY) is None
     assert metrics.book.rejected == {}
 
 
@@ -137,7 +95,7 @@ def test_a_success_on_a_given_lane_tells_an_observed_call() -> None:
     though the adapter passed its lane (the access line names the version it ran on)."""
     from modelyard.observability.calls import Call
 
-    dataplane, metrics = _served()
+    dataplane, metrics = doubling_dataplane()
     call = Call(Protocol.KSERVE_GRPC)
 
     async def observed() -> Any:
@@ -148,6 +106,6 @@ def test_a_success_on_a_given_lane_tells_an_observed_call() -> None:
 
     asyncio.run(observed())
     assert (call.counted, call.model, call.version, call.rows) == (True, "double", "1", 3)
-    stats = metrics.book.get(KEY)
+    stats = metrics.book.get(DOUBLE_KEY)
     assert stats is not None
     assert stats.outcomes == {("kserve_grpc", "OK"): 1}
