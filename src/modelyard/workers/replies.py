@@ -102,12 +102,11 @@ class ReplyProtocol(asyncio.Protocol):
                 if self._ended:  # on_message ended the stream (it killed the worker)
                     return
         finally:
-            if self._ended:
-                pass
-            elif isinstance(data, bytearray):
-                del data[:offset]
-            elif offset < end:
-                self._buf = bytearray(data[offset:])
+            if not self._ended:
+                if isinstance(data, bytearray):
+                    del data[:offset]
+                elif offset < end:
+                    self._buf = bytearray(data[offset:])
 
     def _start_body(
         self, received: memoryview, header_len: int, n_buffers: int, body_len: int
