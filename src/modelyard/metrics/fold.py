@@ -71,14 +71,8 @@ def fold_run(
         stats.input_ns += input_total
         stats.output_ns += output_total
         stats.inference_count += rows_total
-        executed = stats.executions.get(1)  # one execution of size 1 each
-        if executed is None:
-            stats.executions[1] = [plain, infer_s, input_total, output_total]
-        else:
-            executed[0] += plain
-            executed[1] += infer_s
-            executed[2] += input_total
-            executed[3] += output_total
+        # One execution of size 1 each.
+        _add_executions(stats.executions, 1, plain, infer_s, input_total, output_total)
     if others is not None:
         _fold_each(stats, others)
     stats.last_inference = run[-1][4]
@@ -142,14 +136,7 @@ def _fold_each(
             size = batch.rows if batch.rows > 1 else 1
         else:
             continue  # its batch's execution was counted by another of its requests
-        executed = executions.get(size)
-        if executed is None:
-            executions[size] = [1, infer, input_ns, output_ns]
-        else:
-            executed[0] += 1
-            executed[1] += infer
-            executed[2] += input_ns
-            executed[3] += output_ns
+        _add_executions(executions, size, 1, infer, input_ns, output_ns)
     queue_counts[0] += unqueued
     stats.request_s += request_s
     stats.queue_s += queue_s
@@ -159,14 +146,27 @@ def _fold_each(
     stats.inference_count += rows_total
     stats.last_inference = now
     if ones:
-        executed = executions.get(1)
-        if executed is None:
-            executions[1] = [ones, ones_s, ones_input, ones_output]
-        else:
-            executed[0] += ones
-            executed[1] += ones_s
-            executed[2] += ones_input
-            executed[3] += ones_output
+        _add_executions(executions, 1, ones, ones_s, ones_input, ones_output)
+
+
+def _add_executions(
+    executions: dict[int, list[float]],
+    size: int,
+    count: int,
+    infer_s: float,
+    input_ns: int,
+    output_ns: int,
+) -> None:
+    """Add ``count`` executions of batch size ``size`` to ``executions``' row for it: count,
+    seconds on the device, input and output nanoseconds."""
+    executed = executions.get(size)
+    if executed is None:
+        executions[size] = [count, infer_s, input_ns, output_ns]
+    else:
+        executed[0] += count
+        executed[1] += infer_s
+        executed[2] += input_ns
+        executed[3] += output_ns
 
 
 def _phases(marks: list[tuple[Phase, float]], now: float) -> tuple[float, float, float]:
