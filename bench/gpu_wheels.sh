@@ -25,7 +25,7 @@ PACKAGES=(
   typing_extensions==4.16.0
   starlette==1.10.0 anyio==4.16.0 uvicorn==0.54.0 httptools==0.9.0
   orjson==3.13.0 pysimdjson==7.0.2
-  grpcio==1.85.3 protobuf==6.33.6
+  grpcio==1.85.3 protobuf==6.33.6 hpack==4.2.0
 )
 
 rm -rf "$DIR"
