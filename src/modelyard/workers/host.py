@@ -269,7 +269,8 @@ class WorkerHost:
             memory_cap_bytes=self._target.memory_cap_bytes,
         )
         took = time.monotonic() - began
-        measured = max(0, self._used_bytes() - before)
+        grown = (now - then for now, then in zip(self._used_bytes(), before, strict=False))
+        measured = max(0, *grown)
         held = HeldModel(model, platform, measured, _placed_on(model), took)
         self._models[(message.model, message.version)] = held
         signatures = dict(model.signatures) if isinstance(model, MultiSignatureModel) else {}
@@ -363,19 +364,27 @@ class WorkerHost:
             total = torch.cuda.get_device_properties(0).total_memory
             torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total), 0)
 
-    def _used_bytes(self) -> int:
-        """Memory this process holds on its device: GPU bytes on CUDA, RSS on the CPU."""
+    def _used_bytes(self) -> tuple[int, ...]:
+        """Memory this process holds on its device, by each counter there is: a load's
+        measured bytes are the largest growth among them.
+
+        On CUDA with torch: bytes the caching allocator reserved from the device (what a load
+        takes from the slice) and bytes its live tensors hold. A small model loaded after
+        another fits in segments already reserved, so only the second grows (the GPU check
+        found small models measured at 0). Without torch: NVML's count for this process. On
+        the CPU: RSS.
+        """
         if self._target.is_cuda:
             if "torch" in sys.modules:
                 import torch
 
                 if torch.cuda.is_available():
                     torch.cuda.synchronize(0)
-                    return int(torch.cuda.memory_reserved(0))
-            return nvml_process_bytes()
+                    return int(torch.cuda.memory_reserved(0)), int(torch.cuda.memory_allocated(0))
+            return (nvml_process_bytes(),)
         gc.collect()
         release_free_memory()  # freed buffers (a load's transient ones) are nobody's bytes
-        return int(self._process.memory_info().rss)
+        return (int(self._process.memory_info().rss),)
 
     def _send(self, message: Message) -> None:
         with self._send_lock:
