@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 from bench_models import MEDIUM, TINY, BenchModel
 from gpu_check_models import BuildJob, MlpShape, build_all, load_expected
 from gpu_check_serve import Served, serve_env, write_config
@@ -85,7 +87,9 @@ def run(profile: Any, work: Path, raw: Path) -> dict[str, Any]:
             port = served.grpc_port if protocol == "kserve_grpc" else served.rest_port
             for variant in (model.name, f"{model.name}_batched"):
                 body = payload(protocol, variant, model.example())
+                before = _cpu_seconds(served.process.pid)
                 point = _closed(protocol, port, body, seconds, clients)
+                point["cpu_s"] = _cpu_used(before, _cpu_seconds(served.process.pid))
                 point["rows_per_s"] = round(point["req_per_s"] * model.rows_per_request, 1)
                 runs[f"{variant}/{protocol}/c{clients}"] = point
         figures["server_exit_code"] = served.stop()
@@ -105,6 +109,31 @@ def run(profile: Any, work: Path, raw: Path) -> dict[str, Any]:
         served_p50 = runs[f"{variant}/tfs_rest/c1"]["p50_ms"]
         figures[f"{variant}_added_p50_ms"] = round(served_p50 - floor_p50, 3)
     return result
+
+
+def _cpu_seconds(front_end_pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) so far of the front end, its workers (its child processes,
+    summed) and this process's finished children (the load generator)."""
+    front_end = psutil.Process(front_end_pid)
+    workers = 0.0
+    for child in front_end.children(recursive=True):
+        try:
+            times = child.cpu_times()
+        except psutil.Error:
+            continue
+        workers += times.user + times.system
+    own = front_end.cpu_times()
+    load = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {
+        "front_end": own.user + own.system,
+        "workers": workers,
+        "load_generator": load.ru_utime + load.ru_stime,
+    }
+
+
+def _cpu_used(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """CPU seconds each part used during one point: which one was the bottleneck."""
+    return {part: round(after[part] - before[part], 2) for part in before}
 
 
 def _closed(protocol: str, port: int, body: bytes, seconds: float, clients: int) -> dict[str, Any]:

@@ -128,13 +128,16 @@ def _batching(f: dict[str, Any]) -> list[str]:
         f"- tiny, 1 client, added p50 over the in-process call: unbatched"
         f" {f.get('tiny_added_p50_ms')} ms, batched {f.get('tiny_batched_added_p50_ms')} ms",
         "",
-        "| served as / protocol / clients | req/s | rows/s | p50 ms | p99 ms | errors |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| served as / protocol / clients | req/s | rows/s | p50 ms | p99 ms | errors"
+        " | CPU s: front end / workers / load |",
+        "|---|---:|---:|---:|---:|---:|---|",
     ]
     for key, run in f.get("runs", {}).items():
+        cpu = run.get("cpu_s", {})
         lines.append(
             f"| {key} | {run['req_per_s']} | {run['rows_per_s']} | {run['p50_ms']} |"
-            f" {run['p99_ms']} | {run['errors']} |"
+            f" {run['p99_ms']} | {run['errors']} | {cpu.get('front_end')} /"
+            f" {cpu.get('workers')} / {cpu.get('load_generator')} |"
         )
     floors = f.get("floor", {})
     for name, floor in floors.items():
