@@ -16,7 +16,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DIR=${1:-build/gpu-wheels}
-PY=${PYTHON:-python3}
+# The checkout's virtualenv where there is one: it has `wheel`, which building modelyard's needs.
+if [[ -x .venv/bin/python ]]; then DEFAULT_PY=.venv/bin/python; else DEFAULT_PY=python3; fi
+PY=${PYTHON:-$DEFAULT_PY}
 LIMIT_MIB=${LIMIT_MIB:-48}   # of the 64 MiB: the rest is left for the working tree itself
 
 # name==version: what `pip list` shows in this checkout's virtualenv (pyproject.toml's ranges).
