@@ -63,10 +63,10 @@ class Profile:
     timeouts: dict[str, float]
     slices: int = 4
     models: int = 12
-    # 3 estimated 4 GiB models (1.2 x weights + 32 MiB: 14.5 GiB) need 3.4 % of headroom at
-    # most on 15 GiB; the planner's default 5 % keeps 14.25 GiB. The run plans at the default
-    # too and reports whether that fits (figures: default_headroom_plan_*).
-    headroom_fraction: float = 0.03
+    # None: the planner's default (5 %: 14.25 GiB of a 15 GiB slice), where 3 estimated torch
+    # models of 4 GiB (weights + 32 MiB + 3 % + 10 %: 13.65 GiB) fit. Before the first GPU run
+    # the estimate was 1.2 x weights (14.5 GiB for 3) and the check planned at 3 %.
+    headroom_fraction: float | None = None
     serve_timeout_s: float = 240.0
     restart_timeout_s: float = 90.0
     solo_timeout_s: float = 120.0

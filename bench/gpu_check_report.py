@@ -70,8 +70,9 @@ def _seed(f: dict[str, Any]) -> list[str]:
         f"- models: {len(f.get('footprints', {})) or '?'} x {_size(f.get('model_weight_bytes'))}"
         f" of weights (layers {f.get('model_layers')}), {f.get('distinct_artifacts')} distinct"
         f" artifacts, built in {f.get('build_s')} s",
-        f"- planned at headroom {f.get('plan_headroom_fraction')}; at the default headroom the"
-        f" plan is {'feasible' if f.get('default_headroom_plan_feasible') else 'NOT feasible'}",
+        f"- planned at headroom {f.get('plan_headroom_fraction') or 'default'}; at the default"
+        f" headroom the plan is"
+        f" {'feasible' if f.get('default_headroom_plan_feasible') else 'NOT feasible'}",
         f"- cold start: listening after {f.get('cold_start_listening_s')} s, all AVAILABLE after"
         f" {f.get('cold_start_all_available_s')} s; slowest device ({f.get('slowest_device')})"
         f" loads summed in its worker {f.get('device_load_sum_s', {}).get(f.get('slowest_device'))}"

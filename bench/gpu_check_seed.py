@@ -81,6 +81,7 @@ def run(profile: Any, work: Path, raw: Path) -> dict[str, Any]:
     default_plan = plan_json(at_default, env)
     figures["plan_headroom_fraction"] = profile.headroom_fraction
     figures["default_headroom_plan_feasible"] = bool(default_plan.get("feasible"))
+    checks["plan_feasible_at_default_headroom"] = figures["default_headroom_plan_feasible"]
     figures["default_headroom_plan_explanation"] = default_plan.get("explanation", "")
     figures["estimate_bytes_per_model"] = _estimates(plan)
     save()

@@ -202,3 +202,35 @@ def test_no_foreign_exception_leaves_sizing(tmp_path: Path) -> None:
     (tmp_path / "w.safetensors").write_bytes(struct.pack("<Q", 8) + b'{"a": 1}')
     with pytest.raises(InvalidArgument, match="cannot be sized: TypeError"):
         estimate_footprint(tmp_path)
+
+
+def _sparse_safetensors(path: Path, n: int) -> None:
+    """A safetensors file of ``n`` bytes of weights that takes no disk (a hole)."""
+    header = {"w": {"dtype": "F32", "shape": [n // 4], "data_offsets": [0, n]}}
+    raw = json.dumps(header).encode()
+    with path.open("wb") as f:
+        f.write(struct.pack("<Q", len(raw)) + raw)
+        f.truncate(8 + len(raw) + n)
+
+
+@pytest.mark.parametrize("platform", [Platform.TORCH_EXPORT, Platform.TORCHSCRIPT])
+def test_torch_formats_fit_the_seed_scenario_at_the_default_headroom(
+    tmp_path: Path, platform: Platform
+) -> None:
+    """12 torch models of 4 GiB fit 4 devices of 15 GiB, 3 per device, at the default headroom
+    (5 %) without ``memory:`` in config; the estimate still bounds what a 4 GiB torch.export
+    load measured on an H200 (4.016 GiB; docs/gpu.md). Other formats keep the 10 % overhead."""
+    weights = 4 * 2**30
+    with zipfile.ZipFile(tmp_path / platform.artifact, "w") as z:
+        z.writestr("model/data.pkl", b"")  # the record TorchScript archives have
+        z.writestr("model/data/0", b"")
+    _sparse_safetensors(tmp_path / "model.safetensors", weights)
+    estimate = estimate_footprint(tmp_path)
+    assert estimate.weights_bytes == weights
+    assert 3 * estimate.total_bytes <= 0.95 * 15 * 2**30
+    assert estimate.total_bytes >= 4.016 * 2**30
+
+    (tmp_path / platform.artifact).unlink()
+    other = estimate_footprint(tmp_path)  # safetensors alone: no framework measured
+    assert other.weights_bytes == weights
+    assert 3 * other.total_bytes > 0.95 * 15 * 2**30
