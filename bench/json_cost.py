@@ -1,11 +1,12 @@
 """Front-end CPU per large JSON request (the medium model's 8 x 1,024 float32 in and out).
 
 ``bench/request_cost.py`` for a chosen benchmark model: starts ``modelyard serve`` once per
-source tree, sends ``--requests`` requests one at a time with h2load over TF Serving REST
-(``{"instances": ...}``) and KServe v2 REST JSON, and reports the CPU microseconds per request
-of the front end process and of its workers (read from /proc, so time spent waiting for a CPU on
-a loaded machine is not counted) and the front end's minor page faults per request. Trees
-are interleaved ``--rounds`` times; medians are shown.
+source tree, sends ``--requests`` requests with h2load (``--clients`` connections, one request
+in flight on each) over TF Serving REST (``{"instances": ...}``) and KServe v2 REST JSON, and
+reports the CPU microseconds per request of the front end process and of its workers (read from
+/proc, so time spent waiting for a CPU on a loaded machine is not counted) and the front end's
+minor page faults per request. Trees are interleaved ``--rounds`` times; medians are shown, and
+the front end's least figure.
 
 ``--model medium_io`` serves a model with the medium model's inputs and outputs (8 rows of
 1,024 float32 in, 8 x 1,024 out) but one 1,024 x 1,024 layer, so the workers finish quickly on
@@ -40,7 +41,9 @@ MODELS = {
 }
 
 
-def _h2load(ports: dict[str, int], protocol: str, request: bytes, requests: int) -> None:
+def _h2load(
+    ports: dict[str, int], protocol: str, request: bytes, requests: int, clients: int = 1
+) -> None:
     with tempfile.TemporaryDirectory(prefix="modelyard-json-h2-") as tmp:
         body = Path(tmp) / "body"
         if protocol == "kserve_grpc":
@@ -57,7 +60,7 @@ def _h2load(ports: dict[str, int], protocol: str, request: bytes, requests: int)
                 for line in lines[1:]
                 if not line.lower().startswith(("host:", "content-length:"))
             ]
-        command = ["h2load", f"--requests={requests}", "--clients=1",
+        command = ["h2load", f"--requests={requests}", f"--clients={clients}",
                    "--max-concurrent-streams=1", f"--data={body}", *extra, url]  # fmt: skip
         out = subprocess.run(command, capture_output=True, text=True, timeout=900)
         if f"{requests} succeeded" not in out.stdout:
@@ -72,7 +75,7 @@ def minor_faults(pid: int) -> int:
 
 def measure(
     process: subprocess.Popen[bytes], ports: dict[str, int], protocol: str, model: BenchModel,
-    requests: int,
+    requests: int, clients: int = 1,
 ) -> dict[str, float]:  # fmt: skip
     request = payload(protocol, model.name, model.example())
     client: HttpClient | GrpcClient
@@ -83,7 +86,7 @@ def measure(
     own0, kids0 = cpu_seconds(proc)
     faults0 = minor_faults(process.pid)
     began = time.perf_counter()
-    _h2load(ports, protocol, request, requests)
+    _h2load(ports, protocol, request, requests, clients)
     elapsed = time.perf_counter() - began
     own1, kids1 = cpu_seconds(proc)
     faults = minor_faults(process.pid) - faults0
@@ -102,6 +105,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--protocols", default="tfs_rest,kserve_json")
+    parser.add_argument("--clients", type=int, default=1, help="connections, one request each")
     args = parser.parse_args()
     model = MODELS[args.model]
     trees = dict(t.split("=", 1) for t in args.tree)
@@ -117,21 +121,25 @@ def main() -> None:
                 process, ports = serve(tree, config, root)
                 try:
                     for protocol in protocols:
-                        point = measure(process, ports, protocol, model, args.requests)
+                        point = measure(
+                            process, ports, protocol, model, args.requests, args.clients
+                        )
                         results.setdefault((label, protocol), []).append(point)
                 finally:
                     process.terminate()
                     process.wait(60)
-    print(f"model {model.name}, 1 request in flight; CPU microseconds per request (median of "
-          f"{args.rounds})")  # fmt: skip
-    print(f"{'tree':8} {'protocol':22} {'front us':>9} {'worker us':>9} {'req/s':>7} {'faults':>7}")
+    print(f"model {model.name}, {args.clients} client(s); CPU microseconds per request (median "
+          f"of {args.rounds})")  # fmt: skip
+    columns = ("front us", "worker us", "req/s", "faults", "front min")
+    print(f"{'tree':8} {'protocol':22} " + " ".join(f"{c:>9}" for c in columns))
     for protocol in protocols:
         for label in trees:
             points = results[(label, protocol)]
             med = {k: statistics.median(p[k] for p in points) for k in points[0]}
+            least = min(p["front_us"] for p in points)
             print(
                 f"{label:8} {LABELS[protocol]:22} {med['front_us']:9.0f} {med['worker_us']:9.0f} "
-                f"{med['req_s']:7.0f} {med['faults']:7.1f}"
+                f"{med['req_s']:9.0f} {med['faults']:9.1f} {least:9.0f}"
             )
 
 
