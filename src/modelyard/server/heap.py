@@ -4,9 +4,11 @@ A large REST request allocates a few hundred kilobytes in C and frees them when 
 its body (89 kB of JSON for 8 rows of 1,024 float32), simdjson's tape, orjson's answer (90 kB),
 the joined response. glibc's malloc gives the top of its heap back to the kernel whenever more
 than 128 kB lies free there (``M_TRIM_THRESHOLD``), so the next request grows the heap again
-and the kernel maps and zeroes every page anew: about 90 minor page faults per medium request,
-a quarter of the front end's CPU for such a request (measured: 1,270 us per TF Serving REST
-request with the default, 930 us with this module's settings, 0 faults).
+and the kernel maps and zeroes every page anew: 80-100 minor page faults per medium request
+at one request in flight, a quarter of the front end's CPU for such a request (measured with
+``bench/json_cost.py``, TF Serving REST: 1,280 us per request with the default, 950 us with
+this module's settings and no faults). With many requests in flight the heap seldom shrinks
+(3-4 faults per request at 64 clients) and the settings change nothing measurable.
 
 ``keep_freed_memory`` raises the trim threshold, so up to ``TRIM_THRESHOLD_BYTES`` of freed
 memory stays mapped for reuse, and fixes the mmap threshold at ``MMAP_THRESHOLD_BYTES``
