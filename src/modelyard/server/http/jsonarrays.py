@@ -147,15 +147,16 @@ def _parse_object(body: bytes) -> Any:
     """``body`` parsed by simdjson when it is a JSON object; None otherwise (simdjson missing,
     an empty body, invalid JSON, another JSON type: the general parser names the problem).
 
-    The parse goes into this thread's parser, whose buffers (a few times the body's size) stay
-    allocated from one request to the next; a new parser for each body allocated and zeroed
-    them every time. simdjson refuses to parse into a parser while a proxy into its previous
-    document is alive (the decoders here keep none past their return, but a traceback may):
-    then this body gets a parser of its own.
+    A body up to ``REUSED_PARSER_BYTES`` goes into this thread's parser, whose buffers (about
+    three times the body's size) stay allocated from one request to the next; a new parser for
+    each body allocated and zeroed them every time. simdjson refuses to parse into a parser
+    while a proxy into its previous document is alive (the decoders here keep none past their
+    return, but a traceback may): then this body gets a parser of its own, as does a larger
+    body (so one very large body does not leave its buffers allocated for good).
     """
     if simdjson is None or not body:
         return None
-    parser = _parser()
+    parser = _parser() if len(body) <= REUSED_PARSER_BYTES else simdjson.Parser()
     try:
         try:
             doc = parser.parse(body)
@@ -167,6 +168,10 @@ def _parse_object(body: bytes) -> Any:
         return None
     return doc if isinstance(doc, simdjson.Object) else None
 
+
+REUSED_PARSER_BYTES = 1024 * 1024
+"""Bodies up to this size are parsed by the thread's kept parser (which then holds about three
+times this much); larger ones by a parser of their own, freed with their document."""
 
 _local = threading.local()  # each thread's simdjson parser (the loop's, a pool thread's)
 

@@ -147,6 +147,19 @@ def test_a_body_after_a_failed_one_still_takes_the_fast_path_with_its_own_values
         assert decoded.inputs["in0"].dtype == np.float32
 
 
+def test_bodies_over_the_kept_parsers_size_take_the_fast_path_with_exact_values() -> None:
+    """A body larger than ``REUSED_PARSER_BYTES`` gets a parser of its own (the kept one does
+    not grow to its size); a small body after it still decodes to its own values."""
+    large = np.random.default_rng(1).standard_normal((24, 8192)).astype(np.float32)
+    small = np.random.default_rng(2).standard_normal((8, 1024)).astype(np.float32)
+    for x in (small, large, small):
+        body = orjson.dumps({"instances": x}, option=orjson.OPT_SERIALIZE_NUMPY)
+        assert (len(body) > jsonarrays.REUSED_PARSER_BYTES) == (x is large)
+        decoded = jsonarrays.decode_predict(body, lambda name: signature(DataType.FP32))
+        assert decoded is not None
+        np.testing.assert_array_equal(decoded.inputs["in0"], x)
+
+
 @pytest.mark.parametrize(
     "body", [b"", b"[", b"[[]]", b'{"a": "[", "b": [[1], [2]]}', bytes(range(256)) * 3]
 )
