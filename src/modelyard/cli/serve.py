@@ -317,7 +317,9 @@ def run(args: argparse.Namespace) -> int:
         for warning in checked.warnings:
             log.warning("%s", warning)
         options = server_options(args)
-        from modelyard.server import eventloop
+        from modelyard.server import eventloop, heap
+
+        heap.keep_freed_memory()  # large bodies reuse freed memory, not fresh pages
 
         return eventloop.run(_serve(checked.config, options, args, checked.is_demo))
     except ListenError as exc:

@@ -50,6 +50,7 @@ from typing import IO, Any, TypeVar
 
 from modelyard.devices import DeviceTarget
 from modelyard.errors import Internal, ModelyardError, Unavailable
+from modelyard.server import heap
 from modelyard.workers.environment import worker_environment
 
 log = logging.getLogger(__name__)
@@ -254,6 +255,7 @@ def _serve() -> None:
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     calls = sys.stdin.buffer
     os.nice(HELPER_NICE)
+    heap.keep_freed_memory()  # one large body after another: reuse freed memory
     while True:
         try:
             function, args = pickle.loads(_read_frame(calls))

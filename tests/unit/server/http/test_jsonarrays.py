@@ -124,6 +124,49 @@ def test_a_typical_request_takes_the_fast_path_with_exact_values() -> None:
     assert_agrees(body, signature(DataType.FP32))
 
 
+def test_a_body_after_a_failed_one_still_takes_the_fast_path_with_its_own_values() -> None:
+    """The loop's parser is reused from body to body; an error whose traceback still holds
+    the previous document (simdjson then refuses to reuse the parser) must not make the next
+    body decline, nor give it the previous body's values."""
+    first = np.arange(8 * 1024, dtype=np.float32).reshape(8, 1024)
+    second = -first
+    bodies = [
+        orjson.dumps({"instances": x}, option=orjson.OPT_SERIALIZE_NUMPY) for x in (first, second)
+    ]
+
+    def unknown(name: str) -> Signature:
+        raise NotFound(f"no signature {name!r}")
+
+    with pytest.raises(NotFound) as kept:  # ``kept`` holds the traceback, and the document
+        jsonarrays.decode_predict(bodies[0], unknown)
+    assert kept.value.__traceback__ is not None
+    for body, x in zip(bodies, (first, second), strict=True):
+        decoded = jsonarrays.decode_predict(body, lambda name: signature(DataType.FP32))
+        assert decoded is not None
+        np.testing.assert_array_equal(decoded.inputs["in0"], x)
+        assert decoded.inputs["in0"].dtype == np.float32
+
+
+def test_bodies_over_the_kept_parsers_size_take_the_fast_path_with_exact_values() -> None:
+    """A body larger than ``REUSED_PARSER_BYTES`` gets a parser of its own (the kept one does
+    not grow to its size); a small body after it still decodes to its own values."""
+    large = np.random.default_rng(1).standard_normal((24, 8192)).astype(np.float32)
+    small = np.random.default_rng(2).standard_normal((8, 1024)).astype(np.float32)
+    for x in (small, large, small):
+        body = orjson.dumps({"instances": x}, option=orjson.OPT_SERIALIZE_NUMPY)
+        assert (len(body) > jsonarrays.REUSED_PARSER_BYTES) == (x is large)
+        decoded = jsonarrays.decode_predict(body, lambda name: signature(DataType.FP32))
+        assert decoded is not None
+        np.testing.assert_array_equal(decoded.inputs["in0"], x)
+
+
+@pytest.mark.parametrize(
+    "body", [b"", b"[", b"[[]]", b'{"a": "[", "b": [[1], [2]]}', bytes(range(256)) * 3]
+)
+def test_open_brackets_are_counted_as_bytes_count_counts_them(body: bytes) -> None:
+    assert jsonarrays.count_open_brackets(body) == body.count(b"[")
+
+
 @pytest.mark.parametrize(
     "body",
     [
