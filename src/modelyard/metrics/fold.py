@@ -8,6 +8,7 @@ Async safety: called by ``StatsBook`` on the server's event loop only.
 from __future__ import annotations
 
 import bisect
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from modelyard.deadlines import Phase, RequestClock
@@ -45,26 +46,22 @@ def fold_run(
     (a ``bisect`` of Python floats is several comparisons, each a call)."""
     ok = stats.ok
     totals: list[float] = []
-    worker_ns: list[int] = []  # compute_infer as the worker measured it
-    device_s: list[float] = []  # or the time on the device, where the worker did not say
+    computes: list[Sequence[int]] = []  # the worker's (input, infer, output) ns
+    device_s: list[float] = []  # the time on the device, where the worker did not say
     add_total = totals.append
-    add_worker = worker_ns.append
-    input_total = output_total = rows_total = 0
+    add_compute = computes.append
     others = None
     for note in run:
         _, index, clock, rows, now = note
         marks = clock._phases
-        if rows <= 1 and clock.batch is None and len(marks) == 2 and marks[1][0] is _DEVICE:
+        if rows == 1 and clock.batch is None and len(marks) == 2 and marks[1][0] is _DEVICE:
             compute = clock.compute_ns
             if compute:  # the worker's own times; the rest of the round trip is transport
-                add_worker(compute[1])
-                input_total += compute[0]
-                output_total += compute[2]
+                add_compute(compute)
             else:
                 device_s.append(now - marks[1][1])
             add_total(now - marks[0][1])
             ok[index] += 1
-            rows_total += rows
         elif others is None:
             others = [note]
         else:
@@ -75,7 +72,12 @@ def fold_run(
         stats.request_s += sum(totals, 0.0)  # in arrival order, as a loop adding them would
         _add_sorted(stats.request_counts, LATENCY_BUCKETS_S, totals)
         infer_s = 0.0
-        if worker_ns:
+        input_total = output_total = 0
+        if computes:
+            inputs_ns, infers_ns, outputs_ns = zip(*computes, strict=True)
+            input_total = sum(inputs_ns)
+            output_total = sum(outputs_ns)
+            worker_ns = list(infers_ns)
             infer_s = sum(worker_ns) / 1e9
             _add_sorted(stats.infer_counts, LATENCY_BUCKETS_NS, worker_ns)
         if device_s:
@@ -84,7 +86,7 @@ def fold_run(
         stats.infer_s += infer_s
         stats.input_ns += input_total
         stats.output_ns += output_total
-        stats.inference_count += rows_total
+        stats.inference_count += plain  # one row each
         # One execution of size 1 each.
         _add_executions(stats.executions, 1, plain, infer_s, input_total, output_total)
     if others is not None:
