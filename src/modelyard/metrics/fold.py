@@ -8,6 +8,7 @@ Async safety: called by ``StatsBook`` on the server's event loop only.
 from __future__ import annotations
 
 import bisect
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from modelyard.deadlines import Phase, RequestClock
@@ -23,7 +24,14 @@ LATENCY_BUCKETS_S: tuple[float, ...] = (
 """Request, queue and compute latencies: tens of microseconds (tiny models on CPU) to seconds."""
 
 
+LATENCY_BUCKETS_NS: tuple[int, ...] = tuple(round(b * 1e9) for b in LATENCY_BUCKETS_S)
+"""``LATENCY_BUCKETS_S`` in integer nanoseconds: the worker's times are bucketed as integers.
+A count of nanoseconds ``n`` is at most a bound ``b_ns`` exactly when ``n / 1e9`` is at most
+the bound in seconds (both bounds and quotients are correctly rounded, and no bound is within
+a nanosecond of another value), so both sides bucket alike."""
+
 _bisect = bisect.bisect_left
+_bisect_right = bisect.bisect_right
 _DEVICE = Phase.DEVICE
 
 
@@ -31,51 +39,81 @@ def fold_run(
     stats: VersionStats, run: list[tuple[VersionKey, int, RequestClock, int, float]]
 ) -> None:
     """Add successes of one version (``StatsBook.ok``'s notes) to ``stats``: the plain ones
-    (unbatched, one row, admitted then on the device) in the loop here, which does only what
-    they need (measured with callgrind: 12-15 % fewer instructions a request than the general
-    loop), the others, if any, by ``_fold_each``."""
-    bounds = LATENCY_BUCKETS_S
+    (unbatched, one row, admitted then on the device) in the loop here, which only collects
+    their durations (an append each), counted into the histograms and summed once per run
+    (``_add_sorted``, ``sum``); the others, if any, by ``_fold_each``. Measured with callgrind:
+    about 40 % fewer instructions a request than a loop that buckets each duration as it goes
+    (a ``bisect`` of Python floats is several comparisons, each a call)."""
     ok = stats.ok
-    request_counts = stats.request_counts
-    infer_counts = stats.infer_counts
-    request_s = infer_s = 0.0
-    input_total = output_total = rows_total = plain = 0
+    totals: list[float] = []
+    computes: list[Sequence[int]] = []  # the worker's (input, infer, output) ns
+    device_s: list[float] = []  # the time on the device, where the worker did not say
+    add_total = totals.append
+    add_compute = computes.append
     others = None
     for note in run:
         _, index, clock, rows, now = note
         marks = clock._phases
-        if rows <= 1 and clock.batch is None and len(marks) == 2 and marks[1][0] is _DEVICE:
+        if rows == 1 and clock.batch is None and len(marks) == 2 and marks[1][0] is _DEVICE:
             compute = clock.compute_ns
             if compute:  # the worker's own times; the rest of the round trip is transport
-                infer = compute[1] / 1e9
-                input_total += compute[0]
-                output_total += compute[2]
+                add_compute(compute)
             else:
-                infer = now - marks[1][1]
-            total = now - marks[0][1]
+                device_s.append(now - marks[1][1])
+            add_total(now - marks[0][1])
             ok[index] += 1
-            plain += 1
-            rows_total += rows
-            request_counts[_bisect(bounds, total)] += 1
-            request_s += total
-            infer_counts[_bisect(bounds, infer)] += 1
-            infer_s += infer
         elif others is None:
             others = [note]
         else:
             others.append(note)
+    plain = len(totals)
     if plain:
         stats.queue_counts[0] += plain  # queued 0 s: the first bucket
-        stats.request_s += request_s
+        stats.request_s += sum(totals, 0.0)  # in arrival order, as a loop adding them would
+        _add_sorted(stats.request_counts, LATENCY_BUCKETS_S, totals)
+        infer_s = 0.0
+        input_total = output_total = 0
+        if computes:
+            inputs_ns, infers_ns, outputs_ns = zip(*computes, strict=True)
+            input_total = sum(inputs_ns)
+            output_total = sum(outputs_ns)
+            worker_ns = list(infers_ns)
+            infer_s = sum(worker_ns) / 1e9
+            _add_sorted(stats.infer_counts, LATENCY_BUCKETS_NS, worker_ns)
+        if device_s:
+            infer_s += sum(device_s, 0.0)
+            _add_sorted(stats.infer_counts, LATENCY_BUCKETS_S, device_s)
         stats.infer_s += infer_s
         stats.input_ns += input_total
         stats.output_ns += output_total
-        stats.inference_count += rows_total
+        stats.inference_count += plain  # one row each
         # One execution of size 1 each.
         _add_executions(stats.executions, 1, plain, infer_s, input_total, output_total)
     if others is not None:
         _fold_each(stats, others)
     stats.last_inference = run[-1][4]
+
+
+def _add_sorted(
+    counts: list[int], bounds: tuple[float, ...] | tuple[int, ...], values: list[float] | list[int]
+) -> None:
+    """Add ``values`` to the histogram ``counts`` on ``bounds`` (a value is in the first bucket
+    whose bound it does not exceed, as ``bisect_left`` finds it; the last is above every
+    bound). Sorts ``values`` (in C, a few comparisons a value) and looks up only the bounds
+    between the smallest and the largest: a run's durations usually fall in one or two
+    buckets, so this is a few bisects a run rather than one a value."""
+    values.sort()
+    low = _bisect(bounds, values[0])
+    high = _bisect(bounds, values[-1])
+    if low == high:
+        counts[low] += len(values)
+        return
+    start = 0
+    for bucket in range(low, high):
+        end = _bisect_right(values, bounds[bucket], start)  # the values <= this bound
+        counts[bucket] += end - start
+        start = end
+    counts[high] += len(values) - start
 
 
 def _fold_each(

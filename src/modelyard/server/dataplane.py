@@ -297,10 +297,10 @@ class DataPlane:
         metrics = self.metrics
         if metrics is not None:
             # A request's rows as statistics count them: dim 0 of its first input (1 for a
-            # scalar), inlined: this runs on every request.
+            # scalar), inlined: this runs on every request (``len``: no shape tuple).
             rows = 0
             for array in inputs.values():
-                rows = array.shape[0] if array.ndim else 1
+                rows = len(array) if array.ndim else 1
                 break
             metrics.observe_ok(entry.key, clock, rows, lane)
         return result
