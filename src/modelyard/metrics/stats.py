@@ -231,6 +231,10 @@ class StatsBook:
     def of(self, key: VersionKey) -> VersionStats:
         if self._pending:
             self.fold()
+        return self._stats_for(key)
+
+    def _stats_for(self, key: VersionKey) -> VersionStats:
+        """``key``'s numbers as they stand (no fold), made empty the first time."""
         pair = (key.model, key.version)
         stats = self._versions.get(pair)
         if stats is None:
@@ -289,26 +293,18 @@ class StatsBook:
         if not pending:
             return
         self._pending = []
-        versions = self._versions
         count = len(pending)
         start = 0
         first = pending[0][0]
         if list(map(_key_of, pending)).count(first) == count:  # one version's (in C): one run
-            stats = versions.get((first.model, first.version))
-            if stats is None:
-                stats = versions[(first.model, first.version)] = VersionStats()
-            fold_run(stats, pending)
+            fold_run(self._stats_for(first), pending)
             return
         while start < count:
             key = pending[start][0]
             end = start + 1
             while end < count and pending[end][0] is key:
                 end += 1
-            pair = (key.model, key.version)
-            stats = versions.get(pair)
-            if stats is None:
-                stats = versions[pair] = VersionStats()
-            fold_run(stats, pending if end - start == count else pending[start:end])
+            fold_run(self._stats_for(key), pending if end - start == count else pending[start:end])
             start = end
 
     def observe(
