@@ -20,33 +20,20 @@ from modelyard.lifecycle.states import ModelState
 from modelyard.server.dataplane import DataPlane
 from modelyard.server.http import kserve
 from modelyard.server.http.app import build_app
-from modelyard.tensors import DataType, Signature, TensorSpec
+from modelyard.testing.dataplane import DOUBLE_SIGNATURE, DoublingServable
 
-SIGNATURE = Signature(
-    (TensorSpec("x", DataType.FP32, (-1,)),), (TensorSpec("y", DataType.FP32, (-1,)),)
-)
+SIGNATURE = DOUBLE_SIGNATURE
 
 
-class _Servable:
+class _Servable(DoublingServable):
     """Doubles its input, or fails the way a buggy backend would when x[0] is negative."""
-
-    @property
-    def signature(self) -> Signature:
-        return SIGNATURE
-
-    @property
-    def signatures(self) -> Mapping[str, Signature]:
-        return {"serving_default": SIGNATURE}
 
     async def infer(
         self, inputs: Mapping[str, np.ndarray], signature_name: str | None = None
     ) -> dict[str, np.ndarray]:
         if inputs["x"][0] < 0:
             raise RuntimeError("backend exploded")
-        return {"y": inputs["x"] * 2}
-
-    async def close(self) -> None:
-        pass
+        return await super().infer(inputs, signature_name)
 
 
 @pytest.fixture
