@@ -81,6 +81,11 @@ worker's connection, ``modelyard.cluster.launcher``): under it the reader keeps 
 reply instead of pausing the transport every 128 KiB (asyncio's default limit is 64 KiB)."""
 
 
+READ_NOW_BYTES = 64 << 10
+"""The most ``_read_now`` takes in one ``recv`` (a one-row reply is a few hundred bytes; the
+transport reads the rest of a larger one)."""
+
+
 class ModelHost(Protocol):
     """Where a ``WorkerServable`` sends its calls: the supervisor's worker for one device."""
 
@@ -165,6 +170,7 @@ class WorkerProcess:
         self._reader: asyncio.StreamReader | None = None  # a subclass's stream, else None
         self._writer: asyncio.StreamWriter | None = None
         self._replies: ReplyProtocol | None = None  # reads the socket, unless _reader does
+        self._sock: socket.socket | None = None  # the socket _replies reads, for _read_now
         self._ended: asyncio.Future[None] | None = None  # resolved when the stream has ended
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None  # its connection's, once known
@@ -214,6 +220,7 @@ class WorkerProcess:
                 lambda: ReplyProtocol(self._route, self._lost), sock=parent
             )
             self._replies = replies
+            self._sock = parent
             self._writer = asyncio.StreamWriter(transport, replies, None, loop)
             first = await asyncio.wait_for(hello, wait_s)
         except (TimeoutError, Unavailable) as exc:  # Unavailable: WorkerDied, the stream ended
@@ -261,6 +268,8 @@ class WorkerProcess:
             if transport.get_write_buffer_size():  # else there is nothing to wait for
                 replies = self._replies
                 await (replies.drain() if replies is not None else writer.drain())
+            elif len(self._pending) == 1:
+                self._read_now()
             reply = await future
         except asyncio.CancelledError:
             # The caller is gone (client disconnected, deadline passed): an inference it
@@ -275,6 +284,27 @@ class WorkerProcess:
         if isinstance(reply, Error):
             raise reply.exception()
         return reply
+
+    def _read_now(self) -> None:
+        """Read what the worker has sent already, without waiting, into ``_replies``.
+
+        Called right after a request is written, when it is the only one in flight. On a
+        loaded or small machine the write wakes the worker on this core, which usually answers
+        before this process runs again: the reply is then in the socket when the write returns,
+        and reading it here resolves the request's future before it is awaited, so the request
+        goes on without a turn of the event loop (its poll, the read callback, the task's
+        wake-up; issue 18). When nothing is there yet it costs one non-blocking ``recv``; the
+        transport reads everything else as before (the stream stays in order: this runs on the
+        loop's thread, between the transport's reads)."""
+        sock, replies = self._sock, self._replies
+        if sock is None or replies is None:
+            return
+        try:
+            data = sock.recv(READ_NOW_BYTES, socket.MSG_DONTWAIT)
+        except OSError:  # nothing there yet (BlockingIOError), or an error the transport sees
+            return
+        if data:  # b"": the end of the stream, which the transport reads and handles too
+            replies.data_received(data)
 
     @property
     def in_flight(self) -> int:

@@ -61,7 +61,15 @@ from modelyard.workers.launcher import (
     WorkerLauncher,
     WorkerSpec,
 )
-from modelyard.workers.protocol import Infer, Load, Loaded, Outputs, Report, Reported, Unload
+from modelyard.workers.protocol import (
+    Load,
+    Loaded,
+    Outputs,
+    Report,
+    Reported,
+    Unload,
+    new_infer,
+)
 from modelyard.workers.restart import ReplicaListener, RestartPolicy
 from modelyard.workers.status import ReplicaStatus, WorkerState, WorkerStatus
 
@@ -194,8 +202,9 @@ class DeviceWorker:
         slot.in_flight += 1
         budget_ms = deadlines.remaining_ms()  # the worker skips it once this has run out
         try:
+            model, version = key.model, key.version
             reply = await proc.request(
-                lambda rid: Infer(rid, key.model, key.version, inputs, signature_name, budget_ms)
+                lambda rid: new_infer(rid, model, version, inputs, signature_name, budget_ms)
             )
         finally:
             slot.in_flight -= 1
