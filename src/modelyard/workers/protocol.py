@@ -682,9 +682,14 @@ def decode_body(body: bytes | bytearray | memoryview, header_len: int, n_buffers
     """The message of a frame's body (every byte after the prefix): its header, then each
     buffer as a view of ``body`` (no copy; arrays built on a bytearray body are writable)."""
     view = memoryview(body)
+    end = len(body)
+    if n_buffers == 1 and header_len + LEN_BYTES <= end:
+        # One tensor (a one-output model's every reply): its buffer is the rest of the body.
+        start = header_len + LEN_BYTES
+        if start + _LEN.unpack_from(view, header_len)[0] == end:
+            return decode(view[:header_len], (view[start:],))
     buffers: list[memoryview] = []
     offset = header_len
-    end = len(body)
     unpack = _LEN.unpack_from
     for _ in range(n_buffers):
         if offset + LEN_BYTES > end:

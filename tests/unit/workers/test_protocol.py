@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import threading
 from pathlib import Path
@@ -25,6 +26,8 @@ from modelyard.workers.protocol import (
     Shutdown,
     decode,
     encode,
+    new_infer,
+    new_outputs,
     recv_message,
     send_message,
     split_prefix,
@@ -249,3 +252,47 @@ def test_a_tensor_is_read_in_place_whatever_the_header_length(name: str) -> None
     while isinstance(owner, np.ndarray):
         owner = owner.base
     assert owner is not None  # a view of the frame's body, not an array of its own
+
+
+def test_the_fast_builders_make_the_same_frozen_messages() -> None:
+    x = {"x": np.ones((1, 2), np.float32)}
+    assert new_infer(3, "m", 2, x, "sig", 12.5, 7) == Infer(3, "m", 2, x, "sig", 12.5, 7)
+    assert new_infer(3, "m", 2, x) == Infer(3, "m", 2, x)
+    assert new_outputs(4, x, (1, 2, 3)) == Outputs(4, x, (1, 2, 3))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        new_infer(3, "m", 2, x).model = "other"  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        new_outputs(4, x).tensors = {}  # type: ignore[misc]
+
+
+def test_inferences_of_ever_new_shapes_and_names_each_decode_as_sent() -> None:
+    """The decoder keeps the descriptors it has seen (model, names, shapes) parsed: frames that
+    differ from the last ones only there, and more of them than it keeps, still decode as
+    sent, with their budget and signature."""
+    for index in range(600):
+        rows = 1 + index % 300
+        name = f"in{index % 7}"
+        array = np.arange(rows * 2, dtype=np.float32).reshape(rows, 2) + index
+        budget = None if index % 2 else float(index)
+        signature = None if index % 3 else "classify"
+        got = _roundtrip(
+            Infer(index, f"m{index % 5}", 1 + index % 4, {name: array}, signature, budget)
+        )
+        assert isinstance(got, Infer)
+        assert (got.request_id, got.model, got.version) == (index, f"m{index % 5}", 1 + index % 4)
+        assert (got.signature_name, got.budget_ms) == (signature, budget)
+        np.testing.assert_array_equal(got.tensors[name], array)
+        back = _roundtrip(Outputs(index, {name: array, "y": array[:, :1]}, (1, index, 3)))
+        assert isinstance(back, Outputs)
+        assert list(back.compute_ns) == [1, index, 3]
+        np.testing.assert_array_equal(back.tensors["y"], array[:, :1])
+
+
+def test_a_cut_or_corrupt_inference_head_is_a_protocol_error() -> None:
+    header = _header(encode(Infer(1, "m", 1, {"x": np.ones((2, 3), np.float32)})))
+    with pytest.raises(ProtocolError, match="malformed"):
+        decode(header[:10], [b"\x00" * 24])
+    with pytest.raises(ProtocolError, match="malformed"):
+        decode(header[:30] + b"]]]]" + header[34:], [b"\x00" * 24])
+    with pytest.raises(ProtocolError, match="tensors described"):
+        decode(header, [])
