@@ -3,13 +3,15 @@
 A frame is::
 
     u32 header_len | u32 n_buffers | u64 body_len
-    | header (JSON, UTF-8) | n_buffers x (u64 len | bytes)
+    | header | n_buffers x (u64 len | bytes)
 
 ``body_len`` counts every byte after the 16-byte prefix, so a reader takes a whole frame in two
 reads (the prefix, then the body) whatever number of tensors it carries.
 
 The header names the message kind, its scalar fields and, for messages that carry tensors, each
-tensor's name, datatype and shape; the tensor bytes follow as raw buffers in the raw layout of
+tensor's name, datatype and shape: JSON, except for the two frames of every inference (INFER,
+OUTPUTS), whose header is a binary head and a JSON descriptor (see "the two frames of every
+inference" below); the tensor bytes follow as raw buffers in the raw layout of
 ``modelyard.codec`` (C order, little-endian; BYTES elements each a u32 length and bytes). So
 nothing is pickled: a worker never unpickles data a client sent, and neither does the front end.
 Errors travel as ``(code, message)`` (``ModelyardError.to_wire``).
