@@ -160,7 +160,7 @@ class LeanInference:
                 header_length = value.decode("latin-1") if header_length is None else header_length
         try:
             if lane is TFSERVING_LANE:
-                ref, _ = post_path(path[_TFS_PREFIX_LENGTH:])
+                ref = _predict_refs.get(path) or _predict_ref(path)
                 raw = await self._read(declared, receive, body)
                 answer = await self._tfserving.predict(ref, raw)
                 return 200, _headers(answer, _JSON), answer
@@ -201,6 +201,24 @@ def hot_lane(path: str) -> Lane | None:
         ):
             return KSERVE_LANE
     return None
+
+
+_predict_refs: dict[str, ModelRef] = {}
+"""The model each ``:predict`` path seen lately names (a path is parsed once, not per call)."""
+_PREDICT_REFS = 256
+"""At most this many paths are kept: beyond, the table starts again (a client sending many
+different paths costs what every call cost before)."""
+
+
+def _predict_ref(path: str) -> ModelRef:
+    """The model a TF Serving ``:predict`` path names (``post_path``: NotFound, InvalidArgument
+    as there), kept in ``_predict_refs``; any other verb is parsed per call."""
+    ref, verb = post_path(path[_TFS_PREFIX_LENGTH:])
+    if verb == ":predict":
+        if len(_predict_refs) >= _PREDICT_REFS:
+            _predict_refs.clear()
+        _predict_refs[path] = ref
+    return ref
 
 
 def _headers(body: bytes, media_type: bytes) -> list[tuple[bytes, bytes]]:

@@ -290,6 +290,12 @@ def decode_post(verb: str, raw: bytes, lookup: SignatureLookup) -> PredictBody |
     if verb != ":predict":
         return {**body, "signature_name": signature_name}
     signature = lookup(signature_name)
+    if len(body) == 1 and len(signature.inputs) == 1:  # the usual body: one float tensor?
+        key, value = next(iter(body.items()))
+        spec = signature.inputs[0]
+        array = jsonarrays.small_floats(raw, key, value, spec.datatype)
+        if array is not None:
+            return PredictBody(signature_name, signature, key, {spec.name: array})
     if "instances" in body and "inputs" in body:
         raise InvalidArgument(
             "give either 'instances' (row format) or 'inputs' (columnar), not both"

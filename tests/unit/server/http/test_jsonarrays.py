@@ -7,6 +7,7 @@ general path's; and when the general path refuses a body (400) the fast path mus
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -112,6 +113,62 @@ def test_the_fast_path_agrees_with_the_general_path_or_declines(
     value: Any, dtype: DataType, key: str
 ) -> None:
     assert_agrees(orjson.dumps({key: value}), signature(dtype))
+
+
+def small(body: bytes, sig: Signature) -> dict[str, np.ndarray] | None:
+    """What ``small_floats`` builds for a one-member body, None where it declines."""
+    doc = orjson.loads(body)
+    ((key, value),) = doc.items()
+    spec = sig.inputs[0]
+    array = jsonarrays.small_floats(body, key, value, spec.datatype)
+    return None if array is None else {spec.name: array}
+
+
+@given(
+    value=tensors(),
+    dtype=st.sampled_from(DTYPES),
+    key=st.sampled_from(["instances", "inputs", "input"]),
+    spaced=st.booleans(),
+)
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_the_small_body_path_agrees_with_the_general_path_or_declines(
+    value: Any, dtype: DataType, key: str, spaced: bool
+) -> None:
+    body = json.dumps({key: value}).encode() if spaced else orjson.dumps({key: value})
+    got = small(body, signature(dtype))
+    if got is None:
+        return
+    assert key != "input", "small_floats took a body that is neither 'instances' nor 'inputs'"
+    want = general(body, signature(dtype))
+    assert want is not None, f"small_floats accepted what the general path refuses: {body!r}"
+    assert got.keys() == want.keys()
+    for name in want:
+        assert got[name].dtype == want[name].dtype
+        assert got[name].shape == want[name].shape
+        np.testing.assert_array_equal(got[name], want[name])
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"instances": [[1.5, true]]}', b'{"instances": [[1.5, null]]}',
+        b'{"instances": [[1.5, "2"]]}', b'{"inputs": [[1e39, 2]]}', b'{"inputs": [[1, [2]]]}',
+        b'{"instances": [{}]}', b'{"instances": []}', b'{"instances": [[1, 2], [3]]}',
+    ],
+)  # fmt: skip
+def test_small_bodies_the_general_path_refuses_are_declined(body: bytes) -> None:
+    assert small(body, signature(DataType.FP32)) is None
+    assert general(body, signature(DataType.FP32)) is None
+
+
+def test_a_tiny_model_request_takes_the_small_body_path_with_exact_values() -> None:
+    x = np.random.default_rng(0).standard_normal((1, 64)).astype(np.float32)
+    got = small(
+        orjson.dumps({"instances": x}, option=orjson.OPT_SERIALIZE_NUMPY), signature(DataType.FP32)
+    )
+    assert got is not None
+    assert got["in0"].dtype == np.float32
+    np.testing.assert_array_equal(got["in0"], x)
 
 
 def test_a_typical_request_takes_the_fast_path_with_exact_values() -> None:
