@@ -7,7 +7,8 @@ fixed-bucket histogram arrays with their sums (request, queue and compute time, 
 executions per batch size, and for a failure its code. Everything else is derived when read:
 success count (the request histogram's count), Triton's nanosecond totals (the sums), the
 execution count and the batch-size histogram (the executions per size), outcomes per
-protocol. ``StatsBook.ok`` is the write of a success (on every request),
+protocol. ``StatsBook.ok`` is the write of a success (``note``: its notes on the request's
+clock, added up by ``fold``; the data plane inlines ``note`` on the hot paths),
 ``StatsBook.observe`` the general one (failures; tests).
 
 Why not prometheus_client's metric objects on the hot path: each ``labels(...).inc()`` takes a
@@ -259,8 +260,7 @@ class StatsBook:
         (dim 0). Counted on lane ``index`` (``PROTOCOL_LABELS``: the hot paths' adapters pass
         theirs), or, without one (-1), on the current call's protocol (``in_process`` outside
         any). A current call learns that it was counted (an observed ``Call`` is filled in, a
-        ``Lane`` replaced by its ``done`` twin); on the hot paths there is none, and this is a
-        context variable read, a tuple and an append.
+        ``Lane`` replaced by its ``done`` twin).
 
         The data plane calls this (as ``ServerMetrics.observe_ok``) for a request that is not
         a hot path's counting-only call, and notes those itself (``note``'s lines, inlined):
