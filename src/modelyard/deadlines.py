@@ -29,6 +29,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from modelyard.errors import DeadlineExceeded
+from modelyard.ids import VersionKey
 
 
 class Phase(enum.Enum):
@@ -114,9 +115,31 @@ class RequestClock:
 
     ``batch``: the batch the request ran in, when a batcher ran it (statistics read it).
     ``compute_ns``: Triton's (compute_input, compute_infer, compute_output) ns the worker
-    measured for the request (``note_compute``; for a batch, on its ``BatchRun``)."""
+    measured for the request (``note_compute``; for a batch, on its ``BatchRun``).
 
-    __slots__ = ("_phases", "batch", "compute_ns", "deadline", "device", "model")
+    Statistics' note of a success (``modelyard.metrics.stats``), set when the request is
+    counted and unset before: ``key`` the version it ran on, ``lane`` the
+    protocol it is counted under (an index of ``calls.PROTOCOL_LABELS``), ``rows`` its rows
+    (dim 0) and ``end`` the ``time.monotonic()`` it ended at. The clock itself is the note
+    (no tuple per request); never set, these cost nothing (``--no-metrics``)."""
+
+    __slots__ = (
+        "_phases",
+        "batch",
+        "compute_ns",
+        "deadline",
+        "device",
+        "end",
+        "key",
+        "lane",
+        "model",
+        "rows",
+    )
+
+    key: VersionKey
+    lane: int
+    rows: int
+    end: float
 
     def __init__(self, deadline: Deadline | None, *, model: str = "", start: float | None = None):
         self.deadline = deadline

@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from modelyard.deadlines import Phase, RequestClock
-from modelyard.ids import VersionKey
 
 if TYPE_CHECKING:
     from modelyard.metrics.stats import VersionStats
@@ -35,9 +34,7 @@ _bisect_right = bisect.bisect_right
 _DEVICE = Phase.DEVICE
 
 
-def fold_run(
-    stats: VersionStats, run: list[tuple[VersionKey, int, RequestClock, int, float]]
-) -> None:
+def fold_run(stats: VersionStats, run: list[RequestClock]) -> None:
     """Add successes of one version (``StatsBook.ok``'s notes) to ``stats``: the plain ones
     (unbatched, one row, admitted then on the device) in the loop here, which only collects
     their durations (an append each), counted into the histograms and summed once per run
@@ -51,21 +48,20 @@ def fold_run(
     add_total = totals.append
     add_compute = computes.append
     others = None
-    for note in run:
-        _, index, clock, rows, now = note
+    for clock in run:
         marks = clock._phases
-        if rows == 1 and clock.batch is None and len(marks) == 2 and marks[1][0] is _DEVICE:
+        if clock.rows == 1 and clock.batch is None and len(marks) == 2 and marks[1][0] is _DEVICE:
             compute = clock.compute_ns
             if compute:  # the worker's own times; the rest of the round trip is transport
                 add_compute(compute)
             else:
-                device_s.append(now - marks[1][1])
-            add_total(now - marks[0][1])
-            ok[index] += 1
+                device_s.append(clock.end - marks[1][1])
+            add_total(clock.end - marks[0][1])
+            ok[clock.lane] += 1
         elif others is None:
-            others = [note]
+            others = [clock]
         else:
-            others.append(note)
+            others.append(clock)
     plain = len(totals)
     if plain:
         stats.queue_counts[0] += plain  # queued 0 s: the first bucket
@@ -91,7 +87,7 @@ def fold_run(
         _add_executions(stats.executions, 1, plain, infer_s, input_total, output_total)
     if others is not None:
         _fold_each(stats, others)
-    stats.last_inference = run[-1][4]
+    stats.last_inference = run[-1].end
 
 
 def _add_sorted(
@@ -116,9 +112,7 @@ def _add_sorted(
     counts[high] += len(values) - start
 
 
-def _fold_each(
-    stats: VersionStats, run: list[tuple[VersionKey, int, RequestClock, int, float]]
-) -> None:
+def _fold_each(stats: VersionStats, run: list[RequestClock]) -> None:
     """Add successes of one version (``StatsBook.ok``'s notes) to ``stats``. Sums are kept in
     local variables and written once (a float or int held only by a local is updated in place;
     one held by an attribute is replaced by a new object on every addition), and unbatched
@@ -136,7 +130,8 @@ def _fold_each(
     ones = ones_input = ones_output = 0
     ones_s = 0.0
     now = 0.0
-    for _, index, clock, rows, now in run:
+    for clock in run:
+        index, rows, now = clock.lane, clock.rows, clock.end
         marks = clock._phases  # what ``clock.marks`` returns, without a property call
         batch = clock.batch
         if len(marks) == 2 and marks[1][0] is _DEVICE:  # unbatched: admitted, then device

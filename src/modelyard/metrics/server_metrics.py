@@ -66,6 +66,9 @@ class ServerMetrics:
         it); ``status`` the status document (workers and measured bytes), None without one."""
         self.book = StatsBook()
         self.observe_ok = self.book.ok
+        # The book's successes not yet folded (``StatsBook.note``): the data plane appends a
+        # hot path's counting-only request here itself.
+        self.pending = self.book.pending
         self._registry = registry
         self.prometheus = CollectorRegistry(auto_describe=True)
         self.prometheus.register(_TrafficCollector(self.book, registry))

@@ -7,7 +7,8 @@ fixed-bucket histogram arrays with their sums (request, queue and compute time, 
 executions per batch size, and for a failure its code. Everything else is derived when read:
 success count (the request histogram's count), Triton's nanosecond totals (the sums), the
 execution count and the batch-size histogram (the executions per size), outcomes per
-protocol. ``StatsBook.ok`` is the write of a success (on every request),
+protocol. ``StatsBook.ok`` is the write of a success (``note``: its notes on the request's
+clock, added up by ``fold``; the data plane inlines ``note`` on the hot paths),
 ``StatsBook.observe`` the general one (failures; tests).
 
 Why not prometheus_client's metric objects on the hot path: each ``labels(...).inc()`` takes a
@@ -213,7 +214,7 @@ class VersionStats:
 _get_lane = CURRENT.get
 _set_lane = CURRENT.set
 _monotonic = time.monotonic
-_key_of = operator.itemgetter(0)
+_key_of = operator.attrgetter("key")
 
 
 class StatsBook:
@@ -225,8 +226,11 @@ class StatsBook:
         # (a dataclass) through Python code, and this look-up is on every request.
         self._versions: dict[tuple[str, int], VersionStats] = {}
         self.rejected: dict[tuple[str, Code], int] = {}
-        # Successes recorded by ``ok`` and not yet folded into ``_versions`` (``fold``).
-        self._pending: list[tuple[VersionKey, int, RequestClock, int, float]] = []
+        # Successes noted and not yet folded into ``_versions`` (``fold``): their clocks, each
+        # with its note (``RequestClock.key``, ``lane``, ``rows``, ``end``). One list for the
+        # book's life (``fold`` empties it in place): the data plane holds it as ``pending``.
+        self._pending: list[RequestClock] = []
+        self.pending = self._pending
 
     def of(self, key: VersionKey) -> VersionStats:
         if self._pending:
@@ -256,11 +260,12 @@ class StatsBook:
         (dim 0). Counted on lane ``index`` (``PROTOCOL_LABELS``: the hot paths' adapters pass
         theirs), or, without one (-1), on the current call's protocol (``in_process`` outside
         any). A current call learns that it was counted (an observed ``Call`` is filled in, a
-        ``Lane`` replaced by its ``done`` twin); on the hot paths there is none, and this is a
-        context variable read, a tuple and an append.
+        ``Lane`` replaced by its ``done`` twin).
 
-        The data plane calls this once per request (as ``ServerMetrics.observe_ok``): it only
-        notes the request (its key, lane, clock, rows and end) for ``fold`` to add up."""
+        The data plane calls this (as ``ServerMetrics.observe_ok``) for a request that is not
+        a hot path's counting-only call, and notes those itself (``note``'s lines, inlined):
+        either way the request is only noted on its clock (key, lane, rows, end) for ``fold``
+        to add up."""
         call = _get_lane()
         if call is not None:
             if index < 0:
@@ -275,8 +280,18 @@ class StatsBook:
                 _set_lane(call.done)  # type: ignore[union-attr]
         elif index < 0:
             index = IN_PROCESS_INDEX
+        self.note(key, clock, rows, index)
+
+    def note(self, key: VersionKey, clock: RequestClock, rows: int, index: int) -> None:
+        """Note a success on ``key`` that ended now, counted on lane ``index``, on its clock
+        for ``fold``; no current call is told (``ok`` does that). The data plane inlines these
+        lines for a hot path's counting-only call (nothing current to tell)."""
+        clock.key = key
+        clock.lane = index
+        clock.rows = rows
+        clock.end = _monotonic()
         pending = self._pending
-        pending.append((key, index, clock, rows, _monotonic()))
+        pending.append(clock)
         if len(pending) >= FOLD_EVERY:
             self.fold()
 
@@ -292,19 +307,20 @@ class StatsBook:
         pending = self._pending
         if not pending:
             return
-        self._pending = []
-        count = len(pending)
+        run = pending[:]
+        pending.clear()  # in place: the data plane holds this list
+        count = len(run)
         start = 0
-        first = pending[0][0]
-        if list(map(_key_of, pending)).count(first) == count:  # one version's (in C): one run
-            fold_run(self._stats_for(first), pending)
+        first = run[0].key
+        if list(map(_key_of, run)).count(first) == count:  # one version's (in C): one run
+            fold_run(self._stats_for(first), run)
             return
         while start < count:
-            key = pending[start][0]
+            key = run[start].key
             end = start + 1
-            while end < count and pending[end][0] is key:
+            while end < count and run[end].key is key:
                 end += 1
-            fold_run(self._stats_for(key), pending if end - start == count else pending[start:end])
+            fold_run(self._stats_for(key), run[start:end])
             start = end
 
     def observe(
@@ -323,10 +339,7 @@ class StatsBook:
         if code is None:
             if clock is None:
                 raise ValueError("a success has a clock")
-            pending = self._pending
-            pending.append((key, _LANE_INDEX[protocol], clock, rows, _monotonic()))
-            if len(pending) >= FOLD_EVERY:
-                self.fold()
+            self.note(key, clock, rows, _LANE_INDEX[protocol])
             return
         stats = self.of(key)
         stats.fail_count += 1

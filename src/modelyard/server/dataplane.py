@@ -32,8 +32,13 @@ from modelyard.lifecycle.registry import ModelRegistry, VersionEntry
 from modelyard.lifecycle.states import ModelState
 from modelyard.metrics import ServerMetrics
 from modelyard.metrics.extensions import Extensions
+from modelyard.metrics.stats import FOLD_EVERY
+from modelyard.observability.calls import CURRENT as _CURRENT_CALL
 from modelyard.server.defaults import DEFAULT_MAX_IN_FLIGHT
 from modelyard.tensors import DEFAULT_SIGNATURE, Signature, signature_named
+
+_current_call = _CURRENT_CALL.get  # statistics: is a boundary's call current (rarely)
+_monotonic = time.monotonic
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,9 +305,22 @@ class DataPlane:
             # scalar), inlined: this runs on every request (``len``: no shape tuple).
             rows = 0
             for array in inputs.values():
-                rows = len(array) if array.ndim else 1
+                try:
+                    rows = len(array)
+                except TypeError:  # a scalar (``ndim`` would cost an attribute look-up always)
+                    rows = 1
                 break
-            metrics.observe_ok(entry.key, clock, rows, lane)
+            if lane < 0 or _current_call() is not None:  # a boundary's call learns it counted
+                metrics.observe_ok(entry.key, clock, rows, lane)
+            else:  # a hot path's counting-only call: ``StatsBook.note``, inlined (no call)
+                clock.key = entry.key
+                clock.lane = lane
+                clock.rows = rows
+                clock.end = _monotonic()
+                pending = metrics.pending
+                pending.append(clock)
+                if len(pending) >= FOLD_EVERY:
+                    metrics.book.fold()
         return result
 
     def _arm(self, clock: RequestClock) -> _DeadlineTimer:

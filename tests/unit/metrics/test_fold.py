@@ -35,6 +35,12 @@ def _plain(start: float, device_at: float, compute: tuple[int, int, int] | None)
     return clock
 
 
+def _noted(clock: RequestClock, lane: int, rows: int, end: float) -> RequestClock:
+    """``clock`` as ``StatsBook.note`` leaves it: the note of a success on ``KEY``."""
+    clock.key, clock.lane, clock.rows, clock.end = KEY, lane, rows, end
+    return clock
+
+
 def test_durations_and_worker_times_land_in_their_le_bucket_bounds_included() -> None:
     rng = random.Random(16)
     bounds_ns = list(LATENCY_BUCKETS_NS)
@@ -45,7 +51,7 @@ def test_durations_and_worker_times_land_in_their_le_bucket_bounds_included() ->
     end = 1000.0
     totals = [rng.choice((0.00004, 0.0003, 0.0007, 0.004, 0.02, 0.3, 3.0, 20.0)) for _ in infers_ns]
     run = [
-        (KEY, 2, _plain(end - total, end - total / 2, (7, infer, 9)), 1, end)
+        _noted(_plain(end - total, end - total / 2, (7, infer, 9)), 2, 1, end)
         for total, infer in zip(totals, infers_ns, strict=True)
     ]
     stats = VersionStats()
@@ -61,7 +67,7 @@ def test_durations_and_worker_times_land_in_their_le_bucket_bounds_included() ->
 def test_without_worker_times_the_time_on_the_device_is_bucketed() -> None:
     end = 50.0
     devices = [0.0001, 0.00025, 0.0004, 0.003, 0.003, 11.0]
-    run = [(KEY, 0, _plain(end - 2 * d, end - d, None), 1, end) for d in devices]
+    run = [_noted(_plain(end - 2 * d, end - d, None), 0, 1, end) for d in devices]
     stats = VersionStats()
     fold_run(stats, run)
     assert stats.infer_counts == _expected([end - (end - d) for d in devices])
