@@ -117,6 +117,14 @@ class RequestClock:
     ``compute_ns``: Triton's (compute_input, compute_infer, compute_output) ns the worker
     measured for the request (``note_compute``; for a batch, on its ``BatchRun``).
 
+    The phases live in slots while they are the common ones, without a list per request:
+    ``start`` is when the request was ADMITTED, ``device_at`` when it last entered DEVICE (None
+    before), and ``_phases`` stays None as long as those are all it entered (admitted, then
+    straight to the device, as an unbatched request goes). Entering any other phase, or DEVICE
+    a second time, makes ``_phases`` the full list of (phase, time) marks, kept up to date from
+    then on; ``marks`` returns the marks either way. Statistics read the slots directly
+    (``modelyard.metrics.fold``): no list and no tuple per request, on and off alike.
+
     Statistics' note of a success (``modelyard.metrics.stats``), set when the request is
     counted and unset before: ``key`` the version it ran on, ``lane`` the
     protocol it is counted under (an index of ``calls.PROTOCOL_LABELS``), ``rows`` its rows
@@ -129,11 +137,13 @@ class RequestClock:
         "compute_ns",
         "deadline",
         "device",
+        "device_at",
         "end",
         "key",
         "lane",
         "model",
         "rows",
+        "start",
     )
 
     key: VersionKey
@@ -147,29 +157,48 @@ class RequestClock:
         self.device = ""
         self.batch: BatchRun | None = None
         self.compute_ns: Sequence[int] = ()  # the worker's (input, infer, output) ns, if told
-        begun = time.monotonic() if start is None else start
-        self._phases: list[tuple[Phase, float]] = [(Phase.ADMITTED, begun)]
+        self.start = time.monotonic() if start is None else start
+        self.device_at: float | None = None
+        self._phases: list[tuple[Phase, float]] | None = None
 
     def note_compute(self, compute_ns: Sequence[int]) -> None:
         """The worker's times for the execution this clock ran: on its batch if it has one
-        (every request of the batch shares them), else on itself."""
+        (every request of the batch shares them), else on itself. Anything but three times
+        (input, infer, output) is not the worker's and is left out."""
+        if len(compute_ns) != 3:
+            return
         if self.batch is not None:
             self.batch.compute_ns = compute_ns
         else:
             self.compute_ns = compute_ns
 
     def enter(self, phase: Phase, now: float | None = None) -> None:
-        self._phases.append((phase, time.monotonic() if now is None else now))
+        at = time.monotonic() if now is None else now
+        phases = self._phases
+        if phases is None:
+            if phase is Phase.DEVICE and self.device_at is None:  # the common case: slots only
+                self.device_at = at
+                return
+            phases = self._phases = self.marks
+        phases.append((phase, at))
+        if phase is Phase.DEVICE:
+            self.device_at = at
 
     @property
     def phase(self) -> Phase:
-        return self._phases[-1][0]
+        if self._phases is not None:
+            return self._phases[-1][0]
+        return Phase.ADMITTED if self.device_at is None else Phase.DEVICE
 
     @property
     def marks(self) -> list[tuple[Phase, float]]:
         """Each phase entered and when (``time.monotonic()``), in order; the first is ADMITTED
         at the request's start. Read-only for callers (statistics and traces read it)."""
-        return self._phases
+        if self._phases is not None:
+            return self._phases
+        if self.device_at is None:
+            return [(Phase.ADMITTED, self.start)]
+        return [(Phase.ADMITTED, self.start), (Phase.DEVICE, self.device_at)]
 
     def expired(self, now: float | None = None) -> bool:
         return self.deadline is not None and self.deadline.expired(now)
@@ -184,7 +213,7 @@ class RequestClock:
         """Seconds spent in each phase so far (only the phases it entered)."""
         end = time.monotonic() if now is None else now
         totals: dict[Phase, float] = {}
-        marks = [*self._phases, (self.phase, end)]
+        marks = [*self.marks, (self.phase, end)]
         for (phase, since), (_, until) in itertools.pairwise(marks):
             totals[phase] = totals.get(phase, 0.0) + max(0.0, until - since)
         return totals
@@ -192,7 +221,7 @@ class RequestClock:
     def exceeded(self, now: float | None = None) -> DeadlineExceeded:
         """The error for this request now: the deadline, its source, and where the time went."""
         end = time.monotonic() if now is None else now
-        total_ms = (end - self._phases[0][1]) * 1000.0
+        total_ms = (end - self.start) * 1000.0
         if self.deadline is None:  # not raised without a deadline; kept total for safety
             return DeadlineExceeded(f"deadline exceeded after {total_ms:.0f} ms")
         spent = self.spent(end)

@@ -22,7 +22,6 @@ reader sees whole requests and nothing needs a lock.
 from __future__ import annotations
 
 import bisect
-import operator
 import time
 from collections.abc import Iterator, Sequence
 
@@ -214,7 +213,6 @@ class VersionStats:
 _get_lane = CURRENT.get
 _set_lane = CURRENT.set
 _monotonic = time.monotonic
-_key_of = operator.attrgetter("key")
 
 
 class StatsBook:
@@ -301,27 +299,17 @@ class StatsBook:
         Called by every reader (``of``, ``get``, ``items``) and every ``FOLD_EVERY`` requests:
         the arithmetic runs here, in one tight loop over a few dozen requests, rather than on
         each request's path, where its code and data would have to be brought back into the
-        CPU's caches every time (measured: several times the cost of the same loop). The
-        requests of one fold are split into runs of one version (usually one run: a version's
-        requests come together), each added up by ``fold.fold_run``."""
+        CPU's caches every time (measured: several times the cost of the same loop). Each
+        version's requests are added up by ``fold.fold_run`` (one pass when the fold holds
+        one version's, as usual), which hands back the others'."""
         pending = self._pending
         if not pending:
             return
-        run = pending[:]
+        run: list[RequestClock] | None = pending[:]
         pending.clear()  # in place: the data plane holds this list
-        count = len(run)
-        start = 0
-        first = run[0].key
-        if list(map(_key_of, run)).count(first) == count:  # one version's (in C): one run
-            fold_run(self._stats_for(first), run)
-            return
-        while start < count:
-            key = run[start].key
-            end = start + 1
-            while end < count and run[end].key is key:
-                end += 1
-            fold_run(self._stats_for(key), run[start:end])
-            start = end
+        while run:  # one version at a time: usually one pass (a version's requests come together)
+            key = run[0].key
+            run = fold_run(self._stats_for(key), run, key)
 
     def observe(
         self,
@@ -347,7 +335,7 @@ class StatsBook:
         failed = (protocol, code)
         stats.failed[failed] = stats.failed.get(failed, 0) + 1
         if clock is not None:
-            stats.fail_s += _monotonic() - clock._phases[0][1]
+            stats.fail_s += _monotonic() - clock.start
 
     def reject(self, protocol: str, code: Code) -> None:
         """A request refused before a model version was found (an unknown model, a bad path)."""
