@@ -61,3 +61,26 @@ def test_remaining_ms_never_goes_below_zero() -> None:
     assert clock.remaining_ms(now=0.25) == pytest.approx(750)
     assert clock.remaining_ms(now=2.0) == 0.0
     assert RequestClock(None, start=0.0).remaining_ms(now=5.0) is None
+
+
+def test_the_marks_are_the_phases_entered_in_order_however_the_clock_keeps_them() -> None:
+    clock = RequestClock(None, start=1.0)
+    assert clock.marks == [(Phase.ADMITTED, 1.0)]
+    assert clock.phase is Phase.ADMITTED
+    clock.enter(Phase.DEVICE, now=1.5)  # straight to the device: kept in slots
+    assert clock.marks == [(Phase.ADMITTED, 1.0), (Phase.DEVICE, 1.5)]
+    assert clock.phase is Phase.DEVICE
+    assert clock.spent(now=2.0) == {Phase.ADMITTED: 0.5, Phase.DEVICE: 0.5}
+    clock.enter(Phase.BATCH_QUEUE, now=1.6)  # then a batcher's queue, and the device again
+    clock.enter(Phase.DEVICE, now=1.9)
+    assert clock.marks == [
+        (Phase.ADMITTED, 1.0),
+        (Phase.DEVICE, 1.5),
+        (Phase.BATCH_QUEUE, 1.6),
+        (Phase.DEVICE, 1.9),
+    ]
+    assert (clock.phase, clock.device_at) == (Phase.DEVICE, 1.9)
+    again = RequestClock(None, start=1.0)
+    again.enter(Phase.DEVICE, now=1.1)
+    again.enter(Phase.DEVICE, now=1.2)
+    assert again.marks == [(Phase.ADMITTED, 1.0), (Phase.DEVICE, 1.1), (Phase.DEVICE, 1.2)]

@@ -4,9 +4,12 @@ worker's nanoseconds, and a read right after a burst sees every request."""
 
 from __future__ import annotations
 
+import math
 import random
 
-from modelyard.deadlines import Phase, RequestClock
+import pytest
+
+from modelyard.deadlines import BatchRun, Phase, RequestClock
 from modelyard.ids import VersionKey
 from modelyard.metrics import stats as stats_module
 from modelyard.metrics.fold import LATENCY_BUCKETS_NS, LATENCY_BUCKETS_S, fold_run
@@ -85,3 +88,120 @@ def test_a_read_right_after_a_burst_sees_every_request() -> None:
     assert stats.success_count == stats.request_duration.count == sent
     assert stats.infer_duration.count == stats.execution_count == sent
     assert stats.infer_ns == sum(1000 + i for i in range(sent))
+
+
+def _mixed_large(rng: random.Random, count: int, end: float) -> list[RequestClock]:
+    """``count`` unbatched successes on ``KEY`` ending by ``end``, noted: spread durations, four
+    lanes, 0, 1, 3 or 8 rows (mostly 1), the worker's times told for about two in three."""
+    run = []
+    for index in range(count):
+        total = rng.choice((0.00004, 0.0002, 0.0004, 0.0009, 0.002, 0.004, 0.03, 0.2, 0.7, 3.0))
+        total *= rng.uniform(0.9, 1.1)
+        ended = end - (count - index) * 1e-6  # in arrival order
+        compute = None
+        if rng.random() < 0.67:
+            compute = (rng.randrange(1, 9_000), rng.randrange(1, 2 * 10**9), 40 + index)
+        clock = _plain(ended - total, ended - total * rng.uniform(0.1, 0.9), compute)
+        run.append(_noted(clock, rng.randrange(4), rng.choice((1, 1, 1, 1, 1, 0, 3, 8)), ended))
+    return run
+
+
+def test_a_large_fold_counts_exactly_what_a_loop_over_its_requests_counts() -> None:
+    run = _mixed_large(random.Random(1216), 20 * FOLD_EVERY + 3, 2000.0)
+    stats = VersionStats()
+    fold_run(stats, run)
+    # The reference, by the definitions, one request at a time.
+    told = [c for c in run if c.compute_ns]
+    totals = [c.end - c.start for c in run]
+    infers_s = [c.compute_ns[1] / 1e9 if c.compute_ns else c.end - c.marks[1][1] for c in run]
+    assert stats.request_counts == _expected(totals)
+    assert stats.infer_counts == _expected(infers_s)
+    assert stats.queue_counts == [len(run)] + [0] * len(LATENCY_BUCKETS_S)
+    assert stats.ok == [sum(1 for c in run if c.lane == lane) for lane in range(len(stats.ok))]
+    assert stats.inference_count == sum(c.rows for c in run)
+    assert stats.input_ns == sum(c.compute_ns[0] for c in told)
+    assert stats.output_ns == sum(c.compute_ns[2] for c in told)
+    assert abs(stats.request_s - math.fsum(totals)) < 1e-9
+    assert abs(stats.infer_s - math.fsum(infers_s)) < 1e-9
+    assert stats.last_inference == run[-1].end
+    assert sorted(stats.batches) == [1, 3, 8]
+    for size in (1, 3, 8):
+        of_size = [c for c in run if max(c.rows, 1) == size]
+        count, infer_ns, input_ns, output_ns = stats.batches[size]
+        assert count == len(of_size)
+        assert input_ns == sum(c.compute_ns[0] for c in of_size if c.compute_ns)
+        assert output_ns == sum(c.compute_ns[2] for c in of_size if c.compute_ns)
+        expected_s = math.fsum(infers_s[i] for i, c in enumerate(run) if max(c.rows, 1) == size)
+        assert abs(infer_ns - expected_s * 1e9) <= 1
+    assert 0 < len(told) < len(run)
+
+
+def test_one_fold_of_versions_batches_and_plain_requests_counts_each_where_it_belongs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two versions interleaved, a batch's requests and a request that never reached the
+    device, among plain ones, in one fold through the book."""
+    book = StatsBook()
+    other = VersionKey("m", 2)
+    now = stats_module._monotonic()
+    monkeypatch.setattr(stats_module, "_monotonic", lambda: now)  # every request ends now
+    run = BatchRun(rows=3)
+    run.compute_ns = (10, 2_000_000, 30)  # 2 ms in the model: the batch's
+    sent = FOLD_EVERY - 1  # one fold, at the read
+    for index in range(sent):
+        if index % 10 == 7:  # a batch's request: queued 1.2 ms, then on the device
+            clock = RequestClock(None, model="m", start=now - 0.004)
+            clock.enter(Phase.DEVICE, now - 0.0039)
+            clock.enter(Phase.BATCH_QUEUE, now - 0.0038)
+            clock.enter(Phase.DEVICE, now - 0.0026)
+            clock.batch = run
+            book.ok(KEY, clock, 1, 0)
+        elif index == 11:  # never on the device
+            book.ok(KEY, RequestClock(None, model="m", start=now - 0.0003), 1, 0)
+        else:  # 0.4 ms on the device
+            book.ok(KEY if index % 2 else other, _plain(now - 0.0007, now - 0.0004, None), 1, 1)
+    stats, stats_2 = book.get(KEY), book.get(other)
+    assert stats is not None
+    assert stats_2 is not None
+    batched = sum(1 for i in range(sent) if i % 10 == 7)
+    plain = sum(1 for i in range(sent) if i % 10 != 7 and i != 11 and i % 2)
+    assert (stats.ok[0], stats.ok[1], sum(stats.ok)) == (batched + 1, plain, batched + 1 + plain)
+    assert stats_2.success_count == stats_2.ok[1] == sent - batched - 1 - plain
+    assert stats.execution_count == 1 + 1 + plain  # the batch once, each unbatched once
+    assert stats.batches[3][0] == 1
+    assert stats.queue_counts[_bucket(0.0012)] == batched
+    assert stats.queue_counts[0] == plain + 1
+    assert stats.infer_counts[_bucket(0.002)] == batched  # the worker's 2 ms
+    assert stats.infer_counts[_bucket(0.0004)] == plain
+    assert stats.infer_counts[0] == 1  # never on the device
+    assert stats_2.infer_counts[_bucket(0.0004)] == stats_2.success_count
+    assert stats_2.request_counts[_bucket(0.0007)] == stats_2.success_count
+    assert stats.last_inference == stats_2.last_inference == now
+
+
+def _bucket(value_s: float) -> int:
+    return _expected([value_s]).index(1)
+
+
+def test_a_read_in_the_middle_of_a_burst_sees_every_request_so_far() -> None:
+    book = StatsBook()
+    now = stats_module._monotonic()
+    first = 3 * FOLD_EVERY + 10  # three folds, then 10 noted and not folded
+    for index in range(first):
+        book.ok(KEY, _plain(now - 0.002, now - 0.001, (1, 1000 + index, 1)), 1, 3)
+    assert len(book.pending) == 10
+    stats = book.get(KEY)
+    assert stats is not None
+    assert not book.pending
+    assert stats.success_count == stats.infer_duration.count == first
+    assert stats.infer_ns == sum(1000 + i for i in range(first))
+    for _ in range(FOLD_EVERY - 1):
+        book.ok(KEY, _plain(now - 0.002, now - 0.001, (1, 5, 1)), 4, 2)
+    stats = book.get(KEY)
+    assert stats is not None
+    assert (stats.ok[3], stats.ok[2]) == (first, FOLD_EVERY - 1)
+    assert stats.inference_count == first + 4 * (FOLD_EVERY - 1)
+    assert stats.batches == {
+        1: [first, sum(1000 + i for i in range(first)), first, first],
+        4: [FOLD_EVERY - 1, 5 * (FOLD_EVERY - 1), FOLD_EVERY - 1, FOLD_EVERY - 1],
+    }
