@@ -65,8 +65,7 @@ def test_remaining_ms_never_goes_below_zero() -> None:
 
 def test_the_marks_are_the_phases_entered_in_order_however_the_clock_keeps_them() -> None:
     clock = RequestClock(None, start=1.0)
-    assert clock.marks == [(Phase.ADMITTED, 1.0)]
-    assert clock.phase is Phase.ADMITTED
+    assert (clock.marks, clock.phase) == ([(Phase.ADMITTED, 1.0)], Phase.ADMITTED)
     clock.enter(Phase.DEVICE, now=1.5)  # straight to the device: kept in slots
     assert clock.marks == [(Phase.ADMITTED, 1.0), (Phase.DEVICE, 1.5)]
     assert clock.phase is Phase.DEVICE
