@@ -132,8 +132,8 @@ class RequestClock:
     (no tuple per request); never set, these cost nothing (``--no-metrics``)."""
 
     __slots__ = (
+        "_batch",
         "_phases",
-        "batch",
         "compute_ns",
         "deadline",
         "device",
@@ -155,7 +155,7 @@ class RequestClock:
         self.deadline = deadline
         self.model = model
         self.device = ""
-        self.batch: BatchRun | None = None
+        self._batch: BatchRun | None = None
         self.compute_ns: Sequence[int] = ()  # the worker's (input, infer, output) ns, if told
         self.start = time.monotonic() if start is None else start
         self.device_at: float | None = None
@@ -167,8 +167,8 @@ class RequestClock:
         (input, infer, output) is not the worker's and is left out."""
         if len(compute_ns) != 3:
             return
-        if self.batch is not None:
-            self.batch.compute_ns = compute_ns
+        if self._batch is not None:
+            self._batch.compute_ns = compute_ns
         else:
             self.compute_ns = compute_ns
 
@@ -183,6 +183,19 @@ class RequestClock:
         phases.append((phase, at))
         if phase is Phase.DEVICE:
             self.device_at = at
+
+    @property
+    def batch(self) -> BatchRun | None:
+        """The batch the request ran in (None: unbatched). A clock with a batch keeps its
+        marks as a list (``_phases`` not None), so statistics tell an unbatched request that
+        went straight to the device by ``_phases`` alone."""
+        return self._batch
+
+    @batch.setter
+    def batch(self, run: BatchRun | None) -> None:
+        if run is not None and self._phases is None:
+            self._phases = self.marks
+        self._batch = run
 
     @property
     def phase(self) -> Phase:

@@ -48,47 +48,43 @@ def fold_run(
     duration as it goes (a ``bisect`` of Python floats is several comparisons, each a call)."""
     ok = stats.ok
     totals: list[float] = []
-    computes: list[Sequence[int]] = []  # the worker's (input, infer, output) ns
-    device_s: list[float] = []  # the time on the device, where the worker did not say
-    lanes: list[int] = []
+    computes: list[Sequence[int]] = []  # the worker's (input, infer, output) ns, or ()
     others = rest = None
     if key is None:
         key = run[0].key
+    lane = run[0].lane
     for clock in run:
         if clock.key is not key:  # another version's (rare: one version's come together)
             if rest is None:
                 rest = [clock]
             else:
                 rest.append(clock)
-        elif clock._phases is None and clock.batch is None and clock.rows == 1:
-            end = clock.end
-            compute = clock.compute_ns
-            if compute:  # the worker's own times; the rest of the round trip is transport
-                computes.append(compute)
-            else:
-                device_at = clock.device_at  # None: never on the device, no time there
-                device_s.append(end - device_at if device_at is not None else 0.0)
-            totals.append(end - clock.start)
-            lanes.append(clock.lane)
+        elif clock._phases is None and clock.rows == 1:  # no list: no batch, no queue
+            computes.append(clock.compute_ns)
+            totals.append(clock.end - clock.start)
+            if clock.lane is not lane:  # counted on the run's first lane below
+                ok[clock.lane] += 1
+                ok[lane] -= 1
         elif others is None:
             others = [clock]
         else:
             others.append(clock)
     plain = len(totals)
     if plain:
-        lane = lanes[0]
-        if lanes.count(lane) == plain:  # one protocol's requests (the usual case), in C
-            ok[lane] += plain
-        else:
-            for lane in set(lanes):
-                ok[lane] += lanes.count(lane)
+        ok[lane] += plain
         stats.queue_counts[0] += plain  # queued 0 s: the first bucket
         stats.request_s += sum(totals, 0.0)  # in arrival order, as a loop adding them would
         _add_sorted(stats.request_counts, LATENCY_BUCKETS_S, totals)
         infer_s = 0.0
         input_total = output_total = 0
-        if computes:
+        device_s: list[float] = []  # the time on the device, where the worker did not say
+        try:  # every one with the worker's times (the usual case): columns in C
             inputs_ns, infers_ns, outputs_ns = zip(*computes, strict=True)
+        except ValueError:  # some without (): their time on the device instead
+            computes, device_s = _split_told(run, key)
+            columns = zip(*computes, strict=True) if computes else ((), (), ())
+            inputs_ns, infers_ns, outputs_ns = columns
+        if computes:
             input_total = sum(inputs_ns)
             output_total = sum(outputs_ns)
             worker_ns = list(infers_ns)
@@ -110,6 +106,24 @@ def fold_run(
         return None
     stats.last_inference = next(c.end for c in reversed(run) if c.key is key)
     return rest
+
+
+def _split_told(
+    run: list[RequestClock], key: VersionKey
+) -> tuple[list[Sequence[int]], list[float]]:
+    """Of ``key``'s plain requests in ``run`` (``fold_run``'s), the worker's times of those it
+    said them for, and the time on the device of the others (0 for one never on the device),
+    each in arrival order."""
+    told: list[Sequence[int]] = []
+    device_s: list[float] = []
+    for clock in run:
+        if clock.key is key and clock._phases is None and clock.rows == 1:
+            if clock.compute_ns:
+                told.append(clock.compute_ns)
+            else:
+                device_at = clock.device_at
+                device_s.append(clock.end - device_at if device_at is not None else 0.0)
+    return told, device_s
 
 
 def _add_sorted(
