@@ -34,9 +34,11 @@ from modelyard.observability.calls import CURRENT, IN_PROCESS_INDEX, PROTOCOL_LA
 
 BATCH_SIZE_BUCKETS: tuple[float, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
-FOLD_EVERY = 64
+FOLD_EVERY = 128
 """Successes recorded before ``StatsBook.fold`` adds them up (readers fold at once): enough to
-keep the loop's code in the CPU's caches, few enough that the clocks held are no burden."""
+keep the loop's code in the CPU's caches, few enough that the clocks held are no burden (a
+clock is one object: its phases are slots; 128 measured 150 instructions a request fewer than
+64, with no more garbage collections)."""
 
 _LANE_INDEX = {label: index for index, label in enumerate(PROTOCOL_LABELS)}
 
