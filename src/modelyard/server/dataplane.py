@@ -28,7 +28,7 @@ from modelyard.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from modelyard.lifecycle.registry import ModelRegistry, VersionEntry
+from modelyard.lifecycle.registry import CHANGES, ModelRegistry, VersionEntry
 from modelyard.lifecycle.states import ModelState
 from modelyard.metrics import ServerMetrics
 from modelyard.metrics.extensions import Extensions
@@ -158,6 +158,10 @@ class DataPlane:
         self.max_in_flight = max_in_flight
         self.deadlines = deadline_policy or DeadlinePolicy()
         self._in_flight: dict[str, int] = {}
+        # What ``resolve`` found, by (name, version, label, signature name), while the registry
+        # has not changed since (``registry.CHANGES``); see ``resolve``.
+        self._resolved: dict[tuple[str, int | None, str | None, str | None], Resolved] = {}
+        self._resolved_at = -1
         self._loop: asyncio.AbstractEventLoop | None = None  # see ``_current_task``
         self.server_name = server_name
         self.version = __version__
@@ -216,10 +220,38 @@ class DataPlane:
         """The version ``ref`` names and its signature ``signature_name`` (None: the default),
         for a request that is decoded against the signature before it runs; pass the result to
         ``infer``. NotFound for unknown names, Unavailable when the version cannot serve,
-        InvalidArgument for an unknown signature name."""
-        entry = self._available(ref)
+        InvalidArgument for an unknown signature name.
+
+        What it finds is kept while the registry does not change (``registry.CHANGES``: a
+        version's state, signature or replicas, a version or label added or removed), so the
+        usual request costs a look-up, and a change (a swap, an unload, a worker's restart) is
+        seen by the very next request. Only what serves is kept: errors are found anew."""
+        found = self._kept(ref, signature_name)
+        if found is None:
+            found = self._keep(ref, signature_name, self._available(ref))
+        return found
+
+    def _kept(self, ref: ModelRef, signature_name: str | None) -> Resolved | None:
+        """What ``resolve`` found for these, if the registry has not changed since (None: not
+        kept); Unavailable once the server is stopping."""
+        if self.stopping:
+            raise Unavailable("the server is shutting down")
+        if self._resolved_at != CHANGES.count:
+            self._resolved.clear()
+            self._resolved_at = CHANGES.count
+            return None
+        return self._resolved.get((ref.name, ref.version, ref.label, signature_name))
+
+    def _keep(self, ref: ModelRef, signature_name: str | None, entry: VersionEntry) -> Resolved:
+        """``entry`` (what ``ref`` names, AVAILABLE) with its signature ``signature_name``,
+        kept for ``_kept``; InvalidArgument for an unknown signature name."""
         signature, run_name = _pick_signature(entry, signature_name)
-        return Resolved(entry, signature, run_name)
+        found = Resolved(entry, signature, run_name)
+        kept = self._resolved
+        if len(kept) >= _RESOLVED_KEPT:
+            kept.clear()
+        kept[ref.name, ref.version, ref.label, signature_name] = found
+        return found
 
     # -- inference -----------------------------------------------------------------------
 
@@ -266,11 +298,11 @@ class DataPlane:
                 if self.stopping:
                     raise Unavailable("the server is shutting down")
             else:
-                entry = self._available(ref)
-                if signature_name is None:  # the common case, without a call more
-                    signature, run_name = _default_signature(entry), None
-                else:
-                    signature, run_name = _pick_signature(entry, signature_name)
+                found = self._kept(ref, signature_name)
+                if found is None:  # ``resolve``, with the entry known to the error's count
+                    entry = self._available(ref)
+                    found = self._keep(ref, signature_name, entry)
+                entry, signature, run_name = found.entry, found.signature, found.signature_name
             token = deadlines.serve(clock)  # not ``serving``: a generator per request
             try:
                 # The deadline's timer around ``_run`` here rather than in a coroutine of its
@@ -406,6 +438,11 @@ class DataPlane:
         if entry.state is not ModelState.AVAILABLE:
             raise Unavailable(entry.unavailable_reason())
         return entry
+
+
+_RESOLVED_KEPT = 256
+"""At most this many resolutions are kept (beyond, all are forgotten: a client naming ever new
+models or versions costs what every request cost before, not memory)."""
 
 
 class _DeadlineTimer:
