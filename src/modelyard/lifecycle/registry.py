@@ -69,13 +69,20 @@ class VersionEntry:
 
     def pick_replica(self) -> Replica:
         """The replica with the fewest requests in flight (the first of equals)."""
-        if self.state is not ModelState.AVAILABLE or not self.replicas:
+        replicas = self.replicas
+        if self.state is not ModelState.AVAILABLE or not replicas:
             raise Unavailable(self.unavailable_reason())
-        return min(self.replicas, key=lambda r: r.in_flight)
+        if len(replicas) == 1:  # the usual version: no key call per request
+            return replicas[0]
+        return min(replicas, key=_in_flight)
 
     def unavailable_reason(self) -> str:
         reason = f"model {self.key.model!r} version {self.key.version} is {self.state.value}"
         return f"{reason}: {self.error}" if self.error else reason
+
+
+def _in_flight(replica: Replica) -> int:
+    return replica.in_flight
 
 
 @dataclass

@@ -309,7 +309,7 @@ class DataPlane:
                 # own: at one request in flight each coroutine layer is CPU on the answer's path.
                 timer = None if deadline is None else self._arm(clock)
                 try:
-                    result, _seconds = await self._run(entry, signature, run_name, inputs, outputs)
+                    result = await self._run(entry, signature, run_name, inputs, outputs)
                 except (asyncio.CancelledError, TimeoutError) as exc:
                     if timer is not None and timer.caused(exc):
                         raise clock.exceeded() from None
@@ -389,9 +389,9 @@ class DataPlane:
         run_name: str | None,
         inputs: Mapping[str, np.ndarray],
         outputs: Sequence[str] | None,
-    ) -> tuple[InferResult, float]:
+    ) -> InferResult:
         """Validate against ``signature``, pick a replica, run ``run_name`` (None: the default
-        signature) on it; the result and the seconds the servable took."""
+        signature) on it; its result."""
         replica = entry.pick_replica()
         signature.validate_inputs(inputs)
         wanted = [signature.output(name).name for name in outputs] if outputs else None
@@ -411,19 +411,17 @@ class DataPlane:
             clock.enter(Phase.DEVICE)  # the batcher, if there is one, says it queues first
         self._in_flight[device] = busy + 1
         replica.in_flight += 1
-        started = time.perf_counter()
         try:
             produced = await replica.servable.infer(inputs, run_name)
         finally:
             replica.in_flight -= 1
             self._in_flight[device] -= 1
-        seconds = time.perf_counter() - started
         names = wanted if wanted is not None else [s.name for s in signature.outputs]
         try:
             result = {name: produced[name] for name in names}
         except KeyError as exc:
             raise Internal(f"model {entry.key} did not return output {exc.args[0]!r}") from None
-        return InferResult(entry.key.model, entry.key.version, result), seconds
+        return InferResult(entry.key.model, entry.key.version, result)
 
     def in_flight(self, device: str | None = None) -> int:
         """Inference requests being served now, on ``device`` or on all devices."""

@@ -161,13 +161,20 @@ class LeanInference:
         try:
             if lane is TFSERVING_LANE:
                 ref = _predict_refs.get(path) or _predict_ref(path)
-                raw = await self._read(declared, receive, body)
+                # The body whole (the protocol's entry): checked without a coroutine for it.
+                if receive is None:
+                    raw = check_body(declared, body, self.limit)
+                else:
+                    raw = await receive_body(declared, receive, self.limit)
                 answer = await self._tfserving.predict(ref, raw)
                 return 200, _headers(answer, _JSON), answer
             parts = path.split("/")
             version = ModelRef.parse_version(parts[5]) if len(parts) == 7 else None
             ref = ModelRef(parts[3], version)
-            raw = await self._read(declared, receive, body)
+            if receive is None:
+                raw = check_body(declared, body, self.limit)
+            else:
+                raw = await receive_body(declared, receive, self.limit)
             answer, json_length = await self._kserve.answer(ref, raw, encoding, header_length)
             if json_length is None:
                 return 200, _headers(answer, _JSON), answer
@@ -178,11 +185,6 @@ class LeanInference:
                 count_refused(self._observer, lane, path, exc.code)
             response = error_response(exc)
             return response.status_code, response.raw_headers, bytes(response.body)
-
-    async def _read(self, declared: str | None, receive: Receive | None, body: bytes) -> bytes:
-        if receive is not None:
-            return await receive_body(declared, receive, self.limit)
-        return check_body(declared, body, self.limit)
 
 
 Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
