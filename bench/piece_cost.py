@@ -63,11 +63,15 @@ def _piece(name: str) -> Callable[[], object]:
     raise SystemExit(f"unknown piece {name!r}; pieces: {', '.join(PIECES)}")
 
 
+def _repeat(call: Callable[[], object], calls: int) -> None:
+    for _ in range(calls):  # each result dropped at once, as a request's is
+        call()
+
+
 def _collect(name: str, calls: int) -> None:
     call = _piece(name)
-    for _ in range(200):
-        call()
-    functools.reduce(lambda _, __: [call() for _ in range(calls)], range(1), None)
+    _repeat(call, 200)
+    functools.reduce(lambda _, __: _repeat(call, calls), range(1), None)
 
 
 def _instructions(name: str, calls: int) -> float:
