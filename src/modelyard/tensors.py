@@ -231,8 +231,13 @@ class Signature:
     )
     """The inputs as ``validate_inputs`` checks them (derived, not a field of the contract;
     None when input names repeat: then every request is checked the full way)."""
+    output_names: tuple[str, ...] = field(
+        default=(), init=False, repr=False, compare=False, hash=False
+    )
+    """Each output's name, in order (derived from ``outputs``)."""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "output_names", tuple(spec.name for spec in self.outputs))
         names = [spec.name for spec in self.inputs]
         checks = None
         if len(set(names)) == len(names):

@@ -418,11 +418,14 @@ class DataPlane:
         finally:
             replica.in_flight -= 1
             self._in_flight[device] -= 1
-        names = wanted if wanted is not None else [s.name for s in signature.outputs]
-        try:
-            result = {name: produced[name] for name in names}
-        except KeyError as exc:
-            raise Internal(f"model {entry.key} did not return output {exc.args[0]!r}") from None
+        if wanted is None and type(produced) is dict and tuple(produced) == signature.output_names:
+            result = produced  # every output, in signature order, already: the usual answer
+        else:
+            names = wanted if wanted is not None else signature.output_names
+            try:
+                result = {name: produced[name] for name in names}
+            except KeyError as exc:
+                raise Internal(f"model {entry.key} did not return output {exc.args[0]!r}") from None
         return InferResult(entry.key.model, entry.key.version, result)
 
     def in_flight(self, device: str | None = None) -> int:
