@@ -66,9 +66,15 @@ atexit.register(flush)
 IMPORT = "from __future__ import annotations\n"
 PROBE_IMPORT = IMPORT + "from modelyard._hop_probe import p as _pp\n"
 
-# (file under modelyard/, anchor text, the stamp's tag, True: before the anchor, else after it;
-# the stamp is indented as the anchor's first line, or as its next line when after a ``def``)
-PROBES: list[tuple[str, str, str, bool]] = [
+_WRITE_TO_WORKER = (
+    "            transport.writelines(encode(message))\n",  # before session 12
+    "            transport.writelines(frame)\n",
+)
+
+# (file under modelyard/, anchor text (or alternatives: the first found), the stamp's tag, True:
+# before the anchor, else after it; the stamp is indented as the anchor's first line, or as its
+# next line when after a ``def``)
+PROBES: list[tuple[str, str | tuple[str, ...], str, bool]] = [
     ("server/http/entry.py",
      "            hot = self._hot\n            if hot is None or hot is not self.cycle:\n"
      "                super().on_message_complete()",
@@ -78,10 +84,8 @@ PROBES: list[tuple[str, str, str, bool]] = [
      "f2 task started", True),
     ("server/dataplane.py", "        replica = entry.pick_replica()",
      "f3 decoded, data plane", True),
-    ("workers/client.py", "            transport.writelines(encode(message))\n",
-     "f4 encoded, write to worker", True),
-    ("workers/client.py", "            transport.writelines(encode(message))\n",
-     "(write to worker returns)", False),
+    ("workers/client.py", _WRITE_TO_WORKER, "f4 encoded, write to worker", True),
+    ("workers/client.py", _WRITE_TO_WORKER, "(write to worker returns)", False),
     ("workers/protocol.py", "            k = self._sock.recv_into(self._view[self._end :])\n",
      "w1 worker woke", True),
     ("workers/host.py", "            message = frames.read()\n", "w2 frame decoded", False),
@@ -125,9 +129,14 @@ def probed_copy(src: Path, dest: Path, stamps: Path) -> Path:
     package = dest / "modelyard"
     (package / "_hop_probe.py").write_text(PROBE_MODULE.replace("@STAMPS@", repr(str(stamps))))
     patched: set[str] = set()
-    for name, anchor, tag, before in PROBES:
+    for name, anchors, tag, before in PROBES:
         path = package / name
         text = path.read_text()
+        anchor = (
+            anchors
+            if isinstance(anchors, str)
+            else next((a for a in anchors if a in text), anchors[0])
+        )
         if text.count(anchor) != 1:
             raise SystemExit(f"probe anchor not found once in {name}: {anchor!r}")
         indent = " " * (len(anchor) - len(anchor.lstrip(" ")))

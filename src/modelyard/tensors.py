@@ -11,7 +11,8 @@ from __future__ import annotations
 import enum
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -213,6 +214,11 @@ def signature_named(signatures: Mapping[str, Signature], name: str) -> Signature
     return found
 
 
+_InputCheck = tuple[str, np.dtype[Any] | None, int, tuple[tuple[int, int], ...]]
+"""An input as ``validate_inputs`` checks the usual request: its name, its numpy dtype (None for
+BYTES), its rank, and the (index, size) of each fixed dimension."""
+
+
 @dataclass(frozen=True, slots=True)
 class Signature:
     """Inputs and outputs of one model version, in the order the model takes and returns them."""
@@ -220,6 +226,31 @@ class Signature:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     method: SignatureMethod = SignatureMethod.PREDICT
+    _checks: tuple[_InputCheck, ...] | None = field(
+        default=None, init=False, repr=False, compare=False, hash=False
+    )
+    """The inputs as ``validate_inputs`` checks them (derived, not a field of the contract;
+    None when input names repeat: then every request is checked the full way)."""
+    output_names: tuple[str, ...] = field(
+        default=(), init=False, repr=False, compare=False, hash=False
+    )
+    """Each output's name, in order (derived from ``outputs``)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "output_names", tuple(spec.name for spec in self.outputs))
+        names = [spec.name for spec in self.inputs]
+        checks = None
+        if len(set(names)) == len(names):
+            checks = tuple(
+                (
+                    spec.name,
+                    None if spec.datatype is DataType.BYTES else spec.datatype.numpy,
+                    len(spec.shape),
+                    tuple((index, size) for index, size in enumerate(spec.shape) if size >= 0),
+                )
+                for spec in self.inputs
+            )
+        object.__setattr__(self, "_checks", checks)
 
     def input(self, name: str) -> TensorSpec:
         for spec in self.inputs:
@@ -245,6 +276,28 @@ class Signature:
         The message always says what the signature expects, so a client can fix its request
         without reading the model's metadata first.
         """
+        # The usual request first, without a call: as many inputs as the signature has, each
+        # found by name (so the names are the signature's: they do not repeat, see _checks),
+        # its dtype the very one of its datatype, its rank and every fixed dimension equal.
+        # Anything else, a valid request included (an equal dtype that is another object, a
+        # big-endian one), is checked the full way below, which writes the messages.
+        checks = self._checks
+        if checks is not None and len(inputs) == len(checks):
+            for name, dtype, rank, fixed in checks:
+                array = inputs.get(name)
+                if array is None or array.dtype is not dtype:
+                    break
+                shape = array.shape
+                if len(shape) != rank:
+                    break
+                for index, size in fixed:
+                    if shape[index] != size:
+                        break
+                else:
+                    continue
+                break
+            else:
+                return
         expected = {s.name for s in self.inputs}
         if inputs.keys() != expected:  # one comparison for the usual request; the names below
             unknown = sorted(set(inputs) - expected)

@@ -466,7 +466,7 @@ class Controller:
             await self._close_all(key, self._partial.pop(key, []))
             raise
         self._partial.pop(key, None)
-        entry.replicas.append(replica)  # serving on both for a moment
+        entry.replicas = [*entry.replicas, replica]  # serving on both for a moment
         old = [r for r in entry.replicas if r.device == source]
         entry.replicas = [r for r in entry.replicas if r.device != source]
         await self._drain(key, old)
@@ -559,7 +559,8 @@ class Controller:
                     model = self.model(key.model)
                     for device in devices:
                         if device not in have:
-                            entry.replicas.append(await self._load_replica(model, entry, device))
+                            added = await self._load_replica(model, entry, device)
+                            entry.replicas = [*entry.replicas, added]
                 except Exception as exc:
                     await self._close_all(key, self._partial.pop(key, []))
                     self._placement.remove(key)
@@ -616,10 +617,10 @@ class Controller:
         entry = self._entries.get(key)
         if entry is None:
             return
-        for replica in list(entry.replicas):
+        for replica in entry.replicas:
             if replica.device == device:
-                entry.replicas.remove(replica)
                 self._parked[(key, device)] = replica
+        entry.replicas = [r for r in entry.replicas if r.device != device]
         if not entry.replicas and entry.state is ModelState.AVAILABLE:
             entry.transition(ModelState.LOADING, f"reloading: {reason}")
 
@@ -629,7 +630,7 @@ class Controller:
         replica = self._parked.pop((key, device), None)
         if entry is None or replica is None:
             return
-        entry.replicas.append(replica)
+        entry.replicas = [*entry.replicas, replica]
         if entry.state is ModelState.LOADING:
             entry.transition(ModelState.AVAILABLE)
             log.info("model %s AVAILABLE again on %s", key, device)

@@ -3,6 +3,12 @@
 Thread/async safety: a ``ModelRegistry`` belongs to one asyncio event loop; every method is
 called from that loop only, so no locks are needed. Reads see a consistent snapshot between two
 awaits.
+
+``CHANGES.count`` grows on every change a request's resolution could see: a registry method
+that adds, removes or relabels, and every assignment to a ``VersionEntry`` field (its state,
+error, signature, replicas). What is derived from the registry per request (the data plane's
+resolutions, ``DataPlane.resolve``) is kept only while it stays the same, so a change is seen by
+the very next request. ``VersionEntry.replicas`` is therefore replaced, never changed in place.
 """
 
 from __future__ import annotations
@@ -18,6 +24,18 @@ from modelyard.lifecycle.states import ModelState, check_transition
 from modelyard.tensors import Signature
 
 
+class _Changes:
+    """A count of changes (see the module docstring); one for every registry of the process."""
+
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        self.count = 0
+
+
+CHANGES = _Changes()
+
+
 @dataclass(eq=False)
 class Replica:
     """One loaded copy of a version on one device, with its count of requests in flight."""
@@ -29,7 +47,9 @@ class Replica:
 
 @dataclass(eq=False)
 class VersionEntry:
-    """The registry's record of one model version. Mutated only by the controller."""
+    """The registry's record of one model version. Mutated only by the controller; each
+    assignment to a field counts as a change (``CHANGES``): ``replicas`` is replaced, never
+    changed in place (``entry.replicas = [*entry.replicas, replica]``)."""
 
     key: VersionKey
     platform: Platform
@@ -38,6 +58,10 @@ class VersionEntry:
     signature: Signature | None = None
     replicas: list[Replica] = field(default_factory=list)
 
+    def __setattr__(self, name: str, value: object) -> None:
+        object.__setattr__(self, name, value)
+        CHANGES.count += 1
+
     def transition(self, target: ModelState, error: str = "") -> None:
         check_transition(self.state, target)
         self.state = target
@@ -45,13 +69,20 @@ class VersionEntry:
 
     def pick_replica(self) -> Replica:
         """The replica with the fewest requests in flight (the first of equals)."""
-        if self.state is not ModelState.AVAILABLE or not self.replicas:
+        replicas = self.replicas
+        if self.state is not ModelState.AVAILABLE or not replicas:
             raise Unavailable(self.unavailable_reason())
-        return min(self.replicas, key=lambda r: r.in_flight)
+        if len(replicas) == 1:  # the usual version: no key call per request
+            return replicas[0]
+        return min(replicas, key=_in_flight)
 
     def unavailable_reason(self) -> str:
         reason = f"model {self.key.model!r} version {self.key.version} is {self.state.value}"
         return f"{reason}: {self.error}" if self.error else reason
+
+
+def _in_flight(replica: Replica) -> int:
+    return replica.in_flight
 
 
 @dataclass
@@ -70,22 +101,27 @@ class ModelRegistry:
     def add(self, entry: VersionEntry) -> None:
         model = self._models.setdefault(entry.key.model, _Model(entry.key.model))
         model.versions[entry.key.version] = entry
+        CHANGES.count += 1
 
     def ensure_model(self, name: str) -> None:
         """Make ``name`` known even before any version of it is registered."""
         self._models.setdefault(name, _Model(name))
+        CHANGES.count += 1
 
     def remove(self, key: VersionKey) -> None:
         model = self._models.get(key.model)
         if model is not None:
             model.versions.pop(key.version, None)
+        CHANGES.count += 1
 
     def remove_model(self, name: str) -> None:
         """Forget ``name`` and all its versions: requests to it get NotFound from now on."""
         self._models.pop(name, None)
+        CHANGES.count += 1
 
     def set_labels(self, name: str, labels: dict[str, int]) -> None:
         self._models[name].labels = dict(labels)
+        CHANGES.count += 1
 
     # -- read by the data plane ----------------------------------------------------------
 

@@ -11,6 +11,7 @@ Async safety: one instance per event loop; methods are called from that loop onl
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from modelyard.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from modelyard.lifecycle.registry import ModelRegistry, VersionEntry
+from modelyard.lifecycle.registry import CHANGES, ModelRegistry, VersionEntry
 from modelyard.lifecycle.states import ModelState
 from modelyard.metrics import ServerMetrics
 from modelyard.metrics.extensions import Extensions
@@ -158,7 +159,12 @@ class DataPlane:
         self.max_in_flight = max_in_flight
         self.deadlines = deadline_policy or DeadlinePolicy()
         self._in_flight: dict[str, int] = {}
+        # What ``resolve`` found, by (name, version, label, signature name), while the registry
+        # has not changed since (``registry.CHANGES``); see ``resolve``.
+        self._resolved: dict[tuple[str, int | None, str | None, str | None], Resolved] = {}
+        self._resolved_at = -1
         self._loop: asyncio.AbstractEventLoop | None = None  # see ``_current_task``
+        self._deadlines = _DeadlineWatch()
         self.server_name = server_name
         self.version = __version__
         self.started = False
@@ -216,10 +222,38 @@ class DataPlane:
         """The version ``ref`` names and its signature ``signature_name`` (None: the default),
         for a request that is decoded against the signature before it runs; pass the result to
         ``infer``. NotFound for unknown names, Unavailable when the version cannot serve,
-        InvalidArgument for an unknown signature name."""
-        entry = self._available(ref)
+        InvalidArgument for an unknown signature name.
+
+        What it finds is kept while the registry does not change (``registry.CHANGES``: a
+        version's state, signature or replicas, a version or label added or removed), so the
+        usual request costs a look-up, and a change (a swap, an unload, a worker's restart) is
+        seen by the very next request. Only what serves is kept: errors are found anew."""
+        found = self._kept(ref, signature_name)
+        if found is None:
+            found = self._keep(ref, signature_name, self._available(ref))
+        return found
+
+    def _kept(self, ref: ModelRef, signature_name: str | None) -> Resolved | None:
+        """What ``resolve`` found for these, if the registry has not changed since (None: not
+        kept); Unavailable once the server is stopping."""
+        if self.stopping:
+            raise Unavailable("the server is shutting down")
+        if self._resolved_at != CHANGES.count:
+            self._resolved.clear()
+            self._resolved_at = CHANGES.count
+            return None
+        return self._resolved.get((ref.name, ref.version, ref.label, signature_name))
+
+    def _keep(self, ref: ModelRef, signature_name: str | None, entry: VersionEntry) -> Resolved:
+        """``entry`` (what ``ref`` names, AVAILABLE) with its signature ``signature_name``,
+        kept for ``_kept``; InvalidArgument for an unknown signature name."""
         signature, run_name = _pick_signature(entry, signature_name)
-        return Resolved(entry, signature, run_name)
+        found = Resolved(entry, signature, run_name)
+        kept = self._resolved
+        if len(kept) >= _RESOLVED_KEPT:
+            kept.clear()
+        kept[ref.name, ref.version, ref.label, signature_name] = found
+        return found
 
     # -- inference -----------------------------------------------------------------------
 
@@ -266,18 +300,18 @@ class DataPlane:
                 if self.stopping:
                     raise Unavailable("the server is shutting down")
             else:
-                entry = self._available(ref)
-                if signature_name is None:  # the common case, without a call more
-                    signature, run_name = _default_signature(entry), None
-                else:
-                    signature, run_name = _pick_signature(entry, signature_name)
+                found = self._kept(ref, signature_name)
+                if found is None:  # ``resolve``, with the entry known to the error's count
+                    entry = self._available(ref)
+                    found = self._keep(ref, signature_name, entry)
+                entry, signature, run_name = found.entry, found.signature, found.signature_name
             token = deadlines.serve(clock)  # not ``serving``: a generator per request
             try:
                 # The deadline's timer around ``_run`` here rather than in a coroutine of its
                 # own: at one request in flight each coroutine layer is CPU on the answer's path.
                 timer = None if deadline is None else self._arm(clock)
                 try:
-                    result, _seconds = await self._run(entry, signature, run_name, inputs, outputs)
+                    result = await self._run(entry, signature, run_name, inputs, outputs)
                 except (asyncio.CancelledError, TimeoutError) as exc:
                     if timer is not None and timer.caused(exc):
                         raise clock.exceeded() from None
@@ -332,10 +366,10 @@ class DataPlane:
         timer fired and nobody else cancelled the task too), without its context object and two
         coroutines per request."""
         assert clock.deadline is not None
-        left = clock.deadline.remaining_s()
-        if left <= 0:
+        at = clock.deadline.at
+        if at - _monotonic() <= 0:
             raise clock.exceeded()
-        return _DeadlineTimer(self._current_task(), left)
+        return self._deadlines.arm(self._current_task(), at)
 
     def _current_task(self) -> asyncio.Task[object]:
         """The task serving this request. ``asyncio.current_task()`` asks for the running loop,
@@ -357,9 +391,9 @@ class DataPlane:
         run_name: str | None,
         inputs: Mapping[str, np.ndarray],
         outputs: Sequence[str] | None,
-    ) -> tuple[InferResult, float]:
+    ) -> InferResult:
         """Validate against ``signature``, pick a replica, run ``run_name`` (None: the default
-        signature) on it; the result and the seconds the servable took."""
+        signature) on it; its result."""
         replica = entry.pick_replica()
         signature.validate_inputs(inputs)
         wanted = [signature.output(name).name for name in outputs] if outputs else None
@@ -379,19 +413,20 @@ class DataPlane:
             clock.enter(Phase.DEVICE)  # the batcher, if there is one, says it queues first
         self._in_flight[device] = busy + 1
         replica.in_flight += 1
-        started = time.perf_counter()
         try:
             produced = await replica.servable.infer(inputs, run_name)
         finally:
             replica.in_flight -= 1
             self._in_flight[device] -= 1
-        seconds = time.perf_counter() - started
-        names = wanted if wanted is not None else [s.name for s in signature.outputs]
-        try:
-            result = {name: produced[name] for name in names}
-        except KeyError as exc:
-            raise Internal(f"model {entry.key} did not return output {exc.args[0]!r}") from None
-        return InferResult(entry.key.model, entry.key.version, result), seconds
+        if wanted is None and type(produced) is dict and tuple(produced) == signature.output_names:
+            result = produced  # every output, in signature order, already: the usual answer
+        else:
+            names = wanted if wanted is not None else signature.output_names
+            try:
+                result = {name: produced[name] for name in names}
+            except KeyError as exc:
+                raise Internal(f"model {entry.key} did not return output {exc.args[0]!r}") from None
+        return InferResult(entry.key.model, entry.key.version, result)
 
     def in_flight(self, device: str | None = None) -> int:
         """Inference requests being served now, on ``device`` or on all devices."""
@@ -408,22 +443,24 @@ class DataPlane:
         return entry
 
 
+_RESOLVED_KEPT = 256
+"""At most this many resolutions are kept (beyond, all are forgotten: a client naming ever new
+models or versions costs what every request cost before, not memory)."""
+
+
 class _DeadlineTimer:
-    """A request's deadline timer: cancels ``task`` when it fires, and remembers that it did
-    (``caused`` tells its cancellation from anybody else's). One event loop."""
+    """A request's deadline timer: its task is cancelled once ``at`` (``time.monotonic()``) has
+    passed (``_DeadlineWatch``), and it remembers that it was (``caused`` tells its
+    cancellation from anybody else's). One event loop."""
 
-    __slots__ = ("_cancelling", "_handle", "fired", "task")
+    __slots__ = ("_cancelling", "_watch", "at", "fired", "task")
 
-    def __init__(self, task: asyncio.Task[object], left_s: float) -> None:
+    def __init__(self, watch: _DeadlineWatch, task: asyncio.Task[object], at: float) -> None:
+        self._watch = watch
         self.task = task
+        self.at = at
         self.fired = False
         self._cancelling = task.cancelling()
-        # The task's loop: get_running_loop() would call getpid(), a system call, once more.
-        self._handle = task.get_loop().call_later(left_s, self._fire)
-
-    def _fire(self) -> None:
-        self.fired = True
-        self.task.cancel()
 
     def caused(self, exc: asyncio.CancelledError | TimeoutError) -> bool:
         """Whether ``exc``, out of the request, is the deadline's: a cancellation that this
@@ -434,7 +471,67 @@ class _DeadlineTimer:
         return self.fired and self.task.uncancel() <= self._cancelling
 
     def disarm(self) -> None:
-        self._handle.cancel()
+        self._watch.timers.discard(self)
+
+
+class _DeadlineWatch:
+    """Cancels the task of every armed request whose deadline has passed, with one timer of the
+    event loop for all of them, due at the earliest deadline armed since it last fired.
+
+    A loop timer per request cost about 3.6 µs to arm and cancel on uvloop (a libuv timer and
+    its handle, closed on the next turn); a request here costs a set insertion and removal.
+    With one deadline policy each request's deadline is later than the one before, so the
+    timer is due already and is not moved; a sooner deadline (a gRPC client's) moves it. When
+    it fires, every request past its deadline is cancelled and the timer is set for the
+    earliest deadline left (it may find none past: the request it was set for has ended).
+    Deadlines are ``time.monotonic()`` instants, compared when the timer fires, so a loop's
+    timer that rounds its delay and fires a little early cancels nothing too soon: it is set
+    again for what is left. One event loop at a time (the data plane's); a request from another
+    loop starts it afresh, forgetting the old loop's timers (their loop no longer runs)."""
+
+    __slots__ = ("_due", "_handle", "_loop", "timers")
+
+    def __init__(self) -> None:
+        self.timers: set[_DeadlineTimer] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._handle: asyncio.TimerHandle | None = None
+        self._due = math.inf  # when _handle fires (``time.monotonic()``); inf: not set
+
+    def arm(self, task: asyncio.Task[object], at: float) -> _DeadlineTimer:
+        """A timer that cancels ``task`` once ``at`` has passed, until it is disarmed."""
+        timer = _DeadlineTimer(self, task, at)
+        # The task's loop: get_running_loop() would call getpid(), a system call, once more.
+        loop = task.get_loop()
+        if loop is not self._loop:
+            if self._handle is not None:
+                self._handle.cancel()
+            self.timers = set()
+            self._loop, self._handle, self._due = loop, None, math.inf
+        self.timers.add(timer)
+        if at < self._due:
+            self._set(at)
+        return timer
+
+    def _set(self, at: float) -> None:
+        assert self._loop is not None
+        if self._handle is not None:
+            self._handle.cancel()
+        self._due = at
+        self._handle = self._loop.call_later(max(0.0, at - _monotonic()), self._fire)
+
+    def _fire(self) -> None:
+        self._handle, self._due = None, math.inf
+        now = _monotonic()
+        earliest = math.inf
+        for timer in list(self.timers):
+            if timer.at <= now:
+                self.timers.discard(timer)
+                timer.fired = True
+                timer.task.cancel()
+            elif timer.at < earliest:
+                earliest = timer.at
+        if earliest < math.inf:
+            self._set(earliest)
 
 
 def _default_signature(entry: VersionEntry) -> Signature:

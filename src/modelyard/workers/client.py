@@ -63,6 +63,7 @@ from modelyard.workers.protocol import (
     Shutdown,
     decode_body,
     encode,
+    encode_infer,
     split_prefix,
 )
 from modelyard.workers.replies import ReplyProtocol
@@ -240,11 +241,33 @@ class WorkerProcess:
         self.hello = first
         self._task = asyncio.create_task(self._end_when_lost(), name=f"worker-{self.device}")
 
-    async def request(self, message_of: Callable[[int], Message]) -> Message:
+    def request(self, message_of: Callable[[int], Message]) -> Coroutine[Any, Any, Message]:
         """Send the message built for a fresh request id; return the reply.
 
         Raises the worker's error as a ModelyardError (from its (code, message)), or WorkerDied.
         """
+        return self._exchange(message_of, None)
+
+    def infer(
+        self,
+        model: str,
+        version: int,
+        tensors: Mapping[str, np.ndarray],
+        signature_name: str | None,
+        budget_ms: float | None,
+    ) -> Coroutine[Any, Any, Message]:
+        """``request`` of ``Infer(rid, model, version, tensors, signature_name, budget_ms)``,
+        its frame written without building the message (``encode_infer``): the request of
+        every inference."""
+        return self._exchange(None, (model, version, tensors, signature_name, budget_ms))
+
+    async def _exchange(
+        self,
+        message_of: Callable[[int], Message] | None,
+        infer: tuple[str, int, Mapping[str, np.ndarray], str | None, float | None] | None,
+    ) -> Message:
+        """``request(message_of)``, or with ``infer`` the inference of ``infer``'s fields.
+        (``request`` and ``infer`` return this coroutine itself: no coroutine of their own.)"""
         writer = self._writer
         if self._dead is not None or writer is None:
             raise WorkerDied(self._dead or f"worker for device {self.device} is not running")
@@ -262,9 +285,16 @@ class WorkerProcess:
             loop = self._loop = asyncio.get_running_loop()
         future: asyncio.Future[Message] = loop.create_future()
         self._pending[request_id] = future
-        message = message_of(request_id)
+        cancellable = infer is not None
         try:
-            transport.writelines(encode(message))
+            if infer is not None:
+                frame = encode_infer(request_id, *infer)
+            else:
+                assert message_of is not None
+                message = message_of(request_id)
+                cancellable = isinstance(message, Infer)
+                frame = encode(message)
+            transport.writelines(frame)
             if transport.get_write_buffer_size():  # else there is nothing to wait for
                 replies = self._replies
                 await (replies.drain() if replies is not None else writer.drain())
@@ -274,7 +304,7 @@ class WorkerProcess:
         except asyncio.CancelledError:
             # The caller is gone (client disconnected, deadline passed): an inference it
             # still waits for in the worker's queue is not run (no reply comes for it).
-            if isinstance(message, Infer) and not transport.is_closing():
+            if cancellable and not transport.is_closing():
                 transport.writelines(encode(Cancel(request_id)))
             raise
         except (ConnectionError, OSError) as exc:

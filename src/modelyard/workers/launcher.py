@@ -34,9 +34,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
+
+import numpy as np
 
 from modelyard.devices import DeviceTarget
 from modelyard.errors import Unavailable
@@ -123,6 +125,17 @@ class WorkerHandle(Protocol):
 
         Raises the worker's error as a ModelyardError (from its (code, message)), or WorkerDied.
         """
+
+    def infer(
+        self,
+        model: str,
+        version: int,
+        tensors: Mapping[str, np.ndarray],
+        signature_name: str | None,
+        budget_ms: float | None,
+    ) -> Awaitable[Message]:
+        """``request`` of ``Infer(rid, model, version, tensors, signature_name, budget_ms)``
+        (a handle may send it without building the message); the reply, or the same errors."""
 
     def ping(self) -> None:
         """Send a heartbeat ping; no reply is awaited (any frame heard answers it)."""

@@ -68,7 +68,6 @@ from modelyard.workers.protocol import (
     Report,
     Reported,
     Unload,
-    new_infer,
 )
 from modelyard.workers.restart import ReplicaListener, RestartPolicy
 from modelyard.workers.status import ReplicaStatus, WorkerState, WorkerStatus
@@ -202,10 +201,7 @@ class DeviceWorker:
         slot.in_flight += 1
         budget_ms = deadlines.remaining_ms()  # the worker skips it once this has run out
         try:
-            model, version = key.model, key.version
-            reply = await proc.request(
-                lambda rid: new_infer(rid, model, version, inputs, signature_name, budget_ms)
-            )
+            reply = await proc.infer(key.model, key.version, inputs, signature_name, budget_ms)
         finally:
             slot.in_flight -= 1
         assert isinstance(reply, Outputs)

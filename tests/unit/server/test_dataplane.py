@@ -154,3 +154,66 @@ def test_a_resolved_request_runs_on_the_version_it_was_resolved_to() -> None:
     plane.stopping = True
     with pytest.raises(Unavailable, match="shutting down"):
         asyncio.run(plane.infer(target, X))
+
+
+def _version(plane: DataPlane, version: int, model: object) -> VersionEntry:
+    entry = VersionEntry(VersionKey("m", version), Platform.ONNX)
+    entry.transition(ModelState.LOADING)
+    entry.signature = SIG
+    entry.replicas = [Replica(model, "cpu")]  # type: ignore[arg-type]
+    entry.transition(ModelState.AVAILABLE)
+    plane._registry.add(entry)
+    return entry
+
+
+def test_the_next_request_sees_every_change_of_the_registry() -> None:
+    """A model's resolution is kept between requests; each change is seen at once."""
+    plane, _ = _plane()
+    registry = plane._registry
+    assert plane.resolve(ModelRef("m")) is plane.resolve(ModelRef("m"))  # kept
+
+    async def version() -> int:
+        return (await plane.infer(ModelRef("m"), X)).version
+
+    async def run() -> None:
+        assert await version() == 1
+        two = _version(plane, 2, Doubler())  # a new version: served from the next request
+        assert await version() == 2
+        two.transition(ModelState.UNLOADING)  # unloading: the next request goes back to 1
+        assert await version() == 1
+        two.transition(ModelState.END)
+        registry.remove(two.key)
+        one = registry.resolve("m", 1)
+        one.replicas = []  # its worker died: out of rotation
+        one.transition(ModelState.LOADING, "reloading: worker died")
+        with pytest.raises(Unavailable, match="reloading: worker died"):
+            await version()
+        other = TwoSignatures()
+        one.replicas = [Replica(other, "cpu")]  # reloaded, and serving another signature too
+        one.transition(ModelState.AVAILABLE)
+        result = await plane.infer(ModelRef("m"), X, signature_name="neg_only")
+        assert list(result.outputs) == ["neg"]
+        assert other.names == ["neg_only"]
+        registry.set_labels("m", {"stable": 1})
+        assert (await plane.infer(ModelRef("m", label="stable"), X)).version == 1
+        registry.set_labels("m", {})
+        with pytest.raises(NotFound, match="no version label 'stable'"):
+            await plane.infer(ModelRef("m", label="stable"), X)
+        registry.remove(VersionKey("m", 1))
+        with pytest.raises(Unavailable, match="no version to serve"):
+            await version()
+        registry.remove_model("m")
+        with pytest.raises(NotFound, match="model 'm' is not served"):
+            await version()
+
+    asyncio.run(run())
+
+
+def test_a_kept_resolution_still_refuses_once_the_server_stops() -> None:
+    plane, _ = _plane()
+    plane.resolve(ModelRef("m"), "serving_default")
+    plane.stopping = True
+    with pytest.raises(Unavailable, match="shutting down"):
+        plane.resolve(ModelRef("m"), "serving_default")
+    with pytest.raises(Unavailable, match="shutting down"):
+        asyncio.run(plane.infer(ModelRef("m"), X))

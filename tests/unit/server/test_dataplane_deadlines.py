@@ -133,3 +133,37 @@ def test_one_data_plane_bounds_requests_on_each_loop_it_serves_in_turn() -> None
     model.seconds = 0.0
     result = asyncio.run(plane.infer(ModelRef("m"), X))
     assert result.outputs["y"].tolist() == [[1.0]]
+
+
+def test_requests_in_flight_together_are_each_cut_at_their_own_deadline() -> None:
+    """One loop timer serves every request's deadline: a sooner deadline that arrives later
+    is still kept, a later one is not cut early, and a request that ends in time leaves no
+    timer that cuts anything else."""
+    slow = Slow(10.0)
+    quick = Slow(0.01)
+    plane = _plane({"slow": (slow, "a"), "quick": (quick, "b")})
+
+    def ms(budget: float) -> Deadline:
+        return Deadline.after_ms(budget, "the client's gRPC deadline")
+
+    async def timed(name: str, deadline: Deadline) -> tuple[str, float]:
+        started = time.monotonic()
+        try:
+            await plane.infer(ModelRef(name), X, deadline=deadline)
+        except DeadlineExceeded:
+            return "exceeded", time.monotonic() - started
+        return "answered", time.monotonic() - started
+
+    async def scenario() -> list[tuple[str, float]]:
+        late = asyncio.create_task(timed("slow", ms(400)))
+        await asyncio.sleep(0.02)
+        soon = asyncio.create_task(timed("slow", ms(100)))  # sooner than the one armed
+        done_in_time = asyncio.create_task(timed("quick", ms(50)))
+        return [await soon, await done_in_time, await late]
+
+    (soon, soon_s), (quick_result, _), (late, late_s) = asyncio.run(scenario())
+    assert (soon, quick_result, late) == ("exceeded", "answered", "exceeded")
+    assert 0.09 <= soon_s < 0.3
+    assert 0.39 <= late_s < 0.8
+    assert slow.cancelled == 2
+    assert plane.in_flight() == 0

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -140,6 +140,18 @@ class FakeWorker:
             return await future
         finally:
             self._pending.remove(future)
+
+    async def infer(
+        self,
+        model: str,
+        version: int,
+        tensors: Mapping[str, np.ndarray],
+        signature_name: str | None,
+        budget_ms: float | None,
+    ) -> Message:
+        return await self.request(
+            lambda rid: Infer(rid, model, version, tensors, signature_name, budget_ms)
+        )
 
     def _answer(self, message: Message, future: asyncio.Future[Message]) -> None:
         rid = message.request_id

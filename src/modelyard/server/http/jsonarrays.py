@@ -119,10 +119,15 @@ def small_floats(raw: bytes, key: str, value: Any, datatype: DataType) -> np.nda
     narrow = _SMALL_FLOATS.get(datatype)
     if narrow is None or type(value) is not list or key not in _PAYLOAD_KEYS:
         return None
-    if raw.count(b'"') != 2:
+    # ``find`` (memchr) rather than ``count`` (a byte loop) and ``in`` (which tries the operand
+    # as an integer first: an exception raised and cleared per test), and no copy of the body.
+    second = raw.find(b'"', raw.find(b'"') + 1)
+    if second < 0 or raw.find(b'"', second + 1) >= 0:  # not exactly two
         return None
-    text = raw[raw.index(b":") :]
-    if b"t" in text or b"f" in text or b"n" in text:
+    colon = raw.find(b":")
+    if colon < 0 or raw.find(b"t", colon) >= 0 or raw.find(b"f", colon) >= 0:
+        return None
+    if raw.find(b"n", colon) >= 0:
         return None
     try:
         wide = np.asarray(value, dtype=np.float64)

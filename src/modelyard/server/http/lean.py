@@ -125,11 +125,47 @@ class LeanInference:
         ``modelyard.server.http.entry``), refused (413) the same way when over the limit.
         Cancellation (the client left, the server stops) propagates, after the call's end is
         counted."""
+        # The answer's own steps are written out here, in the bug handler's ``try``, rather than
+        # in a coroutine of their own: at one request in flight each layer is CPU on its path.
         given = None
         try:
             # Inside the bug handler: a policy that fails is a bug too (500), as on the stack.
             given = deadlines.give(self._dataplane.deadlines.rest(time.monotonic()))
-            return await self._answer(path, headers, lane, receive, body)
+            declared = encoding = header_length = None
+            for name, value in headers:  # the first of each, as Starlette's Headers.get
+                if name == b"content-length":
+                    declared = value.decode("latin-1") if declared is None else declared
+                elif name == b"content-encoding":
+                    encoding = value.decode("latin-1") if encoding is None else encoding
+                elif name == _HEADER_LENGTH and header_length is None:
+                    header_length = value.decode("latin-1")
+            try:
+                if lane is TFSERVING_LANE:
+                    ref = _predict_refs.get(path) or _predict_ref(path)
+                    # The body whole (the protocol's entry): checked without a coroutine for it.
+                    if receive is None:
+                        raw = check_body(declared, body, self.limit)
+                    else:
+                        raw = await receive_body(declared, receive, self.limit)
+                    answer = await self._tfserving.predict(ref, raw)
+                    return 200, _headers(answer, _JSON), answer
+                parts = path.split("/")
+                version = ModelRef.parse_version(parts[5]) if len(parts) == 7 else None
+                ref = ModelRef(parts[3], version)
+                if receive is None:
+                    raw = check_body(declared, body, self.limit)
+                else:
+                    raw = await receive_body(declared, receive, self.limit)
+                answer, json_length = await self._kserve.answer(ref, raw, encoding, header_length)
+                if json_length is None:
+                    return 200, _headers(answer, _JSON), answer
+                extra = (_HEADER_LENGTH, str(json_length).encode("latin-1"))
+                return 200, [extra, *_headers(answer, _BINARY)], answer
+            except ModelyardError as exc:
+                if self._observer is not None and not exc.counted:  # refused before the plane
+                    count_refused(self._observer, lane, path, exc.code)
+                response = error_response(exc)
+                return response.status_code, response.raw_headers, bytes(response.body)
         except Exception as exc:  # a bug, never the client's fault: 500, keep serving
             log.exception("unhandled error on POST %s", path)
             if self._observer is not None:
@@ -139,50 +175,6 @@ class LeanInference:
         finally:
             if given is not None:
                 deadlines.take_back(given)
-
-    async def _answer(
-        self,
-        path: str,
-        headers: list[tuple[bytes, bytes]],
-        lane: Lane,
-        receive: Receive | None,
-        body: bytes,
-    ) -> Answer:
-        """(status, headers, body) for the call, its error's when it fails (a ModelyardError:
-        the protocols' error shape and status, and the failure noted for statistics)."""
-        declared = encoding = header_length = None
-        for name, value in headers:  # the first of each, as Starlette's Headers.get
-            if name == b"content-length":
-                declared = value.decode("latin-1") if declared is None else declared
-            elif name == b"content-encoding":
-                encoding = value.decode("latin-1") if encoding is None else encoding
-            elif name == _HEADER_LENGTH:
-                header_length = value.decode("latin-1") if header_length is None else header_length
-        try:
-            if lane is TFSERVING_LANE:
-                ref = _predict_refs.get(path) or _predict_ref(path)
-                raw = await self._read(declared, receive, body)
-                answer = await self._tfserving.predict(ref, raw)
-                return 200, _headers(answer, _JSON), answer
-            parts = path.split("/")
-            version = ModelRef.parse_version(parts[5]) if len(parts) == 7 else None
-            ref = ModelRef(parts[3], version)
-            raw = await self._read(declared, receive, body)
-            answer, json_length = await self._kserve.answer(ref, raw, encoding, header_length)
-            if json_length is None:
-                return 200, _headers(answer, _JSON), answer
-            extra = (_HEADER_LENGTH, str(json_length).encode("latin-1"))
-            return 200, [extra, *_headers(answer, _BINARY)], answer
-        except ModelyardError as exc:
-            if self._observer is not None and not exc.counted:  # refused before the data plane
-                count_refused(self._observer, lane, path, exc.code)
-            response = error_response(exc)
-            return response.status_code, response.raw_headers, bytes(response.body)
-
-    async def _read(self, declared: str | None, receive: Receive | None, body: bytes) -> bytes:
-        if receive is not None:
-            return await receive_body(declared, receive, self.limit)
-        return check_body(declared, body, self.limit)
 
 
 Answer = tuple[int, list[tuple[bytes, bytes]], bytes]

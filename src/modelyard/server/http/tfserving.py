@@ -130,7 +130,10 @@ class TFServingAPI:
         result = await self._dataplane.infer(found, decoded.inputs, lane=TFSERVING_REST_INDEX)
         # ``found.signature`` is the one the request was decoded against, resolved before it
         # ran: a request in flight when the server starts stopping still gets its answer.
-        size = offload.JSON_EXPANSION * sum(a.nbytes for a in result.outputs.values())
+        nbytes = 0
+        for array in result.outputs.values():  # no generator per request
+            nbytes += array.nbytes
+        size = offload.JSON_EXPANSION * nbytes
         try:
             if size <= offload.OFF_LOOP_BYTES:
                 return encode_answer(decoded.key, result, found.signature)
