@@ -78,7 +78,6 @@ class Connection(Answering):
         self._app = application
         self.limits = limits
         self._registry = registry
-        self.loop: asyncio.AbstractEventLoop | None = None  # the connection's, once made
         self.peer = ""
         self._buf = bytearray()
         self._preface = False
