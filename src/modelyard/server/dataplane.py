@@ -478,8 +478,9 @@ class _DeadlineWatch:
     """Cancels the task of every armed request whose deadline has passed, with one timer of the
     event loop for all of them, due at the earliest deadline armed since it last fired.
 
-    A loop timer per request cost about 3.6 µs to arm and cancel on uvloop (a libuv timer and
-    its handle, closed on the next turn); a request here costs a set insertion and removal.
+    A loop timer per request (on uvloop a libuv timer and its handle, closed on the next turn)
+    cost 3.84 µs per request against 3.19 µs here, armed, disarmed and a loop turn each
+    (issue 18); a request here costs a set insertion and removal.
     With one deadline policy each request's deadline is later than the one before, so the
     timer is due already and is not moved; a sooner deadline (a gRPC client's) moves it. When
     it fires, every request past its deadline is cancelled and the timer is set for the
