@@ -142,20 +142,18 @@ class LeanInference:
             try:
                 if lane is TFSERVING_LANE:
                     ref = _predict_refs.get(path) or _predict_ref(path)
-                    # The body whole (the protocol's entry): checked without a coroutine for it.
-                    if receive is None:
-                        raw = check_body(declared, body, self.limit)
-                    else:
-                        raw = await receive_body(declared, receive, self.limit)
-                    answer = await self._tfserving.predict(ref, raw)
-                    return 200, _headers(answer, _JSON), answer
-                parts = path.split("/")
-                version = ModelRef.parse_version(parts[5]) if len(parts) == 7 else None
-                ref = ModelRef(parts[3], version)
+                else:
+                    parts = path.split("/")
+                    version = ModelRef.parse_version(parts[5]) if len(parts) == 7 else None
+                    ref = ModelRef(parts[3], version)
+                # The body whole (the protocol's entry): checked without a coroutine for it.
                 if receive is None:
                     raw = check_body(declared, body, self.limit)
                 else:
                     raw = await receive_body(declared, receive, self.limit)
+                if lane is TFSERVING_LANE:
+                    answer = await self._tfserving.predict(ref, raw)
+                    return 200, _headers(answer, _JSON), answer
                 answer, json_length = await self._kserve.answer(ref, raw, encoding, header_length)
                 if json_length is None:
                     return 200, _headers(answer, _JSON), answer
