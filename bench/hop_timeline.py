@@ -69,6 +69,7 @@ PROBE_IMPORT = IMPORT + "from modelyard._hop_probe import p as _pp\n"
 _WRITE_TO_WORKER = (
     "            transport.writelines(encode(message))\n",  # before session 12
     "            transport.writelines(frame)\n",
+    "                transport.writelines(parts)\n",  # session 12: encode_infer, corked writes
 )
 
 # (file under modelyard/, anchor text (or alternatives: the first found), the stamp's tag, True:
