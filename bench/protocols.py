@@ -20,12 +20,15 @@ LABELS = {
     "kserve_json": "KServe v2 REST JSON",
     "kserve_binary": "KServe v2 REST binary",
     "kserve_grpc": "KServe v2 gRPC",
+    "tfs_rest_h2load": "TF Serving REST (h2load)",
     "kserve_grpc_h2load": "KServe v2 gRPC (h2load)",
 }
 GRPC_METHOD = "/inference.GRPCInferenceService/ModelInfer"
 H2LOAD_GRPC = "kserve_grpc_h2load"
 """The KServe gRPC points measured with h2load (``bench/h2grpc.py``): the same request bytes."""
-REPORTED = (*PROTOCOLS, H2LOAD_GRPC)
+H2LOAD_REST = "tfs_rest_h2load"
+"""The TF Serving REST points measured with h2load (``--h1``): the same request."""
+REPORTED = (*PROTOCOLS, H2LOAD_REST, H2LOAD_GRPC)
 """Every protocol a report may hold points for, in table order."""
 
 

@@ -7,7 +7,8 @@
 4. Start ``modelyard serve`` as its own process, as a user would, and for every model, variant
    and protocol run the load generator (its own process): closed loop at 1, 8 and 64 clients,
    then an open loop at half the best closed-loop rate. KServe gRPC is measured again with
-   h2load (``h2grpc``) at 1, 8 and 64 streams where h2load is installed.
+   h2load (``h2grpc``) at 1, 8 and 64 streams where h2load is installed, and TF Serving REST
+   with h2load at 1, 8 and 64 clients (``--h1``): issue 18's targets compare those two.
 5. Cold start (``coldstart``): ``modelyard serve`` with two small models, from the command to
    both models' first correct answers; and the front end's resident memory.
 6. Write tables and PNG plots (``report``).
@@ -39,7 +40,7 @@ import h2grpc
 import psutil
 from bench_models import MEDIUM, MODELS, TINY, BenchModel, write_mlp
 from floor import FloorPoint, measure
-from protocols import GRPC_METHOD, H2LOAD_GRPC, PROTOCOLS, payload
+from protocols import GRPC_METHOD, H2LOAD_GRPC, H2LOAD_REST, PROTOCOLS, payload
 from report import Report, environment, write_report
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -94,6 +95,12 @@ def main() -> None:
                         h2grpc.check(ports["grpc"], request)
                         report.runs[(variant, H2LOAD_GRPC)] = h2grpc.run(
                             ports["grpc"], request, args.seconds
+                        )
+                        _say(f"load: {variant} over TF Serving REST with h2load")
+                        report.runs[(variant, H2LOAD_REST)] = h2grpc.run_rest(
+                            ports["rest"],
+                            payload("tfs_rest", variant, model.example()),
+                            args.seconds,
                         )
             report.front_end_rss = psutil.Process(pid).memory_info().rss
         for model in chosen:
@@ -222,6 +229,10 @@ def ceiling(seconds: float) -> dict[str, list[Any]]:
             if kind == "h2grpc" and h2grpc.available():
                 results[H2LOAD_GRPC] = h2grpc.run(port, payload(protocol, "tiny", TINY.example()),
                                                   seconds)  # fmt: skip
+            elif h2grpc.available():
+                results[H2LOAD_REST] = h2grpc.run_rest(
+                    port, payload(protocol, "tiny", TINY.example()), seconds
+                )
         finally:
             server.terminate()
             server.wait(10)
