@@ -8,7 +8,6 @@ Async safety: called by ``StatsBook`` on the server's event loop only.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from modelyard.deadlines import Phase, RequestClock
@@ -48,7 +47,7 @@ def fold_run(
     duration as it goes (a ``bisect`` of Python floats is several comparisons, each a call)."""
     ok = stats.ok
     totals: list[float] = []
-    computes: list[Sequence[int]] = []  # the worker's (input, infer, output) ns, or ()
+    computes: list[int] = []  # the worker's input, infer, output ns, three a request, in a row
     others = rest = None
     if key is None:
         key = run[0].key
@@ -60,7 +59,7 @@ def fold_run(
             else:
                 rest.append(clock)
         elif clock._phases is None and clock.rows == 1:  # no list: no batch, no queue
-            computes.append(clock.compute_ns)
+            computes += clock.compute_ns  # three, or none (the worker did not say)
             totals.append(clock.end - clock.start)
             if clock.lane is not lane:  # counted on the run's first lane below
                 ok[clock.lane] += 1
@@ -78,16 +77,12 @@ def fold_run(
         infer_s = 0.0
         input_total = output_total = 0
         device_s: list[float] = []  # the time on the device, where the worker did not say
-        try:  # every one with the worker's times (the usual case): columns in C
-            inputs_ns, infers_ns, outputs_ns = zip(*computes, strict=True)
-        except ValueError:  # some without (): their time on the device instead
-            computes, device_s = _split_told(run, key)
-            columns = zip(*computes, strict=True) if computes else ((), (), ())
-            inputs_ns, infers_ns, outputs_ns = columns
-        if computes:
-            input_total = sum(inputs_ns)
-            output_total = sum(outputs_ns)
-            worker_ns = list(infers_ns)
+        if len(computes) != 3 * plain:  # some without the worker's times: their time on the
+            computes, device_s = _split_told(run, key)  # device instead
+        if computes:  # columns by slices, in C (no tuple or iterator a request)
+            input_total = sum(computes[0::3])
+            output_total = sum(computes[2::3])
+            worker_ns = computes[1::3]
             infer_s = sum(worker_ns) / 1e9
             _add_sorted(stats.infer_counts, LATENCY_BUCKETS_NS, worker_ns)
         if device_s:
@@ -108,18 +103,16 @@ def fold_run(
     return rest
 
 
-def _split_told(
-    run: list[RequestClock], key: VersionKey
-) -> tuple[list[Sequence[int]], list[float]]:
+def _split_told(run: list[RequestClock], key: VersionKey) -> tuple[list[int], list[float]]:
     """Of ``key``'s plain requests in ``run`` (``fold_run``'s), the worker's times of those it
-    said them for, and the time on the device of the others (0 for one never on the device),
-    each in arrival order."""
-    told: list[Sequence[int]] = []
+    said them for (input, infer, output ns, three a request in a row), and the time on the
+    device of the others (0 for one never on the device), each in arrival order."""
+    told: list[int] = []
     device_s: list[float] = []
     for clock in run:
         if clock.key is key and clock._phases is None and clock.rows == 1:
             if clock.compute_ns:
-                told.append(clock.compute_ns)
+                told += clock.compute_ns
             else:
                 device_at = clock.device_at
                 device_s.append(clock.end - device_at if device_at is not None else 0.0)
