@@ -357,10 +357,9 @@ class DataPlane:
                 metrics.observe_ok(entry.key, clock, rows, lane)
             else:  # a hot path's counting-only call: ``StatsBook.note``, inlined (no call)
                 clock.key = entry.key
-                clock.lane = lane
                 clock.rows = rows
                 clock.end = _monotonic()
-                pending = metrics.pending
+                pending = metrics.pending[lane]
                 pending.append(clock)
                 if len(pending) >= FOLD_EVERY:
                     metrics.book.fold()
