@@ -2,7 +2,7 @@
 data plane notes a plain success (unbatched, one row, the worker's times told): 64,000 of them
 built first, then folded in runs of ``--run`` (default ``FOLD_EVERY``) inside ``operator.call``,
 the only code callgrind counts (``--toggle-collect``). Runs under either tree's ``PYTHONPATH``
-(it uses only ``RequestClock``'s public methods, the note's four slots and ``StatsBook``).
+(it uses only ``RequestClock``'s public methods, the note's slots and ``StatsBook``).
 
     PYTHONPATH=src python bench/fold_callgrind.py [--run 64]
 """
@@ -29,6 +29,8 @@ def _inside(size: int) -> None:
     from modelyard.metrics.stats import StatsBook
 
     key = VersionKey("m", 1)
+    lane = 2
+    on_clock = "lane" in RequestClock.__slots__  # before session 13: the lane on each clock
     now = time.monotonic()
     runs = []
     for _ in range(REQUESTS // size):
@@ -37,16 +39,20 @@ def _inside(size: int) -> None:
             clock = RequestClock(None, model="m", start=now - 0.0003 - (index % 7) * 1e-5)
             clock.enter(Phase.DEVICE, now - 0.0002)
             clock.note_compute((12345, 67890 + index, 23456))
-            clock.key, clock.lane, clock.rows, clock.end = key, 2, 1, now
+            clock.key, clock.rows, clock.end = key, 1, now
+            if on_clock:
+                clock.lane = lane  # type: ignore[attr-defined]
             run.append(clock)
         runs.append(run)
     book = StatsBook()
+    # Since session 13 one list per lane (``StatsBook.pending``), before it one for all.
+    pending = book._pending if on_clock else book._pending[lane]
     gc.collect()
     gc.freeze()
 
     def fold_all() -> None:
         for run in runs:
-            book._pending.extend(run)
+            pending.extend(run)  # type: ignore[arg-type]
             book.fold()
 
     operator.call(fold_all)

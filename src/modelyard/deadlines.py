@@ -126,10 +126,10 @@ class RequestClock:
     (``modelyard.metrics.fold``): no list and no tuple per request, on and off alike.
 
     Statistics' note of a success (``modelyard.metrics.stats``), set when the request is
-    counted and unset before: ``key`` the version it ran on, ``lane`` the
-    protocol it is counted under (an index of ``calls.PROTOCOL_LABELS``), ``rows`` its rows
-    (dim 0) and ``end`` the ``time.monotonic()`` it ended at. The clock itself is the note
-    (no tuple per request); never set, these cost nothing (``--no-metrics``)."""
+    counted and unset before: ``key`` the version it ran on, ``rows`` its rows (dim 0) and
+    ``end`` the ``time.monotonic()`` it ended at (the protocol it is counted under is the list
+    it is noted in: ``StatsBook.pending``). The clock itself is the note (no tuple per
+    request); never set, these cost nothing (``--no-metrics``)."""
 
     __slots__ = (
         "_batch",
@@ -140,14 +140,12 @@ class RequestClock:
         "device_at",
         "end",
         "key",
-        "lane",
         "model",
         "rows",
         "start",
     )
 
     key: VersionKey
-    lane: int
     rows: int
     end: float
 

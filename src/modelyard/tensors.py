@@ -235,10 +235,15 @@ class Signature:
         default=(), init=False, repr=False, compare=False, hash=False
     )
     """Each output's name, in order (derived from ``outputs``)."""
+    only_input: str | None = field(default=None, init=False, repr=False, compare=False, hash=False)
+    """The name of the input when there is exactly one (derived): a request that passed
+    ``validate_inputs`` has that input and no other, so it is the request's first input, the
+    one statistics read the request's rows from (one dict look-up rather than an iterator)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "output_names", tuple(spec.name for spec in self.outputs))
         names = [spec.name for spec in self.inputs]
+        object.__setattr__(self, "only_input", names[0] if len(names) == 1 else None)
         checks = None
         if len(set(names)) == len(names):
             checks = tuple(

@@ -38,9 +38,10 @@ def _plain(start: float, device_at: float, compute: tuple[int, int, int] | None)
     return clock
 
 
-def _noted(clock: RequestClock, lane: int, rows: int, end: float) -> RequestClock:
-    """``clock`` as ``StatsBook.note`` leaves it: the note of a success on ``KEY``."""
-    clock.key, clock.lane, clock.rows, clock.end = KEY, lane, rows, end
+def _noted(clock: RequestClock, rows: int, end: float) -> RequestClock:
+    """``clock`` as ``StatsBook.note`` leaves it: the note of a success on ``KEY`` (the lane
+    is the list it is noted in: ``fold_run``'s argument)."""
+    clock.key, clock.rows, clock.end = KEY, rows, end
     return clock
 
 
@@ -54,11 +55,11 @@ def test_durations_and_worker_times_land_in_their_le_bucket_bounds_included() ->
     end = 1000.0
     totals = [rng.choice((0.00004, 0.0003, 0.0007, 0.004, 0.02, 0.3, 3.0, 20.0)) for _ in infers_ns]
     run = [
-        _noted(_plain(end - total, end - total / 2, (7, infer, 9)), 2, 1, end)
+        _noted(_plain(end - total, end - total / 2, (7, infer, 9)), 1, end)
         for total, infer in zip(totals, infers_ns, strict=True)
     ]
     stats = VersionStats()
-    fold_run(stats, run)
+    fold_run(stats, run, 2)
     assert stats.infer_counts == _expected([n / 1e9 for n in infers_ns])
     assert stats.request_counts == _expected([end - (end - t) for t in totals])
     assert stats.infer_ns == sum(infers_ns)
@@ -70,9 +71,10 @@ def test_durations_and_worker_times_land_in_their_le_bucket_bounds_included() ->
 def test_without_worker_times_the_time_on_the_device_is_bucketed() -> None:
     end = 50.0
     devices = [0.0001, 0.00025, 0.0004, 0.003, 0.003, 11.0]
-    run = [_noted(_plain(end - 2 * d, end - d, None), 0, 1, end) for d in devices]
+    run = [_noted(_plain(end - 2 * d, end - d, None), 1, end) for d in devices]
     stats = VersionStats()
-    fold_run(stats, run)
+    fold_run(stats, run, 0)
+    assert stats.ok[0] == len(devices)
     assert stats.infer_counts == _expected([end - (end - d) for d in devices])
     assert stats.infer_s == sum(end - (end - d) for d in devices)
 
@@ -90,10 +92,14 @@ def test_a_read_right_after_a_burst_sees_every_request() -> None:
     assert stats.infer_ns == sum(1000 + i for i in range(sent))
 
 
-def _mixed_large(rng: random.Random, count: int, end: float) -> list[RequestClock]:
-    """``count`` unbatched successes on ``KEY`` ending by ``end``, noted: spread durations, four
-    lanes, 0, 1, 3 or 8 rows (mostly 1), the worker's times told for about two in three."""
+def _mixed_large(
+    rng: random.Random, count: int, end: float
+) -> tuple[list[RequestClock], list[int]]:
+    """``count`` unbatched successes on ``KEY`` ending by ``end``, noted: spread durations, 0,
+    1, 3 or 8 rows (mostly 1), the worker's times told for about two in three; and the lane of
+    each (four lanes)."""
     run = []
+    lanes = []
     for index in range(count):
         total = rng.choice((0.00004, 0.0002, 0.0004, 0.0009, 0.002, 0.004, 0.03, 0.2, 0.7, 3.0))
         total *= rng.uniform(0.9, 1.1)
@@ -102,14 +108,16 @@ def _mixed_large(rng: random.Random, count: int, end: float) -> list[RequestCloc
         if rng.random() < 0.67:
             compute = (rng.randrange(1, 9_000), rng.randrange(1, 2 * 10**9), 40 + index)
         clock = _plain(ended - total, ended - total * rng.uniform(0.1, 0.9), compute)
-        run.append(_noted(clock, rng.randrange(4), rng.choice((1, 1, 1, 1, 1, 0, 3, 8)), ended))
-    return run
+        run.append(_noted(clock, rng.choice((1, 1, 1, 1, 1, 0, 3, 8)), ended))
+        lanes.append(rng.randrange(4))
+    return run, lanes
 
 
 def test_a_large_fold_counts_exactly_what_a_loop_over_its_requests_counts() -> None:
-    run = _mixed_large(random.Random(1216), 20 * FOLD_EVERY + 3, 2000.0)
+    run, lanes = _mixed_large(random.Random(1216), 20 * FOLD_EVERY + 3, 2000.0)
     stats = VersionStats()
-    fold_run(stats, run)
+    for lane in range(4):  # each lane's list in turn, as the book folds them
+        fold_run(stats, [c for c, at in zip(run, lanes, strict=True) if at == lane], lane)
     # The reference, by the definitions, one request at a time.
     told = [c for c in run if c.compute_ns]
     totals = [c.end - c.start for c in run]
@@ -117,7 +125,7 @@ def test_a_large_fold_counts_exactly_what_a_loop_over_its_requests_counts() -> N
     assert stats.request_counts == _expected(totals)
     assert stats.infer_counts == _expected(infers_s)
     assert stats.queue_counts == [len(run)] + [0] * len(LATENCY_BUCKETS_S)
-    assert stats.ok == [sum(1 for c in run if c.lane == lane) for lane in range(len(stats.ok))]
+    assert stats.ok == [lanes.count(lane) for lane in range(len(stats.ok))]
     assert stats.inference_count == sum(c.rows for c in run)
     assert stats.input_ns == sum(c.compute_ns[0] for c in told)
     assert stats.output_ns == sum(c.compute_ns[2] for c in told)
@@ -189,10 +197,10 @@ def test_a_read_in_the_middle_of_a_burst_sees_every_request_so_far() -> None:
     first = 3 * FOLD_EVERY + 10  # three folds, then 10 noted and not folded
     for index in range(first):
         book.ok(KEY, _plain(now - 0.002, now - 0.001, (1, 1000 + index, 1)), 1, 3)
-    assert len(book.pending) == 10
+    assert len(book.pending[3]) == 10
     stats = book.get(KEY)
     assert stats is not None
-    assert not book.pending
+    assert not any(book.pending)
     assert stats.success_count == stats.infer_duration.count == first
     assert stats.infer_ns == sum(1000 + i for i in range(first))
     for _ in range(FOLD_EVERY - 1):

@@ -138,7 +138,7 @@ def test_one_fold_of_mixed_requests_adds_up_as_folding_each_request_alone(
         alone.ok(key, clock, rows, lane)
         alone.fold()
         together.ok(again[0], again[1], again[2], again[3])
-    assert together._pending  # not folded yet: the reads below fold
+    assert any(together._pending)  # not folded yet: the reads below fold
     slack = 0.002  # seconds per request: the books read the clock microseconds apart
     executions = 0
     for key in (KEY, VersionKey("m", 2)):
