@@ -87,7 +87,7 @@ PROBES: list[tuple[str, str | tuple[str, ...], str, bool]] = [
      "f3 decoded, data plane", True),
     ("workers/client.py", _WRITE_TO_WORKER, "f4 encoded, write to worker", True),
     ("workers/client.py", _WRITE_TO_WORKER, "(write to worker returns)", False),
-    ("workers/protocol.py", "            k = self._sock.recv_into(self._view[self._end :])\n",
+    ("workers/sockets.py", "            k = self._sock.recv_into(self._view[self._end :])\n",
      "w1 worker woke", True),
     ("workers/host.py", "            message = frames.read()\n", "w2 frame decoded", False),
     ("workers/host.py", "        began = _perf_ns()\n        if message.signature_name",
