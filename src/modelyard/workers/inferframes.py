@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from modelyard.workers import wire
 from modelyard.workers.messages import (
     Infer,
     MessageKind,
@@ -26,16 +27,19 @@ from modelyard.workers.messages import (
     new_outputs,
 )
 from modelyard.workers.wire import (
-    LEN,
     LEN_BYTES,
     PADS,
-    WIRE_DTYPE_OF_NAME,
     frame_parts,
     json_frame,
     tensor_from_buffer,
     tensor_parts,
 )
 
+# Assigned here, not imported by name: CPython compiles a method call on a name bound by
+# ``import`` to an attribute load and a call (a bound method made on every call) where a name
+# assigned in the module gets LOAD_METHOD; these methods run on every frame.
+_LEN = wire.LEN
+_WIRE_DTYPE_OF_NAME = wire.WIRE_DTYPE_OF_NAME
 _INFER = int(MessageKind.INFER)
 _OUTPUTS = int(MessageKind.OUTPUTS)
 _perf_ns = time.perf_counter_ns
@@ -111,7 +115,7 @@ def encode_infer(
         size = len(buffers[0])
         body_len = header_len + LEN_BYTES + size
         lead = _INFER_LEAD.pack(header_len, 1, body_len, _INFER, has_budget, request_id, budget)
-        return [lead + descriptor + LEN.pack(size), buffers[0]]
+        return [lead + descriptor + _LEN.pack(size), buffers[0]]
     head = _INFER_HEAD.pack(_INFER, has_budget, request_id, budget) + descriptor
     return frame_parts(head, buffers)
 
@@ -144,7 +148,7 @@ def encode_outputs(
         size = len(buffers[0])
         body_len = header_len + LEN_BYTES + size
         lead = _OUTPUTS_LEAD.pack(header_len, 1, body_len, _OUTPUTS, count, request_id, c0, c1, c2)
-        return [lead + descriptor + LEN.pack(size), buffers[0]]
+        return [lead + descriptor + _LEN.pack(size), buffers[0]]
     head = _OUTPUTS_HEAD.pack(_OUTPUTS, count, request_id, c0, c1, c2) + descriptor
     return frame_parts(head, buffers)
 
@@ -158,7 +162,7 @@ def _specs(metas: Any) -> tuple[_Spec, ...]:
             raise TypeError(f"tensor name {name!r} and datatype {datatype!r}")
         if any(type(d) is not int for d in shape):
             raise TypeError(f"tensor {name!r}: shape {dims!r}")
-        dtype = WIRE_DTYPE_OF_NAME.get(datatype)
+        dtype = _WIRE_DTYPE_OF_NAME.get(datatype)
         count = math.prod(shape)
         viewable = dtype is not None and count > 0 and min(shape, default=1) >= 0
         nbytes = count * dtype.itemsize if viewable and dtype is not None else -1

@@ -38,6 +38,7 @@ import orjson
 
 from modelyard.errors import InvalidArgument
 from modelyard.tensors import DataType, Signature, SignatureMethod, TensorSpec
+from modelyard.workers import wire
 from modelyard.workers.inferframes import decode_infer, decode_outputs, encode_infer, encode_outputs
 from modelyard.workers.messages import (
     Cancel,
@@ -59,15 +60,18 @@ from modelyard.workers.messages import (
 from modelyard.workers.messages import Hello as Hello  # re-exported for cluster.launcher
 from modelyard.workers.messages import ProtocolError as ProtocolError  # re-exported, as Hello
 from modelyard.workers.wire import (
-    LEN,
     LEN_BYTES,
     MAX_HEADER_BYTES,
-    PREFIX,
     json_frame,
     tensor_from_buffer,
     tensor_parts,
 )
 
+# Assigned here, not imported by name: CPython compiles a method call on a name bound by
+# ``import`` to an attribute load and a call (a bound method made on every call) where a name
+# assigned in the module gets LOAD_METHOD; these methods run on every frame.
+_PREFIX = wire.PREFIX
+_LEN = wire.LEN
 _CLASSES: dict[MessageKind, type[Message]] = {
     cls.KIND: cls
     for cls in (
@@ -208,7 +212,7 @@ def decode(
 def split_prefix(prefix: bytes | bytearray | memoryview, offset: int = 0) -> tuple[int, int, int]:
     """``(header_len, n_buffers, body_len)`` of a frame whose first ``PREFIX_BYTES`` bytes
     start at ``offset`` of ``prefix``."""
-    header_len, n_buffers, body_len = PREFIX.unpack_from(prefix, offset)
+    header_len, n_buffers, body_len = _PREFIX.unpack_from(prefix, offset)
     if header_len > MAX_HEADER_BYTES:
         raise ProtocolError(f"frame header of {header_len} bytes")
     if header_len + n_buffers * LEN_BYTES > body_len:
@@ -224,11 +228,11 @@ def decode_body(body: bytes | bytearray | memoryview, header_len: int, n_buffers
     if n_buffers == 1 and header_len + LEN_BYTES <= end:
         # One tensor (a one-output model's every reply): its buffer is the rest of the body.
         start = header_len + LEN_BYTES
-        if start + LEN.unpack_from(view, header_len)[0] == end:
+        if start + _LEN.unpack_from(view, header_len)[0] == end:
             return decode(view[:header_len], (view[start:],))
     buffers: list[memoryview] = []
     offset = header_len
-    unpack = LEN.unpack_from
+    unpack = _LEN.unpack_from
     for _ in range(n_buffers):
         if offset + LEN_BYTES > end:
             raise ProtocolError("frame body ends inside a buffer's length")

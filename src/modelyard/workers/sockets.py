@@ -8,9 +8,15 @@ from __future__ import annotations
 import select
 import socket
 
+from modelyard.workers import wire
 from modelyard.workers.messages import Message, ProtocolError
 from modelyard.workers.protocol import decode_body, encode, split_prefix
-from modelyard.workers.wire import PREFIX, PREFIX_BYTES
+from modelyard.workers.wire import PREFIX_BYTES
+
+# Assigned here, not imported by name: CPython compiles a method call on a name bound by
+# ``import`` to an attribute load and a call (a bound method made on every call) where a name
+# assigned in the module gets LOAD_METHOD; these methods run on every frame.
+_PREFIX = wire.PREFIX
 
 
 def send_message(sock: socket.socket, message: Message) -> None:
@@ -24,7 +30,7 @@ def send_message(sock: socket.socket, message: Message) -> None:
 def send_frame(sock: socket.socket, frame: list[bytes | memoryview]) -> None:
     """Write the parts of one frame (``encode``'s, ``encode_outputs``'s), as ``send_message``."""
     sent = sock.sendmsg(frame)
-    if sent == PREFIX_BYTES + PREFIX.unpack_from(frame[0])[2]:  # all of it: the common case
+    if sent == PREFIX_BYTES + _PREFIX.unpack_from(frame[0])[2]:  # all of it: the common case
         return
     parts = [memoryview(p).cast("B") for p in frame]
     while True:  # a large frame, in pieces as the socket takes them
