@@ -72,10 +72,10 @@ _WRITE_TO_WORKER = (
     "                transport.writelines(parts)\n",  # session 12: encode_infer, corked writes
 )
 
-# (file under modelyard/, anchor text (or alternatives: the first found), the stamp's tag, True:
-# before the anchor, else after it; the stamp is indented as the anchor's first line, or as its
-# next line when after a ``def``)
-PROBES: list[tuple[str, str | tuple[str, ...], str, bool]] = [
+# (file under modelyard/ (or alternatives: the first that exists), anchor text (or alternatives:
+# the first found), the stamp's tag, True: before the anchor, else after it; the stamp is
+# indented as the anchor's first line, or as its next line when after a ``def``)
+PROBES: list[tuple[str | tuple[str, ...], str | tuple[str, ...], str, bool]] = [
     ("server/http/entry.py",
      "            hot = self._hot\n            if hot is None or hot is not self.cycle:\n"
      "                super().on_message_complete()",
@@ -87,7 +87,8 @@ PROBES: list[tuple[str, str | tuple[str, ...], str, bool]] = [
      "f3 decoded, data plane", True),
     ("workers/client.py", _WRITE_TO_WORKER, "f4 encoded, write to worker", True),
     ("workers/client.py", _WRITE_TO_WORKER, "(write to worker returns)", False),
-    ("workers/protocol.py", "            k = self._sock.recv_into(self._view[self._end :])\n",
+    (("workers/sockets.py", "workers/protocol.py"),  # protocol.py: before session 13's split
+     "            k = self._sock.recv_into(self._view[self._end :])\n",
      "w1 worker woke", True),
     ("workers/host.py", "            message = frames.read()\n", "w2 frame decoded", False),
     ("workers/host.py", "        began = _perf_ns()\n        if message.signature_name",
@@ -130,7 +131,12 @@ def probed_copy(src: Path, dest: Path, stamps: Path) -> Path:
     package = dest / "modelyard"
     (package / "_hop_probe.py").write_text(PROBE_MODULE.replace("@STAMPS@", repr(str(stamps))))
     patched: set[str] = set()
-    for name, anchors, tag, before in PROBES:
+    for names, anchors, tag, before in PROBES:
+        name = (
+            names
+            if isinstance(names, str)
+            else next((n for n in names if (package / n).exists()), names[0])
+        )
         path = package / name
         text = path.read_text()
         anchor = (

@@ -50,7 +50,19 @@ def thread_stats(pid: int) -> dict[str, tuple[int, int]]:
 def child(rows: int) -> None:
     """One tree's side: start a worker, load the tiny model, then serve "N" lines from stdin
     with N requests each, answering one JSON line per round."""
-    from modelyard.workers.protocol import FrameReader, Hello, Infer, Load, Loaded, Outputs, encode
+    try:  # a tree since workers/protocol.py was split (session 13)
+        from modelyard.workers.messages import Hello, Infer, Load, Loaded, Outputs
+        from modelyard.workers.sockets import FrameReader
+    except ImportError:  # a tree from before: the same names, all in protocol.py
+        from modelyard.workers.protocol import (  # type: ignore[attr-defined,no-redef]
+            FrameReader,
+            Hello,
+            Infer,
+            Load,
+            Loaded,
+            Outputs,
+        )
+    from modelyard.workers.protocol import encode
 
     root = Path(tempfile.mkdtemp(prefix="modelyard-worker-cost-"))
     write_mlp(TINY, root / "tiny" / "1")

@@ -18,7 +18,7 @@ from modelyard.devices import DeviceTarget
 from modelyard.server.eventloop import run
 from modelyard.testing.models import write_onnx_sum_product
 from modelyard.workers.client import WorkerDied, WorkerProcess
-from modelyard.workers.protocol import Load, Loaded, Outputs, Report, new_infer
+from modelyard.workers.messages import Load, Loaded, Outputs, Report, new_infer
 
 
 async def _failure(worker: WorkerProcess) -> BaseException | None:

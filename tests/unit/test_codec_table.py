@@ -40,7 +40,8 @@ from modelyard.testing.wire import (
     wire_of,
 )
 from modelyard.tfproto.generated import tensorflow_core_pb2 as core
-from modelyard.workers.protocol import Infer, Outputs, recv_message, send_message
+from modelyard.workers.messages import Infer, Outputs
+from modelyard.workers.sockets import recv_message, send_message
 
 # -- each protocol's decoder, fed a request built in its wire format --------------------------
 

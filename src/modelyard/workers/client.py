@@ -50,10 +50,10 @@ from modelyard.ids import VersionKey
 from modelyard.tensors import DEFAULT_SIGNATURE, Signature
 from modelyard.workers.environment import worker_environment
 from modelyard.workers.heartbeat import sample_process
+from modelyard.workers.inferframes import encode_infer
 from modelyard.workers.launcher import ProcessSample, WorkerEvents, WorkerSpec
 from modelyard.workers.launcher import WorkerDied as WorkerDied  # what its requests raise
-from modelyard.workers.protocol import (
-    PREFIX_BYTES,
+from modelyard.workers.messages import (
     Cancel,
     Error,
     Hello,
@@ -62,12 +62,10 @@ from modelyard.workers.protocol import (
     Ping,
     ProtocolError,
     Shutdown,
-    decode_body,
-    encode,
-    encode_infer,
-    split_prefix,
 )
+from modelyard.workers.protocol import decode_body, encode, split_prefix
 from modelyard.workers.replies import ReplyProtocol
+from modelyard.workers.wire import PREFIX_BYTES
 
 log = logging.getLogger(__name__)
 

@@ -34,11 +34,11 @@ from modelyard.devices.probe import nvml_process_bytes
 from modelyard.errors import DeadlineExceeded, Internal, ModelyardError, NotFound
 from modelyard.tensors import DEFAULT_SIGNATURE, unknown_signature
 from modelyard.workers.handover import Handover
-from modelyard.workers.protocol import (
+from modelyard.workers.inferframes import encode_outputs
+from modelyard.workers.messages import (
     Cancel,
     Done,
     Error,
-    FrameReader,
     Hello,
     Infer,
     Load,
@@ -50,11 +50,9 @@ from modelyard.workers.protocol import (
     Reported,
     Shutdown,
     Unload,
-    encode_outputs,
-    send_frame,
-    send_message,
 )
 from modelyard.workers.slots import FairSlots, Job
+from modelyard.workers.sockets import FrameReader, send_frame, send_message
 from modelyard.workers.tiers import release_free_memory
 
 _perf_ns = time.perf_counter_ns

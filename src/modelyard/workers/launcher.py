@@ -11,7 +11,7 @@ supervisor, unchanged, and are unit-tested against a fake launcher
 
 A handle's contract, whoever implements it:
 
-- ``request`` sends one protocol message (``modelyard.workers.protocol``) and returns the reply;
+- ``request`` sends one protocol message (``modelyard.workers.messages``) and returns the reply;
   the worker's own errors come back as the ``ModelyardError`` it sent, and the worker's end as
   ``WorkerDied``: every request in flight fails at once when the worker ends;
 - the launcher tells the supervisor, through the ``WorkerEvents`` given to ``launch``, of every
@@ -42,7 +42,7 @@ import numpy as np
 
 from modelyard.devices import DeviceTarget
 from modelyard.errors import Unavailable
-from modelyard.workers.protocol import Message
+from modelyard.workers.messages import Message
 
 
 class WorkerDied(Unavailable):

@@ -27,13 +27,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from modelyard.workers.protocol import (
-    PREFIX_BYTES,
-    Message,
-    ProtocolError,
-    decode_body,
-    split_prefix,
-)
+from modelyard.workers.messages import Message, ProtocolError
+from modelyard.workers.protocol import decode_body, split_prefix
+from modelyard.workers.wire import PREFIX_BYTES
 
 LARGE_BODY_BYTES = 1 << 20
 """A frame body at least this large that does not arrive in one chunk is read into its own

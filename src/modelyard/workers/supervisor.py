@@ -61,14 +61,7 @@ from modelyard.workers.launcher import (
     WorkerLauncher,
     WorkerSpec,
 )
-from modelyard.workers.protocol import (
-    Load,
-    Loaded,
-    Outputs,
-    Report,
-    Reported,
-    Unload,
-)
+from modelyard.workers.messages import Load, Loaded, Outputs, Report, Reported, Unload
 from modelyard.workers.restart import ReplicaListener, RestartPolicy
 from modelyard.workers.status import ReplicaStatus, WorkerState, WorkerStatus
 

@@ -12,10 +12,8 @@ import pytest
 
 from modelyard.errors import InvalidArgument, ModelyardError, NotFound, Unavailable
 from modelyard.tensors import DataType, Signature, SignatureMethod, TensorSpec
-from modelyard.workers.protocol import (
-    PREFIX_BYTES,
+from modelyard.workers.messages import (
     Error,
-    FrameReader,
     Hello,
     Infer,
     Load,
@@ -24,14 +22,12 @@ from modelyard.workers.protocol import (
     ProtocolError,
     Reported,
     Shutdown,
-    decode,
-    encode,
     new_infer,
     new_outputs,
-    recv_message,
-    send_message,
-    split_prefix,
 )
+from modelyard.workers.protocol import decode, encode, split_prefix
+from modelyard.workers.sockets import FrameReader, recv_message, send_message
+from modelyard.workers.wire import PREFIX_BYTES
 
 
 def _roundtrip(message: object) -> object:

@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from modelyard.workers.protocol import (
-    PREFIX_BYTES,
-    Cancel,
-    Infer,
-    decode_body,
-    encode,
-    split_prefix,
-)
+from modelyard.workers.messages import Cancel, Infer
+from modelyard.workers.protocol import decode_body, encode, split_prefix
+from modelyard.workers.wire import PREFIX_BYTES
 
 
 def _round_trip(message: object) -> object:

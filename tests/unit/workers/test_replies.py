@@ -8,7 +8,8 @@ import socket
 
 import numpy as np
 
-from modelyard.workers.protocol import Error, Hello, Message, Outputs, Pong, encode
+from modelyard.workers.messages import Error, Hello, Message, Outputs, Pong
+from modelyard.workers.protocol import encode
 from modelyard.workers.replies import ReplyProtocol
 
 MESSAGES: list[Message] = [

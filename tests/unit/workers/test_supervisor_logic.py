@@ -40,16 +40,7 @@ from modelyard.workers.launcher import (
     WorkerHandle,
     WorkerSpec,
 )
-from modelyard.workers.protocol import (
-    Done,
-    Infer,
-    Load,
-    Loaded,
-    Message,
-    Outputs,
-    Shutdown,
-    Unload,
-)
+from modelyard.workers.messages import Done, Infer, Load, Loaded, Message, Outputs, Shutdown, Unload
 from modelyard.workers.restart import RestartPolicy
 from modelyard.workers.status import WorkerState
 from modelyard.workers.supervisor import DeviceWorker
