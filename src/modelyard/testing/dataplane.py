@@ -13,6 +13,7 @@ from modelyard.ids import VersionKey
 from modelyard.lifecycle.registry import ModelRegistry, Replica, VersionEntry
 from modelyard.lifecycle.states import ModelState
 from modelyard.metrics import ServerMetrics
+from modelyard.servable import Servable
 from modelyard.server.dataplane import DataPlane
 from modelyard.tensors import DataType, Signature, TensorSpec
 
@@ -45,10 +46,18 @@ class DoublingServable:
 def doubling_dataplane() -> tuple[DataPlane, ServerMetrics]:
     """A started data plane serving ``DOUBLE_KEY`` (AVAILABLE, one ``DoublingServable``
     replica on ``cpu``), and its metrics."""
+    return serving_dataplane(DOUBLE_KEY, DOUBLE_SIGNATURE, DoublingServable())
+
+
+def serving_dataplane(
+    key: VersionKey, signature: Signature, servable: Servable
+) -> tuple[DataPlane, ServerMetrics]:
+    """A started data plane serving ``key`` (AVAILABLE, of ``signature``, ``servable`` its one
+    replica on ``cpu``), and its metrics."""
     registry = ModelRegistry()
-    entry = VersionEntry(DOUBLE_KEY, Platform.ONNX, signature=DOUBLE_SIGNATURE)
+    entry = VersionEntry(key, Platform.ONNX, signature=signature)
     entry.transition(ModelState.LOADING)
-    entry.replicas = [Replica(DoublingServable(), "cpu")]
+    entry.replicas = [Replica(servable, "cpu")]
     entry.transition(ModelState.AVAILABLE)
     registry.add(entry)
     metrics = ServerMetrics(registry)

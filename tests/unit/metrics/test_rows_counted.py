@@ -11,16 +11,14 @@ from collections.abc import Mapping
 import numpy as np
 import pytest
 
-from modelyard.config.schema import Platform
 from modelyard.errors import InvalidArgument
 from modelyard.ids import VersionKey
-from modelyard.lifecycle.registry import ModelRegistry, Replica, VersionEntry
-from modelyard.lifecycle.states import ModelState
 from modelyard.metrics import ServerMetrics
 from modelyard.metrics.stats import VersionStats
 from modelyard.observability.calls import KSERVE_GRPC_INDEX
 from modelyard.server.dataplane import DataPlane, ModelRef
 from modelyard.tensors import DataType, Signature, TensorSpec
+from modelyard.testing.dataplane import serving_dataplane
 
 KEY = VersionKey("m", 1)
 LANES = (KSERVE_GRPC_INDEX, -1)  # a hot path's counting-only call, and any other
@@ -51,16 +49,7 @@ class Echo:
 
 def _serving(*inputs: TensorSpec) -> tuple[DataPlane, ServerMetrics]:
     signature = Signature(inputs, (TensorSpec("y", DataType.FP32, (-1,)),))
-    registry = ModelRegistry()
-    entry = VersionEntry(KEY, Platform.ONNX, signature=signature)
-    entry.transition(ModelState.LOADING)
-    entry.replicas = [Replica(Echo(signature), "cpu")]
-    entry.transition(ModelState.AVAILABLE)
-    registry.add(entry)
-    metrics = ServerMetrics(registry)
-    dataplane = DataPlane(registry, metrics=metrics)
-    dataplane.started = True
-    return dataplane, metrics
+    return serving_dataplane(KEY, signature, Echo(signature))
 
 
 def _send(dataplane: DataPlane, requests: list[dict[str, np.ndarray]], lane: int) -> None:
