@@ -27,7 +27,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from protocols import GRPC_METHOD
+from protocols import GRPC_METHOD, http_parts
 
 H2LOAD = "h2load"
 STREAMS = (1, 8, 64)
@@ -60,10 +60,8 @@ def run_rest(
     """Closed-loop HTTP/1.1 points (``--h1``) at ``STREAMS`` clients, each its own keep-alive
     connection with one request in flight (as ``loadgen.py``'s REST clients); ``request`` is
     the whole HTTP request of ``protocols.payload`` (its path, headers and body are sent)."""
-    head, _, body = request.partition(b"\r\n\r\n")
-    lines = head.decode().split("\r\n")
-    url = f"http://127.0.0.1:{port}{lines[0].split(' ')[1]}"
-    headers = [h for h in lines[1:] if not h.lower().startswith(("host:", "content-length:"))]
+    path, headers, body = http_parts(request)
+    url = f"http://127.0.0.1:{port}{path}"
     return _points(url, body, headers, ["--h1"], seconds, warmup_s, one_connection=False)
 
 

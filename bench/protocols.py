@@ -40,6 +40,15 @@ def _http(path: str, body: bytes, content_type: str, extra: str = "") -> bytes:
     return head.encode() + body
 
 
+def http_parts(request: bytes) -> tuple[str, list[str], bytes]:
+    """A REST ``payload`` taken apart for a generator that writes its own request line: its
+    path, its header lines but Host and Content-Length (the generator's own), and its body."""
+    head, _, body = request.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    headers = [h for h in lines[1:] if not h.lower().startswith(("host:", "content-length:"))]
+    return lines[0].split(" ")[1], headers, body
+
+
 def payload(protocol: str, model: str, x: np.ndarray) -> bytes:
     """The bytes of one request to ``model`` with input ``x`` (FP32) over ``protocol``."""
     shape = list(x.shape)

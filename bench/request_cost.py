@@ -34,7 +34,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).parent))
 
 from bench_models import TINY, write_mlp
-from protocols import GRPC_METHOD, LABELS, PROTOCOLS, payload
+from protocols import GRPC_METHOD, LABELS, PROTOCOLS, http_parts, payload
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -120,15 +120,9 @@ def h2load_request(ports: dict[str, int], protocol: str, body: Path) -> tuple[st
         body.write_bytes(b"\x00" + struct.pack(">I", len(request)) + request)
         url = f"http://127.0.0.1:{ports['grpc']}{GRPC_METHOD}"
         return url, ["--header=content-type: application/grpc", "--header=te: trailers"]
-    head, _, data = request.partition(b"\r\n\r\n")
+    path, headers, data = http_parts(request)
     body.write_bytes(data)
-    lines = head.decode().split("\r\n")
-    url = f"http://127.0.0.1:{ports['rest']}{lines[0].split(' ')[1]}"
-    return url, ["--h1"] + [
-        f"--header={line}"
-        for line in lines[1:]
-        if not line.lower().startswith(("host:", "content-length:"))
-    ]
+    return f"http://127.0.0.1:{ports['rest']}{path}", ["--h1", *(f"--header={h}" for h in headers)]
 
 
 def _h2load(ports: dict[str, int], protocol: str, requests: int, streams: int) -> None:
