@@ -339,14 +339,20 @@ class DataPlane:
             # scalar), inlined: this runs on every request (``len``: no shape tuple). With one
             # input, the validated request's only input is the signature's (a dict look-up,
             # where iterating the values costs two objects and some 700 instructions more).
-            only = signature.only_input
-            first = inputs[only] if only is not None else next(iter(inputs.values()), None)
             rows = 0
-            if first is not None:
+            only = signature.only_input
+            if only is not None:
                 try:
-                    rows = len(first)
+                    rows = len(inputs[only])
                 except TypeError:  # a scalar (``ndim`` would cost an attribute look-up always)
                     rows = 1
+            else:
+                for array in inputs.values():
+                    try:
+                        rows = len(array)
+                    except TypeError:  # a scalar
+                        rows = 1
+                    break
             if lane < 0 or _current_call() is not None:  # a boundary's call learns it counted
                 metrics.observe_ok(entry.key, clock, rows, lane)
             else:  # a hot path's counting-only call: ``StatsBook.note``, inlined (no call)
