@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import select
 import socket
 import threading
 import time
@@ -285,25 +286,60 @@ def test_answers_stay_within_the_clients_windows(
 
 def test_a_client_that_floods_pings_and_never_reads_is_not_read_either(port: int) -> None:
     """PING answers queue up only until the client's socket is full; then the server stops
-    reading that client instead of buffering answers without bound."""
-    raw = Raw(port)
-    raw.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    reading that client instead of buffering answers without bound. It pauses, it does not
+    give up: once the client reads, every PING is answered on the same connection."""
+    raw = Raw(port)  # its receive buffer stays at the kernel's first size: it never reads
     raw.sock.setblocking(False)
     pings = _frame(PING, 0, 0, b"12345678") * 4096  # 68 KiB per send
+    rest = memoryview(pings)
     sent, deadline = 0, time.monotonic() + 20
     while sent < 64 << 20 and time.monotonic() < deadline:
         try:
-            sent += raw.sock.send(pings)
+            n = raw.sock.send(rest)
         except BlockingIOError:
             time.sleep(0.05)
             try:
-                sent += raw.sock.send(pings)
+                n = raw.sock.send(rest)
             except BlockingIOError:
                 break  # the server no longer reads this connection
+        sent += n
+        rest = rest[n:] or memoryview(pings)  # a partial send goes on mid-frame, not anew
     assert sent < 64 << 20, "the server kept reading a client that does not read its answers"
     assert _live(port)  # while that client still holds its connection
+    # The client reads again: the server resumes and answers each PING it was sent (the
+    # last one's missing bytes go out as the answers come in).
+    tail = bytes(rest[: rest.nbytes % 17])
+    wanted = (sent + len(tail)) // 17
+    assert _ping_acks(raw, tail, wanted, timeout=30) == wanted
     raw.close()
     assert _live(port)
+
+
+def _ping_acks(raw: Raw, tail: bytes, wanted: int, timeout: float) -> int:
+    """Sends ``tail`` and reads ``raw`` until ``wanted`` PING ACKs have come; fails on a GOAWAY
+    or a close."""
+    buf, acks, deadline = bytearray(), 0, time.monotonic() + timeout
+    while acks < wanted and time.monotonic() < deadline:
+        readable, _, _ = select.select([raw.sock], [], [], 0.2)
+        if tail:
+            with contextlib.suppress(BlockingIOError):
+                tail = tail[raw.sock.send(tail) :]
+        if not readable:
+            continue
+        data = raw.sock.recv(1 << 20)
+        assert data, f"the connection closed after {acks} of {wanted} PING answers"
+        buf += data
+        at = 0
+        while len(buf) - at >= 9:
+            end = at + 9 + int.from_bytes(buf[at : at + 3], "big")
+            if end > len(buf):
+                break
+            ftype, flags = buf[at + 3], buf[at + 4]
+            assert ftype != GOAWAY, f"GOAWAY {bytes(buf[at + 9 : end])!r} after {acks} answers"
+            acks += ftype == PING and flags & 0x1
+            at = end
+        del buf[:at]
+    return acks
 
 
 def test_settings_flood_is_answered_and_others_unaffected(port: int) -> None:
