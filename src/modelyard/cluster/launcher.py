@@ -41,7 +41,7 @@ from modelyard.cluster.nodes import NodeInfo, alive_nodes, find_node, labelled
 from modelyard.errors import Unavailable
 from modelyard.workers.client import READ_CHUNK_BYTES, WorkerProcess, _widen_buffers
 from modelyard.workers.launcher import ProcessSample, WorkerEvents, WorkerSpec
-from modelyard.workers.protocol import Hello, ProtocolError
+from modelyard.workers.messages import Hello, ProtocolError
 
 log = logging.getLogger(__name__)
 

@@ -44,6 +44,7 @@ from modelyard.workers.messages import (
     Cancel,
     Done,
     Error,
+    Hello,
     Infer,
     Load,
     Loaded,
@@ -52,13 +53,12 @@ from modelyard.workers.messages import (
     Outputs,
     Ping,
     Pong,
+    ProtocolError,
     Report,
     Reported,
     Shutdown,
     Unload,
 )
-from modelyard.workers.messages import Hello as Hello  # re-exported for cluster.launcher
-from modelyard.workers.messages import ProtocolError as ProtocolError  # re-exported, as Hello
 from modelyard.workers.wire import (
     LEN_BYTES,
     MAX_HEADER_BYTES,
