@@ -401,6 +401,10 @@ async def _serve(
         starting.cancel()
         return await _stop(server, 0.0)
     starting.result()
+    from modelyard.server import collector
+
+    kept = collector.settle()  # start-up's objects out of every later collection's walk
+    log.debug("garbage collector: %d start-up objects set aside", kept)
     if args.ports_file is not None:
         _write_ports(args.ports_file, server)
     print(_banner(server, is_demo), flush=True)
