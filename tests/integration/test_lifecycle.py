@@ -383,7 +383,8 @@ def test_without_room_for_both_the_default_swap_keeps_v1_and_says_why(tmp_path: 
         _drop_in(tmp_path / "m", 2, lambda d: write_onnx_linear(d, 4, 3, seed=2))
         # What is promised is the reason and v1 kept, not how soon: the whole test takes 2.5 s
         # alone (3.1 s beside three busy loops on the two cores), but once, in CI's first
-        # minute with both test processes busy, this wait passed 10 s (cause not found; s14).
+        # minute with both test processes busy, this wait passed 10 s (cause not found;
+        # session 14's closing note).
         _wait(lambda: bool(_versions(url, "m").get(2, {}).get("error")), 30, "v2's reason")
         time.sleep(0.5)
         load.stop()

@@ -1,9 +1,10 @@
 """The front end's garbage collector: what start-up built is set aside, and the young generation
 is sized for a server's requests in flight.
 
-CPython's cyclic collector runs when the tracked objects allocated minus those freed pass a
-threshold (700 for the young generation); every tenth young collection also collects the middle
-generation, and a full collection follows once enough objects have reached the old one. In a
+CPython's cyclic collector (3.11 to 3.13) runs when the tracked objects allocated minus those
+freed pass a threshold (700 for the young generation); every tenth young collection also
+collects the middle generation, and a full collection follows once enough objects have reached
+the old one. In a
 serving front end nearly every object a request makes is freed by reference counting as soon as
 it is answered (about 86 objects in cycles over 20,000 KServe JSON requests, measured with
 ``gc.DEBUG_SAVEALL``), but with 64 requests in flight the objects they hold at once are
@@ -16,11 +17,13 @@ the front end's time; ``bench/findings.md``, "The front end's garbage collector"
 
 ``settle`` runs once, when the server is up: one full collection, then ``gc.freeze()`` moves
 every object that survives it into the permanent generation, which no later collection walks
-(so a full collection takes ~3 ms instead of ~18), and the young threshold is raised to
+(so a full collection takes ~0.3 ms instead of ~18), and the young threshold is raised to
 ``YOUNG_THRESHOLD``, above what many requests in flight hold at once. Objects made later
 (model versions loaded afterwards, a reloaded configuration) are collected as before; what
-start-up made and later drops is freed by reference counting as usual, and only such an object
-caught in a cycle stays until the process ends (a one-off, bounded by what start-up made).
+start-up made and later drops is freed by reference counting as usual. Only such an object
+caught in a cycle stays until the process ends, and with it whatever it still refers to when
+dropped (a version of the start-up set that is later unloaded, say, if its front-end objects
+form a cycle): a one-off, not a growth per request or per reload.
 
 It is a process-wide setting, so only a program that owns its process calls it
 (``modelyard serve``), never a library import.
