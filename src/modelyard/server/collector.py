@@ -4,16 +4,15 @@ is sized for a server's requests in flight.
 CPython's cyclic collector (3.11 to 3.13) runs when the tracked objects allocated minus those
 freed pass a threshold (700 for the young generation); every tenth young collection also
 collects the middle generation, and a full collection follows once enough objects have reached
-the old one. In a
-serving front end nearly every object a request makes is freed by reference counting as soon as
-it is answered (about 86 objects in cycles over 20,000 KServe JSON requests, measured with
-``gc.DEBUG_SAVEALL``), but with 64 requests in flight the objects they hold at once are
-already about 700, so the young generation was collected every ~70 requests for nothing, and
-every ~9,000 requests a full collection walked the ~66,000 objects that start-up built (the
-modules, the web and gRPC stacks, the configuration) and that live as long as the process:
-about 18 ms each, a pause that every request in flight waits out (tiny model, 64 clients,
-KServe JSON, 100,000 requests: 1,400 young, 130 middle and 12 full collections, 0.4 s, 5 % of
-the front end's time; ``bench/findings.md``, "The front end's garbage collector").
+the old one. In a serving front end nearly every object a request makes is freed by reference
+counting as soon as it is answered (about 86 objects in cycles over 20,000 KServe JSON
+requests, measured with ``gc.DEBUG_SAVEALL``), but with 64 requests in flight the objects they
+hold at once are already about 700, so the young generation was collected every ~70 requests
+for nothing, and every ~9,000 requests a full collection walked the ~66,000 objects that
+start-up built (the modules, the web and gRPC stacks, the configuration) and that live as long
+as the process: about 18 ms each, a pause that every request in flight waits out (tiny model,
+64 clients, KServe JSON, 100,000 requests: 1,400 young, 130 middle and 12 full collections, 0.4
+s, 5 % of the front end's time; ``bench/findings.md``, "The front end's garbage collector").
 
 ``settle`` runs once, when the server is up: one full collection, then ``gc.freeze()`` moves
 every object that survives it into the permanent generation, which no later collection walks
