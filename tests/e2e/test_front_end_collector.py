@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from modelyard.testing.cli import served_ports
 from modelyard.testing.models import model_config, write_config, write_onnx_linear
 
 REQUESTS = 4_000
@@ -94,12 +95,7 @@ def test_many_requests_in_flight_start_no_collection_that_walks_start_up(tmp_pat
         stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 120
-        while not ports_file.exists():
-            assert proc.poll() is None, f"modelyard serve exited with {proc.returncode}"
-            assert time.monotonic() < deadline, "modelyard serve did not start in 120 s"
-            time.sleep(0.1)
-        port = json.loads(ports_file.read_text())["rest"]
+        port = served_ports(proc, ports_file)["rest"]
         (x,) = linear.example.values()
         data = x.ravel().tolist()
         tensor = {"name": "x", "shape": list(x.shape), "datatype": "FP32", "data": data}

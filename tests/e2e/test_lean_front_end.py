@@ -7,17 +7,16 @@ hundreds a framework costs, and the models still answer correctly.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 import psutil
 
+from modelyard.testing.cli import served_ports
 from modelyard.testing.models import (
     model_config,
     write_config,
@@ -59,12 +58,7 @@ def test_front_end_imports_no_framework_its_worker_does(tmp_path: Path) -> None:
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 120
-        while not ports_file.exists():
-            assert proc.poll() is None, f"modelyard serve exited with {proc.returncode}"
-            assert time.monotonic() < deadline, "modelyard serve did not start in 120 s"
-            time.sleep(0.1)
-        rest = f"http://127.0.0.1:{json.loads(ports_file.read_text())['rest']}"
+        rest = f"http://127.0.0.1:{served_ports(proc, ports_file)['rest']}"
         for name, built in (("linear", linear), ("scripted", scripted)):
             (x,) = built.example.values()
             answer = httpx.post(

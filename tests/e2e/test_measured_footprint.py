@@ -8,13 +8,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from modelyard.testing.cli import modelyard_plan
+from modelyard.testing.cli import modelyard_plan, served_ports
 from modelyard.testing.models import model_config, write_config, write_onnx_linear
 
 
@@ -46,12 +45,7 @@ def test_next_plan_uses_the_measured_footprint(tmp_path: Path) -> None:
         text=True,
     )
     try:
-        deadline = time.monotonic() + 120
-        while not ports_file.exists():
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
-        rest = f"http://127.0.0.1:{json.loads(ports_file.read_text())['rest']}"
+        rest = f"http://127.0.0.1:{served_ports(proc, ports_file)['rest']}"
         assert httpx.get(f"{rest}/v2/health/ready").status_code == 200
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -3,16 +3,15 @@ planner's explanation, and ``--serve-what-fits`` serves the models that fit."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 
+from modelyard.testing.cli import served_ports
 from modelyard.testing.models import model_config, write_config, write_onnx_linear
 
 
@@ -59,12 +58,7 @@ def test_serve_what_fits_serves_the_rest_and_says_why_not(tmp_path: Path) -> Non
         cache=tmp_path / "cache",
     )
     try:
-        deadline = time.monotonic() + 120
-        while not ports_file.exists():
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.1)
-        rest = f"http://127.0.0.1:{json.loads(ports_file.read_text())['rest']}"
+        rest = f"http://127.0.0.1:{served_ports(proc, ports_file)['rest']}"
         states = {
             name: httpx.get(f"{rest}/v1/models/{name}").json()["model_version_status"][0]
             for name in ("alpha", "beta")
